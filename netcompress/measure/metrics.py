@@ -1,0 +1,175 @@
+"""Metrics of a model.
+
+* MACs: `torch.utils.flop_counter.FlopCounterMode` counts FLOPs of every aten op of one forward
+  pass at batch 1; a multiply-accumulate is 2 FLOPs. Dense counting: zeros in a masked weight
+  still cost (only physically smaller layers reduce MACs).
+* bytes: the size of a real file on disk: the model saved with `netcompress.models.save`, or the
+  archive / int8 file a stage produced (pass `file=`).
+* latency: `torch.utils.benchmark.Timer.blocked_autorange`, median, batch 1 and 64, fixed threads.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from netcompress.core.errors import NetcompressError
+
+
+@dataclass
+class Metrics:
+    """One measurement of a model. `None` means 'not measured' (e.g. no data given)."""
+
+    accuracy: float | None = None
+    params: int = 0
+    nonzero_params: int = 0
+    macs: int = 0
+    bytes: int | None = None
+    latency_ms_b1: float | None = None
+    latency_ms_b64: float | None = None
+    threads: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Metrics":
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        return cls(**known)
+
+    def __str__(self) -> str:
+        acc = f"{100 * self.accuracy:.2f}%" if self.accuracy is not None else "-"
+        b = f"{self.bytes / 1024:.1f} KiB" if self.bytes is not None else "-"
+        lat = f"{self.latency_ms_b1:.3f} ms" if self.latency_ms_b1 is not None else "-"
+        return (f"accuracy {acc} | params {self.params:,} (nonzero {self.nonzero_params:,}) | "
+                f"MACs {self.macs:,} | size {b} | latency b1 {lat}")
+
+
+def count_params(model: nn.Module) -> tuple[int, int]:
+    """(total, nonzero) parameters; shared parameters count once."""
+    total = nonzero = 0
+    for p in model.parameters():
+        total += p.numel()
+        nonzero += int(torch.count_nonzero(p.detach()).item())
+    return total, nonzero
+
+
+def _with_mode(model: nn.Module):
+    class _Ctx:
+        def __enter__(self):
+            self.training = model.training
+            model.eval()
+
+        def __exit__(self, *a):
+            model.train(self.training)
+
+    return _Ctx()
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, example_inputs: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward pass of one sample (batch 1)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = example_inputs[:1]
+    counter = FlopCounterMode(display=False)
+    with _with_mode(model), counter:
+        model(x)
+    return int(counter.get_total_flops() // 2)
+
+
+@torch.no_grad()
+def macs_by_module(model: nn.Module, example_inputs: torch.Tensor) -> dict[str, int]:
+    """MACs per leaf module with weights (qualified name -> MACs at batch 1)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    out: dict[str, int] = {}
+    x = example_inputs[:1]
+    handles = []
+    for name, mod in model.named_modules():
+        if len(list(mod.children())) == 0 and any(True for _ in mod.parameters(recurse=False)):
+            def pre(m, inp, name=name):
+                m._nc_counter = FlopCounterMode(display=False)
+                m._nc_counter.__enter__()
+
+            def post(m, inp, outp, name=name):
+                m._nc_counter.__exit__(None, None, None)
+                out[name] = out.get(name, 0) + int(m._nc_counter.get_total_flops() // 2)
+                del m._nc_counter
+
+            handles += [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)]
+    try:
+        with _with_mode(model):
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return out
+
+
+def latency_ms(model: nn.Module, example_inputs: torch.Tensor, batch_size: int = 1, threads: int = 1,
+               min_run_time: float = 0.2) -> float:
+    """Median CPU latency in milliseconds of one forward pass at `batch_size`."""
+    from torch.utils import benchmark
+
+    x = example_inputs[:1].cpu()
+    x = x.expand(batch_size, *x.shape[1:]).contiguous()
+    with _with_mode(model), torch.inference_mode():
+        t = benchmark.Timer(stmt="model(x)", globals={"model": model, "x": x}, num_threads=threads)
+        return t.blocked_autorange(min_run_time=min_run_time).median * 1e3
+
+
+def file_bytes(path: str | os.PathLike) -> int:
+    return Path(path).stat().st_size
+
+
+def measure(
+    model: nn.Module,
+    data=None,
+    example_inputs: torch.Tensor | None = None,
+    file: str | os.PathLike | None = None,
+    latency: bool = True,
+    threads: int = 1,
+    min_run_time: float = 0.2,
+) -> Metrics:
+    """Measure `model`; accuracy needs `data`, MACs and latency need `data` or `example_inputs`.
+
+    Example:
+        >>> import netcompress as nc
+        >>> data = nc.data.load("digits")
+        >>> m = nc.measure(nc.models.create("lenet300", in_channels=1, input_size=8), data, latency=False)
+        >>> m.params
+        54210
+    """
+    from netcompress.models.io import describe, save
+    from netcompress.train.loop import evaluate
+
+    if example_inputs is None and data is not None:
+        example_inputs = data.example
+    model = model.cpu()
+    total, nonzero = count_params(model)
+    m = Metrics(params=total, nonzero_params=nonzero, threads=threads)
+    if data is not None:
+        m.accuracy = evaluate(model, data, device="cpu")
+    if example_inputs is not None:
+        m.macs = count_macs(model, example_inputs)
+        if latency:
+            m.latency_ms_b1 = latency_ms(model, example_inputs, 1, threads, min_run_time)
+            m.latency_ms_b64 = latency_ms(model, example_inputs, 64, threads, min_run_time)
+    if file is not None:
+        m.bytes = file_bytes(file)
+    elif getattr(model, "netcompress_spec", None) is not None:
+        try:
+            describe(model)
+        except NetcompressError:
+            pass
+        else:
+            with tempfile.TemporaryDirectory() as d:
+                m.bytes = file_bytes(save(model, Path(d) / "model.pt"))
+    return m

@@ -1,0 +1,237 @@
+"""The model zoo.
+
+Every model built by `create` carries `model.netcompress_spec = {"name": ..., "kwargs": {...}}`, a
+plain dict that lets `netcompress.models.save` rebuild the architecture without pickling classes.
+Models use `nn.Flatten` and adaptive pooling, never hard-coded sizes in `forward`, so structured
+pruning can shrink any layer and the model still runs.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from netcompress.core.errors import NetcompressError
+from netcompress.core.registry import Registry
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+
+
+def _w(c: int, width: float) -> int:
+    return max(1, int(round(c * width)))
+
+
+def _flat_features(features: nn.Module, in_channels: int, input_size: int) -> int:
+    with torch.no_grad():
+        return int(features(torch.zeros(1, in_channels, input_size, input_size)).flatten(1).shape[1])
+
+
+class LeNet300(nn.Module):
+    """LeNet-300-100 (LeCun et al. 1998), the fully connected net of Deep Compression's Table 1."""
+
+    def __init__(self, num_classes=10, in_channels=1, input_size=28, width=1.0):
+        super().__init__()
+        d = in_channels * input_size * input_size
+        h1, h2 = _w(300, width), _w(100, width)
+        self.flatten = nn.Flatten()
+        self.fc1, self.relu1 = nn.Linear(d, h1), nn.ReLU()
+        self.fc2, self.relu2 = nn.Linear(h1, h2), nn.ReLU()
+        self.fc3 = nn.Linear(h2, num_classes)
+
+    def forward(self, x):
+        return self.fc3(self.relu2(self.fc2(self.relu1(self.fc1(self.flatten(x))))))
+
+
+class LeNet5(nn.Module):
+    """LeNet-5, Caffe variant used by Deep Compression (20 and 50 5x5 filters, fc 500): 431K params."""
+
+    def __init__(self, num_classes=10, in_channels=1, input_size=28, width=1.0):
+        super().__init__()
+        c1, c2, f = _w(20, width), _w(50, width), _w(500, width)
+        pad = 0 if input_size >= 20 else 2
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, c1, 5, padding=pad), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(c1, c2, 5, padding=pad), nn.ReLU(), nn.MaxPool2d(2),
+        )
+        self.flatten = nn.Flatten()
+        self.classifier = nn.Sequential(
+            nn.Linear(_flat_features(self.features, in_channels, input_size), f), nn.ReLU(), nn.Linear(f, num_classes)
+        )
+
+    def forward(self, x):
+        return self.classifier(self.flatten(self.features(x)))
+
+
+class VGGSmall(nn.Module):
+    """A small VGG with BatchNorm (conv-bn-relu x6, three max-pools), for pruning criteria studies."""
+
+    CFG = (32, 32, "M", 64, 64, "M", 128, 128, "M")
+
+    def __init__(self, num_classes=10, in_channels=3, input_size=32, width=1.0):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = in_channels
+        for v in self.CFG:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2) if input_size >= 16 else nn.Identity())
+            else:
+                layers += [nn.Conv2d(c, _w(v, width), 3, padding=1, bias=False), nn.BatchNorm2d(_w(v, width)), nn.ReLU()]
+                c = _w(v, width)
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.classifier = nn.Linear(c, num_classes)
+
+    def forward(self, x):
+        return self.classifier(self.flatten(self.pool(self.features(x))))
+
+
+class BasicBlock(nn.Module):
+    """CIFAR ResNet basic block; projection shortcut (1x1 conv + BN) when the shape changes."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        self.relu2 = nn.ReLU()
+
+    def forward(self, x):
+        out = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
+        return self.relu2(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """ResNet-(6n+2) for 32x32 inputs (He et al. 2016, section 4.2): 16/32/64 channels."""
+
+    def __init__(self, depth=20, num_classes=10, in_channels=3, input_size=32, width=1.0):
+        super().__init__()
+        if (depth - 2) % 6:
+            raise NetcompressError(f"resnet depth must be 6n+2, got {depth}")
+        n = (depth - 2) // 6
+        w = [_w(16, width), _w(32, width), _w(64, width)]
+        self.conv1 = nn.Conv2d(in_channels, w[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(w[0])
+        self.relu = nn.ReLU()
+        stages, cin = [], w[0]
+        for i, c in enumerate(w):
+            blocks = []
+            for j in range(n):
+                blocks.append(BasicBlock(cin, c, 2 if (i > 0 and j == 0) else 1))
+                cin = c
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x):
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(self.flatten(self.pool(x)))
+
+
+def _dw_block(cin: int, cout: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin), nn.ReLU(),
+        nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
+    )
+
+
+class MobileNetSmall(nn.Module):
+    """A MobileNet-v1-style net (Howard et al. 2017) sized for 28x28 / 32x32 inputs."""
+
+    def __init__(self, num_classes=10, in_channels=1, input_size=28, width=1.0):
+        super().__init__()
+        c = [_w(v, width) for v in (16, 32, 64, 64, 128, 128)]
+        s = [1, 2, 1, 2, 1] if input_size >= 16 else [1, 1, 1, 2, 1]
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, c[0], 3, 1, 1, bias=False), nn.BatchNorm2d(c[0]), nn.ReLU())
+        self.blocks = nn.Sequential(*[_dw_block(c[i], c[i + 1], s[i]) for i in range(5)])
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(c[-1], num_classes)
+
+    def forward(self, x):
+        return self.fc(self.flatten(self.pool(self.blocks(self.stem(x)))))
+
+
+def _reg(name: str, fn: Callable[..., nn.Module], help: str) -> None:
+    MODELS.register(name, fn, help=help)
+
+
+for _base, _cls, _help in [
+    ("lenet300", LeNet300, "LeNet-300-100, 266K params"),
+    ("lenet5", LeNet5, "LeNet-5 (Caffe variant), 431K params"),
+    ("vgg-small", VGGSmall, "6-conv VGG with BatchNorm"),
+    ("mobilenet-small", MobileNetSmall, "MobileNet-v1-style, depthwise separable"),
+]:
+    _reg(_base, _cls, _help)
+    _reg(f"{_base}-half", (lambda c: lambda **kw: c(**{"width": 0.5, **kw}))(_cls), f"{_help}, half width")
+    _reg(f"{_base}-quarter", (lambda c: lambda **kw: c(**{"width": 0.25, **kw}))(_cls), f"{_help}, quarter width")
+_reg("resnet20", lambda **kw: CifarResNet(20, **kw), "CIFAR ResNet-20, 0.27M params")
+_reg("resnet56", lambda **kw: CifarResNet(56, **kw), "CIFAR ResNet-56, 0.85M params")
+_reg("resnet8", lambda **kw: CifarResNet(8, **kw), "CIFAR ResNet-8 (a small student)")
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    return MODELS.list(pattern)
+
+
+def _torchvision_model(name: str, **kwargs: Any) -> nn.Module:
+    import torchvision
+
+    kwargs.pop("input_size", None)
+    in_channels = kwargs.pop("in_channels", 3)
+    if in_channels != 3:
+        raise NetcompressError(f"torchvision:{name} takes 3 input channels, not {in_channels}")
+    try:
+        return torchvision.models.get_model(name, weights=kwargs.pop("weights", None), **kwargs)
+    except ValueError as e:
+        raise NetcompressError(f"torchvision:{name}: {e}") from None
+
+
+def _python_factory(ref: str, **kwargs: Any) -> nn.Module:
+    try:
+        mod_name, fn_name = ref.rsplit(":", 1)
+        fn = getattr(importlib.import_module(mod_name), fn_name)
+    except (ValueError, ImportError, AttributeError) as e:
+        raise NetcompressError(f"python:{ref}: cannot import factory ({e}); use python:package.module:function") from None
+    return fn(**kwargs)
+
+
+def create(name: str, num_classes: int = 10, in_channels: int | None = None, input_size: int | None = None, **kwargs: Any) -> nn.Module:
+    """Build a model by name: a zoo name, ``torchvision:NAME``, ``python:module:factory`` or a saved file.
+
+    Example:
+        >>> m = create("lenet5", num_classes=10)
+        >>> sum(p.numel() for p in m.parameters())
+        431080
+    """
+    from netcompress.models import io
+
+    if name.endswith((".pt", ".ncm")) or "/" in name and not name.startswith(("python:", "torchvision:")):
+        return io.load(name)
+    if name.endswith(".ncz"):
+        from netcompress.archive import unpack
+
+        return unpack(name)
+    kw = dict(kwargs, num_classes=num_classes)
+    if in_channels is not None:
+        kw["in_channels"] = in_channels
+    if input_size is not None:
+        kw["input_size"] = input_size
+    if name.startswith("torchvision:"):
+        model = _torchvision_model(name.split(":", 1)[1], **dict(kw))
+    elif name.startswith("python:"):
+        model = _python_factory(name.split(":", 1)[1], **kw)
+    else:
+        model = MODELS.get(name)(**kw)
+    model.netcompress_spec = {"name": name, "kwargs": kw}
+    return model

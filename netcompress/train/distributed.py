@@ -1,0 +1,51 @@
+"""Data parallelism through PyTorch's own DDP, started by `torchrun`.
+
+`torchrun --nproc_per_node=N -m netcompress run RECIPE` sets RANK / WORLD_SIZE / MASTER_ADDR; we
+initialise the process group (gloo on CPU, nccl on CUDA), shard the data with DistributedSampler's
+indices, let DDP average gradients, and write files from rank 0 only.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed() -> DistInfo:
+    """Initialise the process group if torchrun started us and it is not initialised yet."""
+    ws = int(os.environ.get("WORLD_SIZE", "1"))
+    if ws > 1 and dist.is_available() and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if backend == "nccl":
+            torch.cuda.set_device(local)
+        dist.init_process_group(backend)
+    return dist_info()
+
+
+def dist_info() -> DistInfo:
+    if dist.is_available() and dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return DistInfo()
+
+
+def is_main() -> bool:
+    return dist_info().rank == 0
+
+
+def barrier() -> None:
+    if dist_info().enabled:
+        dist.barrier()
