@@ -1,0 +1,5 @@
+import sys
+
+from netcompress.cli import main
+
+sys.exit(main())
