@@ -116,6 +116,10 @@ def macs_by_module(model: nn.Module, example_inputs: torch.Tensor) -> dict[str, 
 def latency_ms(model: nn.Module, example_inputs: torch.Tensor, batch_size: int = 1, threads: int = 1,
                min_run_time: float = 0.2) -> float:
     """Median CPU latency in milliseconds of one forward pass at `batch_size`."""
+    import logging
+
+    # torch.utils.benchmark imports cpp_extension, which warns about CUDA_HOME on CPU-only machines
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from torch.utils import benchmark
 
     x = example_inputs[:1].cpu()
