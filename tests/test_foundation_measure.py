@@ -1,0 +1,33 @@
+import torch
+
+import netcompress as nc
+from netcompress.measure import count_macs, count_params, latency_ms, macs_by_module
+
+
+def test_macs_and_params_match_formulas():
+    m = nc.models.create("lenet300")
+    x = torch.zeros(1, 1, 28, 28)
+    assert count_macs(m, x) == 784 * 300 + 300 * 100 + 100 * 10
+    assert count_params(m) == (266_610, 266_610)
+    l5 = nc.models.create("lenet5")
+    # conv1: 20*24*24*25, conv2: 50*8*8*20*25, fc: 800*500 + 500*10
+    assert count_macs(l5, x) == 20 * 576 * 25 + 50 * 64 * 500 + 800 * 500 + 5000
+    per = macs_by_module(l5, x)
+    assert per["features.3"] == 50 * 64 * 500 and sum(per.values()) == count_macs(l5, x)
+
+
+def test_nonzero_counts_and_bytes(digits):
+    m = nc.models.create("lenet300", in_channels=1, input_size=8)
+    with torch.no_grad():
+        m.fc1.weight[:, :10] = 0
+    met = nc.measure(m, digits, latency=False)
+    assert met.params - met.nonzero_params == 300 * 10
+    assert met.bytes > 4 * met.params  # a real file: fp32 weights plus the description
+    assert 0.0 <= met.accuracy <= 1.0
+
+
+def test_latency_is_measured_and_mode_restored():
+    m = nc.models.create("lenet5").train()
+    t1 = latency_ms(m, torch.zeros(1, 1, 28, 28), batch_size=1, min_run_time=0.05)
+    t64 = latency_ms(m, torch.zeros(1, 1, 28, 28), batch_size=64, min_run_time=0.05)
+    assert 0 < t1 < t64 and m.training
