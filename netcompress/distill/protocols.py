@@ -1,0 +1,338 @@
+"""Whole distillation protocols (teacher -> student training schedules) and their registry.
+
+Every protocol is ``run(teacher, student, data, cfg, fit_fn) -> DistillResult`` and trains only through
+`netcompress.train.fit` (wrapped as `fit_fn`, so recipes can add checkpoints and resuming). The
+registry `DISTILLERS` (re-exported by `netcompress.distill.methods`) maps the method names used by
+recipes and the CLI to these functions.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from netcompress.core.config import Config
+from netcompress.core.errors import NetcompressError
+from netcompress.core.registry import Registry
+from netcompress.train.loop import History, TrainConfig, evaluate, fit
+
+__all__ = ["ModelRef", "DistillConfig", "DistillResult", "DISTILLERS", "make_fit", "train_student",
+           "fresh_copy", "build_student", "assistant_for", "run_distill"]
+
+FitFn = Callable[..., History]
+"""``fit_fn(model, methods=(), loss_fn=None, tag="train", **train_overrides) -> History``."""
+
+
+class ModelRef(Config):
+    """A zoo model by name plus keyword arguments, e.g. ``{name: lenet5, kwargs: {width: 0.25}}``."""
+
+    name: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+_WEIGHT_KEYS = {"kd": set(), "fitnet": {"hint"}, "at": {"at"}, "rkd": {"distance", "angle"}, "sp": {"sp"},
+                "dml": {"kl"}, "born-again": set(), "takd": set()}
+
+
+class DistillConfig(Config):
+    """The `distill` stage / CLI settings (fields not used by a method are ignored by it).
+
+    Attributes:
+        method: kd, fitnet, at, rkd, sp, dml, born-again, takd.
+        teacher: "baseline", an earlier stage's name, or a saved model file.
+        student: a zoo name, ``{name, kwargs}`` or a model file; born-again defaults to the
+            teacher's architecture, dml to the stage's input model architecture.
+        temperature, alpha: KD softening and KD weight (CE gets 1 - alpha). alpha defaults to 0.9
+            for kd/fitnet/born-again/takd and 0 (no KD term) for at/rkd/sp.
+        weights: per-term weights overriding the paper defaults: fitnet {hint}, at {at},
+            rkd {distance, angle}, sp {sp}, dml {kl}.
+        layers: module names, or [student_name, teacher_name] pairs, for feature methods.
+        epochs, lr, max_steps: training budget of each phase (default: the recipe's train settings).
+        hint_epochs: FitNet stage 1 budget (default: the same as `epochs`).
+        peers: DML peer count N; generations: Born-Again K; assistant: TAKD's assistant
+            (default: the teacher's architecture at the width giving the geometric-mean size).
+        compare_scratch: also train the student alone (CE only, same budget) and report it.
+        compare_direct: TAKD also trains the student by direct KD from the teacher.
+    """
+
+    method: str
+    teacher: str = "baseline"
+    student: str | ModelRef | None = None
+    temperature: float = Field(4.0, gt=0)
+    alpha: float | None = Field(None, ge=0, le=1)
+    weights: dict[str, float] = Field(default_factory=dict)
+    layers: list[str | list[str]] | None = None
+    at_mode: Literal["code", "paper"] = "code"
+    epochs: float | None = Field(None, ge=0)
+    lr: float | None = Field(None, gt=0)
+    max_steps: int | None = Field(None, ge=1)
+    hint_epochs: float | None = Field(None, ge=0)
+    peers: int = Field(2, ge=2)
+    generations: int = Field(2, ge=1)
+    assistant: str | ModelRef | None = None
+    compare_scratch: bool = False
+    compare_direct: bool = True
+
+    def validate_method(self, where: str = "distill") -> None:
+        """Raise `NetcompressError` for an unknown method or weight key (before any training)."""
+        DISTILLERS.get(self.method)
+        bad = set(self.weights) - _WEIGHT_KEYS[self.method]
+        if bad:
+            allowed = ", ".join(sorted(_WEIGHT_KEYS[self.method])) or "none"
+            raise NetcompressError(f"{where}: weights: unknown key(s) {', '.join(sorted(bad))} for method "
+                                   f"{self.method!r} (allowed: {allowed})")
+
+
+@dataclass
+class DistillResult:
+    """What a protocol returns: the output student, its accuracy, JSON-able facts, and extra models
+    (peers, generations, assistant, ensembles) by name."""
+
+    student: nn.Module
+    accuracy: float
+    extra: dict[str, Any] = field(default_factory=dict)
+    histories: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    models: dict[str, nn.Module] = field(default_factory=dict)
+
+
+def make_fit(data, config: TrainConfig | None = None, seed: int = 0, progress: bool | None = False,
+             **overrides: Any) -> FitFn:
+    """A `FitFn` around `netcompress.train.fit` with fixed data, settings and seed."""
+
+    def _fit(model: nn.Module, methods=(), loss_fn=None, tag: str = "train", **over: Any) -> History:
+        kw = {**overrides, **{k: v for k, v in over.items() if v is not None}}
+        return fit(model, data, config, methods=methods, loss_fn=loss_fn, seed=seed, progress=progress, desc=tag, **kw)
+
+    return _fit
+
+
+def train_student(student: nn.Module, method, fit_fn: FitFn, tag: str = "distill", **overrides: Any) -> History:
+    """Train `student` with one distiller: ``fit(methods=[method], loss_fn=method.task_loss)``,
+    then `method.finalize` (hooks removed, teacher mode restored) even when training fails."""
+    try:
+        return fit_fn(student, methods=[method], loss_fn=method.task_loss, tag=tag, **overrides)
+    finally:
+        method.finalize(student)
+
+
+def fresh_copy(model: nn.Module) -> nn.Module:
+    """Same architecture, newly initialised weights (every module with `reset_parameters`)."""
+    new = copy.deepcopy(model)
+    for m in new.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+    new.train()
+    return new
+
+
+def build_student(ref: str | ModelRef | dict | None, data, where: str = "distill") -> nn.Module:
+    """A new model from a zoo name, ``{name, kwargs}`` or a saved file, shaped for `data`."""
+    from pathlib import Path
+
+    from netcompress.models import create, load
+
+    if ref is None:
+        raise NetcompressError(f"{where}: student: required for this method (a zoo name such as lenet5-quarter)")
+    if isinstance(ref, dict):
+        ref = ModelRef.from_dict(ref, f"{where}: student")
+    if isinstance(ref, str) and (ref.endswith((".pt", ".ncm")) or Path(ref).is_file()):
+        return load(ref)
+    name, kw = (ref, {}) if isinstance(ref, str) else (ref.name, dict(ref.kwargs))
+    return create(name, num_classes=data.num_classes, in_channels=data.input_shape[0],
+                  input_size=data.input_shape[-1], **kw)
+
+
+def _alpha(cfg: DistillConfig, default: float) -> float:
+    return default if cfg.alpha is None else cfg.alpha
+
+
+def _budget(cfg: DistillConfig) -> dict[str, Any]:
+    return {"epochs": cfg.epochs, "lr": cfg.lr, "max_steps": cfg.max_steps}
+
+
+def _acc(model: nn.Module, data) -> float:
+    return round(evaluate(model, data), 6)
+
+
+# ---------------------------------------------------------------- single-teacher protocols
+def _run_kd(teacher, student, data, cfg: DistillConfig, fit_fn: FitFn) -> DistillResult:
+    """KD (Hinton et al. 2015): frozen eval-mode teacher under no_grad; CE + KD."""
+    from netcompress.distill.methods import KD
+
+    h = train_student(student, KD(teacher, cfg.temperature, _alpha(cfg, 0.9)), fit_fn, "kd", **_budget(cfg))
+    return DistillResult(student, _acc(student, data), histories={"kd": h.to_list()})
+
+
+def _run_fitnet(teacher, student, data, cfg: DistillConfig, fit_fn: FitFn) -> DistillResult:
+    """FitNets (Romero et al. 2015): stage 1 trains the student's layers up to the guided layer to
+    regress the teacher's hint (task loss 0, so only those layers and the regressor get gradients);
+    the regressor is then dropped and stage 2 trains the whole student by KD."""
+    from netcompress.distill.methods import KD, Hint, zero_task_loss
+
+    hint = Hint(teacher, cfg.layers, cfg.weights.get("hint", 1.0), example_inputs=data.example)
+    b1 = {**_budget(cfg), "epochs": cfg.hint_epochs if cfg.hint_epochs is not None else cfg.epochs}
+    try:
+        h1 = fit_fn(student, methods=[hint], loss_fn=zero_task_loss, tag="hint", **b1)
+    finally:
+        hint.finalize(student)
+    h2 = train_student(student, KD(teacher, cfg.temperature, _alpha(cfg, 0.9)), fit_fn, "kd", **_budget(cfg))
+    return DistillResult(student, _acc(student, data), extra={"hint_pairs": [list(p) for p in hint.pairs]},
+                         histories={"hint": h1.to_list(), "kd": h2.to_list()})
+
+
+def _feature_protocol(kind: str):
+    def run(teacher, student, data, cfg: DistillConfig, fit_fn: FitFn) -> DistillResult:
+        from netcompress.distill.methods import AT, RKD, SP
+
+        common = dict(temperature=cfg.temperature, alpha=_alpha(cfg, 0.0), example_inputs=data.example)
+        if kind == "at":
+            m = AT(teacher, cfg.layers, cfg.weights.get("at", 500.0), mode=cfg.at_mode, **common)
+        elif kind == "rkd":
+            m = RKD(teacher, cfg.layers, cfg.weights.get("distance", 25.0), cfg.weights.get("angle", 50.0), **common)
+        else:
+            m = SP(teacher, cfg.layers, cfg.weights.get("sp", 3000.0), **common)
+        h = train_student(student, m, fit_fn, kind, **_budget(cfg))
+        return DistillResult(student, _acc(student, data), extra={"layer_pairs": [list(p) for p in m.pairs]},
+                             histories={kind: h.to_list()})
+
+    run.__doc__ = {"at": "Attention Transfer (Zagoruyko & Komodakis 2017) added to CE (+KD if alpha > 0).",
+                   "rkd": "Relational KD (Park et al. 2019), distance + angle, added to CE (+KD if alpha > 0).",
+                   "sp": "Similarity-Preserving KD (Tung & Mori 2019) added to CE (+KD if alpha > 0)."}[kind]
+    return run
+
+
+# ---------------------------------------------------------------- multi-model protocols
+def _run_dml(teacher, student, data, cfg: DistillConfig, fit_fn: FitFn) -> DistillResult:
+    """Deep Mutual Learning (Zhang et al. 2018): N peers of the student architecture trained together,
+    each on CE + KL to the others' detached outputs; no teacher. Reports each peer and the ensemble;
+    the output model is peer 0 (never selected on the test set)."""
+    from netcompress.distill.methods import DML, Ensemble, Peers
+
+    peers = [student] + [fresh_copy(student) for _ in range(cfg.peers - 1)]
+    group = Peers(peers)
+    m = DML(temperature=cfg.temperature if cfg.alpha is not None else 1.0, weight=cfg.weights.get("kl", 1.0))
+    h = fit_fn(group, methods=[m], loss_fn=m.task_loss, tag="dml", **_budget(cfg))
+    ens = Ensemble(peers).eval()
+    accs = [_acc(p, data) for p in peers]
+    models = {f"peer{i}": p for i, p in enumerate(peers)}
+    models["ensemble"] = ens
+    return DistillResult(peers[0], accs[0], extra={"peer_acc": accs, "ensemble_acc": _acc(ens, data)},
+                         histories={"dml": h.to_list()}, models=models)
+
+
+def _run_born_again(teacher, student, data, cfg: DistillConfig, fit_fn: FitFn) -> DistillResult:
+    """Born-Again Networks (Furlanello et al. 2018): generation k (same architecture, new init) is
+    distilled from generation k-1, generation 0 being the teacher; the ensemble of generations
+    1..K (averaged logits, BANE) is evaluated. The output model is generation K."""
+    from netcompress.distill.methods import KD, Ensemble
+
+    arch = student if student is not None else teacher
+    gens: list[nn.Module] = []
+    hist: dict[str, list] = {}
+    prev = teacher
+    for k in range(1, cfg.generations + 1):
+        g = fresh_copy(arch)
+        hist[f"gen{k}"] = train_student(g, KD(prev, cfg.temperature, _alpha(cfg, 0.9)), fit_fn, f"gen{k}",
+                                        **_budget(cfg)).to_list()
+        gens.append(g)
+        prev = g
+    ens = Ensemble(gens).eval()
+    accs = [_acc(g, data) for g in gens]
+    models = {f"gen{i + 1}": g for i, g in enumerate(gens)}
+    models["ensemble"] = ens
+    return DistillResult(gens[-1], accs[-1], extra={"generation_acc": accs, "ensemble_acc": _acc(ens, data)},
+                         histories=hist, models=models)
+
+
+def _width_of(spec: dict[str, Any]) -> tuple[str, float]:
+    name, kw = spec["name"], spec.get("kwargs", {})
+    base, w = name, 1.0
+    for suffix, sw in (("-half", 0.5), ("-quarter", 0.25)):
+        if name.endswith(suffix):
+            base, w = name[: -len(suffix)], sw
+    return base, float(kw.get("width", w))
+
+
+def assistant_for(teacher: nn.Module, student: nn.Module, data) -> nn.Module:
+    """TAKD's teacher assistant by width interpolation: the teacher's zoo architecture at the width
+    whose parameter count is about the geometric mean of teacher and student (params ~ width^2,
+    so width_ta = width_t * (P_s / P_t) ** 0.25)."""
+    from netcompress.models import create
+
+    spec = getattr(teacher, "netcompress_spec", None)
+    if not spec or spec["name"].startswith(("python:", "torchvision:")):
+        raise NetcompressError("takd: cannot build an assistant for this teacher by width; give `assistant`")
+    base, w_t = _width_of(spec)
+    p_t = sum(p.numel() for p in teacher.parameters())
+    p_s = sum(p.numel() for p in student.parameters())
+    w = round(w_t * (p_s / p_t) ** 0.25, 4)
+    kw = {k: v for k, v in spec.get("kwargs", {}).items() if k not in ("width",)}
+    kw.update(num_classes=data.num_classes, in_channels=data.input_shape[0], input_size=data.input_shape[-1])
+    return create(base, width=w, **kw)
+
+
+def _run_takd(teacher, student, data, cfg: DistillConfig, fit_fn: FitFn) -> DistillResult:
+    """TAKD (Mirzadeh et al. 2020): teacher -> assistant (KD) -> student (KD), reported next to the
+    same student distilled directly from the teacher (`compare_direct`)."""
+    from netcompress.distill.methods import KD
+
+    direct = copy.deepcopy(student) if cfg.compare_direct else None
+    assistant = (build_student(cfg.assistant, data, "takd: assistant") if cfg.assistant is not None
+                 else assistant_for(teacher, student, data))
+    alpha = _alpha(cfg, 0.9)
+    h_a = train_student(assistant, KD(teacher, cfg.temperature, alpha), fit_fn, "assistant", **_budget(cfg))
+    h_s = train_student(student, KD(assistant, cfg.temperature, alpha), fit_fn, "student", **_budget(cfg))
+    extra: dict[str, Any] = {"assistant_acc": _acc(assistant, data), "assistant_params": sum(p.numel() for p in assistant.parameters()),
+                             "assistant_spec": getattr(assistant, "netcompress_spec", {}).get("name")}
+    hist = {"assistant": h_a.to_list(), "student": h_s.to_list()}
+    models = {"assistant": assistant}
+    if direct is not None:
+        hist["direct_kd"] = train_student(direct, KD(teacher, cfg.temperature, alpha), fit_fn, "direct_kd",
+                                          **_budget(cfg)).to_list()
+        extra["direct_kd_acc"] = _acc(direct, data)
+        models["direct_kd"] = direct
+    acc = _acc(student, data)
+    extra["takd_acc"] = acc
+    return DistillResult(student, acc, extra=extra, histories=hist, models=models)
+
+
+DISTILLERS: Registry[Callable[..., DistillResult]] = Registry("distillation method")
+DISTILLERS.register("kd", _run_kd, help="Hinton et al. 2015: CE + T^2 KL to a frozen teacher")
+DISTILLERS.register("fitnet", _run_fitnet, help="Romero et al. 2015: hint stage through a regressor, then KD")
+DISTILLERS.register("at", _feature_protocol("at"), help="Zagoruyko & Komodakis 2017: attention transfer + CE")
+DISTILLERS.register("rkd", _feature_protocol("rkd"), help="Park et al. 2019: relational (distance, angle) + CE")
+DISTILLERS.register("sp", _feature_protocol("sp"), help="Tung & Mori 2019: similarity-preserving + CE")
+DISTILLERS.register("dml", _run_dml, help="Zhang et al. 2018: N peers learn mutually; peers + ensemble")
+DISTILLERS.register("born-again", _run_born_again, help="Furlanello et al. 2018: K generations + ensemble")
+DISTILLERS.register("takd", _run_takd, help="Mirzadeh et al. 2020: teacher -> assistant -> student")
+
+
+def run_distill(cfg: DistillConfig, teacher: nn.Module | None, student: nn.Module | None, data,
+                fit_fn: FitFn) -> DistillResult:
+    """Run `cfg.method`; adds teacher accuracy and, with `compare_scratch`, the student trained alone
+    (same architecture, same budget, CE only) and the share of the teacher-scratch gap recovered."""
+    cfg.validate_method()
+    if teacher is None and cfg.method != "dml":
+        raise NetcompressError(f"distill: method {cfg.method!r} needs a teacher")
+    if student is None and cfg.method not in ("born-again",):
+        raise NetcompressError(f"distill: method {cfg.method!r} needs a student model")
+    scratch = fresh_copy(student if student is not None else teacher) if cfg.compare_scratch else None
+    if teacher is not None:
+        teacher.eval()
+    res = DISTILLERS.get(cfg.method)(teacher, student, data, cfg, fit_fn)
+    res.extra = {"method": cfg.method, "student_acc": res.accuracy, **res.extra}
+    if teacher is not None:
+        res.extra["teacher_acc"] = _acc(teacher, data)
+    if scratch is not None:
+        res.histories["scratch"] = fit_fn(scratch, tag="scratch", **_budget(cfg)).to_list()
+        s_acc = _acc(scratch, data)
+        res.extra["scratch_acc"] = s_acc
+        if teacher is not None and not math.isclose(res.extra["teacher_acc"], s_acc):
+            res.extra["gap_recovered"] = round((res.accuracy - s_acc) / (res.extra["teacher_acc"] - s_acc), 4)
+        res.models["scratch"] = scratch
+    return res
