@@ -1,0 +1,165 @@
+"""Structured (channel / filter / neuron) pruning with physical removal.
+
+`channels(model, ...)` finds coupled-channel groups with `netcompress.core.graph.ChannelGraph`,
+scores every channel with a criterion from `CRITERIA`, and returns a new, smaller model made of the
+same module classes (the input model is unchanged). `plan(...)` is the dry run.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Literal
+
+import torch
+from torch import nn
+
+from netcompress.core.errors import NetcompressError
+from netcompress.core.graph import ChannelGraph
+from netcompress.prune.importance import CRITERIA, NEEDS_DATA, ScoreContext, calibration_batches
+
+
+@dataclass
+class PrunePlan:
+    """A dry run: what `channels` would remove, and the size before and after."""
+
+    groups: list[dict[str, Any]]
+    removed: list[int]
+    params_before: int
+    params_after: int
+    macs_before: int
+    macs_after: int
+    per_layer: dict[str, dict[str, int]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"{len(self.groups)} channel groups"]
+        for g in self.groups:
+            lines.append(f"  group {g['id']:3d}: {g['total']:5d} ch, remove {g['remove']:5d}: {', '.join(g['members'][:6])}"
+                         + (f" (+{len(g['members']) - 6})" if len(g["members"]) > 6 else ""))
+        lines.append(f"params {self.params_before:,} -> {self.params_after:,} "
+                     f"({100 * self.params_after / max(self.params_before, 1):.1f}%)")
+        lines.append(f"MACs   {self.macs_before:,} -> {self.macs_after:,} "
+                     f"({100 * self.macs_after / max(self.macs_before, 1):.1f}%)")
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _validate(criterion: str, ratio: float, scope: str, example_inputs: Any) -> None:
+    CRITERIA.get(criterion)
+    if not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
+        raise NetcompressError(f"ratio must be in [0, 1), got {ratio!r}")
+    if scope not in ("layer", "global"):
+        raise NetcompressError(f"scope must be 'layer' or 'global', got {scope!r}")
+    if not isinstance(example_inputs, torch.Tensor):
+        raise NetcompressError("example_inputs must be a tensor batch of real inputs (e.g. data.example)")
+
+
+def select(scores: list[torch.Tensor], graph: ChannelGraph, ratio: float, scope: str = "layer",
+           min_keep: int = 1) -> list[int]:
+    """Channel classes to remove: the lowest-scoring `ratio` of each group (scope='layer') or of
+    all channels with scores normalised by each group's mean (scope='global'); every group keeps
+    at least `min_keep` channels."""
+    removed: list[int] = []
+    if ratio <= 0:
+        return removed
+    if scope == "layer":
+        for gr, s in zip(graph.groups, scores):
+            k = min(int(ratio * len(gr.classes)), len(gr.classes) - min_keep)
+            if k > 0:
+                order = torch.argsort(s, stable=True)[:k]
+                removed += [gr.classes[i] for i in order.tolist()]
+        return removed
+    flat = []
+    for gi, (gr, s) in enumerate(zip(graph.groups, scores)):
+        norm = s / s.abs().mean().clamp_min(1e-12)
+        flat += [(float(v), gi, i) for i, v in enumerate(norm.tolist())]
+    flat.sort()
+    budget = int(ratio * len(flat))
+    left = [len(g.classes) for g in graph.groups]
+    for v, gi, i in flat:
+        if budget <= 0:
+            break
+        if left[gi] > min_keep:
+            removed.append(graph.groups[gi].classes[i])
+            left[gi] -= 1
+            budget -= 1
+    return removed
+
+
+def _analyse(model: nn.Module, criterion: str, ratio: float, example_inputs: torch.Tensor, data: Any,
+             scope: str, ignore: Iterable[str], seed: int, calibration: int):
+    _validate(criterion, ratio, scope, example_inputs)
+    batches = calibration_batches(data, calibration)
+    if criterion in NEEDS_DATA and not batches:
+        raise NetcompressError(f"criterion {criterion!r} needs calibration data: pass data=")
+    graph = ChannelGraph.build(model, example_inputs, ignore)
+    scores = CRITERIA.get(criterion)(ScoreContext(model, graph, batches, seed))
+    return graph, select(scores, graph, ratio, scope)
+
+
+def channels(model: nn.Module, criterion: str = "l1", ratio: float = 0.5, *, example_inputs: torch.Tensor,
+             data: Any = None, scope: Literal["layer", "global"] = "layer", ignore: Iterable[str] = (),
+             seed: int = 0, calibration: int = 256) -> nn.Module:
+    """Remove the least important `ratio` of channels; returns a new, smaller model.
+
+    Coupled channels (conv outputs, their BatchNorm, every consumer's inputs, residual partners,
+    concatenation slices, depthwise groups, flatten blocks, channel shuffles) are removed together.
+    The model's outputs and inputs keep their size. The result is made of the original module
+    classes and runs without netcompress. Filter pruning after Li et al. 2017; other criteria:
+    see `netcompress.prune.importance`.
+
+    Args:
+        model: a torch.fx-traceable model (unchanged by this call).
+        criterion: a name in `CRITERIA` (l1, l2, fpgm, slimming, apoz, taylor, random).
+        ratio: fraction of each group's channels to remove, in [0, 1).
+        example_inputs: a real input batch (the first sample is traced).
+        data: calibration data for apoz / taylor (a DataBundle or (x, y) batches).
+        scope: 'layer' removes `ratio` of every group; 'global' ranks all channels together.
+        ignore: module names (prefixes or fnmatch patterns) whose channels stay.
+
+    Example:
+        >>> small = channels(model, "l1", 0.5, example_inputs=data.example)  # doctest: +SKIP
+    """
+    graph, removed = _analyse(model, criterion, ratio, example_inputs, data, scope, ignore, seed, calibration)
+    new = graph.prune(removed)
+    if hasattr(model, "netcompress_spec"):
+        new.netcompress_spec = model.netcompress_spec
+    return new
+
+
+def per_layer(before: nn.Module, after: nn.Module) -> dict[str, dict[str, int]]:
+    """{layer: {"kept": k, "total": n}} output channels / features of every conv and linear layer."""
+    old = dict(before.named_modules())
+    out = {}
+    for name, m in after.named_modules():
+        o = old.get(name)
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and isinstance(o, type(m)):
+            out[name] = {"kept": m.out_channels, "total": o.out_channels}
+        elif isinstance(m, nn.Linear) and isinstance(o, nn.Linear):
+            out[name] = {"kept": m.out_features, "total": o.out_features}
+    return out
+
+
+def plan(model: nn.Module, criterion: str = "l1", ratio: float = 0.5, *, example_inputs: torch.Tensor,
+         data: Any = None, scope: Literal["layer", "global"] = "layer", ignore: Iterable[str] = (),
+         seed: int = 0, calibration: int = 256) -> PrunePlan:
+    """Dry run of `channels` with the same arguments: the groups, the channels each would lose, and
+    parameters / MACs before and after. The model is not changed.
+
+    Example:
+        >>> print(plan(model, "fpgm", 0.5, example_inputs=data.example))  # doctest: +SKIP
+    """
+    from netcompress.measure import count_macs, count_params
+
+    graph, removed = _analyse(model, criterion, ratio, example_inputs, data, scope, ignore, seed, calibration)
+    gone = set(removed)
+    groups = [{"id": g.id, "total": len(g.classes), "remove": sum(c in gone for c in g.classes),
+               "members": [f"{m}[{k}]" for m, k in g.members]} for g in graph.groups]
+    small = graph.prune(removed)
+    notes = []
+    frozen = [m.module for m in graph.members if m.kind == "out"
+              and bool((graph.uf.roots(m.labels) == 0).all())]
+    if frozen:
+        notes.append(f"layers whose outputs stay (model output, literal sizes or ignored): {', '.join(sorted(set(frozen)))}")
+    x = example_inputs[:1]
+    return PrunePlan(groups, removed, count_params(model)[0], count_params(small)[0], count_macs(model, x),
+                     count_macs(small, x), per_layer(model, small), notes)
