@@ -149,7 +149,7 @@ def measure(
         >>> data = nc.data.load("digits")
         >>> m = nc.measure(nc.models.create("lenet300", in_channels=1, input_size=8), data, latency=False)
         >>> m.params
-        54210
+        50610
     """
     from netcompress.models.io import describe, save
     from netcompress.train.loop import evaluate
