@@ -123,9 +123,14 @@ def cmd_train(args) -> int:
 
 def cmd_run(args) -> int:
     from netcompress.recipe.runner import run_recipe
+    from netcompress.report import markdown_table, summary_rows
+    from netcompress.train import is_main
 
-    run_recipe(args.recipe, out=args.out, overrides=args.set or [], resume=args.resume,
-               progress=None if not args.quiet else False)
+    res = run_recipe(args.recipe, out=args.out, overrides=args.set or [], resume=args.resume,
+                     progress=None if not args.quiet else False)
+    if is_main():
+        print(markdown_table(summary_rows(res.entries)))
+        print(f"report: {res.out / 'report.html'}")
     return 0
 
 
