@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 import shutil
 import tempfile
 import time
@@ -136,6 +137,12 @@ def run_recipe(recipe: str | Path | Recipe | None = None, out: str | Path | None
         model = create(r.model.name, **kw)
 
     entries: list[dict[str, Any]] = []
+    total_stages = 1 + sum(1 for p in plan if p[1] != "@alias")
+    counter = iter(range(1, total_stages + 1))
+
+    def say(name: str, kind: str, note: str = "") -> None:
+        if main and progress is not False:
+            print(f"[{next(counter)}/{total_stages}] {name} ({kind}){note}", file=sys.stderr, flush=True)
     figures: dict[str, bytes] = {}
     models: dict[str, nn.Module] = {}
 
@@ -169,6 +176,7 @@ def run_recipe(recipe: str | Path | Recipe | None = None, out: str | Path | None
     bdir = work / "stages" / "00-baseline"
     bdir.mkdir(parents=True, exist_ok=True)
     done = bdir / "done.json"
+    say("baseline", "train", " (resumed: done)" if resume and done.exists() else "")
     if resume and done.exists() and (bdir / "model.pt").exists():
         model = load_model(bdir / "model.pt", trust_python=True)
         entry = json.loads(done.read_text())
@@ -189,6 +197,7 @@ def run_recipe(recipe: str | Path | Recipe | None = None, out: str | Path | None
         sdir = work / "stages" / f"{i:02d}-{_slug(name)}"
         sdir.mkdir(parents=True, exist_ok=True)
         done = sdir / "done.json"
+        say(name, kind, " (resumed: done)" if resume and done.exists() else f" from {parent}")
         if resume and done.exists() and (sdir / "model.pt").exists():
             entries.append(json.loads(done.read_text()))
             models[name] = load_model(sdir / "model.pt", trust_python=True)
