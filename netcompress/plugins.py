@@ -7,6 +7,8 @@ import importlib
 
 FAMILIES: tuple[str, ...] = (
     "distill",
+    "quantize",
+    "archive",
 )
 
 _loaded = False

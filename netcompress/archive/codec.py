@@ -1,0 +1,238 @@
+"""Lossless tensor encodings of the .ncz archive (Deep Compression's storage, Han et al. 2016, sec. 2-4).
+
+A float32 tensor is stored in the smallest of these exact (bit-identical) forms:
+
+* positions `dense` (every entry) or `sparse`: the relative index of each stored entry as a gap of
+  `gap_bits` bits; a gap too long for the field gets *filler* entries of value zero (paper Fig. 2);
+  gaps are written fixed-width or Huffman-coded;
+* values `raw32` / `raw16` (fp16 only where every value is exactly representable) or `codebook`:
+  the distinct values once (fp32) plus an index per entry, fixed-width (`bits`: packed bits, e.g.
+  1 bit per binary weight) or Huffman-coded.
+
+The encoder tries the candidates on sizes computed from symbol counts, encodes the winner and checks
+that decoding gives back exactly the input (otherwise it falls back to raw32). Other dtypes (int64
+buffers, ...) are stored raw. The decoder validates every length, count and range first and raises
+`NetcompressError` on any inconsistency.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from netcompress.core.errors import NetcompressError
+from netcompress.quantize import huffman as hf
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64,
+          "int64": torch.int64, "int32": torch.int32, "int16": torch.int16, "int8": torch.int8,
+          "uint8": torch.uint8, "bool": torch.bool}
+NP = {"float32": np.float32, "float16": np.float16, "float64": np.float64, "int64": np.int64, "int32": np.int32,
+      "int16": np.int16, "int8": np.int8, "uint8": np.uint8, "bool": np.bool_}
+MAX_NUMEL = 1 << 31
+MAX_CODEBOOK = 4096
+
+
+def dtype_name(t: torch.Tensor) -> str:
+    for k, v in DTYPES.items():
+        if v == t.dtype:
+            return k
+    raise NetcompressError(f"archive: tensors of dtype {t.dtype} are not supported")
+
+
+def _huff_bits(symbols: np.ndarray, nsym: int) -> int:
+    counts = np.bincount(symbols, minlength=nsym)
+    lengths = hf.code_lengths(counts)
+    chunk = hf._chunk_size(len(symbols))
+    nchunks = -(-len(symbols) // chunk)
+    return int((counts * lengths).sum()) + 8 * (23 + (5 * nsym + 7) // 8) + nchunks * 24
+
+
+def _sparse_entries(pos: np.ndarray, gap_bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stored gaps (jump - 1) and the index in `pos` of each entry (-1 for a filler zero)."""
+    span = 1 << gap_bits
+    d = np.diff(pos, prepend=-1)
+    fill = (d - 1) // span
+    total = len(pos) + int(fill.sum())
+    gaps = np.full(total, span - 1, dtype=np.int64)
+    src = np.full(total, -1, dtype=np.int64)
+    last = np.cumsum(fill + 1) - 1  # slot of each real entry after its fillers
+    gaps[last] = d - fill * span - 1
+    src[last] = np.arange(len(pos))
+    return gaps, src
+
+
+def _fixed_width(k: int) -> int:
+    return max(1, math.ceil(math.log2(k))) if k > 1 else 1
+
+
+def _values_plan(vals: np.ndarray, allow16: bool) -> list[tuple[int, dict[str, Any]]]:
+    """(bits, plan) candidates for storing `vals` (float32)."""
+    n = len(vals)
+    out = [(32 * n, {"val": "raw32"})]
+    if allow16:
+        out.append((16 * n, {"val": "raw16"}))
+    uniq = np.unique(vals.view(np.uint32))
+    if 0 < len(uniq) <= MAX_CODEBOOK and n:
+        k = len(uniq)
+        idx = np.searchsorted(uniq, vals.view(np.uint32))
+        out.append((32 * k + _fixed_width(k) * n, {"val": "codebook", "idx_code": "fixed", "_cb": uniq, "_idx": idx}))
+        if k > 1:
+            out.append((32 * k + _huff_bits(idx, k), {"val": "codebook", "idx_code": "huffman", "_cb": uniq, "_idx": idx}))
+    return out
+
+
+def _encode_ints(x: np.ndarray, code: str, width: int, nsym: int) -> bytes:
+    if code == "fixed":
+        return hf.pack_uint(x, width)
+    return hf.encode(x, nsym=nsym).to_bytes()
+
+
+def encode_tensor(t: torch.Tensor, coding: str = "huffman") -> tuple[dict[str, Any], bytes]:
+    """The smallest exact encoding of `t`: (JSON-able description, bytes). `coding='fixed'` disables Huffman."""
+    t = t.detach().cpu().contiguous()
+    dt = dtype_name(t)
+    if dt != "float32" or t.numel() == 0:
+        raw = t.view(torch.uint8).numpy().tobytes() if dt not in ("bfloat16",) else t.view(torch.int16).numpy().tobytes()
+        return {"pos": "dense", "val": "raw"}, raw
+    flat = t.reshape(-1).numpy()
+    n = flat.size
+    allow16 = bool(np.array_equal(flat.astype(np.float16).astype(np.float32).view(np.uint32), flat.view(np.uint32)))
+    nz = np.flatnonzero(flat.view(np.uint32) != 0)  # +0.0 only; -0.0 is stored like any value
+    best: tuple[int, dict[str, Any]] | None = None
+    for bits, plan in _values_plan(flat, allow16):
+        if coding == "fixed" and plan.get("idx_code") == "huffman":
+            continue
+        cand = (bits, {"pos": "dense", **plan})
+        best = cand if best is None or cand[0] < best[0] else best
+    if len(nz) < 0.6 * n:
+        for gb in range(1, 13):
+            gaps, src = _sparse_entries(nz, gb)
+            vals = np.where(src >= 0, flat[nz[np.maximum(src, 0)]], np.float32(0)).astype(np.float32)
+            gap_opts = [(gb * len(gaps), "fixed")]
+            if coding == "huffman":
+                gap_opts.append((_huff_bits(gaps, 1 << gb), "huffman"))
+            gbits, gcode = min(gap_opts)
+            for vbits, plan in _values_plan(vals, allow16):
+                if coding == "fixed" and plan.get("idx_code") == "huffman":
+                    continue
+                total = gbits + vbits
+                if best is None or total < best[0]:
+                    best = (total, {"pos": "sparse", "gap_bits": gb, "gap_code": gcode, "m": len(gaps),
+                                    "_gaps": gaps, "_vals": vals, **plan})
+    assert best is not None
+    enc = best[1]
+    sections: list[bytes] = []
+    if enc["pos"] == "sparse":
+        sections.append(_encode_ints(enc["_gaps"], enc["gap_code"], enc["gap_bits"], 1 << enc["gap_bits"]))
+        vals = enc["_vals"]
+    else:
+        vals = flat
+    if enc["val"] == "raw32":
+        sections.append(vals.astype("<f4").tobytes())
+    elif enc["val"] == "raw16":
+        sections.append(vals.astype("<f2").tobytes())
+    else:
+        cb = enc["_cb"]
+        enc["k"] = int(len(cb))
+        sections.append(cb.astype("<u4").tobytes())
+        sections.append(_encode_ints(enc["_idx"], enc["idx_code"], _fixed_width(len(cb)), len(cb)))
+    desc = {k: v for k, v in enc.items() if not k.startswith("_")}
+    desc["sections"] = [len(s) for s in sections]
+    desc["entropy_bits"], desc["stream_bits"] = _entropy_info(enc)
+    blob = b"".join(sections)
+    back = decode_tensor(desc, blob, dt, list(t.shape), "self-check")
+    if not torch.equal(back.view(torch.int32), t.view(torch.int32)):  # bit-exact or fall back
+        return {"pos": "dense", "val": "raw"}, t.view(torch.uint8).numpy().tobytes()
+    return desc, blob
+
+
+def _entropy_info(enc: dict[str, Any]) -> tuple[float, float]:
+    """Entropy bound and the coded size (bits) of the symbol streams (gaps and indices)."""
+    ent = bits = 0.0
+    if enc["pos"] == "sparse":
+        g = enc["_gaps"]
+        ent += hf.entropy_bits(g) * len(g)
+        bits += enc["gap_bits"] * len(g) if enc["gap_code"] == "fixed" else _huff_bits(g, 1 << enc["gap_bits"])
+    if enc["val"] == "codebook":
+        i = enc["_idx"]
+        ent += hf.entropy_bits(i) * len(i)
+        bits += _fixed_width(len(enc["_cb"])) * len(i) if enc["idx_code"] == "fixed" else _huff_bits(i, len(enc["_cb"]))
+    return float(ent), float(bits)
+
+
+def _need(ok: bool, where: str, what: str) -> None:
+    if not ok:
+        raise NetcompressError(f"{where}: {what}")
+
+
+def _decode_ints(buf: bytes, code: str, width: int, n: int, nsym: int, where: str) -> np.ndarray:
+    if code == "fixed":
+        _need(len(buf) == (n * width + 7) // 8, where, "packed section has the wrong size")
+        x = hf.unpack_uint(buf, width, n)
+    elif code == "huffman":
+        hc = hf.HuffmanCode.from_bytes(buf, where)
+        _need(hc.n == n and len(hc.lengths) == nsym, where, "huffman stream does not match its description")
+        x = hf.decode(hc, where)
+    else:
+        raise NetcompressError(f"{where}: unknown code {code!r}")
+    _need(bool((x < nsym).all()), where, "symbol out of range")
+    return x
+
+
+def decode_tensor(desc: dict[str, Any], blob: bytes, dtype: str, shape: list[int], where: str) -> torch.Tensor:
+    """Inverse of `encode_tensor`; every inconsistency raises NetcompressError naming `where`."""
+    _need(dtype in DTYPES, where, f"unknown dtype {dtype!r}")
+    _need(isinstance(shape, list) and all(isinstance(s, int) and 0 <= s < MAX_NUMEL for s in shape), where, "bad shape")
+    numel = math.prod(shape)
+    _need(numel < MAX_NUMEL, where, "tensor too large")
+    if desc.get("val") == "raw":
+        if dtype == "bfloat16":
+            _need(len(blob) == 2 * numel, where, "raw data has the wrong size")
+            return torch.from_numpy(np.frombuffer(blob, dtype="<i2").copy()).view(torch.bfloat16).reshape(shape)
+        item = np.dtype(NP[dtype]).itemsize
+        _need(len(blob) == item * numel, where, "raw data has the wrong size")
+        return torch.from_numpy(np.frombuffer(blob, dtype=NP[dtype]).copy()).reshape(shape)
+    _need(dtype == "float32", where, "only float32 tensors use coded storage")
+    secs = desc.get("sections")
+    _need(isinstance(secs, list) and all(isinstance(s, int) and s >= 0 for s in secs) and sum(secs) == len(blob),
+          where, "section table does not match the data")
+    parts, off = [], 0
+    for s in secs:
+        parts.append(blob[off:off + s])
+        off += s
+    pos = desc.get("pos")
+    if pos == "sparse":
+        gb, m = desc.get("gap_bits"), desc.get("m")
+        _need(isinstance(gb, int) and 1 <= gb <= 12 and isinstance(m, int) and 0 <= m <= numel, where, "bad sparse header")
+        _need(len(parts) >= 2, where, "missing sections")
+        gaps = _decode_ints(parts.pop(0), desc.get("gap_code"), gb, m, 1 << gb, where + " (gaps)")
+        idx = np.cumsum(gaps + 1) - 1
+        _need(m == 0 or int(idx[-1]) < numel, where, "sparse index beyond the tensor")
+        count = m
+    elif pos == "dense":
+        idx, count = None, numel
+    else:
+        raise NetcompressError(f"{where}: unknown position coding {pos!r}")
+    val = desc.get("val")
+    if val in ("raw32", "raw16"):
+        _need(len(parts) == 1, where, "wrong number of sections")
+        item = 4 if val == "raw32" else 2
+        _need(len(parts[0]) == item * count, where, "value section has the wrong size")
+        vals = np.frombuffer(parts[0], dtype="<f4" if val == "raw32" else "<f2").astype(np.float32)
+    elif val == "codebook":
+        k = desc.get("k")
+        _need(isinstance(k, int) and 1 <= k <= MAX_CODEBOOK and len(parts) == 2 and len(parts[0]) == 4 * k,
+              where, "bad codebook")
+        cb = np.frombuffer(parts[0], dtype="<u4")
+        ix = _decode_ints(parts[1], desc.get("idx_code"), _fixed_width(k), count, k, where + " (indices)")
+        vals = cb[ix].view(np.float32)
+    else:
+        raise NetcompressError(f"{where}: unknown value coding {val!r}")
+    if idx is None:
+        out = vals.astype(np.float32, copy=False)
+    else:
+        out = np.zeros(numel, dtype=np.float32)
+        out[idx] = vals
+    return torch.from_numpy(np.ascontiguousarray(out).copy()).reshape(shape)

@@ -1,0 +1,214 @@
+"""The .ncz compressed model file: `pack(model, path)`, `unpack(path) -> model`, `inspect(path)`.
+
+Layout (little endian)::
+
+    b"NCZ\\x00"  u16 version  u32 header_len  32-byte SHA-256 of the header  header  payload
+
+The header is zlib-compressed JSON: format name and version, the architecture description of
+`netcompress.models.describe` (rebuilt by `netcompress.models.build`; no pickle, no code), the
+SHA-256 of the payload, and per tensor: name, dtype, shape, its encoding (`archive.codec`), offset,
+length and CRC-32. Reading checks the magic, version, both digests and every field before any
+tensor is decoded; any problem raises `NetcompressError`. Files are written atomically.
+
+Example:
+    >>> nc.archive.pack(model, "lenet5.ncz")                 # doctest: +SKIP
+    >>> same = nc.archive.unpack("lenet5.ncz")                # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import zlib
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from netcompress.archive import codec
+from netcompress.core.errors import NetcompressError
+
+MAGIC = b"NCZ\x00"
+FORMAT = "netcompress-archive"
+VERSION = 1
+_PRE = struct.Struct("<4sHI32s")
+MAX_HEADER = 64 << 20
+
+
+def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach() for k, v in model.state_dict(keep_vars=True).items()}
+
+
+def pack(model: nn.Module, path: str | os.PathLike, coding: str = "huffman") -> dict[str, Any]:
+    """Write `model` as a compressed archive (Han et al. 2016: sparse + codebook + Huffman), atomically.
+
+    Every tensor is stored exactly, in its smallest lossless form, so `unpack(path)` gives a model
+    with bit-identical outputs.
+
+    Args:
+        model: a model built by `netcompress.models.create` (possibly pruned, clustered, binarised).
+        path: the .ncz file to write.
+        coding: 'huffman' (default) or 'fixed' (no Huffman coding; fixed-width fields only).
+
+    Returns:
+        The manifest (what `inspect` reads back), with the file size under "file_bytes".
+    """
+    if coding not in ("huffman", "fixed"):
+        raise NetcompressError(f"pack: coding {coding!r}; valid: huffman, fixed")
+    from netcompress.models.io import atomic_write, describe
+
+    arch = describe(model)
+    entries, blobs, off = [], [], 0
+    for name, t in _tensors(model).items():
+        desc, blob = codec.encode_tensor(t, coding)
+        entries.append({"name": name, "dtype": codec.dtype_name(t), "shape": list(t.shape), "enc": desc,
+                        "offset": off, "length": len(blob), "crc32": zlib.crc32(blob)})
+        blobs.append(blob)
+        off += len(blob)
+    payload = b"".join(blobs)
+    manifest = {"format": FORMAT, "version": VERSION, "arch": arch, "tensors": entries,
+                "payload_sha256": hashlib.sha256(payload).hexdigest()}
+    header = zlib.compress(json.dumps(manifest, separators=(",", ":")).encode(), 9)
+    pre = _PRE.pack(MAGIC, VERSION, len(header), hashlib.sha256(header).digest())
+    atomic_write(path, lambda f: f.write(pre + header + payload))
+    manifest["file_bytes"] = len(pre) + len(header) + len(payload)
+    return manifest
+
+
+def _read(path: str | os.PathLike) -> tuple[dict[str, Any], bytes, int]:
+    p = Path(path)
+    if not p.is_file():
+        raise NetcompressError(f"archive {p} does not exist")
+    data = p.read_bytes()
+    where = str(p)
+    if len(data) < _PRE.size:
+        raise NetcompressError(f"{where}: truncated (not a netcompress archive)")
+    magic, version, hlen, hsha = _PRE.unpack_from(data, 0)
+    if magic != MAGIC:
+        raise NetcompressError(f"{where}: not a netcompress archive (bad magic)")
+    if version > VERSION or version < 1:
+        raise NetcompressError(f"{where}: archive format version {version} is not supported (this netcompress reads {VERSION})")
+    if len(data) < _PRE.size + hlen:
+        raise NetcompressError(f"{where}: truncated header")
+    header = data[_PRE.size:_PRE.size + hlen]
+    if hashlib.sha256(header).digest() != hsha:
+        raise NetcompressError(f"{where}: header checksum mismatch (corrupted or tampered)")
+    try:
+        d = zlib.decompressobj()
+        raw = d.decompress(header, MAX_HEADER)
+        if d.unconsumed_tail or not d.eof:
+            raise ValueError("header too large or incomplete")
+        manifest = json.loads(raw)
+    except (zlib.error, ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise NetcompressError(f"{where}: unreadable header ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("version") != version:
+        raise NetcompressError(f"{where}: header is not a netcompress archive manifest")
+    payload = data[_PRE.size + hlen:]
+    if hashlib.sha256(payload).hexdigest() != manifest.get("payload_sha256"):
+        raise NetcompressError(f"{where}: payload checksum mismatch (truncated, corrupted or tampered)")
+    if not isinstance(manifest.get("tensors"), list) or not isinstance(manifest.get("arch"), dict):
+        raise NetcompressError(f"{where}: manifest lacks tensors or architecture")
+    return manifest, payload, len(data)
+
+
+def _decode_all(manifest: dict[str, Any], payload: bytes, where: str) -> dict[str, torch.Tensor]:
+    out = {}
+    for i, e in enumerate(manifest["tensors"]):
+        if not isinstance(e, dict):
+            raise NetcompressError(f"{where}: tensor entry {i} is not an object")
+        name = e.get("name")
+        off, ln = e.get("offset"), e.get("length")
+        w = f"{where}: tensor {name!r}"
+        if not isinstance(name, str) or name in out:
+            raise NetcompressError(f"{where}: tensor entry {i} has a bad or duplicate name")
+        if not (isinstance(off, int) and isinstance(ln, int) and 0 <= off and 0 <= ln and off + ln <= len(payload)):
+            raise NetcompressError(f"{w}: data range outside the payload")
+        blob = payload[off:off + ln]
+        if zlib.crc32(blob) != e.get("crc32"):
+            raise NetcompressError(f"{w}: CRC mismatch")
+        if not isinstance(e.get("enc"), dict):
+            raise NetcompressError(f"{w}: missing encoding")
+        try:
+            out[name] = codec.decode_tensor(e["enc"], blob, e.get("dtype"), e.get("shape"), w)
+        except NetcompressError:
+            raise
+        except (ValueError, TypeError, KeyError, IndexError, OverflowError, RuntimeError) as ex:
+            raise NetcompressError(f"{w}: undecodable ({type(ex).__name__}: {ex})") from None
+    return out
+
+
+def unpack(path: str | os.PathLike) -> nn.Module:
+    """Rebuild the model stored in an archive (eval mode, CPU); outputs are bit-identical to the packed model.
+
+    Architectures naming python code (`python:` specs) are refused: an archive never runs code.
+    """
+    from netcompress.models.io import build, load_state_exact
+
+    manifest, payload, _ = _read(path)
+    where = str(path)
+    state = _decode_all(manifest, payload, where)
+    try:
+        model = build(manifest["arch"], trust_python=False)
+    except NetcompressError as e:
+        raise NetcompressError(f"{where}: {e}") from None
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as e:
+        raise NetcompressError(f"{where}: architecture cannot be rebuilt ({type(e).__name__}: {e})") from None
+    own = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers(remove_duplicate=False))
+    for k, t in state.items():
+        if k in own and own[k].numel() and (own[k].shape != t.shape or own[k].dtype != t.dtype):
+            raise NetcompressError(f"{where}: tensor {k!r} has shape {tuple(t.shape)} {t.dtype}, "
+                                   f"the architecture expects {tuple(own[k].shape)} {own[k].dtype}")
+    try:
+        load_state_exact(model, state)
+    except NetcompressError as e:
+        raise NetcompressError(f"{where}: {e}") from None
+    return model.eval()
+
+
+def inspect(path: str | os.PathLike) -> dict[str, Any]:
+    """Per-tensor table of an archive: params, nonzeros, encoding, bytes, bits/weight, entropy bound, ratio.
+
+    Returns `{"file_bytes", "params", "dense_fp32_bytes", "ratio", "entropy_bytes", "coded_stream_bytes",
+    "layers": [...]}`; decoding every tensor also verifies the archive.
+    """
+    manifest, payload, size = _read(path)
+    state = _decode_all(manifest, payload, str(path))
+    rows = []
+    for e in manifest["tensors"]:
+        t = state[e["name"]]
+        enc = e["enc"]
+        n = t.numel()
+        desc = enc["pos"] if enc.get("val") == "raw" else f"{enc['pos']}/{enc['val']}"
+        if enc.get("val") == "codebook":
+            desc += f"[{enc['k']}]/{enc['idx_code']}"
+        if enc.get("pos") == "sparse":
+            desc += f" gaps {enc['gap_bits']}b/{enc['gap_code']}"
+        rows.append({"name": e["name"], "params": n, "nonzero": int(torch.count_nonzero(t)) if n else 0,
+                     "encoding": desc, "bytes": e["length"], "bits_per_weight": 8 * e["length"] / max(n, 1),
+                     "entropy_bytes": enc.get("entropy_bits", 0.0) / 8, "stream_bytes": enc.get("stream_bits", 0.0) / 8,
+                     "ratio": 4 * n / max(e["length"], 1) if t.is_floating_point() else None})
+    params = sum(r["params"] for r in rows if state[r["name"]].is_floating_point())
+    ent = sum(r["entropy_bytes"] for r in rows)
+    coded = sum(r["stream_bytes"] for r in rows)
+    return {"file_bytes": size, "header_bytes": size - len(payload), "params": params, "dense_fp32_bytes": 4 * params,
+            "ratio": 4 * params / size, "entropy_bytes": ent, "coded_stream_bytes": coded,
+            "stream_overhead": (coded / ent - 1) if ent else None, "layers": rows}
+
+
+def format_table(info: dict[str, Any]) -> str:
+    """The `inspect` result as an aligned text table."""
+    head = f"{'tensor':28s} {'params':>9s} {'nonzero':>9s} {'bytes':>9s} {'bits/w':>7s} {'entropy B':>10s} {'ratio':>7s}  encoding"
+    lines = [head, "-" * len(head)]
+    for r in info["layers"]:
+        ratio = f"{r['ratio']:.1f}x" if r["ratio"] is not None else "-"
+        lines.append(f"{r['name'][:28]:28s} {r['params']:9d} {r['nonzero']:9d} {r['bytes']:9d} {r['bits_per_weight']:7.3f} "
+                     f"{r['entropy_bytes']:10.1f} {ratio:>7s}  {r['encoding']}")
+    lines.append("-" * len(head))
+    lines.append(f"file {info['file_bytes']} bytes (header {info['header_bytes']}); {info['params']} float params; "
+                 f"dense fp32 {info['dense_fp32_bytes']} bytes; ratio {info['ratio']:.1f}x")
+    if info["entropy_bytes"]:
+        lines.append(f"coded index/gap streams {info['coded_stream_bytes']:.0f} bytes vs entropy bound "
+                     f"{info['entropy_bytes']:.0f} bytes (+{100 * info['stream_overhead']:.2f}%)")
+    return "\n".join(lines)

@@ -1,0 +1,277 @@
+"""k-means weight sharing and centroid fine-tuning (Han et al. 2016, "Deep Compression", section 3).
+
+Each selected layer's non-zero weights are clustered into 2^bits shared values; every weight is
+replaced by its centroid, so the layer stores a small codebook plus one index per weight. Pruned
+zeros stay exactly zero and are not a cluster. Fine-tuning (`CentroidFineTune`) trains the shared
+values: the gradient of each centroid is the sum of the gradients of its weights (paper eq. 3).
+
+1-D k-means is fast here: the weights are sorted once, then each Lloyd iteration needs only
+`searchsorted` of the k-1 midpoints and prefix sums (O(k log n) per iteration, not O(nk)).
+
+Example:
+    >>> import torch, netcompress as nc
+    >>> m = torch.nn.Sequential(torch.nn.Linear(20, 10))
+    >>> info = nc.quantize.cluster_(m, bits=2)
+    >>> int(torch.unique(m[0].weight).numel()) <= 4
+    True
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from netcompress.core.errors import NetcompressError
+from netcompress.core.method import Method
+
+Init = Literal["linear", "density", "random", "best"]
+FilterFn = Callable[[nn.Module, str], bool]
+
+
+@dataclass
+class KMeansResult:
+    """Sorted centroids, the cluster of each input value, and the sum of squared errors."""
+
+    centroids: np.ndarray
+    labels: np.ndarray
+    inertia: float
+    iterations: int
+
+
+def _init_centroids(xs: np.ndarray, k: int, init: str, rng: np.random.Generator) -> np.ndarray:
+    if init == "linear":  # evenly spaced between min and max: keeps the rare large weights (paper's choice)
+        return np.linspace(xs[0], xs[-1], k)
+    if init == "density":  # evenly spaced on the CDF
+        return xs[np.minimum(((np.arange(k) + 0.5) / k * len(xs)).astype(np.int64), len(xs) - 1)]
+    if init == "random":  # Forgy: k distinct weights at random
+        return np.sort(xs[rng.choice(len(xs), size=k, replace=False)])
+    raise NetcompressError(f"k-means init {init!r}; valid: linear, density, random, best")
+
+
+def _lloyd_sorted(xs: np.ndarray, cs: np.ndarray, cum: np.ndarray, cum2: np.ndarray, max_iter: int, k: int) -> tuple[np.ndarray, np.ndarray, int]:
+    n = len(xs)
+    it = 0
+    for it in range(1, max_iter + 1):
+        cs = np.unique(cs)  # sorted, duplicates merged
+        mids = (cs[1:] + cs[:-1]) / 2
+        b = np.concatenate([[0], np.searchsorted(xs, mids, side="right"), [n]])
+        cnt = np.diff(b)
+        sums = cum[b[1:]] - cum[b[:-1]]
+        keep = cnt > 0
+        new = (sums / np.maximum(cnt, 1))[keep]
+        missing = k - len(new)
+        if missing > 0:  # re-seed empty clusters by splitting the clusters with the largest error
+            c, s1, s2 = cnt[keep], sums[keep], (cum2[b[1:]] - cum2[b[:-1]])[keep]
+            var = np.maximum(s2 / c - new * new, 0)
+            top = np.argsort(-(var * c))[:missing]
+            top = top[var[top] > 0]
+            new = np.sort(np.concatenate([new, new[top] + 0.5 * np.sqrt(var[top])]))
+        if len(new) == len(cs) and np.array_equal(new, cs):
+            break
+        cs = new
+    cs = np.unique(cs)
+    mids = (cs[1:] + cs[:-1]) / 2
+    b = np.concatenate([[0], np.searchsorted(xs, mids, side="right"), [n]])
+    return cs, b, it
+
+
+def kmeans_1d(values: np.ndarray | torch.Tensor, k: int, init: Init = "linear", max_iter: int = 300,
+              seed: int = 0) -> KMeansResult:
+    """Lloyd's k-means on scalars via sorting and prefix sums (exact Lloyd iterations).
+
+    Args:
+        values: 1-D array of values to cluster.
+        k: number of clusters (fewer are returned when there are fewer distinct values).
+        init: 'linear' (Han et al.'s default), 'density', 'random' (Forgy) or 'best' (all three, the
+            lowest sum of squared errors wins).
+        max_iter: Lloyd iterations at most (stops earlier at a fixed point).
+        seed: for 'random'.
+
+    Returns:
+        `KMeansResult` with sorted float64 centroids and int64 labels aligned with `values`.
+    """
+    x = values.detach().cpu().double().numpy().ravel() if isinstance(values, torch.Tensor) else np.asarray(values, np.float64).ravel()
+    if x.size == 0:
+        raise NetcompressError("k-means: no values to cluster")
+    if k < 1:
+        raise NetcompressError(f"k-means: k must be >= 1, got {k}")
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    cum = np.concatenate([[0.0], np.cumsum(xs)])
+    cum2 = np.concatenate([[0.0], np.cumsum(xs * xs)])
+    k = min(k, int((np.diff(xs) != 0).sum()) + 1)
+    rng = np.random.default_rng(seed)
+    inits = ["linear", "density", "random"] if init == "best" else [init]
+    best = None
+    for name in inits:
+        cs0 = _init_centroids(xs, min(k, len(xs)), name, rng)
+        cs, b, it = _lloyd_sorted(xs, cs0, cum, cum2, max_iter, len(cs0))
+        cnt = np.diff(b)
+        s1 = cum[b[1:]] - cum[b[:-1]]
+        s2 = cum2[b[1:]] - cum2[b[:-1]]
+        sse = float(np.maximum(s2 - 2 * cs * s1 + cnt * cs * cs, 0).sum())
+        if best is None or sse < best[0]:
+            best = (sse, cs, b, it)
+    sse, cs, b, it = best
+    labels_sorted = np.repeat(np.arange(len(cs)), np.diff(b))
+    labels = np.empty_like(labels_sorted)
+    labels[order] = labels_sorted
+    return KMeansResult(cs, labels, sse, it)
+
+
+def _bits_for(module: nn.Module, name: str, bits: int | Mapping[str, int]) -> int | None:
+    if isinstance(bits, int):
+        return bits
+    if name in bits:
+        return bits[name]
+    return bits.get(type(module).__name__)
+
+
+def _default_filter(module: nn.Module, name: str) -> bool:
+    return isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) and getattr(module, "weight", None) is not None
+
+
+def cluster_(model: nn.Module, bits: int | Mapping[str, int] = 5, init: Init = "linear",
+             filter_fn: FilterFn | None = None, max_iter: int = 300, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Share weights by per-layer 1-D k-means, in place (Han et al. 2016, section 3).
+
+    Args:
+        model: the model; each selected layer's `weight` gets at most 2^bits distinct non-zero values.
+        bits: an int for every layer, or a mapping from module type name ('Conv2d', 'Linear') or
+            qualified module name to bits; layers not in the mapping are left alone.
+        init: centroid initialisation ('linear' as in the paper, 'density', 'random', 'best').
+        filter_fn: `filter_fn(module, name) -> bool` selects layers (default: Conv and Linear).
+        max_iter: Lloyd iterations per layer at most.
+        seed: for random initialisation.
+
+    Returns:
+        Per-layer info `{name: {"bits", "clusters", "nonzero", "inertia"}}`.
+
+    Example:
+        >>> cluster_(model, bits={"Conv2d": 8, "Linear": 5})  # doctest: +SKIP
+    """
+    if isinstance(bits, Mapping):
+        bad = {k: v for k, v in bits.items() if not isinstance(v, int) or not 1 <= v <= 16}
+    else:
+        bad = {} if isinstance(bits, int) and 1 <= bits <= 16 else {"bits": bits}
+    if bad:
+        raise NetcompressError(f"cluster_: bits must be integers in 1..16, got {bad}")
+    if init not in ("linear", "density", "random", "best"):
+        raise NetcompressError(f"cluster_: init {init!r}; valid: linear, density, random, best")
+    select = filter_fn or _default_filter
+    mods = dict(model.named_modules())
+    if isinstance(bits, Mapping):
+        types = {type(m).__name__ for m in mods.values()}
+        unknown = [k for k in bits if k not in mods and k not in types]
+        if unknown:
+            raise NetcompressError(f"cluster_: {unknown} match no module name or type in the model "
+                                   f"(types: {', '.join(sorted(t for t in types if t in ('Conv2d', 'Conv1d', 'Linear')))})")
+    plan = []
+    for name, m in mods.items():
+        if not select(m, name):
+            continue
+        b = _bits_for(m, name, bits)
+        if b is not None:
+            plan.append((name, m, b))
+    if not plan:
+        raise NetcompressError("cluster_: no layer selected (check bits and filter_fn)")
+    info: dict[str, dict[str, Any]] = {}
+    new_weights = []
+    for name, m, b in plan:  # compute everything first, then write (atomic)
+        w = m.weight.detach()
+        flat = w.reshape(-1)
+        nz = torch.nonzero(flat != 0).squeeze(1)
+        if nz.numel() == 0:
+            info[name] = {"bits": b, "clusters": 0, "nonzero": 0, "inertia": 0.0}
+            continue
+        res = kmeans_1d(flat[nz], 1 << b, init=init, max_iter=max_iter, seed=seed)
+        cents = torch.tensor(res.centroids, dtype=w.dtype)
+        new = torch.zeros_like(flat)
+        new[nz] = cents[torch.from_numpy(res.labels)].to(w.dtype)
+        new_weights.append((m, new.view_as(w)))
+        info[name] = {"bits": b, "clusters": int(len(cents)), "nonzero": int(nz.numel()), "inertia": res.inertia,
+                      "centroids": [float(c) for c in cents]}
+    with torch.no_grad():
+        for m, new in new_weights:
+            m.weight.copy_(new)
+    return info
+
+
+class CentroidFineTune(Method):
+    """Train the shared centroids of a clustered model (Han et al. 2016, section 3.3, eq. 3).
+
+    Each layer's weights keep their cluster assignment; after `backward` every weight's gradient
+    is replaced by the summed (`reduce='sum'`, the paper) or averaged gradient of its cluster, so
+    the optimizer moves all members of a cluster together. Pruned zeros get no gradient. After
+    each step the weights are re-projected onto their cluster means, so sharing is exact.
+
+    Example:
+        >>> ft = CentroidFineTune(reduce="mean")
+        >>> nc.train.fit(model, data, methods=[ft], epochs=1, lr=0.001)  # doctest: +SKIP
+    """
+
+    name = "centroid-finetune"
+
+    def __init__(self, reduce: Literal["sum", "mean"] = "sum", filter_fn: FilterFn | None = None) -> None:
+        if reduce not in ("sum", "mean"):
+            raise NetcompressError(f"CentroidFineTune: reduce {reduce!r}; valid: sum, mean")
+        self.reduce = reduce
+        self.filter_fn = filter_fn or _default_filter
+        self.layers: dict[str, tuple[torch.Tensor, int]] = {}
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        self.layers = {}
+        for name, m in model.named_modules():
+            if not self.filter_fn(m, name):
+                continue
+            flat = m.weight.detach().reshape(-1)
+            vals, inv = torch.unique(flat, return_inverse=True)
+            if vals.numel() > 1 << 16:
+                continue  # not a clustered layer
+            zero = (vals == 0).nonzero()
+            labels = inv.clone()
+            if zero.numel():
+                labels[inv == zero.item()] = -1
+            self.layers[name] = (labels, int(vals.numel()))
+        if not self.layers:
+            raise NetcompressError("CentroidFineTune: no clustered layer found (run cluster_ first)")
+        return model
+
+    def _mods(self, model: nn.Module):
+        mods = dict(model.named_modules())
+        for name, (labels, k) in self.layers.items():
+            yield mods[name], labels.to(mods[name].weight.device), k
+
+    def after_backward(self, model: nn.Module) -> None:
+        for m, labels, k in self._mods(model):
+            g = m.weight.grad
+            if g is None:
+                continue
+            flat = g.reshape(-1)
+            valid = labels >= 0
+            lab = labels.clamp(min=0)
+            s = torch.zeros(k, dtype=g.dtype, device=g.device).index_add_(0, lab[valid], flat[valid])
+            if self.reduce == "mean":
+                cnt = torch.bincount(lab[valid], minlength=k).clamp(min=1).to(g.dtype)
+                s = s / cnt
+            m.weight.grad = torch.where(valid, s[lab], torch.zeros_like(flat)).view_as(g)
+
+    @torch.no_grad()
+    def after_step(self, model: nn.Module, step: int) -> None:
+        for m, labels, k in self._mods(model):
+            flat = m.weight.reshape(-1)
+            valid = labels >= 0
+            lab = labels.clamp(min=0)
+            s = torch.zeros(k, dtype=flat.dtype, device=flat.device).index_add_(0, lab[valid], flat[valid])
+            cnt = torch.bincount(lab[valid], minlength=k).clamp(min=1).to(flat.dtype)
+            cent = s / cnt
+            m.weight.copy_(torch.where(valid, cent[lab], torch.zeros_like(flat)).view_as(m.weight))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"labels": {n: l for n, (l, _) in self.layers.items()}, "k": {n: k for n, (_, k) in self.layers.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.layers = {n: (state["labels"][n], int(state["k"][n])) for n in state.get("labels", {})}
