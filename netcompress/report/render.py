@@ -124,7 +124,7 @@ def _html_table(rows: list[dict[str, Any]]) -> str:
 
 _CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1150px;color:#222}
 table{border-collapse:collapse;font-size:13px;margin:1rem 0}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
-th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}figure{display:inline-block;margin:0.5rem}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}figure{display:inline-block;margin:0.5rem;vertical-align:top}
 img{max-width:540px;border:1px solid #eee}pre{background:#f7f7f7;padding:1rem;overflow:auto;font-size:12px}
 .meta{color:#666;font-size:13px}"""
 
