@@ -67,12 +67,13 @@ def example_for(model: nn.Module, example_inputs: torch.Tensor | None = None) ->
 
 
 @torch.no_grad()
-def probe(model: nn.Module, example_inputs: torch.Tensor) -> list[tuple[str, tuple[int, ...]]]:
-    """(name, output shape) of every leaf module in execution order for one forward pass (eval mode)."""
+def probe(model: nn.Module, example_inputs: torch.Tensor, leaves_only: bool = True) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, output shape) of every leaf module (or every named module) in the order their forward
+    passes end, for one forward pass in eval mode."""
     order: list[tuple[str, tuple[int, ...]]] = []
     handles = []
     for name, m in model.named_modules():
-        if name and not list(m.children()):
+        if name and (not leaves_only or not list(m.children())):
             handles.append(m.register_forward_hook(
                 lambda mod, i, o, n=name: order.append((n, tuple(o.shape))) if isinstance(o, torch.Tensor) else None))
     was = model.training

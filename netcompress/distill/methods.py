@@ -138,11 +138,11 @@ class _FeatureMethod(TeacherMethod):
         if not self.pairs:
             defaults = ([], []) if self.layers else self._defaults(model, x)
             self.pairs = pair_layers(self.layers, *defaults)
-            s_shapes, t_shapes = dict(probe(model, x)), dict(probe(self.teacher, x))
+            s_shapes, t_shapes = dict(probe(model, x, False)), dict(probe(self.teacher, x, False))
             for s, t in self.pairs:
                 for nm, shapes, who in ((s, s_shapes, "student"), (t, t_shapes, "teacher")):
                     if nm not in shapes:
-                        raise NetcompressError(f"{self.name}: {who} has no leaf module {nm!r} producing a tensor "
+                        raise NetcompressError(f"{self.name}: {who} has no module {nm!r} producing a tensor "
                                                f"(known: {', '.join(list(shapes)[:12])})")
             if self.use_adapters:
                 self.adapters = nn.ModuleList(make_adapter(s_shapes[s], t_shapes[t], self.adapters_always)

@@ -312,6 +312,24 @@ DISTILLERS.register("born-again", _run_born_again, help="Furlanello et al. 2018:
 DISTILLERS.register("takd", _run_takd, help="Mirzadeh et al. 2020: teacher -> assistant -> student")
 
 
+@torch.no_grad()
+def _check_runs(model: nn.Module, data, who: str) -> None:
+    """Fail early, with a clear message, when `model` cannot classify `data`'s inputs."""
+    was = model.training
+    model.eval()
+    try:
+        out = model(data.example[:2].to(next((p.device for p in model.parameters()), torch.device("cpu"))))
+    except RuntimeError as e:
+        raise NetcompressError(f"distill: the {who} cannot run on {tuple(data.input_shape)} inputs: "
+                               f"{str(e).splitlines()[0]}") from None
+    finally:
+        model.train(was)
+    logits = out if isinstance(out, torch.Tensor) else out[-1]
+    if logits.shape[-1] != data.num_classes:
+        raise NetcompressError(f"distill: the {who} has {logits.shape[-1]} outputs but the data has "
+                               f"{data.num_classes} classes")
+
+
 def run_distill(cfg: DistillConfig, teacher: nn.Module | None, student: nn.Module | None, data,
                 fit_fn: FitFn) -> DistillResult:
     """Run `cfg.method`; adds teacher accuracy and, with `compare_scratch`, the student trained alone
@@ -321,6 +339,9 @@ def run_distill(cfg: DistillConfig, teacher: nn.Module | None, student: nn.Modul
         raise NetcompressError(f"distill: method {cfg.method!r} needs a teacher")
     if student is None and cfg.method not in ("born-again",):
         raise NetcompressError(f"distill: method {cfg.method!r} needs a student model")
+    for who, m in (("teacher", teacher), ("student", student)):
+        if m is not None:
+            _check_runs(m, data, who)
     scratch = fresh_copy(student if student is not None else teacher) if cfg.compare_scratch else None
     if teacher is not None:
         teacher.eval()

@@ -1,0 +1,208 @@
+"""Each distillation protocol runs end to end on a tiny budget and returns what it promises;
+gradients never reach the teacher; the recipe stage and the CLI work."""
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+import netcompress as nc
+from netcompress.core.errors import NetcompressError
+from netcompress.distill import (AT, DML, KD, RKD, SP, DistillConfig, Hint, Peers, distill, fresh_copy, make_fit,
+                                 train_student)
+from netcompress.distill.methods import zero_task_loss
+
+TINY = dict(epochs=1, max_steps=3)
+
+
+@pytest.fixture(scope="module")
+def small(mnist):
+    return mnist.subset(256, 64)
+
+
+@pytest.fixture(scope="module")
+def teacher(small):
+    t = nc.models.create("lenet5")
+    nc.train.fit(t, small, epochs=1, max_steps=4, progress=False)
+    return t
+
+
+def student():
+    return nc.models.create("lenet5-quarter")
+
+
+def _state(m):
+    return {k: v.clone() for k, v in m.state_dict().items()}
+
+
+def _same(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("cls", [KD, AT, RKD, SP, Hint])
+def test_teacher_gets_no_gradient_and_stays_unchanged(small, cls):
+    teacher = nc.models.create("resnet8", in_channels=1, input_size=28)  # BN: running stats must not move
+    teacher.train()
+    before = _state(teacher)
+    s = nc.models.create("lenet5-quarter")
+    kw = {"example_inputs": small.example} if cls is not KD else {}
+    if cls in (AT,):
+        kw["alpha"] = 0.5
+    m = cls(teacher, **kw)
+    loss_fn = zero_task_loss if cls is Hint else m.task_loss
+    x, y = next(iter(small.train))
+    s = m.prepare(s)
+    out = s(x)
+    parts = m.loss_terms(s, x, y, out)
+    sum(parts.values()).add(loss_fn(out, y)).backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert any(p.grad is not None for p in s.parameters())
+    m.finalize(s)
+    assert _same(before, _state(teacher)) and teacher.training  # mode restored, BN stats unchanged
+    assert not teacher._forward_hooks and not any(mod._forward_hooks for mod in teacher.modules())
+
+
+def test_kd_mixing_and_task_loss(small, teacher):
+    kd = KD(teacher, temperature=4.0, alpha=0.9)
+    x, y = next(iter(small.train))
+    s = kd.prepare(student())
+    out = s(x)
+    ce = torch.nn.functional.cross_entropy(out, y)
+    assert kd.task_loss(out, y).item() == pytest.approx(0.1 * ce.item(), rel=1e-5)
+    want = 0.9 * nc.distill.kd_loss(out, teacher(x), 4.0)
+    assert kd.loss_terms(s, x, y, out)["kd"].item() == pytest.approx(want.item(), rel=1e-5)
+    with pytest.raises(NetcompressError, match="alpha"):
+        KD(teacher, alpha=1.5)
+    with pytest.raises(NetcompressError, match="teacher object"):
+        KD(teacher).prepare(teacher)
+
+
+def test_fitnet_hint_stage_trains_only_the_lower_part_and_regressor(small, teacher):
+    s = student()
+    hint = Hint(teacher, layers=["features.3"], example_inputs=small.example)  # student conv2 -> teacher conv2
+    before = _state(s)
+    make_fit(small, **TINY)(s, methods=[hint], loss_fn=zero_task_loss, tag="hint")
+    hint.finalize(s)
+    after = _state(s)
+    assert not torch.equal(before["features.0.weight"], after["features.0.weight"])
+    assert not torch.equal(before["features.3.weight"], after["features.3.weight"])
+    assert torch.equal(before["classifier.0.weight"], after["classifier.0.weight"])  # upper part untouched
+    reg = hint.adapters[0].proj
+    assert isinstance(reg, torch.nn.Conv2d) and reg.in_channels == 12 and reg.out_channels == 50
+
+
+def test_feature_adapter_when_shapes_differ(small):
+    t = nc.models.create("resnet8", in_channels=1, input_size=28)
+    m = Hint(t, layers=[["features.4", "layer2"]], example_inputs=small.example)
+    s = m.prepare(student())
+    a = m.adapters[0]
+    assert a.proj.out_channels == 32 and a.size == (14, 14)  # 12ch 8x8 -> 32ch 14x14
+    assert len(m.extra_parameters()) == 1
+    m.finalize(s)
+    with pytest.raises(NetcompressError, match="has no module"):
+        AT(t, layers=["nope"], example_inputs=small.example).prepare(student())
+
+
+@pytest.mark.parametrize("method", ["kd", "fitnet", "at", "rkd", "sp"])
+def test_single_teacher_protocols_run(small, teacher, method):
+    before = _state(teacher)
+    r = distill(method, teacher, student(), small, **TINY)
+    assert 0 <= r.accuracy <= 1 and r.extra["method"] == method and "teacher_acc" in r.extra
+    assert r.student.netcompress_spec["name"] == "lenet5-quarter"
+    assert _same(before, _state(teacher))
+    hist = next(iter(r.histories.values()))
+    assert hist and hist[-1]["steps"] == 3
+    if method in ("at", "rkd", "sp"):
+        assert r.extra["layer_pairs"]
+
+
+def test_dml_returns_n_peers_and_ensemble(small):
+    r = distill("dml", None, student(), small, peers=3, **TINY)
+    assert len(r.extra["peer_acc"]) == 3 and 0 <= r.extra["ensemble_acc"] <= 1
+    assert {"peer0", "peer1", "peer2", "ensemble"} <= set(r.models)
+    logs = r.histories["dml"][-1]
+    assert {"kl0", "kl1", "kl2"} <= set(logs)
+    peers = [r.models[f"peer{i}"] for i in range(3)]
+    assert not torch.equal(peers[0].features[0].weight, peers[1].features[0].weight)  # different inits
+
+
+def test_dml_step_gives_each_peer_only_its_own_gradient(small):
+    a, b = student(), student()
+    x, y = next(iter(small.train))
+    group = DML().prepare(Peers([a, b]))
+    out = group(x)
+    DML().loss_terms(group, x, y, out)["kl0"].backward()
+    assert any(p.grad is not None for p in a.parameters())
+    assert all(p.grad is None for p in b.parameters())  # peer 1's output is detached in peer 0's loss
+
+
+def test_born_again_k_generations_plus_ensemble(small, teacher):
+    r = distill("born-again", teacher, None, small, generations=3, **TINY)
+    assert len(r.extra["generation_acc"]) == 3 and "ensemble_acc" in r.extra
+    gens = [r.models[f"gen{k}"] for k in (1, 2, 3)]
+    assert r.student is gens[-1]
+    x = small.example
+    with torch.no_grad():
+        want = torch.stack([g.eval()(x) for g in gens]).mean(0)
+        assert torch.allclose(r.models["ensemble"](x), want, atol=1e-6)
+    assert sum(p.numel() for p in gens[0].parameters()) == sum(p.numel() for p in teacher.parameters())
+
+
+def test_takd_builds_interpolated_assistant_and_reports_direct_kd(small, teacher):
+    r = distill("takd", teacher, student(), small, **TINY)
+    n = lambda m: sum(p.numel() for p in m.parameters())
+    assert n(r.student) < r.extra["assistant_params"] < n(teacher)
+    assert {"assistant_acc", "direct_kd_acc", "takd_acc"} <= set(r.extra)
+    r2 = distill("takd", teacher, student(), small, assistant="lenet5-half", compare_direct=False, **TINY)
+    assert r2.models["assistant"].netcompress_spec["name"] == "lenet5-half" and "direct_kd_acc" not in r2.extra
+
+
+def test_compare_scratch_and_config_errors(small, teacher):
+    r = distill("kd", teacher, student(), small, compare_scratch=True, **TINY)
+    assert "scratch_acc" in r.extra and "gap_recovered" in r.extra
+    with pytest.raises(NetcompressError, match="unknown distillation method 'kdd'"):
+        distill("kdd", teacher, student(), small)
+    with pytest.raises(NetcompressError, match="weights: unknown key"):
+        distill("at", teacher, student(), small, weights={"sp": 1.0})
+    with pytest.raises(NetcompressError, match="temperature"):
+        DistillConfig.from_dict({"method": "kd", "temperature": 0})
+    with pytest.raises(NetcompressError, match="unknown key"):
+        DistillConfig.from_dict({"method": "kd", "temprature": 2})
+
+
+def test_distill_stage_in_a_context(small, teacher, tmp_path):
+    from netcompress.distill.stages import run_stage
+    from netcompress.recipe.stages import StageContext
+    from netcompress.train import TrainConfig
+
+    ctx = StageContext(data=small, train=TrainConfig(epochs=1, max_steps=3), seed=0, out_dir=tmp_path / "s",
+                       models={"baseline": teacher}, progress=False, name="kd-student")
+    cfg = DistillConfig.from_dict({"method": "kd", "student": {"name": "lenet5", "kwargs": {"width": 0.25}},
+                                   "compare_scratch": True})
+    res = run_stage(ctx, copy.deepcopy(teacher), cfg)
+    assert res.extra["student_acc"] >= 0 and "scratch_acc" in res.extra and res.history
+    assert (tmp_path / "s" / "kd.ckpt").exists() and (tmp_path / "s" / "scratch.ckpt").exists()
+    assert ctx.figures
+    with pytest.raises(NetcompressError, match="teacher"):
+        run_stage(ctx, teacher, DistillConfig.from_dict({"method": "kd", "teacher": "nope", "student": "lenet5"}))
+    with pytest.raises(NetcompressError, match="student: required"):
+        run_stage(ctx, teacher, DistillConfig.from_dict({"method": "kd"}))
+
+
+def test_cli_distill(tmp_path, teacher):
+    from netcompress.cli import main
+    from netcompress.models import save
+
+    tfile = save(teacher, tmp_path / "t.pt")
+    out = tmp_path / "s.pt"
+    rc = main(["distill", str(tfile), "--data", "digits", "--student", "lenet300-quarter", "--method", "kd",
+               "--max-steps", "2", "--epochs", "1", "--out", str(out)])
+    # lenet5 teacher trained on 28x28 cannot read 8x8 digits: a clean error (exit 2), no traceback
+    assert rc == 2
+    dfile = save(nc.models.create("lenet300", in_channels=1, input_size=8), tmp_path / "d.pt")
+    rc = main(["distill", str(dfile), "--data", "digits", "--student", "lenet300-quarter", "--method", "rkd",
+               "--weight", "distance=10", "--max-steps", "2", "--epochs", "1", "--out", str(out)])
+    assert rc == 0 and out.exists()
+    assert nc.models.load(out).fc1.out_features == 75
+    assert main(["distill", str(dfile), "--data", "digits", "--student", "lenet300-quarter", "--weight", "x",
+                 "--out", str(out)]) == 2
