@@ -9,6 +9,7 @@ FAMILIES: tuple[str, ...] = (
     "distill",
     "quantize",
     "archive",
+    "design",
 )
 
 _loaded = False

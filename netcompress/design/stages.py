@@ -1,0 +1,41 @@
+"""The `design` recipe stage: low-rank or separable transform, then recovery by fine-tuning or KD.
+
+Example (a recipe variant):
+    - name: svd-half
+      from: baseline
+      stages: [ {design: {op: lowrank, budget: 0.5, recover: finetune, epochs: 1}} ]
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from netcompress.design.run import DesignConfig, cost_report, recovery, transform
+
+
+def _run_design(ctx, model: nn.Module, cfg: DesignConfig):
+    from netcompress.recipe.stages import StageResult
+    from netcompress.train.loop import evaluate
+
+    original = model
+    new, layers = transform(model, cfg, ctx.data)
+    extra = cost_report(original, new, layers, ctx.data.example)
+    extra["accuracy_before_recovery"] = evaluate(new, ctx.data, device="cpu")
+    history = []
+    if cfg.recover != "none":
+        teacher = ctx.model(cfg.teacher) if cfg.teacher else original
+        methods, loss_fn = recovery(cfg, teacher)
+        epochs = cfg.epochs if cfg.epochs is not None else max(1.0, ctx.train.epochs * 0.3)
+        lr = cfg.lr if cfg.lr is not None else ctx.train.lr * 0.1
+        hist = ctx.fit(new, {"epochs": epochs, "lr": lr}, methods=methods, loss_fn=loss_fn, tag=cfg.recover)
+        for m in methods:
+            new = m.finalize(new) or new
+        history = hist.to_list()
+    return StageResult(new, extra={"design": extra}, history=history)
+
+
+def register(stages) -> None:
+    """Add the `design` stage kind to the STAGES registry."""
+    from netcompress.recipe.stages import StageKind
+
+    stages.register("design", StageKind(DesignConfig, _run_design,
+                                        "low-rank (SVD) or depthwise-separable transform, then fine-tune / distill"))
