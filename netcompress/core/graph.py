@@ -501,8 +501,17 @@ class ChannelGraph:
 
     def positions(self, member: Member, classes: Sequence[int]) -> list[torch.Tensor]:
         """For each class, the positions of `member`'s pruned dim that carry it."""
+        idx = self.class_index(member, classes)
+        return [torch.nonzero(idx == i).flatten() for i in range(len(classes))]
+
+    def class_index(self, member: Member, classes: Sequence[int]) -> torch.Tensor:
+        """For each position of `member`'s pruned dim, the index of its class in `classes` (-1: other)."""
         roots = self.uf.roots(member.labels)
-        return [torch.nonzero(roots == c).flatten() for c in classes]
+        cls = torch.tensor(list(classes), dtype=torch.long)
+        order = torch.argsort(cls)
+        pos = torch.searchsorted(cls[order], roots).clamp_max(len(cls) - 1)
+        hit = cls[order][pos] == roots
+        return torch.where(hit, order[pos], torch.full_like(roots, -1))
 
     def describe(self) -> str:
         frozen = sum(1 for m in self.members if m.kind == "out" and bool((self.uf.roots(m.labels) == FROZEN).all()))
@@ -519,8 +528,7 @@ class ChannelGraph:
             for mem in self.members:
                 if mem.kind in ("in", "in_grouped"):
                     continue
-                roots = self.uf.roots(mem.labels)
-                drop = torch.tensor([r in removed for r in roots.tolist()], dtype=torch.bool)
+                drop = ~self.keep_mask(mem, removed)
                 if not bool(drop.any()):
                     continue
                 if mem.kind == "param":
@@ -534,60 +542,62 @@ class ChannelGraph:
                         t[drop] = 0
         return new
 
+    def keep_mask(self, member: Member, removed: set[int]) -> torch.Tensor:
+        roots = self.uf.roots(member.labels)
+        if not removed:
+            return torch.ones(len(roots), dtype=torch.bool)
+        return ~torch.isin(roots, torch.tensor(sorted(removed), dtype=torch.long))
+
     def prune(self, removed: Iterable[int]) -> nn.Module:
-        """A deep copy of the model without the channel classes in `removed` (the model is unchanged)."""
+        """A deep copy of the model without the channel classes in `removed` (the model is unchanged).
+        Only the kept slices of pruned tensors are copied."""
         removed = set(removed)
         if FROZEN in removed:
             raise NetcompressError("cannot remove frozen channels")
-        new = copy.deepcopy(self.model)
+        plan: dict[tuple[str, str], dict[int, torch.Tensor]] = {}  # (module, tensor) -> {dim: kept idx}
+        dw: set[str] = set()
         done: set[tuple[str, str]] = set()
-        touched: dict[str, nn.Module] = {}
+        for mem in self.members:
+            key = (mem.module, mem.kind)
+            if key in done:
+                continue
+            done.add(key)
+            keep = self.keep_mask(mem, removed)
+            if bool(keep.all()):
+                continue
+            idx = torch.nonzero(keep).flatten()
+            if mem.kind == "param":
+                mod_name, _, pname = mem.module.rpartition(".")
+                plan.setdefault((mod_name, pname), {})[mem.dim] = idx
+            elif mem.kind in ("out", "dw"):
+                plan.setdefault((mem.module, "weight"), {})[0] = idx
+                plan.setdefault((mem.module, "bias"), {})[0] = idx
+                if mem.kind == "dw":
+                    dw.add(mem.module)
+            elif mem.kind in ("in", "in_grouped"):
+                plan.setdefault((mem.module, "weight"), {})[1] = idx
+            elif mem.kind == "norm":
+                for pname in ("weight", "bias", "running_mean", "running_var"):
+                    plan.setdefault((mem.module, pname), {})[0] = idx
+        memo: dict[int, Any] = {}
         with torch.no_grad():
-            for mem in self.members:
-                key = (mem.module, mem.kind)
-                if key in done:
+            for (mod_name, pname), dims in plan.items():
+                t = getattr(self.model.get_submodule(mod_name), pname, None)
+                if not isinstance(t, torch.Tensor) or (pname in ("running_mean", "running_var", "bias") and t.dim() != 1):
                     continue
-                done.add(key)
-                roots = self.uf.roots(mem.labels)
-                keep = torch.tensor([r not in removed for r in roots.tolist()], dtype=torch.bool)
-                if bool(keep.all()):
-                    continue
-                idx = torch.nonzero(keep).flatten()
-                if mem.kind == "param":
-                    mod_name, _, pname = mem.module.rpartition(".")
-                    mod = new.get_submodule(mod_name)
-                    _slice_tensor(mod, pname, mem.dim, idx)
-                    touched[mod_name] = mod
-                    continue
-                mod = new.get_submodule(mem.module)
-                touched[mem.module] = mod
-                if mem.kind in ("out", "dw"):
-                    _slice_tensor(mod, "weight", 0, idx)
-                    if getattr(mod, "bias", None) is not None:
-                        _slice_tensor(mod, "bias", 0, idx)
-                    if mem.kind == "dw":
-                        mult = mod.out_channels // mod.groups
-                        mod.groups = mod.weight.shape[0] // mult
-                        mod.in_channels = mod.groups
-                elif mem.kind in ("in", "in_grouped"):
-                    _slice_tensor(mod, "weight", 1, idx)
-                elif mem.kind == "norm":
-                    for pname in ("weight", "bias", "running_mean", "running_var"):
-                        t = getattr(mod, pname, None)
-                        if isinstance(t, torch.Tensor) and t.dim() == 1:
-                            _slice_tensor(mod, pname, 0, idx)
-        for mod in touched.values():
+                v = t.detach()
+                for d, idx in dims.items():
+                    v = v.index_select(d, idx.to(v.device))
+                v = v.clone()
+                memo[id(t)] = nn.Parameter(v, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else v
+        new = copy.deepcopy(self.model, memo)
+        for mod_name in {m for m, _ in plan}:
+            mod = new.get_submodule(mod_name)
+            if mod_name in dw:
+                mult = mod.out_channels // mod.groups
+                mod.groups = mod.weight.shape[0] // mult
             _fix_attributes(mod)
         return new
-
-
-def _slice_tensor(mod: nn.Module, name: str, dim: int, idx: torch.Tensor) -> None:
-    t = getattr(mod, name)
-    new = t.detach().index_select(dim, idx.to(t.device)).clone()
-    if isinstance(t, nn.Parameter):
-        setattr(mod, name, nn.Parameter(new, requires_grad=t.requires_grad))
-    else:
-        mod._buffers[name] = new
 
 
 def _fix_attributes(mod: nn.Module) -> None:

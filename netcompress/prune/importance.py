@@ -86,9 +86,14 @@ def _per_class(ctx: ScoreContext, group: Group, rowscore: Callable[[torch.Tensor
         if w is None:
             continue
         rows = rowscore(w.reshape(w.shape[0], -1).float())
-        for i, pos in enumerate(ctx.graph.positions(mem, group.classes)):
-            total[i] += rows[pos].sum()
+        total += _scatter(ctx.graph.class_index(mem, group.classes), rows, len(group.classes))
     return total
+
+
+def _scatter(idx: torch.Tensor, rows: torch.Tensor, n: int) -> torch.Tensor:
+    """Sum `rows` (one value per position) into `n` class totals; positions of other classes (-1) drop."""
+    ok = idx >= 0
+    return torch.zeros(n, dtype=rows.dtype).index_add_(0, idx[ok], rows[ok])
 
 
 def l1(ctx: ScoreContext) -> list[torch.Tensor]:
@@ -167,8 +172,9 @@ def apoz(ctx: ScoreContext) -> list[torch.Tensor]:
             if mem.module not in sums:
                 continue
             frac = sums[mem.module] / counts[mem.module]
-            for i, pos in enumerate(ctx.graph.positions(mem, gr.classes)):
-                score[i] += frac[pos].mean()
+            idx = ctx.graph.class_index(mem, gr.classes)
+            cnt = _scatter(idx, torch.ones_like(frac), len(gr.classes)).clamp_min(1)
+            score += _scatter(idx, frac, len(gr.classes)) / cnt
             n += 1
         out.append(score / max(n, 1))
     return out
@@ -200,8 +206,7 @@ def taylor(ctx: ScoreContext) -> list[torch.Tensor]:
                     continue
                 t = acc[pn].movedim(mem.dim, 0) if mem.kind == "param" else acc[pn]
                 rows = t.reshape(t.shape[0], -1).sum(1)
-                for i, pos in enumerate(ctx.graph.positions(mem, gr.classes)):
-                    total[i] += rows[pos].sum()
+                total += _scatter(ctx.graph.class_index(mem, gr.classes), rows, len(gr.classes))
         scores.append(total)
     return scores
 

@@ -1,0 +1,156 @@
+"""Recipe stage kind `prune`: weight or channel pruning, any criterion, one-shot / iterative / AGP,
+with fine-tuning through the recipe's training loop (`ctx.fit`)."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+from torch import nn
+
+from netcompress.core.config import Config
+from netcompress.core.errors import NetcompressError
+from netcompress.prune.importance import CRITERIA
+from netcompress.prune.schedule import SlimmingMethod
+from netcompress.prune.structured import channels, per_layer
+from netcompress.prune.unstructured import AGPMethod, MaskMethod, finalize_, weights_
+
+
+class PruneConfig(Config):
+    """`prune:` stage. Channel granularity removes channels physically (`ratio` of each group);
+    weight granularity masks single weights (`sparsity`, a number or {layer type or name: s})."""
+
+    granularity: Literal["weight", "channel"] = "channel"
+    criterion: str = "l1"
+    ratio: float | None = Field(None, ge=0, lt=1, description="channel: fraction of channels removed")
+    sparsity: float | dict[str, float] | None = Field(None, description="weight: fraction of zero weights")
+    scope: Literal["layer", "global"] | None = Field(None, description="default: layer (channel), global (weight)")
+    schedule: Literal["oneshot", "iterative", "agp"] = "oneshot"
+    steps: int = Field(3, ge=1, description="iterative: prune / fine-tune rounds")
+    epochs: float | None = Field(None, ge=0, description="fine-tune epochs (per round when iterative); default 30% of train.epochs")
+    lr: float | None = Field(None, gt=0, description="fine-tune learning rate; default train.lr x 0.1")
+    max_steps: int | None = Field(None, ge=1)
+    ignore: list[str] = Field(default_factory=list, description="module names left unpruned")
+    slimming_lambda: float = Field(1e-4, ge=0, description="lambda of Network Slimming's L1 on BN gammas")
+    slimming_epochs: float = Field(0, ge=0, description="sparsity-training epochs before pruning (criterion slimming)")
+    calibration: int = Field(256, ge=1, description="samples for apoz / taylor")
+
+    @model_validator(mode="after")
+    def _check(self) -> "PruneConfig":
+        if self.granularity == "channel":
+            if self.ratio is None:
+                raise ValueError("channel pruning needs ratio")
+            if self.sparsity is not None:
+                raise ValueError("sparsity is for granularity weight; use ratio")
+            if self.schedule == "agp":
+                raise ValueError("schedule agp is for granularity weight")
+            if self.criterion not in CRITERIA:
+                raise ValueError(f"unknown criterion {self.criterion!r}; valid: {', '.join(CRITERIA.list())}")
+        else:
+            if self.sparsity is None:
+                raise ValueError("weight pruning needs sparsity")
+            if self.ratio is not None:
+                raise ValueError("ratio is for granularity channel; use sparsity")
+            if self.criterion not in ("l1", "random"):
+                raise ValueError(f"weight criterion must be l1 or random, got {self.criterion!r}")
+            vals = self.sparsity.values() if isinstance(self.sparsity, dict) else [self.sparsity]
+            if any(not 0 <= v < 1 for v in vals):
+                raise ValueError("sparsity must be in [0, 1)")
+        return self
+
+
+def _weight_per_layer(model: nn.Module) -> dict[str, dict[str, int]]:
+    from netcompress.prune.unstructured import default_filter
+
+    out = {}
+    for name, m in model.named_modules():
+        if default_filter(m, name):
+            out[name] = {"kept": int((m.weight != 0).sum().item()), "total": m.weight.numel()}
+    return out
+
+
+def _chart(ctx, per: dict[str, dict[str, int]], what: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    names = list(per)
+    kept = [per[n]["kept"] / max(per[n]["total"], 1) for n in names]
+    fig, ax = plt.subplots(figsize=(max(4, 0.3 * len(names) + 2), 3))
+    ax.bar(range(len(names)), kept, color="tab:blue")
+    ax.set_xticks(range(len(names)), names, rotation=75, fontsize=7)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel(f"kept {what}")
+    ax.set_title(f"kept {what} per layer")
+    ctx.figure(f"kept {what} per layer", fig)
+
+
+def run_prune(ctx, model: nn.Module, cfg: PruneConfig):
+    """Run one `prune` stage; returns a StageResult with extra['per_layer'] = {layer: {kept, total}}."""
+    from netcompress.recipe.stages import StageResult
+
+    over: dict[str, Any] = {"epochs": cfg.epochs if cfg.epochs is not None else max(1.0, ctx.train.epochs * 0.3),
+                            "lr": cfg.lr if cfg.lr is not None else ctx.train.lr * 0.1, "max_steps": cfg.max_steps}
+    history: list[dict[str, float]] = []
+
+    def finetune(m: nn.Module, methods, tag: str) -> None:
+        if over["epochs"] > 0:
+            history.extend(ctx.fit(m, over, methods=methods, tag=tag).to_list())
+
+    before = model
+    if cfg.criterion == "slimming" and cfg.slimming_epochs > 0:
+        history.extend(ctx.fit(model, {"epochs": cfg.slimming_epochs, "max_steps": cfg.max_steps},
+                               methods=[SlimmingMethod(cfg.slimming_lambda)], tag="slimming").to_list())
+    if cfg.granularity == "channel":
+        scope = cfg.scope or "layer"
+        steps = cfg.steps if cfg.schedule == "iterative" else 1
+        r = 1.0 - (1.0 - cfg.ratio) ** (1.0 / steps)
+        cur = model
+        for k in range(steps):
+            cur = channels(cur, cfg.criterion, r, example_inputs=ctx.data.example, data=ctx.data, scope=scope,
+                           ignore=cfg.ignore, seed=ctx.seed, calibration=cfg.calibration)
+            finetune(cur, [], f"finetune{k}" if steps > 1 else "finetune")
+        per = per_layer(before, cur)
+        what = "channels"
+    else:
+        scope = cfg.scope or "global"
+        cur = model
+        if cfg.schedule == "agp":
+            if over["epochs"] <= 0:
+                raise NetcompressError(f"stage {ctx.name!r}: schedule agp needs epochs > 0")
+            total = int(round(over["epochs"] * len(ctx.data.loader("train", batch_size=ctx.train.batch_size))))
+            total = min(total, cfg.max_steps) if cfg.max_steps else total
+            if isinstance(cfg.sparsity, dict):
+                raise NetcompressError(f"stage {ctx.name!r}: schedule agp takes one sparsity number")
+            agp = AGPMethod(float(cfg.sparsity), end=max(1, int(0.8 * total)), frequency=max(1, total // 20),
+                            criterion=cfg.criterion, scope=scope)
+            finetune(cur, [agp], "agp")
+            agp.finalize(cur)
+        else:
+            steps = cfg.steps if cfg.schedule == "iterative" else 1
+            from netcompress.prune.schedule import step_sparsities
+
+            sp = cfg.sparsity
+            plans = ([{k: s for k, s in zip(sp, vals)} for vals in zip(*(step_sparsities(v, steps) for v in sp.values()))]
+                     if isinstance(sp, dict) else step_sparsities(sp, steps))
+            for k, s in enumerate(plans):
+                weights_(cur, cfg.criterion, s, scope, seed=ctx.seed)
+                finetune(cur, [MaskMethod()], f"finetune{k}" if steps > 1 else "finetune")
+            finalize_(cur)
+        per = _weight_per_layer(cur)
+        what = "weights"
+    _chart(ctx, per, what)
+    kept = sum(v["kept"] for v in per.values())
+    total = sum(v["total"] for v in per.values())
+    extra = {"per_layer": per, "granularity": cfg.granularity, "criterion": cfg.criterion,
+             f"kept_{what}": kept, f"total_{what}": total}
+    return StageResult(cur, extra=extra, history=history)
+
+
+def register(stages) -> None:
+    from netcompress.recipe.stages import StageKind
+
+    help = "prune weights (masks) or channels (physical removal), then fine-tune"
+    stages.register("prune", StageKind(PruneConfig, run_prune, help), help=help)
