@@ -94,8 +94,7 @@ def encode_tensor(t: torch.Tensor, coding: str = "huffman") -> tuple[dict[str, A
     t = t.detach().cpu().contiguous()
     dt = dtype_name(t)
     if dt != "float32" or t.numel() == 0:
-        raw = t.view(torch.uint8).numpy().tobytes() if dt not in ("bfloat16",) else t.view(torch.int16).numpy().tobytes()
-        return {"pos": "dense", "val": "raw"}, raw
+        return {"pos": "dense", "val": "raw"}, _raw(t)
     flat = t.reshape(-1).numpy()
     n = flat.size
     allow16 = bool(np.array_equal(flat.astype(np.float16).astype(np.float32).view(np.uint32), flat.view(np.uint32)))
@@ -144,8 +143,13 @@ def encode_tensor(t: torch.Tensor, coding: str = "huffman") -> tuple[dict[str, A
     blob = b"".join(sections)
     back = decode_tensor(desc, blob, dt, list(t.shape), "self-check")
     if not torch.equal(back.view(torch.int32), t.view(torch.int32)):  # bit-exact or fall back
-        return {"pos": "dense", "val": "raw"}, t.view(torch.uint8).numpy().tobytes()
+        return {"pos": "dense", "val": "raw"}, _raw(t)
     return desc, blob
+
+
+def _raw(t: torch.Tensor) -> bytes:
+    flat = t.reshape(-1)
+    return (flat.view(torch.int16) if flat.dtype == torch.bfloat16 else flat).numpy().tobytes()
 
 
 def _entropy_info(enc: dict[str, Any]) -> tuple[float, float]:

@@ -48,6 +48,16 @@ def _init_centroids(xs: np.ndarray, k: int, init: str, rng: np.random.Generator)
         return xs[np.minimum(((np.arange(k) + 0.5) / k * len(xs)).astype(np.int64), len(xs) - 1)]
     if init == "random":  # Forgy: k distinct weights at random
         return np.sort(xs[rng.choice(len(xs), size=k, replace=False)])
+    if init == "k-means++":  # Arthur & Vassilvitskii 2007, on a subsample of at most 20,000 values
+        sub = xs[np.sort(rng.choice(len(xs), size=min(len(xs), 20_000), replace=False))]
+        cs = [sub[rng.integers(len(sub))]]
+        d2 = (sub - cs[0]) ** 2
+        for _ in range(k - 1):
+            tot = d2.sum()
+            c = sub[rng.integers(len(sub))] if tot <= 0 else sub[min(int(np.searchsorted(np.cumsum(d2), rng.random() * tot)), len(sub) - 1)]
+            cs.append(c)
+            d2 = np.minimum(d2, (sub - c) ** 2)
+        return np.sort(np.array(cs))
     raise NetcompressError(f"k-means init {init!r}; valid: linear, density, random, best")
 
 
@@ -78,8 +88,15 @@ def _lloyd_sorted(xs: np.ndarray, cs: np.ndarray, cum: np.ndarray, cum2: np.ndar
     return cs, b, it
 
 
+def _sse(cs: np.ndarray, b: np.ndarray, cum: np.ndarray, cum2: np.ndarray) -> float:
+    cnt = np.diff(b)
+    s1 = cum[b[1:]] - cum[b[:-1]]
+    s2 = cum2[b[1:]] - cum2[b[:-1]]
+    return float(np.maximum(s2 - 2 * cs * s1 + cnt * cs * cs, 0).sum())
+
+
 def kmeans_1d(values: np.ndarray | torch.Tensor, k: int, init: Init = "linear", max_iter: int = 300,
-              seed: int = 0) -> KMeansResult:
+              seed: int = 0, relocate: int = 0) -> KMeansResult:
     """Lloyd's k-means on scalars via sorting and prefix sums (exact Lloyd iterations).
 
     Args:
@@ -89,6 +106,9 @@ def kmeans_1d(values: np.ndarray | torch.Tensor, k: int, init: Init = "linear", 
             lowest sum of squared errors wins).
         max_iter: Lloyd iterations at most (stops earlier at a fixed point).
         seed: for 'random'.
+        relocate: after convergence, up to this many moves that merge the two closest clusters and
+            split the one with the largest error, each kept only when the final error drops
+            (escapes Lloyd's local minima; 'best' uses 50).
 
     Returns:
         `KMeansResult` with sorted float64 centroids and int64 labels aligned with `values`.
@@ -104,18 +124,38 @@ def kmeans_1d(values: np.ndarray | torch.Tensor, k: int, init: Init = "linear", 
     cum2 = np.concatenate([[0.0], np.cumsum(xs * xs)])
     k = min(k, int((np.diff(xs) != 0).sum()) + 1)
     rng = np.random.default_rng(seed)
-    inits = ["linear", "density", "random"] if init == "best" else [init]
+    inits = ["linear", "density", "random"] + ["k-means++"] * 6 if init == "best" else [init]
+    relocate = max(relocate, 50 if init == "best" else 0)
     best = None
     for name in inits:
         cs0 = _init_centroids(xs, min(k, len(xs)), name, rng)
         cs, b, it = _lloyd_sorted(xs, cs0, cum, cum2, max_iter, len(cs0))
-        cnt = np.diff(b)
-        s1 = cum[b[1:]] - cum[b[:-1]]
-        s2 = cum2[b[1:]] - cum2[b[:-1]]
-        sse = float(np.maximum(s2 - 2 * cs * s1 + cnt * cs * cs, 0).sum())
+        sse = _sse(cs, b, cum, cum2)
         if best is None or sse < best[0]:
             best = (sse, cs, b, it)
     sse, cs, b, it = best
+    for _ in range(relocate):  # merge the cheapest neighbour pair, split the worst cluster; keep if better
+        cnt = np.diff(b).astype(np.float64)
+        if len(cs) < 3:
+            break
+        s1 = cum[b[1:]] - cum[b[:-1]]
+        s2 = cum2[b[1:]] - cum2[b[:-1]]
+        err = np.maximum(s2 - s1 * s1 / np.maximum(cnt, 1), 0)
+        ward = cnt[:-1] * cnt[1:] / np.maximum(cnt[:-1] + cnt[1:], 1) * np.diff(cs) ** 2
+        j = int(np.argmin(ward))
+        err_split = err.copy()
+        err_split[[j, j + 1]] = -1
+        w = int(np.argmax(err_split))
+        if err_split[w] <= ward[j]:
+            break
+        std = np.sqrt(err[w] / max(cnt[w], 1))
+        merged = (cs[j] * cnt[j] + cs[j + 1] * cnt[j + 1]) / max(cnt[j] + cnt[j + 1], 1)
+        cand = np.sort(np.concatenate([np.delete(cs, [j, j + 1, w]), [merged, cs[w] - std / 2, cs[w] + std / 2]]))
+        cs2, b2, it2 = _lloyd_sorted(xs, cand, cum, cum2, max_iter, len(cand))
+        sse2 = _sse(cs2, b2, cum, cum2)
+        if sse2 >= sse * (1 - 1e-12):
+            break
+        sse, cs, b, it = sse2, cs2, b2, it + it2
     labels_sorted = np.repeat(np.arange(len(cs)), np.diff(b))
     labels = np.empty_like(labels_sorted)
     labels[order] = labels_sorted
@@ -165,7 +205,7 @@ def cluster_(model: nn.Module, bits: int | Mapping[str, int] = 5, init: Init = "
     mods = dict(model.named_modules())
     if isinstance(bits, Mapping):
         types = {type(m).__name__ for m in mods.values()}
-        unknown = [k for k in bits if k not in mods and k not in types]
+        unknown = [k for k in bits if k not in mods and k not in types and not isinstance(getattr(nn, k, None), type)]
         if unknown:
             raise NetcompressError(f"cluster_: {unknown} match no module name or type in the model "
                                    f"(types: {', '.join(sorted(t for t in types if t in ('Conv2d', 'Conv1d', 'Linear')))})")

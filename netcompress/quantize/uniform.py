@@ -79,7 +79,7 @@ def calibrate(w: torch.Tensor, bits: int, symmetric: bool = True, per_channel: b
     """Post-training range calibration: scale and zero point of `w`.
 
     'minmax' uses the full range; 'percentile' clips to the given percentile of |w| (or of w for
-    affine); 'mse' searches 100 clipping ratios of the min/max range and keeps the one with the
+    affine); 'mse' searches 100 clipping ratios (0.01 to 1, geometric) of the min/max range and keeps the one with the
     lowest squared error (per channel when `per_channel`), as in Banner et al. 2019 / NVIDIA's
     TensorRT calibration.
     """
@@ -96,7 +96,7 @@ def calibrate(w: torch.Tensor, bits: int, symmetric: bool = True, per_channel: b
     elif method == "mse":
         best_err = None
         best = (lo, hi)
-        for r in torch.linspace(0.3, 1.0, 100):
+        for r in torch.logspace(-2, 0, 100):
             s, z = qparams(lo * r, hi * r, bits, symmetric)
             d = quantize_dequantize(w.detach(), s, z, bits, symmetric, per_channel) - w.detach()
             err = d.reshape(w.shape[0] if per_channel else 1, -1).pow(2).sum(1)

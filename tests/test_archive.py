@@ -1,0 +1,227 @@
+import hashlib
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import netcompress as nc
+from netcompress.archive import codec, inspect, pack, unpack
+from netcompress.archive.format import _PRE
+from netcompress.cli import main
+from netcompress.core.errors import NetcompressError
+from netcompress.quantize import cluster_
+
+
+def pruned_clustered(name="lenet5", density=0.1, **kw):
+    torch.manual_seed(0)
+    m = nc.models.create(name, num_classes=10, **kw)
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, (nn.Conv2d, nn.Linear)):
+                w = mod.weight
+                thr = w.abs().flatten().kthvalue(int((1 - density) * w.numel())).values
+                w.mul_(w.abs() > thr)
+    cluster_(m, bits={"Conv2d": 8, "Linear": 5})
+    return m.eval()
+
+
+def same_outputs(a, b, x):
+    with torch.no_grad():
+        return torch.equal(a.eval()(x), b.eval()(x))
+
+
+def test_deep_compression_roundtrip_is_exact_and_small(tmp_path):
+    m = pruned_clustered()
+    man = pack(m, tmp_path / "m.ncz")
+    assert (tmp_path / "m.ncz").stat().st_size == man["file_bytes"]
+    back = unpack(tmp_path / "m.ncz")
+    assert same_outputs(m, back, torch.randn(4, 1, 28, 28))
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, back.state_dict()[k])
+    info = inspect(tmp_path / "m.ncz")
+    assert info["ratio"] > 25  # 10 % density of uniform random weights, <= 8-bit codebooks
+    fc = next(r for r in info["layers"] if r["name"] == "classifier.0.weight")
+    assert "sparse" in fc["encoding"] and "codebook" in fc["encoding"]
+    assert fc["bits_per_weight"] < 1.0
+
+
+@pytest.mark.parametrize("name,kw", [("lenet300", {}), ("resnet8", {"in_channels": 1, "input_size": 28}),
+                                     ("mobilenet-small", {"in_channels": 1, "input_size": 28})])
+def test_dense_models_with_buffers_roundtrip(tmp_path, name, kw):
+    m = nc.models.create(name, num_classes=10, **kw).eval()
+    for mod in m.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.running_mean.normal_()
+            mod.num_batches_tracked.fill_(7)
+    pack(m, tmp_path / "d.ncz")
+    back = unpack(tmp_path / "d.ncz")
+    assert same_outputs(m, back, torch.randn(2, 1, 28, 28))
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, back.state_dict()[k]) and v.dtype == back.state_dict()[k].dtype
+
+
+def test_fp16_exact_weights_take_16_bits(tmp_path):
+    m = nc.models.create("lenet300", num_classes=10)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(p.half().float())
+    pack(m, tmp_path / "h.ncz")
+    info = inspect(tmp_path / "h.ncz")
+    assert all(r["bits_per_weight"] <= 16.01 for r in info["layers"] if r["params"] > 1000)
+    assert same_outputs(m, unpack(tmp_path / "h.ncz"), torch.randn(2, 1, 28, 28))
+
+
+def test_structurally_pruned_layer_survives(tmp_path):
+    m = nc.models.create("lenet300", num_classes=10)
+    m.fc1 = nn.Linear(784, 120)
+    m.fc2 = nn.Linear(120, 100)
+    pack(m, tmp_path / "s.ncz")
+    back = unpack(tmp_path / "s.ncz")
+    assert back.fc1.out_features == 120 and same_outputs(m, back, torch.randn(2, 1, 28, 28))
+
+
+@pytest.mark.parametrize("coding", ["huffman", "fixed"])
+def test_sparse_filler_zeros_and_codings(coding):
+    t = torch.zeros(5000)
+    t[[0, 1, 400, 4999]] = torch.tensor([1.5, -2.0, 1.5, 3.0])  # gaps far beyond small fields
+    t[1000:1010] = 0.25
+    desc, blob = codec.encode_tensor(t, coding)
+    assert desc["pos"] == "sparse"
+    assert torch.equal(codec.decode_tensor(desc, blob, "float32", [5000], "t"), t)
+    if coding == "fixed":
+        assert desc.get("gap_code") == "fixed" and desc.get("idx_code", "fixed") == "fixed"
+
+
+def test_negative_zero_and_nan_are_bit_exact():
+    t = torch.tensor([0.0, -0.0, float("nan"), 1.0] * 50)
+    desc, blob = codec.encode_tensor(t)
+    back = codec.decode_tensor(desc, blob, "float32", [200], "t")
+    assert torch.equal(back.view(torch.int32), t.view(torch.int32))
+
+
+def archive_bytes(tmp_path) -> bytes:
+    m = pruned_clustered("lenet300", density=0.05)
+    pack(m, tmp_path / "a.ncz")
+    return (tmp_path / "a.ncz").read_bytes()
+
+
+def rewrite(data: bytes, edit) -> bytes:
+    """Tamper with the manifest and recompute every checksum (an attacker's archive)."""
+    _, version, hlen, _ = _PRE.unpack_from(data, 0)
+    man = json.loads(zlib.decompress(data[_PRE.size:_PRE.size + hlen]))
+    payload = data[_PRE.size + hlen:]
+    payload = edit(man, payload) or payload
+    man["payload_sha256"] = hashlib.sha256(payload).hexdigest()
+    header = zlib.compress(json.dumps(man).encode())
+    return _PRE.pack(b"NCZ\x00", version, len(header), hashlib.sha256(header).digest()) + header + payload
+
+
+def test_corruption_truncation_and_tampering_are_clear_errors(tmp_path):
+    data = archive_bytes(tmp_path)
+    p = tmp_path / "bad.ncz"
+    cases = {
+        "bad magic": b"PK\x03\x04" + data[4:],
+        "version 9": data[:4] + struct.pack("<H", 9) + data[6:],
+        "truncated": data[: len(data) // 2],
+        "header checksum": data[:_PRE.size + 5] + bytes([data[_PRE.size + 5] ^ 1]) + data[_PRE.size + 6:],
+        "payload checksum": data[:-10] + bytes([data[-10] ^ 0x40]) + data[-9:],
+    }
+    for what, bad in cases.items():
+        p.write_bytes(bad)
+        with pytest.raises(NetcompressError, match=str(p).replace(".", r"\.")):
+            unpack(p)
+
+    def python_arch(man, payload):
+        man["arch"]["spec"]["name"] = "python:os:system"
+
+    def wrong_shape(man, payload):
+        man["tensors"][0]["shape"] = [7, 7]
+
+    def bad_gap_bits(man, payload):
+        for t in man["tensors"]:
+            if t["enc"].get("pos") == "sparse":
+                t["enc"]["gap_bits"] = 40
+
+    def swap_payload(man, payload):
+        return payload[::-1]
+
+    for edit, msg in [(python_arch, "python"), (wrong_shape, "size|shape|sparse"), (bad_gap_bits, "sparse"),
+                      (swap_payload, "CRC")]:
+        p.write_bytes(rewrite(data, edit))
+        with pytest.raises(NetcompressError, match=msg):
+            unpack(p)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.data())
+def test_fuzz_archive_never_crashes(tmp_path_factory, data):
+    tmp = tmp_path_factory.mktemp("fz")
+    if not hasattr(test_fuzz_archive_never_crashes, "good"):
+        test_fuzz_archive_never_crashes.good = archive_bytes(tmp)
+    good = bytearray(test_fuzz_archive_never_crashes.good)
+    mode = data.draw(st.sampled_from(["flip", "truncate", "payload-resigned", "enc-resigned"]))
+    if mode == "flip":
+        for _ in range(data.draw(st.integers(1, 5))):
+            i = data.draw(st.integers(0, len(good) - 1))
+            good[i] ^= data.draw(st.integers(1, 255))
+        bad = bytes(good)
+    elif mode == "truncate":
+        bad = bytes(good[: data.draw(st.integers(0, len(good) - 1))])
+    elif mode == "payload-resigned":  # attacker fixes checksums: only the decoder's validation is left
+        i = data.draw(st.integers(0, 3000))
+        v = data.draw(st.integers(1, 255))
+
+        def edit(man, payload):
+            pb = bytearray(payload)
+            pb[i % len(pb)] ^= v
+            for t in man["tensors"]:
+                t["crc32"] = zlib.crc32(bytes(pb[t["offset"]:t["offset"] + t["length"]]))
+            return bytes(pb)
+
+        bad = rewrite(bytes(good), edit)
+    else:
+        key = data.draw(st.sampled_from(["k", "m", "gap_bits", "sections", "val", "pos", "idx_code"]))
+        val = data.draw(st.one_of(st.integers(-5, 10**6), st.text(max_size=4), st.lists(st.integers(-3, 5000), max_size=4)))
+        j = data.draw(st.integers(0, 5))
+
+        def edit(man, payload):
+            man["tensors"][j % len(man["tensors"])]["enc"][key] = val
+
+        bad = rewrite(bytes(good), edit)
+    p = tmp / "f.ncz"
+    p.write_bytes(bad)
+    try:
+        unpack(p)
+    except NetcompressError:
+        pass
+
+
+def test_pack_refuses_models_without_spec(tmp_path):
+    with pytest.raises(NetcompressError, match="describe"):
+        pack(nn.Sequential(nn.Linear(2, 2)), tmp_path / "x.ncz")
+    with pytest.raises(NetcompressError, match="coding"):
+        pack(nc.models.create("lenet300"), tmp_path / "x.ncz", coding="zip")
+    assert not (tmp_path / "x.ncz").exists()
+
+
+def test_cli_pack_inspect_unpack(tmp_path, capsys):
+    m = pruned_clustered("lenet300", density=0.05)
+    nc.models.save(m, tmp_path / "m.pt")
+    assert main(["pack", str(tmp_path / "m.pt"), "--out", str(tmp_path / "m.ncz")]) == 0
+    out = capsys.readouterr().out
+    assert "fc1.weight" in out and "ratio" in out
+    assert main(["inspect", str(tmp_path / "m.ncz"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["ratio"] > 20 and info["entropy_bytes"] > 0
+    assert main(["unpack", str(tmp_path / "m.ncz"), "--out", str(tmp_path / "back.pt")]) == 0
+    assert same_outputs(m, nc.models.load(tmp_path / "back.pt"), torch.randn(2, 1, 28, 28))
+    (tmp_path / "junk.ncz").write_bytes(b"hello")
+    assert main(["inspect", str(tmp_path / "junk.ncz")]) == 2
+    assert "netcompress: error:" in capsys.readouterr().err
