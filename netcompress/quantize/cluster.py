@@ -27,7 +27,7 @@ from torch import nn
 from netcompress.core.errors import NetcompressError
 from netcompress.core.method import Method
 
-Init = Literal["linear", "density", "random", "best"]
+Init = Literal["linear", "density", "random", "k-means++", "optimal", "best"]
 FilterFn = Callable[[nn.Module, str], bool]
 
 
@@ -41,7 +41,9 @@ class KMeansResult:
     iterations: int
 
 
-def _init_centroids(xs: np.ndarray, k: int, init: str, rng: np.random.Generator) -> np.ndarray:
+def _init_centroids(xs: np.ndarray, k: int, init: str, rng: np.random.Generator, cum=None, cum2=None) -> np.ndarray:
+    if init == "optimal":
+        return _optimal_on_grid(xs, k, cum, cum2)
     if init == "linear":  # evenly spaced between min and max: keeps the rare large weights (paper's choice)
         return np.linspace(xs[0], xs[-1], k)
     if init == "density":  # evenly spaced on the CDF
@@ -58,7 +60,39 @@ def _init_centroids(xs: np.ndarray, k: int, init: str, rng: np.random.Generator)
             cs.append(c)
             d2 = np.minimum(d2, (sub - c) ** 2)
         return np.sort(np.array(cs))
-    raise NetcompressError(f"k-means init {init!r}; valid: linear, density, random, best")
+    raise NetcompressError(f"k-means init {init!r}; valid: linear, density, random, optimal, best")
+
+
+def _optimal_on_grid(xs: np.ndarray, k: int, cum: np.ndarray, cum2: np.ndarray) -> np.ndarray:
+    """Exact optimal k-segmentation of the sorted values with boundaries restricted to a quantile grid.
+
+    Dynamic programming of Wang & Song 2011 (Ckmeans.1d.dp) over B grid cells: the cost of a
+    segment is its exact sum of squared errors from prefix sums; each of the k levels is one
+    vectorised (B+1) x (B+1) minimisation. Lloyd iterations afterwards free the boundaries.
+    """
+    n = len(xs)
+    B = int(min(2048, max(4 * k, np.sqrt((1 << 28) / k)), n))
+    E = np.unique(np.linspace(0, n, B + 1).astype(np.int64))
+    P1, P2, PN = cum[E], cum2[E], E.astype(np.float64)
+    m = len(E)
+    k = min(k, m - 1)
+    d1 = P1[None, :] - P1[:, None]
+    cost = (P2[None, :] - P2[:, None]) - d1 * d1 / np.maximum(PN[None, :] - PN[:, None], 1)
+    cost[np.tril_indices(m)] = np.inf
+    D = cost[0].copy()
+    back = np.zeros((k, m), dtype=np.int64)
+    for j in range(1, k):
+        tot = D[:, None] + cost
+        back[j] = np.argmin(tot, axis=0)
+        D = tot[back[j], np.arange(m)]
+    cuts = [m - 1]
+    for j in range(k - 1, 0, -1):
+        cuts.append(int(back[j][cuts[-1]]))
+    cuts.append(0)
+    idx = E[np.array(cuts[::-1])]
+    cnt = np.diff(idx)
+    keep = cnt > 0
+    return ((cum[idx[1:]] - cum[idx[:-1]])[keep] / cnt[keep])
 
 
 def _lloyd_sorted(xs: np.ndarray, cs: np.ndarray, cum: np.ndarray, cum2: np.ndarray, max_iter: int, k: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -95,7 +129,7 @@ def _sse(cs: np.ndarray, b: np.ndarray, cum: np.ndarray, cum2: np.ndarray) -> fl
     return float(np.maximum(s2 - 2 * cs * s1 + cnt * cs * cs, 0).sum())
 
 
-def kmeans_1d(values: np.ndarray | torch.Tensor, k: int, init: Init = "linear", max_iter: int = 300,
+def kmeans_1d(values: np.ndarray | torch.Tensor, k: int, init: Init = "linear", max_iter: int = 1000,
               seed: int = 0, relocate: int = 0) -> KMeansResult:
     """Lloyd's k-means on scalars via sorting and prefix sums (exact Lloyd iterations).
 
@@ -124,11 +158,11 @@ def kmeans_1d(values: np.ndarray | torch.Tensor, k: int, init: Init = "linear", 
     cum2 = np.concatenate([[0.0], np.cumsum(xs * xs)])
     k = min(k, int((np.diff(xs) != 0).sum()) + 1)
     rng = np.random.default_rng(seed)
-    inits = ["linear", "density", "random"] + ["k-means++"] * 6 if init == "best" else [init]
+    inits = ["linear", "density"] + ["k-means++"] * 4 if init == "best" else [init]
     relocate = max(relocate, 50 if init == "best" else 0)
     best = None
     for name in inits:
-        cs0 = _init_centroids(xs, min(k, len(xs)), name, rng)
+        cs0 = _init_centroids(xs, min(k, len(xs)), name, rng, cum, cum2)
         cs, b, it = _lloyd_sorted(xs, cs0, cum, cum2, max_iter, len(cs0))
         sse = _sse(cs, b, cum, cum2)
         if best is None or sse < best[0]:
@@ -199,8 +233,8 @@ def cluster_(model: nn.Module, bits: int | Mapping[str, int] = 5, init: Init = "
         bad = {} if isinstance(bits, int) and 1 <= bits <= 16 else {"bits": bits}
     if bad:
         raise NetcompressError(f"cluster_: bits must be integers in 1..16, got {bad}")
-    if init not in ("linear", "density", "random", "best"):
-        raise NetcompressError(f"cluster_: init {init!r}; valid: linear, density, random, best")
+    if init not in ("linear", "density", "random", "k-means++", "optimal", "best"):
+        raise NetcompressError(f"cluster_: init {init!r}; valid: linear, density, random, k-means++, optimal, best")
     select = filter_fn or _default_filter
     mods = dict(model.named_modules())
     if isinstance(bits, Mapping):

@@ -86,7 +86,12 @@ def save_int8(qmodel: nn.Module, path: str | os.PathLike, example: torch.Tensor)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ts = torch.jit.trace(qmodel, example[:1])
-    atomic_write(path, lambda f: torch.jit.save(ts, f))
+    def write(f) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.jit.save(ts, f)
+
+    atomic_write(path, write)
     return Path(path)
 
 
@@ -96,6 +101,8 @@ def load_int8(path: str | os.PathLike) -> nn.Module:
     if not p.is_file():
         raise NetcompressError(f"int8 file {p} does not exist")
     try:
-        return torch.jit.load(str(p), map_location="cpu").eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.jit.load(str(p), map_location="cpu").eval()
     except Exception as e:
         raise NetcompressError(f"{p}: not a readable int8 TorchScript file ({type(e).__name__})") from None

@@ -149,7 +149,9 @@ class HuffmanCode:
 
 def encode(symbols: np.ndarray, nsym: int | None = None) -> HuffmanCode:
     """Huffman-encode non-negative integer `symbols` (vectorised; Huffman 1952, canonical codes)."""
-    s = np.asarray(symbols).astype(np.int64, copy=False).ravel()
+    s = np.asarray(symbols).ravel()
+    if s.dtype.kind not in "iu":
+        s = s.astype(np.int64)
     if s.size and (s.min() < 0):
         raise NetcompressError("huffman: symbols must be non-negative integers")
     nsym = int(nsym if nsym is not None else (s.max() + 1 if s.size else 1))
@@ -163,19 +165,14 @@ def encode(symbols: np.ndarray, nsym: int | None = None) -> HuffmanCode:
     ends = np.cumsum(L, dtype=idt)
     nbits = int(ends[-1]) if s.size else 0
     starts = ends - L
-    # every code (<= 16 bits) lies inside the 3 bytes from starts // 8: place it there as a 24-bit
-    # field; codes never share bits, so summing fields that start in the same byte ORs them
-    field = codes.astype(idt)[s] << ((24 - (starts & 7)) - L)
-    byte = starts >> 3
-    nbytes = (nbits + 7) // 8
-    first = np.flatnonzero(np.diff(byte, prepend=-1)) if s.size else np.zeros(0, np.int64)
-    v = np.add.reduceat(field, first) if s.size else field
-    ub = byte[first]
-    out = np.zeros(nbytes + 3, dtype=idt)
-    out[ub] += v >> 16
-    out[ub + 1] += (v >> 8) & 0xFF
-    out[ub + 2] += v & 0xFF
-    payload = out[:nbytes].astype(np.uint8).tobytes()
+    # every code (<= 16 bits) lies inside the 32-bit window starting at its 16-bit slot: place it
+    # there; codes never share bits, so summing the windows of one slot ORs them (exact in float64)
+    field = codes[s] << (32 - (starts & 15) - L)
+    n16 = (nbits + 15) // 16
+    v = np.bincount(starts >> 4, weights=field, minlength=n16 + 1).astype(np.int64) if s.size else np.zeros(1, np.int64)
+    out = v[:n16] >> 16
+    out[1:] += v[: n16 - 1] & 0xFFFF
+    payload = out.astype(">u2").tobytes()[: (nbits + 7) // 8]
     chunk = _chunk_size(len(s))
     offsets = starts[::chunk].astype(np.int64) if s.size else np.zeros(0, np.int64)
     return HuffmanCode(len(s), lengths, chunk, offsets, payload, nbits)
