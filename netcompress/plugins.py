@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 
 FAMILIES: tuple[str, ...] = (
+    "dynamic",
     "prune",
     "distill",
     "quantize",

@@ -235,3 +235,14 @@ def create(name: str, num_classes: int = 10, in_channels: int | None = None, inp
         model = MODELS.get(name)(**kw)
     model.netcompress_spec = {"name": name, "kwargs": kw}
     return model
+
+
+def _lazy(module: str, attr: str) -> Callable[..., nn.Module]:
+    """A factory imported on first use (the dynamic family imports this module)."""
+    return lambda **kw: getattr(importlib.import_module(module), attr)(**kw)
+
+
+_reg("msdnet-small", _lazy("netcompress.dynamic.msdnet", "MSDNetSmall"),
+     "multi-scale dense net with 4 exits (Huang et al. 2018), 28x28 / 32x32")
+_reg("early-exit", _lazy("netcompress.dynamic.early_exit", "build_early_exit"),
+     "a backbone with exit heads (made by netcompress.dynamic.early_exit; rebuilt on load)")

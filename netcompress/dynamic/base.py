@@ -1,0 +1,189 @@
+"""The multi-exit model protocol and confidence-based early-exit inference.
+
+A multi-exit model computes its network in `num_exits` stages. Stage k turns a *state* (the
+tensors still needed downstream, batch first) into the next state and the logits of exit k; the
+last exit is the full network's output. Inference with a policy runs stage by stage and removes
+from the batch every sample whose exit confidence passes the threshold, so the saving is real
+wall time, not only counted MACs (BranchyNet, Teerapittayanon et al. 2016; Shallow-Deep Networks,
+Kaya et al. 2019).
+
+Policies and their thresholds (one per early exit, or one shared):
+
+* ``max_softmax``: exit when the largest softmax probability is >= threshold. ``0`` exits every
+  sample at the first head; any value > 1 (``NEVER``) lets nobody exit early.
+* ``entropy``: exit when the entropy of the softmax divided by ``log(num_classes)`` (in [0, 1]) is
+  <= threshold (BranchyNet's rule, normalised). ``1`` exits everything early, ``-1`` nothing.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from netcompress.core.errors import NetcompressError
+
+POLICIES = ("max_softmax", "entropy")
+NEVER = {"max_softmax": 2.0, "entropy": -1.0}
+
+
+def confidence(logits: torch.Tensor, policy: str = "max_softmax") -> torch.Tensor:
+    """Per-sample exit score, larger = more confident (max softmax, or minus normalised entropy).
+
+    Example:
+        >>> confidence(torch.zeros(1, 4)).item()
+        0.25
+    """
+    p = F.softmax(logits.float(), dim=1)
+    if policy == "max_softmax":
+        return p.max(dim=1).values
+    if policy == "entropy":
+        h = -(p * p.clamp_min(1e-12).log()).sum(dim=1)
+        return -h / math.log(max(logits.shape[1], 2))
+    raise NetcompressError(f"unknown exit policy {policy!r}; choose one of {', '.join(POLICIES)}")
+
+
+def score_cut(threshold: float, policy: str) -> float:
+    """The user threshold mapped to the score scale of `confidence` (exit when score >= cut)."""
+    if policy not in POLICIES:
+        raise NetcompressError(f"unknown exit policy {policy!r}; choose one of {', '.join(POLICIES)}")
+    return float(threshold) if policy == "max_softmax" else -float(threshold)
+
+
+def user_threshold(cut: float, policy: str) -> float:
+    """Inverse of `score_cut`; an infinite cut becomes the finite `NEVER` value of the policy."""
+    if math.isinf(cut):
+        return NEVER[policy] if cut > 0 else (0.0 if policy == "max_softmax" else 1.0)
+    return float(cut) if policy == "max_softmax" else -float(cut)
+
+
+def expand_thresholds(thresholds: float | Sequence[float], num_exits: int) -> list[float]:
+    """One threshold per early exit (`num_exits - 1` of them)."""
+    if isinstance(thresholds, (int, float)):
+        return [float(thresholds)] * (num_exits - 1)
+    out = [float(t) for t in thresholds]
+    if len(out) != num_exits - 1:
+        raise NetcompressError(f"thresholds: {len(out)} given, the model has {num_exits - 1} early exits")
+    return out
+
+
+def subset_state(state: Any, keep: torch.Tensor) -> Any:
+    """Keep the rows `keep` (bool mask or index) of every tensor in a (nested) state."""
+    if isinstance(state, torch.Tensor):
+        return state[keep]
+    if isinstance(state, (list, tuple)):
+        return type(state)(subset_state(s, keep) for s in state)
+    if isinstance(state, dict):
+        return {k: subset_state(v, keep) for k, v in state.items()}
+    return state
+
+
+class MultiExitBase(nn.Module):
+    """Base of every multi-exit model (`MultiExitModel`, `MSDNetSmall`).
+
+    Subclasses implement `num_exits`, `start(x)`, `step(k, state)` and `head_modules()`. In training
+    mode, or while `thresholds` is None, `forward` returns the list of all exits' logits (last = the
+    full network). In eval mode with `thresholds` set it returns, for each sample, the logits of the
+    exit its confidence chose, computed with samples leaving the batch (`early_exit_predict`).
+    `policy` and `thresholds` are plain attributes, so they are saved with the model.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.policy: str = "max_softmax"
+        self.thresholds: list[float] | None = None
+
+    @property
+    def num_exits(self) -> int:
+        raise NotImplementedError
+
+    def start(self, x: torch.Tensor) -> Any:
+        """The initial state for stage 0."""
+        return x
+
+    def step(self, k: int, state: Any) -> tuple[Any, torch.Tensor]:
+        """Run stage `k`: (next state, logits of exit k)."""
+        raise NotImplementedError
+
+    def head_modules(self) -> list[nn.Module]:
+        """Modules that exist only for the early exits (trained alone when the backbone is frozen)."""
+        raise NotImplementedError
+
+    def full_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The full network alone (no early heads): the latency reference."""
+        state = self.start(x)
+        logits = None
+        for k in range(self.num_exits):
+            state, logits = self.step(k, state)
+        return logits
+
+    def all_exits(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Logits of every exit for every sample."""
+        state, outs = self.start(x), []
+        for k in range(self.num_exits):
+            state, logits = self.step(k, state)
+            outs.append(logits)
+        return outs
+
+    def set_policy_(self, policy: str = "max_softmax", thresholds: float | Sequence[float] | None = None) -> "MultiExitBase":
+        """Set the inference policy in place; `thresholds=None` returns all exits again."""
+        score_cut(0.0, policy)  # validates the name
+        self.policy = policy
+        self.thresholds = None if thresholds is None else expand_thresholds(thresholds, self.num_exits)
+        return self
+
+    def forward(self, x: torch.Tensor):
+        if self.training or self.thresholds is None:
+            return self.all_exits(x)
+        return early_exit_predict(self, x)[0]
+
+
+@torch.no_grad()
+def early_exit_predict(model: MultiExitBase, x: torch.Tensor, thresholds: float | Sequence[float] | None = None,
+                       policy: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batched early-exit inference: (logits of the chosen exit, exit index) per sample.
+
+    Samples whose confidence passes their exit's threshold leave the batch; only the others run the
+    next stage (Shallow-Deep Networks, Kaya et al. 2019, 'early exit'; BranchyNet).
+
+    Example:
+        >>> logits, exit_at = early_exit_predict(mx, x, thresholds=0.9)  # doctest: +SKIP
+    """
+    policy = policy or model.policy
+    thr = model.thresholds if thresholds is None else thresholds
+    k_total = model.num_exits
+    cuts = [math.inf] * (k_total - 1) if thr is None else [score_cut(t, policy) for t in expand_thresholds(thr, k_total)]
+    was_training = model.training
+    model.eval()
+    try:
+        return _predict(model, x, cuts, policy)
+    finally:
+        model.train(was_training)
+
+
+def _predict(model: MultiExitBase, x: torch.Tensor, cuts: list[float], policy: str) -> tuple[torch.Tensor, torch.Tensor]:
+    k_total = model.num_exits
+    n = x.shape[0]
+    idx = torch.arange(n, device=x.device)
+    exit_at = torch.full((n,), k_total - 1, dtype=torch.long, device=x.device)
+    out: torch.Tensor | None = None
+    state = model.start(x)
+    for k in range(k_total):
+        state, logits = model.step(k, state)
+        if out is None:
+            out = logits.new_zeros((n, logits.shape[1]))
+        if k == k_total - 1:
+            out[idx] = logits
+            break
+        done = confidence(logits, policy) >= cuts[k]
+        if bool(done.any()):
+            out[idx[done]] = logits[done]
+            exit_at[idx[done]] = k
+            keep = ~done
+            if not bool(keep.any()):
+                break
+            idx = idx[keep]
+            state = subset_state(state, keep)
+    return out, exit_at

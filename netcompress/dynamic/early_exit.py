@@ -1,0 +1,342 @@
+"""Exit heads after named modules of any CNN: `early_exit(model, exits=[...])`.
+
+Nobody edits the backbone: training reads the exit features with forward hooks
+(`netcompress.core.Taps`). For inference with samples leaving the batch, the backbone must be
+computed stage by stage. Design choice: we trace the backbone once with `torch.fx` (exit modules
+kept as leaves) and cut the graph at the exit nodes into segments; each segment is a small
+GraphModule sharing the backbone's modules and takes / returns exactly the tensors that are live
+across the cut (residual branches included). The segments are a runtime cache, never the model:
+the model stays the plain backbone plus heads and is saved as such. When a backbone cannot be
+traced, or a non-tensor value (e.g. ``x.size(0)``) crosses a cut, we fall back to a forward pass
+with a hook that stops at the exit; that recomputes the prefix for the samples still in flight
+(correct, but the saving is smaller) and `segment_mode(model)` reports which one is used.
+"""
+from __future__ import annotations
+
+import copy
+import weakref
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from netcompress.core.config import Config
+from netcompress.core.errors import NetcompressError
+from netcompress.core.taps import Taps, resolve_module
+from netcompress.dynamic.base import MultiExitBase
+
+
+class HeadConfig(Config):
+    """An exit head: adaptive average pooling to `pool` x `pool`, flatten, then a classifier with one
+    hidden layer of `hidden` units (0: a single Linear). Shallow-Deep Networks use a similar
+    pooled linear head."""
+
+    pool: int = 4
+    hidden: int = 64
+
+
+def make_head(feature_shape: Sequence[int], num_classes: int, cfg: HeadConfig) -> nn.Sequential:
+    """A head for features of shape (C, H, W) or (F,), built only from savable module types."""
+    layers: list[nn.Module] = []
+    if len(feature_shape) == 3:
+        c, h, w = feature_shape
+        ph, pw = min(cfg.pool, h), min(cfg.pool, w)
+        layers += [nn.AdaptiveAvgPool2d((ph, pw)), nn.Flatten()]
+        d = c * ph * pw
+    else:
+        layers.append(nn.Flatten())
+        d = int(torch.Size(feature_shape).numel())
+    if cfg.hidden > 0:
+        layers += [nn.Linear(d, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, num_classes)]
+    else:
+        layers.append(nn.Linear(d, num_classes))
+    return nn.Sequential(*layers)
+
+
+class _Stop(Exception):
+    def __init__(self, value: torch.Tensor) -> None:
+        self.value = value
+
+
+class MultiExitModel(MultiExitBase):
+    """A backbone (stored as the child `backbone`) with exit heads (`heads`) after named modules.
+
+    Attributes:
+        exit_names: qualified backbone module names, in forward order, one per early exit.
+    """
+
+    def __init__(self, backbone: nn.Module, exit_names: Sequence[str], heads: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.heads = nn.ModuleList(heads)
+        self.exit_names = list(exit_names)
+
+    @property
+    def num_exits(self) -> int:
+        return len(self.exit_names) + 1
+
+    def head_modules(self) -> list[nn.Module]:
+        return list(self.heads)
+
+    def all_exits(self, x: torch.Tensor) -> list[torch.Tensor]:
+        with Taps(self.backbone, self.exit_names) as taps:
+            out = self.backbone(x)
+            return [h(taps[n]) for n, h in zip(self.exit_names, self.heads)] + [out]
+
+    def full_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def start(self, x: torch.Tensor) -> Any:
+        return (x,)
+
+    def step(self, k: int, state: Any) -> tuple[Any, torch.Tensor]:
+        segs = _segments(self)
+        last = k == self.num_exits - 1
+        if segs is None:  # fallback: recompute the prefix, stop at exit k
+            (x,) = state
+            if last:
+                return state, self.backbone(x)
+            mod = resolve_module(self.backbone, self.exit_names[k])
+
+            def hook(m, i, o):
+                raise _Stop(o[0] if isinstance(o, (tuple, list)) else o)
+
+            h = mod.register_forward_hook(hook)
+            try:
+                self.backbone(x)
+            except _Stop as s:
+                return state, self.heads[k](s.value)
+            finally:
+                h.remove()
+            raise NetcompressError(f"exit module {self.exit_names[k]!r} was not called by the backbone")
+        if last:
+            return (), segs[k](*state)
+        live, feat = segs[k](*state)
+        return tuple(live), self.heads[k](feat)
+
+
+# ---------------------------------------------------------------- building
+
+
+def _probe(backbone: nn.Module, names: Sequence[str], x: torch.Tensor) -> tuple[list[str], dict[str, torch.Size], torch.Tensor]:
+    """Forward once: the order in which the exit modules run, their output shapes, the output."""
+    mods = {n: resolve_module(backbone, n) for n in names}  # clear error for a bad name
+    calls: list[str] = []
+    shapes: dict[str, torch.Size] = {}
+    handles = []
+    for n, m in mods.items():
+        def hook(mod, inp, out, n=n):
+            calls.append(n)
+            o = out[0] if isinstance(out, (tuple, list)) else out
+            if not isinstance(o, torch.Tensor):
+                raise NetcompressError(f"exit module {n!r} returns {type(o).__name__}, not a tensor")
+            shapes[n] = o.shape[1:]
+        handles.append(m.register_forward_hook(hook))
+    was = backbone.training
+    backbone.eval()
+    try:
+        with torch.no_grad():
+            out = backbone(x)
+    finally:
+        backbone.train(was)
+        for h in handles:
+            h.remove()
+    for n in names:
+        c = calls.count(n)
+        if c != 1:
+            raise NetcompressError(f"exit module {n!r} runs {c} times in one forward pass; an exit must run exactly once")
+    if not isinstance(out, torch.Tensor):
+        raise NetcompressError(f"the backbone returns {type(out).__name__}; early_exit needs a tensor of logits")
+    return sorted(names, key=calls.index), shapes, out
+
+
+def _example(model: nn.Module, example_inputs: torch.Tensor | None) -> torch.Tensor:
+    if example_inputs is not None:
+        return example_inputs[:2]
+    import inspect
+
+    kw = dict(getattr(model, "netcompress_spec", {}).get("kwargs", {}))
+    try:
+        defaults = {k: p.default for k, p in inspect.signature(type(model).__init__).parameters.items()
+                    if p.default is not inspect.Parameter.empty}
+    except (TypeError, ValueError):
+        defaults = {}
+    c, s = kw.get("in_channels", defaults.get("in_channels")), kw.get("input_size", defaults.get("input_size"))
+    if isinstance(c, int) and isinstance(s, int):
+        return torch.zeros(2, c, s, s)
+    raise NetcompressError("early_exit: pass example_inputs (a batch of real inputs) to size the exit heads")
+
+
+def early_exit(model: nn.Module, exits: Sequence[str], head: HeadConfig | dict | Callable | None = None,
+               example_inputs: torch.Tensor | None = None) -> MultiExitModel:
+    """A multi-exit copy of `model` with exit heads after the modules named in `exits`.
+
+    The input model is not changed (it is deep-copied into the child ``backbone``). Heads are
+    ``pool -> flatten -> [Linear -> ReLU] -> Linear`` (`HeadConfig`), or `head(feature_shape,
+    num_classes) -> nn.Module` for a custom one. Exits are sorted into forward order.
+    (BranchyNet, Teerapittayanon et al. 2016; Shallow-Deep Networks, Kaya et al. 2019.)
+
+    Example:
+        >>> mx = early_exit(nc.models.create("lenet5"), exits=["features.2"])  # doctest: +SKIP
+        >>> [o.shape for o in mx.train()(x)]   # [exit 0 logits, full network logits]  # doctest: +SKIP
+    """
+    if isinstance(model, MultiExitBase):
+        raise NetcompressError("early_exit: the model already has exits; pass its backbone instead")
+    exits = list(exits)
+    if not exits:
+        raise NetcompressError("early_exit: name at least one module in exits (e.g. 'features.2')")
+    if len(set(exits)) != len(exits):
+        raise NetcompressError(f"early_exit: exits repeat a name: {exits}")
+    if "" in exits:
+        raise NetcompressError("early_exit: '' is the whole model; name an inner module")
+    x = _example(model, example_inputs)
+    order, shapes, out = _probe(model, exits, x)  # validates before anything is built
+    num_classes = int(out.shape[1])
+    if callable(head) and not isinstance(head, (dict, HeadConfig)):
+        heads = [head(tuple(shapes[n]), num_classes) for n in order]
+        head_dict = None
+    else:
+        cfg = head if isinstance(head, HeadConfig) else HeadConfig.from_dict(head or {}, "early_exit: head")
+        heads = [make_head(tuple(shapes[n]), num_classes, cfg) for n in order]
+        head_dict = cfg.to_dict()
+    mx = MultiExitModel(copy.deepcopy(model), order, heads).to(next(model.parameters()).device)
+    mx._input_shape = list(x.shape[1:])
+    spec = getattr(model, "netcompress_spec", None)
+    if spec is not None and head_dict is not None:
+        mx.netcompress_spec = {"name": "early-exit", "kwargs": {
+            "backbone": spec, "exits": order, "head": head_dict, "input_shape": list(x.shape[1:]),
+            "num_classes": num_classes}}
+    return mx.train(model.training)
+
+
+def build_early_exit(backbone: dict, exits: list[str], head: dict, input_shape: list[int],
+                     num_classes: int = 10, **_: Any) -> MultiExitModel:
+    """Zoo factory ("early-exit") used by `netcompress.models.load` to rebuild a saved multi-exit model."""
+    from netcompress.models.zoo import create
+
+    bb = create(backbone["name"], **backbone.get("kwargs", {}))
+    bb.netcompress_spec = backbone
+    _, shapes, _ = _probe(bb, exits, torch.zeros(2, *input_shape))
+    cfg = HeadConfig.from_dict(head, "early-exit: head")
+    return MultiExitModel(bb, exits, [make_head(tuple(shapes[n]), num_classes, cfg) for n in exits])
+
+
+# ---------------------------------------------------------------- segments (fx)
+
+_CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple, list | None]]" = weakref.WeakKeyDictionary()
+
+
+class _ExitTracer(fx.Tracer):
+    def __init__(self, leaves: Sequence[str]) -> None:
+        super().__init__()
+        self.leaves = set(leaves)
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return qualname in self.leaves or super().is_leaf_module(m, qualname)
+
+
+def _fingerprint(model: MultiExitModel) -> tuple:
+    return (tuple(model.exit_names), tuple(id(m) for m in model.backbone.modules()),
+            tuple(id(p) for p in model.backbone.parameters()))
+
+
+def _segments(model: MultiExitModel) -> list[nn.Module] | None:
+    fp = _fingerprint(model)
+    hit = _CACHE.get(model)
+    if hit is None or hit[0] != fp:
+        try:
+            segs: list[nn.Module] | None = split_at_exits(model.backbone, model.exit_names, _example_for(model))
+        except NetcompressError:
+            segs = None
+        _CACHE[model] = (fp, segs)
+        hit = _CACHE[model]
+    return hit[1]
+
+
+def _example_for(model: MultiExitModel) -> torch.Tensor:
+    shape = getattr(model, "netcompress_spec", {}).get("kwargs", {}).get("input_shape")
+    if shape is None:
+        shape = getattr(model, "_input_shape", None)
+    if shape is None:
+        raise NetcompressError("no input shape known for checking the segments")
+    p = next(model.backbone.parameters())
+    return torch.zeros(2, *shape, dtype=p.dtype, device=p.device)
+
+
+def segment_mode(model: MultiExitModel) -> str:
+    """'segments' (each stage computed once) or 'restart' (fallback: prefix recomputed)."""
+    return "segments" if _segments(model) is not None else "restart"
+
+
+def split_at_exits(backbone: nn.Module, exits: Sequence[str], example: torch.Tensor) -> list[nn.Module]:
+    """Cut `backbone` into len(exits) + 1 GraphModules sharing its modules.
+
+    Segment k < last maps the live tensors at cut k-1 to (live tensors at cut k, exit k's feature);
+    the last segment returns the backbone's output. Raises NetcompressError when the backbone
+    cannot be traced or a non-tensor value crosses a cut.
+    """
+    try:
+        graph = _ExitTracer(exits).trace(backbone)
+    except Exception as e:  # noqa: BLE001 - any tracing failure means: use the fallback
+        raise NetcompressError(f"cannot trace the backbone with torch.fx: {type(e).__name__}: {e}") from None
+    root = fx.GraphModule(backbone, graph)
+    nodes = list(graph.nodes)
+    pos = {n: i for i, n in enumerate(nodes)}
+    cut_pos = []
+    for name in exits:
+        found = [n for n in nodes if n.op == "call_module" and n.target == name]
+        if len(found) != 1:
+            raise NetcompressError(f"exit {name!r} appears {len(found)} times in the traced graph")
+        cut_pos.append(pos[found[0]])
+    if cut_pos != sorted(cut_pos):
+        raise NetcompressError("exits are not in graph order")
+
+    def live_after(p: int) -> list[fx.Node]:
+        return [n for n in nodes[: p + 1] if n.op != "get_attr" and any(pos[u] > p for u in n.users)]
+
+    bounds = [-1] + cut_pos + [len(nodes) - 1]
+    segments: list[nn.Module] = []
+    for k in range(len(bounds) - 1):
+        lo, hi = bounds[k], bounds[k + 1]
+        g = fx.Graph()
+        env: dict[fx.Node, fx.Node] = {}
+        for i, n in enumerate(live_after(lo) if lo >= 0 else []):
+            env[n] = g.placeholder(f"live_{i}")
+
+        def arg(n: fx.Node) -> fx.Node:
+            if n not in env and n.op == "get_attr":  # parameters are re-read, never passed along
+                env[n] = g.get_attr(n.target)
+            return env[n]
+
+        for n in nodes[lo + 1: hi + 1]:
+            if n.op == "output":
+                g.output(fx.map_arg(n.args[0], arg))
+            else:
+                env[n] = g.node_copy(n, arg)
+        if k < len(bounds) - 2:
+            outs = live_after(hi)
+            g.output((tuple(env[n] for n in outs), env[nodes[hi]]))
+        segments.append(fx.GraphModule(root, g))
+    _check_segments(backbone, segments, example)
+    return segments
+
+
+@torch.no_grad()
+def _check_segments(backbone: nn.Module, segments: list[nn.Module], x: torch.Tensor) -> None:
+    """Every live value is a batch-first tensor, and chaining the segments reproduces the backbone."""
+    was = backbone.training
+    backbone.eval()
+    try:
+        state: tuple = (x,)
+        for seg in segments[:-1]:
+            live, _ = seg(*state)
+            for v in live:
+                if not isinstance(v, torch.Tensor) or v.dim() == 0 or v.shape[0] != x.shape[0]:
+                    raise NetcompressError("a non-batch value crosses an exit cut")
+            state = tuple(live)
+        out = segments[-1](*state)
+        if not torch.allclose(out, backbone(x), atol=1e-5, rtol=1e-4):
+            raise NetcompressError("segments do not reproduce the backbone")
+    finally:
+        backbone.train(was)

@@ -1,0 +1,223 @@
+"""Exit policies offline: per-exit MACs, budget calibration, per-exit report, accuracy-MACs curve,
+measured latency.
+
+All exits' logits are computed once on a dataset; a threshold policy is then simulated exactly
+(`simulate_exits` gives the same exit for every sample as `early_exit_predict`, a parity the tests
+check). With one threshold shared by all exits (Shallow-Deep Networks), the average MACs never
+decrease when the threshold rises, so `calibrate_budget` finds by bisection the largest threshold
+whose average MACs on held-out training data stay within the budget (the budgeted batch
+classification setting of MSDNet, Huang et al. 2018, with SDN's single threshold instead of
+MSDNet's geometric exit distribution).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from netcompress.core.errors import NetcompressError
+from netcompress.dynamic.base import (MultiExitBase, confidence, early_exit_predict, expand_thresholds, score_cut,
+                                      user_threshold)
+
+
+@torch.no_grad()
+def exit_outputs(model: MultiExitBase, batches: Iterable) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Logits of every exit for every sample of `batches` ((x, y) pairs), and the targets."""
+    was = model.training
+    model.eval()
+    outs: list[list[torch.Tensor]] = []
+    ys = []
+    dev = next(model.parameters()).device
+    try:
+        for x, y in batches:
+            zs = model.all_exits(x.to(dev))
+            if not outs:
+                outs = [[] for _ in zs]
+            for acc, z in zip(outs, zs):
+                acc.append(z.float().cpu())
+            ys.append(y)
+    finally:
+        model.train(was)
+    if not ys:
+        raise NetcompressError("no samples to evaluate the exits on")
+    return [torch.cat(o) for o in outs], torch.cat(ys)
+
+
+@torch.no_grad()
+def exit_macs(model: MultiExitBase, example: torch.Tensor) -> list[int]:
+    """Cumulative MACs (batch 1) of a sample leaving at each exit: its stages plus the heads it ran."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was = model.training
+    model.eval()
+    try:
+        state = model.start(example[:1])
+        for k in range(model.num_exits):  # warm-up: builds cached segments outside the counter
+            state, _ = model.step(k, state)
+        state, total, out = model.start(example[:1]), 0, []
+        for k in range(model.num_exits):
+            counter = FlopCounterMode(display=False)
+            with counter:
+                state, _ = model.step(k, state)
+            total += counter.get_total_flops() // 2
+            out.append(int(total))
+    finally:
+        model.train(was)
+    return out
+
+
+@torch.no_grad()
+def full_macs(model: MultiExitBase, example: torch.Tensor) -> int:
+    """MACs (batch 1) of the full network without early heads."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    try:
+        with counter:
+            model.full_forward(example[:1])
+    finally:
+        model.train(was)
+    return int(counter.get_total_flops() // 2)
+
+
+def simulate_exits(outputs: Sequence[torch.Tensor], thresholds: float | Sequence[float], policy: str) -> torch.Tensor:
+    """The exit each sample takes under `thresholds` (same rule as `early_exit_predict`)."""
+    k_total = len(outputs)
+    cuts = [score_cut(t, policy) for t in expand_thresholds(thresholds, k_total)]
+    return _exits_for_cuts([confidence(z, policy) for z in outputs[:-1]], cuts, k_total)
+
+
+def _exits_for_cuts(scores: Sequence[torch.Tensor], cuts: Sequence[float], k_total: int) -> torch.Tensor:
+    n = scores[0].shape[0] if scores else 0
+    exit_at = torch.full((n,), k_total - 1, dtype=torch.long)
+    for k in reversed(range(k_total - 1)):
+        exit_at[scores[k] >= cuts[k]] = k
+    return exit_at
+
+
+def calibrate_budget(outputs: Sequence[torch.Tensor], cum_macs: Sequence[int], budget_macs: float,
+                     policy: str = "max_softmax") -> tuple[float, float]:
+    """The threshold (shared by all exits) meeting an average-MACs budget on these outputs.
+
+    Returns (threshold in the policy's scale, average MACs reached). The average reached is <= the
+    budget and, without ties in the scores, within ``(cum_macs[-1] - cum_macs[0]) / n`` of it
+    (one sample moving). A budget below the first exit's cost is an error.
+
+    Example:
+        >>> t, reached = calibrate_budget(zs, exit_macs(mx, x), 0.5 * full_macs(mx, x))  # doctest: +SKIP
+    """
+    k_total = len(outputs)
+    if k_total < 2:
+        raise NetcompressError("budget calibration needs at least one early exit")
+    costs = torch.tensor(cum_macs, dtype=torch.float64)
+    if budget_macs < costs[0]:
+        raise NetcompressError(f"budget of {budget_macs:,.0f} MACs is below the first exit's cost "
+                               f"({int(costs[0]):,} MACs); raise the budget or add an earlier exit")
+    scores = [confidence(z, policy).double() for z in outputs[:-1]]
+
+    def avg(cut: float) -> float:
+        return costs[_exits_for_cuts(scores, [cut] * (k_total - 1), k_total)].mean().item()
+
+    if avg(math.inf) <= budget_macs:
+        return user_threshold(math.inf, policy), avg(math.inf)
+    cands = torch.unique(torch.cat(scores)).tolist()  # sorted ascending; avg() is non-decreasing
+    lo, hi = 0, len(cands) - 1  # avg(cands[0]) == cost of exit 0 (everything exits there)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if avg(cands[mid]) <= budget_macs:
+            lo = mid
+        else:
+            hi = mid - 1
+    return user_threshold(cands[lo], policy), avg(cands[lo])
+
+
+def policy_report(outputs: Sequence[torch.Tensor], targets: torch.Tensor, cum_macs: Sequence[int],
+                  thresholds: float | Sequence[float], policy: str, names: Sequence[str] | None = None) -> dict[str, Any]:
+    """Accuracy, average MACs, and per exit: MACs, accuracy of all samples forced there (anytime
+    prediction), share of samples that exit there and their accuracy."""
+    exit_at = simulate_exits(outputs, thresholds, policy)
+    preds = torch.stack([z.argmax(1) for z in outputs])  # K x N
+    chosen = preds.gather(0, exit_at[None]).squeeze(0)
+    correct = chosen == targets
+    n = len(targets)
+    per_exit = []
+    for k, z in enumerate(outputs):
+        sel = exit_at == k
+        per_exit.append({
+            "exit": k, "name": (names[k] if names else str(k)), "macs": int(cum_macs[k]),
+            "accuracy_all": (preds[k] == targets).float().mean().item(),
+            "share": sel.float().mean().item(),
+            "accuracy_exited": correct[sel].float().mean().item() if sel.any() else None,
+        })
+    costs = torch.tensor(cum_macs, dtype=torch.float64)
+    return {"accuracy": correct.float().mean().item(), "avg_macs": costs[exit_at].mean().item(), "n": n,
+            "exits": per_exit}
+
+
+def tradeoff_curve(outputs: Sequence[torch.Tensor], targets: torch.Tensor, cum_macs: Sequence[int],
+                   policy: str = "max_softmax", points: int = 15) -> list[dict[str, float]]:
+    """Accuracy vs average MACs over a fixed grid of shared thresholds (no selection on this data)."""
+    if policy == "max_softmax":
+        grid = [0.0] + [1 - 0.5 ** (i / 2) for i in range(1, points - 1)] + [2.0]
+    else:
+        grid = [1.0] + [0.5 ** (i / 2) for i in range(1, points - 1)] + [-1.0]
+    out = []
+    for t in grid:
+        r = policy_report(outputs, targets, cum_macs, t, policy)
+        out.append({"threshold": t, "avg_macs": r["avg_macs"], "accuracy": r["accuracy"]})
+    return out
+
+
+def _time(fn, min_run_time: float, threads: int) -> float:
+    from torch.utils import benchmark
+
+    t = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
+    return t.blocked_autorange(min_run_time=min_run_time).median * 1e3
+
+
+@torch.no_grad()
+def compare_latency(model: MultiExitBase, x: torch.Tensor, batch_size: int = 64, threads: int = 1,
+                    min_run_time: float = 0.5) -> dict[str, float]:
+    """Median CPU time (ms) to classify all of `x` in batches of `batch_size`: the full network vs
+    the early-exit policy currently set on `model` (samples leave the batch)."""
+    if model.thresholds is None:
+        raise NetcompressError("compare_latency: set a policy first (thresholds or budget)")
+    was = model.training
+    model.eval()
+    chunks = [c.contiguous() for c in x.cpu().split(batch_size)]
+    try:
+        with torch.inference_mode():
+            full = _time(lambda: [model.full_forward(c) for c in chunks], min_run_time, threads)
+            dyn = _time(lambda: [early_exit_predict(model, c) for c in chunks], min_run_time, threads)
+    finally:
+        model.train(was)
+    return {"batch_size": batch_size, "samples": len(x), "threads": threads, "full_ms": full, "early_exit_ms": dyn,
+            "speedup": full / dyn}
+
+
+def plot_curve(curve: Sequence[dict], exits: Sequence[dict], full_macs: int, full_acc: float,
+               point: dict | None = None, title: str = "early exit"):
+    """A matplotlib figure of accuracy vs average MACs (fraction of the full network)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot([c["avg_macs"] / full_macs for c in curve], [100 * c["accuracy"] for c in curve], "o-",
+            label="threshold sweep")
+    ax.plot([e["macs"] / full_macs for e in exits], [100 * e["accuracy_all"] for e in exits], "s--",
+            label="single exit (anytime)")
+    ax.plot([1.0], [100 * full_acc], "k*", markersize=10, label="full network")
+    if point is not None:
+        ax.plot([point["avg_macs"] / full_macs], [100 * point["accuracy"]], "r^", markersize=9, label="chosen policy")
+    ax.set_xlabel("average MACs / full network")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig

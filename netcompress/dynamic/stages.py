@@ -1,0 +1,161 @@
+"""Recipe stage kind `dynamic`: add exits (or use a multi-exit model), train them, set a policy.
+
+```yaml
+- dynamic: {exits: [features.2], epochs: 2, budget: 0.5}        # a trained lenet5
+- dynamic: {epochs: 5, train_backbone: true, budget: 0.4}        # msdnet-small: exits built in
+```
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+
+from netcompress.core.config import Config
+from netcompress.core.errors import NetcompressError
+from netcompress.dynamic.base import MultiExitBase, early_exit_predict
+from netcompress.dynamic.early_exit import HeadConfig, MultiExitModel, early_exit, segment_mode
+from netcompress.dynamic.policy import (calibrate_budget, compare_latency, exit_macs, exit_outputs, full_macs,
+                                        plot_curve, policy_report, tradeoff_curve)
+from netcompress.dynamic.training import ExitTraining, FrozenBackbone, sdn_weights
+
+
+class DynamicConfig(Config):
+    """Config of the `dynamic` stage.
+
+    Either `threshold` (fixed) or `budget` (average MACs as a fraction of the full network,
+    calibrated on `holdout` training samples that the exits do not train on); budget 0.5 by default.
+    """
+
+    exits: list[str] = Field(default_factory=list, description="backbone module names; empty: the model has exits")
+    head: HeadConfig = HeadConfig()
+    weights: Literal["auto", "sdn", "uniform"] | list[float] = Field(
+        "auto", description="auto: sdn when the backbone trains, uniform (independent heads) when frozen")
+    ramp_epochs: int = Field(0, ge=0, description="SDN weight ramp over this many epochs (0: fixed weights)")
+    distill: float = Field(0.0, ge=0, le=1, description="self-distillation share from the last exit")
+    temperature: float = Field(3.0, gt=0)
+    train_backbone: bool = Field(False, description="false: train only the heads (the final exit stays the input)")
+    epochs: float | None = Field(2.0, ge=0)
+    lr: float | None = None
+    max_steps: int | None = Field(None, ge=1)
+    policy: Literal["max_softmax", "entropy"] = "max_softmax"
+    threshold: float | list[float] | None = None
+    budget: float | None = Field(None, gt=0)
+    holdout: int = Field(500, ge=1, description="training samples held out for calibration")
+    latency: bool = True
+    latency_batch: int = Field(64, ge=1)
+    latency_samples: int = Field(512, ge=1)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> "DynamicConfig":
+        if self.threshold is not None and self.budget is not None:
+            raise ValueError("give threshold or budget, not both")
+        return self
+
+
+def holdout_split(data: Any, n: int) -> tuple[Any, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """(a bundle training on all but the first `n` training samples, batches of those `n`)."""
+    ds = data.train_set
+    if len(ds) <= n:
+        raise NetcompressError(f"dynamic: holdout {n} needs more than the {len(ds)} training samples")
+    if isinstance(ds, torch.utils.data.TensorDataset):
+        x, y = ds.tensors
+        rest = torch.utils.data.TensorDataset(x[n:], y[n:])
+        held = [(x[i:i + 256], y[i:i + 256]) for i in range(0, n, 256)]
+    else:
+        rest = torch.utils.data.Subset(ds, range(n, len(ds)))
+        held = list(torch.utils.data.DataLoader(torch.utils.data.Subset(ds, range(n)), batch_size=256))
+    return dataclasses.replace(data, train_set=rest), held
+
+
+def exit_labels(model: MultiExitBase) -> list[str]:
+    if isinstance(model, MultiExitModel):
+        return list(model.exit_names) + ["final"]
+    return [f"exit{k}" for k in range(model.num_exits - 1)] + ["final"]
+
+
+def _weights(cfg: DynamicConfig, cum: list[int], full: int, k: int) -> list[float]:
+    if cfg.weights == "sdn" or (cfg.weights == "auto" and cfg.train_backbone):
+        return sdn_weights([c / full for c in cum[:-1]])
+    if cfg.weights in ("uniform", "auto"):
+        return [1.0] * (k - 1)
+    if len(cfg.weights) != k - 1:
+        raise NetcompressError(f"dynamic: weights: {len(cfg.weights)} given for {k - 1} early exits")
+    return list(cfg.weights)
+
+
+def run_dynamic(ctx, model: nn.Module, cfg: DynamicConfig):
+    """The `dynamic` stage: exits -> joint training -> policy (threshold or calibrated budget) ->
+    per-exit report, accuracy-MACs curve (figure), measured latency."""
+    from netcompress.recipe.stages import StageResult
+
+    data = ctx.data
+    example = data.example
+    if isinstance(model, MultiExitBase):
+        if cfg.exits:
+            raise NetcompressError("dynamic: the model already has exits; leave `exits` empty")
+        mx = model
+    else:
+        if not cfg.exits:
+            raise NetcompressError("dynamic: exits: name the modules to put exits after (e.g. [features.2])")
+        mx = early_exit(model, cfg.exits, cfg.head, example_inputs=example)
+    cum = exit_macs(mx, example)
+    full = full_macs(mx, example)
+    weights = _weights(cfg, cum, full, mx.num_exits)
+    train_data, held = holdout_split(data, cfg.holdout)
+    history: list = []
+    if cfg.epochs and cfg.epochs > 0:
+        methods: list = [ExitTraining(weights, cfg.ramp_epochs, cfg.distill, cfg.temperature)]
+        frozen = None if cfg.train_backbone else FrozenBackbone()
+        if frozen is not None:
+            methods.insert(0, frozen)
+        mx.set_policy_(cfg.policy, None)
+        try:
+            hist = ctx.fit(mx, {"epochs": cfg.epochs, "lr": cfg.lr, "max_steps": cfg.max_steps},
+                           methods=methods, tag="exits", data=train_data)
+        finally:
+            if frozen is not None:
+                frozen.finalize(mx)
+        history = hist.to_list()
+    mx.eval()
+    held_out, _ = exit_outputs(mx, held)
+    if cfg.threshold is not None:
+        threshold: float | list[float] = cfg.threshold
+        calib = None
+    else:
+        budget = cfg.budget if cfg.budget is not None else 0.5
+        threshold, reached = calibrate_budget(held_out, cum, budget * full, cfg.policy)
+        calib = {"budget": budget, "budget_macs": budget * full, "holdout_avg_macs": reached,
+                 "holdout_fraction": reached / full}
+    mx.set_policy_(cfg.policy, threshold)
+    test_out, y = exit_outputs(mx, data.loader("test", shuffle=False))
+    names = exit_labels(mx)
+    rep = policy_report(test_out, y, cum, threshold, cfg.policy, names)
+    # the real batched inference must agree with the simulation
+    xs = torch.cat([x for x, _ in data.loader("test", batch_size=256, shuffle=False)])
+    preds, exit_at = early_exit_predict(mx, xs.to(next(mx.parameters()).device))
+    real_acc = (preds.argmax(1).cpu() == y).float().mean().item()
+    full_acc = (test_out[-1].argmax(1) == y).float().mean().item()
+    curve = tradeoff_curve(test_out, y, cum, cfg.policy)
+    extra: dict[str, Any] = {
+        "policy": cfg.policy, "thresholds": mx.thresholds, "calibration": calib,
+        "accuracy": real_acc, "full_accuracy": full_acc, "avg_macs": rep["avg_macs"], "full_macs": full,
+        "avg_macs_fraction": rep["avg_macs"] / full, "exits": rep["exits"], "curve": curve,
+        "exit_weights": weights, "segment_mode": segment_mode(mx) if isinstance(mx, MultiExitModel) else "native",
+        "real_exit_share": [float((exit_at == k).float().mean()) for k in range(mx.num_exits)],
+    }
+    if cfg.latency:
+        extra["latency"] = compare_latency(mx, xs[: cfg.latency_samples], cfg.latency_batch)
+    ctx.figure("accuracy vs average MACs", plot_curve(curve, rep["exits"], full, full_acc, rep,
+                                                      title=f"{ctx.name}: {cfg.policy}"))
+    return StageResult(mx, extra=extra, history=history)
+
+
+def register(stages) -> None:
+    from netcompress.recipe.stages import StageKind
+
+    stages.register("dynamic", StageKind(DynamicConfig, run_dynamic,
+                                         "early exits: heads + joint training + threshold/budget policy"))

@@ -1,0 +1,196 @@
+"""Early-exit networks: exits, staged inference parity, policies, calibration, save/load, errors."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import netcompress as nc
+from netcompress.core.errors import NetcompressError
+from netcompress.dynamic import MultiExitModel, early_exit, early_exit_predict, segment_mode
+from netcompress.dynamic.policy import (calibrate_budget, exit_macs, exit_outputs, full_macs, policy_report,
+                                        simulate_exits)
+from netcompress.dynamic.training import ExitTraining, FrozenBackbone, exit_losses
+
+
+@pytest.fixture(scope="module")
+def lenet_mx():
+    torch.manual_seed(0)
+    return early_exit(nc.models.create("lenet5", in_channels=1, input_size=28), ["features.2"]).eval()
+
+
+def _x(n=16, c=1, s=28):
+    return torch.randn(n, c, s, s, generator=torch.Generator().manual_seed(1))
+
+
+def test_threshold_nobody_passes_equals_full_network(lenet_mx):
+    x = _x()
+    logits, exit_at = early_exit_predict(lenet_mx, x, thresholds=2.0)
+    full = lenet_mx.backbone.eval()(x)
+    assert torch.equal(exit_at, torch.ones(16, dtype=torch.long))
+    assert torch.allclose(logits, full, atol=1e-6)
+    assert torch.equal(logits.argmax(1), full.argmax(1))
+
+
+def test_threshold_zero_exits_everything_at_first_head(lenet_mx):
+    x = _x()
+    logits, exit_at = early_exit_predict(lenet_mx, x, thresholds=0.0)
+    assert exit_at.eq(0).all()
+    assert torch.allclose(logits, lenet_mx.all_exits(x)[0], atol=1e-6)
+
+
+def test_entropy_policy_extremes(lenet_mx):
+    x = _x()
+    assert early_exit_predict(lenet_mx, x, 1.0, "entropy")[1].eq(0).all()
+    assert early_exit_predict(lenet_mx, x, -1.0, "entropy")[1].eq(1).all()
+
+
+def test_policy_forward_in_eval_and_lists_in_training(lenet_mx):
+    mx = early_exit(nc.models.create("lenet5"), ["features.2"])
+    x = _x(4)
+    assert isinstance(mx.train()(x), list) and len(mx(x)) == 2
+    mx.eval().set_policy_("max_softmax", 0.0)
+    assert torch.allclose(mx(x), mx.all_exits(x)[0], atol=1e-6)
+
+
+def test_resnet_segments_match_backbone_and_simulation():
+    torch.manual_seed(0)
+    r = nc.models.create("resnet8", in_channels=1, input_size=28)
+    mx = early_exit(r, ["layer2.0", "layer1"]).eval()  # out of order on purpose, and inside a residual stage
+    assert mx.exit_names == ["layer1", "layer2.0"]
+    assert segment_mode(mx) == "segments"
+    x = _x(32)
+    assert torch.allclose(early_exit_predict(mx, x, 2.0)[0], r.eval()(x), atol=1e-5)
+    with torch.no_grad():
+        outs = mx.all_exits(x)
+    t = float(torch.softmax(outs[0], 1).max(1).values.median())  # a threshold some samples pass
+    logits, exit_at = early_exit_predict(mx, x, t)
+    assert torch.equal(exit_at, simulate_exits(outs, t, "max_softmax"))
+    for k in range(3):
+        sel = exit_at == k
+        assert torch.allclose(logits[sel], outs[k][sel], atol=1e-5)
+
+
+class _SizeNet(nn.Module):
+    """A non-batch value (x.size(0)) crosses the exit cut: segments are refused, fallback used."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(4, 4, 3), nn.ReLU())
+        self.fc = nn.Linear(4 * 24 * 24, 10)
+
+    def forward(self, x):
+        n = x.size(0)
+        return self.fc(self.b(self.a(x)).reshape(n, -1))
+
+
+def test_fallback_restart_mode_gives_same_predictions():
+    mx = early_exit(_SizeNet(), ["a"], example_inputs=_x(2)).eval()
+    assert segment_mode(mx) == "restart"
+    x = _x(8)
+    with torch.no_grad():
+        outs = mx.all_exits(x)
+    t = float(torch.softmax(outs[0], 1).max(1).values.median())
+    logits, exit_at = early_exit_predict(mx, x, t)
+    assert torch.equal(exit_at, simulate_exits(outs, t, "max_softmax"))
+    assert torch.allclose(logits[exit_at == 1], outs[1][exit_at == 1], atol=1e-6)
+
+
+def test_bad_exit_names_give_clear_errors_and_leave_model_unchanged():
+    m = nc.models.create("lenet5")
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    with pytest.raises(NetcompressError, match="no module named 'features.9'"):
+        early_exit(m, ["features.9"])
+    with pytest.raises(NetcompressError, match="at least one"):
+        early_exit(m, [])
+    with pytest.raises(NetcompressError, match="repeat"):
+        early_exit(m, ["features.2", "features.2"])
+    shared = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU())
+    shared.r = nn.ReLU()
+    shared.forward = lambda x: shared.r(shared[0](shared.r(x)))
+    with pytest.raises(NetcompressError, match="runs 2 times"):
+        early_exit(shared, ["r"], example_inputs=_x(2))
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+    assert not any(isinstance(c, MultiExitModel) for c in m.modules())
+
+
+def test_save_reload_keeps_exits_policy_and_outputs(tmp_path):
+    mx = early_exit(nc.models.create("lenet5-half", in_channels=1, input_size=28), ["features.2"],
+                    head={"pool": 3, "hidden": 16}).eval()
+    mx.set_policy_("entropy", [0.3])
+    x = _x(8)
+    ref = mx.all_exits(x)
+    nc.models.save(mx, tmp_path / "mx.pt")
+    back = nc.models.load(tmp_path / "mx.pt")
+    assert isinstance(back, MultiExitModel)
+    assert back.exit_names == ["features.2"] and back.policy == "entropy" and back.thresholds == [0.3]
+    for a, b in zip(ref, back.all_exits(x)):
+        assert torch.equal(a, b)
+    assert torch.equal(back(x), mx(x))
+
+
+def test_exit_losses_golden_values():
+    z = [torch.zeros(2, 3), torch.zeros(2, 3)]
+    y = torch.tensor([0, 1])
+    assert exit_losses(z, y, [0.5])["exit0"].item() == pytest.approx(0.5 * math.log(3), rel=1e-6)
+    # distillation from identical logits: KL = 0, so loss = (1 - a) * CE
+    zs = [torch.tensor([[2.0, 0.0, 0.0]]), torch.tensor([[2.0, 0.0, 0.0]])]
+    ce = -torch.log_softmax(zs[0], 1)[0, 1].item()
+    got = exit_losses(zs, torch.tensor([1]), [1.0], distill=0.25, temperature=2.0)["exit0"].item()
+    assert got == pytest.approx(0.75 * ce, rel=1e-5)
+    # hand-computed KL with T = 1
+    s, t = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
+    p, q = torch.softmax(t, 1), torch.log_softmax(s, 1)
+    kl = (p * (p.log() - q)).sum().item()
+    got = exit_losses([s, t], torch.tensor([0]), [1.0], distill=1.0, temperature=1.0)["exit0"].item()
+    assert got == pytest.approx(kl, rel=1e-5)
+    with pytest.raises(NetcompressError, match="weights"):
+        exit_losses(z, y, [1.0, 1.0])
+
+
+def test_frozen_backbone_trains_only_heads(mnist_small):
+    mx = early_exit(nc.models.create("lenet5-half", in_channels=1, input_size=28), ["features.2"])
+    bb = {k: v.clone() for k, v in mx.backbone.state_dict().items()}
+    h0 = [p.clone() for p in mx.heads.parameters()]
+    fb = FrozenBackbone()
+    nc.train.fit(mx, mnist_small, methods=[fb, ExitTraining([0.3])], max_steps=3, epochs=1, progress=False,
+                 evaluate_each_epoch=False)
+    fb.finalize(mx)
+    assert all(torch.equal(bb[k], v) for k, v in mx.backbone.state_dict().items())
+    assert any(not torch.equal(a, b) for a, b in zip(h0, mx.heads.parameters()))
+    assert all(p.requires_grad for p in mx.parameters())
+
+
+def test_budget_calibration_meets_target(mnist_small):
+    torch.manual_seed(0)
+    mx = early_exit(nc.models.create("lenet5-half", in_channels=1, input_size=28), ["features.2", "features.5"])
+    nc.train.fit(mx, mnist_small, methods=[ExitTraining([0.3, 0.6])], max_steps=20, epochs=1, progress=False,
+                 evaluate_each_epoch=False)
+    ex = mnist_small.example
+    cum = exit_macs(mx, ex)
+    assert cum == sorted(cum) and cum[-1] >= full_macs(mx, ex)
+    outs, y = exit_outputs(mx, mnist_small.calibration(300))
+    jump = (cum[-1] - cum[0]) / len(y)  # one sample moving between exits: the stated tolerance
+    for frac in (0.3, 0.5, 0.8):
+        budget = frac * full_macs(mx, ex)
+        t, reached = calibrate_budget(outs, cum, budget)
+        assert budget - 2 * jump <= reached <= budget
+        again = policy_report(outs, y, cum, t, "max_softmax")["avg_macs"]
+        assert again == pytest.approx(reached)
+    with pytest.raises(NetcompressError, match="below the first exit"):
+        calibrate_budget(outs, cum, 0.5 * cum[0])
+    t, reached = calibrate_budget(outs, cum, 10 * cum[-1])
+    assert t > 1 and reached == cum[-1]
+
+
+def test_policy_report_counts(lenet_mx):
+    x = _x(20)
+    y = torch.randint(0, 10, (20,))
+    outs = lenet_mx.all_exits(x)
+    cum = exit_macs(lenet_mx, x)
+    r = policy_report(outs, y, cum, 0.0, "max_softmax")
+    assert r["exits"][0]["share"] == 1.0 and r["avg_macs"] == cum[0]
+    assert r["accuracy"] == pytest.approx((outs[0].argmax(1) == y).float().mean().item())
+    r = policy_report(outs, y, cum, 2.0, "max_softmax")
+    assert r["exits"][1]["share"] == 1.0 and r["exits"][0]["accuracy_exited"] is None

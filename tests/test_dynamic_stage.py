@@ -1,0 +1,115 @@
+"""The `dynamic` recipe stage, its config, the CLI command, and msdnet-small."""
+from pathlib import Path
+
+import pytest
+import torch
+
+import netcompress as nc
+from netcompress.core.errors import NetcompressError
+from netcompress.dynamic import early_exit_predict
+from netcompress.dynamic.msdnet import MSDNetSmall
+from netcompress.dynamic.policy import exit_macs, full_macs
+from netcompress.dynamic.stages import DynamicConfig, run_dynamic
+from netcompress.recipe.stages import STAGES, StageContext
+from netcompress.train import TrainConfig
+
+
+def _ctx(data, tmp_path):
+    return StageContext(data=data, train=TrainConfig(epochs=1, lr=0.05), seed=0, out_dir=tmp_path, name="dyn",
+                        progress=False)
+
+
+def test_config_validation_and_round_trip():
+    cfg = DynamicConfig.from_dict({"exits": ["features.2"], "budget": 0.4, "head": {"pool": 2}})
+    assert DynamicConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(NetcompressError, match="threshold or budget"):
+        DynamicConfig.from_dict({"threshold": 0.9, "budget": 0.5})
+    with pytest.raises(NetcompressError, match="unknown key"):
+        DynamicConfig.from_dict({"exit": ["features.2"]})
+    with pytest.raises(NetcompressError, match="unknown key"):
+        DynamicConfig.from_dict({"head": {"pool": 2, "width": 3}})
+
+
+def test_stage_registered():
+    from netcompress.plugins import load_stages
+
+    load_stages()
+    assert STAGES.get("dynamic").config is DynamicConfig
+
+
+def test_dynamic_stage_on_lenet(mnist_small, tmp_path):
+    torch.manual_seed(0)
+    model = nc.models.create("lenet5-half", in_channels=1, input_size=28)
+    nc.train.fit(model, mnist_small, max_steps=15, epochs=1, progress=False, evaluate_each_epoch=False)
+    ref = {k: v.clone() for k, v in model.state_dict().items()}
+    ctx = _ctx(mnist_small, tmp_path)
+    cfg = DynamicConfig.from_dict({"exits": ["features.2"], "max_steps": 5, "budget": 0.6, "holdout": 200,
+                                   "latency_samples": 64, "latency_batch": 32})
+    res = run_dynamic(ctx, model, cfg)
+    ex = res.extra
+    assert all(torch.equal(ref[k], v) for k, v in model.state_dict().items())  # input untouched
+    # head-only training: the final exit is the input network
+    assert ex["full_accuracy"] == pytest.approx(nc.train.evaluate(model, mnist_small))
+    assert sum(e["share"] for e in ex["exits"]) == pytest.approx(1.0)
+    assert ex["real_exit_share"] == pytest.approx([e["share"] for e in ex["exits"]])
+    assert ex["calibration"]["holdout_fraction"] <= 0.6
+    assert ex["latency"]["full_ms"] > 0 and ex["latency"]["speedup"] > 0
+    assert len(ex["curve"]) > 3 and ctx.figures
+    assert nc.train.evaluate(res.model, mnist_small) == pytest.approx(ex["accuracy"])
+    path = nc.models.save(res.model, tmp_path / "m.pt")
+    back = nc.models.load(path)
+    assert back.thresholds == res.model.thresholds
+    assert nc.train.evaluate(back, mnist_small) == pytest.approx(ex["accuracy"])
+
+
+def test_dynamic_stage_errors(mnist_small, tmp_path):
+    ctx = _ctx(mnist_small, tmp_path)
+    with pytest.raises(NetcompressError, match="exits"):
+        run_dynamic(ctx, nc.models.create("lenet5"), DynamicConfig())
+    with pytest.raises(NetcompressError, match="no module named"):
+        run_dynamic(ctx, nc.models.create("lenet5"), DynamicConfig(exits=["nope"]))
+    with pytest.raises(NetcompressError, match="already has exits"):
+        run_dynamic(ctx, nc.models.create("msdnet-small"), DynamicConfig(exits=["first"]))
+
+
+@pytest.mark.parametrize("shape", [(1, 28), (3, 32)])
+def test_msdnet_small_shapes_macs_and_save(shape, tmp_path):
+    c, s = shape
+    m = nc.models.create("msdnet-small", in_channels=c, input_size=s)
+    assert isinstance(m, MSDNetSmall) and m.num_exits == 4
+    x = torch.randn(3, c, s, s)
+    outs = m.train()(x)
+    assert len(outs) == 4 and all(o.shape == (3, 10) for o in outs)
+    m.eval()
+    cum = exit_macs(m, x)
+    assert cum == sorted(cum) and cum[0] < 0.4 * cum[-1]
+    assert full_macs(m, x) < cum[-1]  # the full path skips the early classifiers
+    logits, exit_at = early_exit_predict(m, x, 2.0)
+    assert exit_at.eq(3).all() and torch.allclose(logits, m.full_forward(x), atol=1e-5)
+    assert early_exit_predict(m, x, 0.0)[1].eq(0).all()
+    m.set_policy_("max_softmax", [0.9, 0.9, 0.9])
+    nc.models.save(m, tmp_path / "ms.pt")
+    back = nc.models.load(tmp_path / "ms.pt")
+    assert back.thresholds == [0.9, 0.9, 0.9]
+    assert torch.equal(back(x), m(x))
+
+
+def test_msdnet_stage_trains_all_exits(mnist_small, tmp_path):
+    m = nc.models.create("msdnet-small", in_channels=1, input_size=28, width=0.5)
+    res = run_dynamic(_ctx(mnist_small, tmp_path), m, DynamicConfig(train_backbone=True, max_steps=3, threshold=0.5,
+                                                                    holdout=100, latency=False))
+    assert res.model.thresholds == [0.5, 0.5, 0.5]
+    assert len(res.extra["exits"]) == 4 and res.extra["segment_mode"] == "native"
+
+
+def test_cli_dynamic(tmp_path, capsys):
+    from netcompress.cli import main
+
+    out = tmp_path / "ee.pt"
+    rc = main(["dynamic", "lenet5-quarter", "--data", "digits", "--exits", "features.2", "--max-steps", "2",
+               "--threshold", "0.8", "--no-latency", "--holdout", "100", "--out", str(out)])
+    assert rc == 0 and out.exists()
+    text = capsys.readouterr().out
+    assert "features.2" in text and "average MACs" in text
+    rc = main(["dynamic", "lenet5", "--data", "digits", "--exits", "bogus", "--out", str(tmp_path / "x.pt")])
+    assert rc == 2 and "no module named 'bogus'" in capsys.readouterr().err
