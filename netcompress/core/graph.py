@@ -115,13 +115,18 @@ class _UnionFind:
         self.parent[rb] = ra  # the frozen class (0) always stays the root
 
     def union_tensors(self, a: torch.Tensor, b: torch.Tensor) -> None:
-        pairs = torch.unique(torch.stack(torch.broadcast_tensors(a, b)).reshape(2, -1), dim=1)
-        for x, y in pairs.t().tolist():
+        a, b = torch.broadcast_tensors(a, b)
+        both = tuple(slice(0, 1) if a.stride(d) == 0 and b.stride(d) == 0 else slice(None) for d in range(a.dim()))
+        a, b = a[both], b[both]
+        if torch.equal(a, b):
+            return
+        keys = torch.unique((a.reshape(-1) << 32) | b.reshape(-1))
+        for x, y in zip((keys >> 32).tolist(), (keys & 0xFFFFFFFF).tolist()):
             if x != y:
                 self.union(x, y)
 
     def freeze(self, t: torch.Tensor) -> None:
-        for x in torch.unique(t).tolist():
+        for x in torch.unique(_compact(t)).tolist():
             self.union(FROZEN, x)
 
     def roots(self, t: torch.Tensor) -> torch.Tensor:
@@ -142,9 +147,15 @@ def _op_name(node: fx.Node) -> str:
     return t if isinstance(t, str) else getattr(t, "__name__", str(t))
 
 
+def _compact(t: torch.Tensor) -> torch.Tensor:
+    """`t` without its broadcast (stride-0) dimensions' repeats: a view, never a copy."""
+    return t[tuple(slice(0, 1) if t.stride(d) == 0 else slice(None) for d in range(t.dim()))]
+
+
 def _along(labels: torch.Tensor, dim: int, where: str) -> torch.Tensor:
     """The labels along `dim`, checked constant along every other dim (batch excluded)."""
     dim = dim % labels.dim()
+    labels = labels[tuple(slice(0, 1) if labels.stride(d) == 0 and d != dim else slice(None) for d in range(labels.dim()))]
     moved = labels.movedim(dim, -1).reshape(-1, labels.shape[dim])
     if not bool((moved == moved[:1]).all()):
         raise NetcompressError(f"{where}: channels are mixed with other dimensions; cannot prune its inputs")
@@ -175,7 +186,7 @@ class _LabelInterpreter(fx.Interpreter):
 
     def _frozen_like(self, value: Any) -> Any:
         if isinstance(value, torch.Tensor):
-            return torch.zeros(value.shape, dtype=torch.long)
+            return torch.zeros(1, dtype=torch.long).expand(value.shape)
         if isinstance(value, (tuple, list)):
             return type(value)(self._frozen_like(v) for v in value)
         return None
@@ -247,12 +258,12 @@ class _LabelInterpreter(fx.Interpreter):
             return None
         big = [d for d, s in enumerate(value.shape) if s > 1]
         if len(big) != 1:
-            return torch.zeros(value.shape, dtype=torch.long)
+            return torch.zeros(1, dtype=torch.long).expand(value.shape)
         d = big[0]
         ids = self.uf.new(value.shape[d])
         shape = [1] * value.dim()
         shape[d] = -1
-        lab = ids.view(shape).expand(value.shape).clone()
+        lab = ids.view(shape).expand(value.shape)
         mod = n.target.rpartition(".")[0]
         if self._ignored(mod):
             self.uf.freeze(ids)
@@ -264,7 +275,7 @@ class _LabelInterpreter(fx.Interpreter):
         if not isinstance(value, torch.Tensor):
             return self._unknown(n, value)
         if not labs:
-            return torch.zeros(value.shape, dtype=torch.long)
+            return torch.zeros(1, dtype=torch.long).expand(value.shape)
         base = None
         for lab in labs:
             if lab.shape != value.shape and lab.numel() == value.numel() and lab.dim() != value.dim():
@@ -274,34 +285,35 @@ class _LabelInterpreter(fx.Interpreter):
                 base = lab
             else:
                 self.uf.union_tensors(base, lab)
-        return base.clone(memory_format=torch.contiguous_format)
+        return base
 
     def _channelwise(self, n: fx.Node, value: Any) -> torch.Tensor:
         labs = self._lab(n.args[0])
         ch = _along(labs, 1, f"op {_op_name(n)!r} in {_module_of(n) or '<top>'!r}")
         shape = [1] * value.dim()
         shape[1] = -1
-        return ch.view(shape).expand(value.shape).clone()
+        return ch.view(shape).expand(value.shape)
 
     def _reduce(self, n: fx.Node, value: Any) -> torch.Tensor:
         lab = self._lab(n.args[0])
         dims = n.kwargs.get("dim", n.args[1] if len(n.args) > 1 else None)
         keep = n.kwargs.get("keepdim", n.args[2] if len(n.args) > 2 else False)
         if dims is None:
-            return torch.zeros(value.shape, dtype=torch.long)
+            return torch.zeros(1, dtype=torch.long).expand(value.shape)
         dims = sorted({d % lab.dim() for d in ([dims] if isinstance(dims, int) else dims)})
+        lab_c = _compact(lab)
         idx = tuple(slice(0, 1) if d in dims else slice(None) for d in range(lab.dim()))
-        first = lab[idx]
-        if not bool((lab == first).all()):
-            return torch.zeros(value.shape, dtype=torch.long)  # a sum over channels: shape-safe, no identity
+        first = lab_c[idx]
+        if not bool((lab_c == first).all()):
+            return torch.zeros(1, dtype=torch.long).expand(value.shape)  # a sum over channels: no identity
         out = first
         if not keep:
             for d in reversed(dims):
                 out = out.squeeze(d)
-        return out.reshape(value.shape).clone()
+        return out.expand(value.shape)
 
     def _layer_norm(self, n: fx.Node, value: torch.Tensor) -> torch.Tensor:
-        lab = self._lab(n.args[0]).clone()
+        lab = self._lab(n.args[0])
         for a in list(n.args[2:4]) + [n.kwargs.get("weight"), n.kwargs.get("bias")]:
             la = self._lab(a) if isinstance(a, fx.Node) else None
             if isinstance(la, torch.Tensor):
@@ -320,6 +332,12 @@ class _LabelInterpreter(fx.Interpreter):
             self._index_ties(src, args[1])
         elif name == "stack":
             pass
+        if name in ("cat", "concat") and isinstance(args[0], (list, tuple)) and isinstance(value, torch.Tensor):
+            dim = kwargs.get("dim", args[1] if len(args) > 1 else 0) % value.dim()
+            parts = list(args[0])
+            flat = tuple(slice(0, 1) if d != dim and all(p.stride(d) == 0 for p in parts) else slice(None)
+                         for d in range(value.dim()))
+            return torch.cat([p[flat] for p in parts], dim).expand(value.shape)  # stays a broadcast view
         if n.op == "call_method":
             method = "reshape" if n.target == "view" else n.target  # label tensors may be non-contiguous
             return getattr(src, method)(*args[1:], **kwargs)
@@ -408,7 +426,7 @@ class _LabelInterpreter(fx.Interpreter):
                 self.uf.freeze(out_ids)
             shape = [1] * value.dim()
             shape[1] = -1
-            return out_ids.view(shape).expand(value.shape).clone()
+            return out_ids.view(shape).expand(value.shape)
         if isinstance(m, nn.Linear) and isinstance(inp, torch.Tensor):
             in_lab = _along(inp, -1, f"module {name!r}")
             out_ids = self._out_ids(name, m.out_features)
@@ -417,7 +435,7 @@ class _LabelInterpreter(fx.Interpreter):
                 self.uf.freeze(out_ids)
             self.g.members.append(Member(name, "in", in_lab, 1))
             self.g.members.append(Member(name, "out", out_ids))
-            return out_ids.expand(value.shape).clone()
+            return out_ids.expand(value.shape)
         if isinstance(m, _NORM) or isinstance(m, nn.LayerNorm) and len(m.normalized_shape) == 1:
             dim = -1 if isinstance(m, nn.LayerNorm) else 1
             ch = _along(inp, dim, f"module {name!r}")
@@ -426,9 +444,9 @@ class _LabelInterpreter(fx.Interpreter):
             has_params = any(p is not None for p in m._parameters.values()) or any(b is not None and b.dim() == 1 for b in m._buffers.values())
             if has_params:
                 self.g.members.append(Member(name, "norm", ch))
-            return inp.clone()
+            return inp
         if isinstance(m, _UNARY_MODULES) or isinstance(m, nn.PReLU) and m.num_parameters == 1:
-            return inp.clone() if isinstance(inp, torch.Tensor) else self._frozen_like(value)
+            return inp if isinstance(inp, torch.Tensor) else self._frozen_like(value)
         if isinstance(m, nn.Flatten):
             return inp.flatten(m.start_dim, m.end_dim)
         if isinstance(m, _CHANNELWISE_MODULES) and isinstance(value, torch.Tensor):
