@@ -206,3 +206,38 @@ def test_cli_distill(tmp_path, teacher):
     assert nc.models.load(out).fc1.out_features == 75
     assert main(["distill", str(dfile), "--data", "digits", "--student", "lenet300-quarter", "--weight", "x",
                  "--out", str(out)]) == 2
+
+
+def test_recipe_file_validates():
+    from netcompress.recipe.schema import load_recipe
+
+    r = load_recipe(Path(__file__).resolve().parent.parent / "recipes" / "distill-lenet5.yaml")
+    methods = set()
+    for v in r.variants:
+        for item in v.stages:
+            cfg = DistillConfig.from_dict(item["distill"])
+            cfg.validate_method()
+            methods.add(cfg.method)
+    assert methods == {"kd", "fitnet", "at", "rkd", "sp", "dml", "born-again", "takd"}
+
+
+def test_distill_variant_through_the_recipe_runner(tmp_path):
+    from netcompress.recipe.runner import run_recipe
+
+    text = """
+name: t
+data: digits
+model: lenet300
+train: {epochs: 1, max_steps: 2, batch_size: 32}
+measure: {latency: false}
+variants:
+  - name: kd-student
+    from: baseline
+    stages:
+      - distill: {method: kd, student: lenet300-quarter, compare_scratch: true}
+"""
+    (tmp_path / "r.yaml").write_text(text)
+    res = run_recipe(tmp_path / "r.yaml", out=tmp_path / "run", progress=False)
+    entry = next(e for e in res.entries if e["variant"] == "kd-student")
+    assert {"student_acc", "teacher_acc", "scratch_acc"} <= set(entry["extra"])
+    assert res.models[entry["stage"]].fc1.out_features == 75
