@@ -3,8 +3,9 @@
 1. SVD halves LeNet-300-100's parameters (global budget 0.5), then fine-tune; 3 seeds on mnist-5k.
    Control (--full): the same factorised architecture trained from scratch for the same total epochs.
 2. Separable conversion of a small VGG (every standard 3x3 conv with > 1 input channel) on mnist-5k:
-   conv MACs counted vs MobileNets' 1/M + 1/k^2, accuracy after KD from the original vs after plain
-   fine-tuning (same epochs, same seed) vs the separable net trained from scratch (--full).
+   conv MACs counted vs MobileNets' 1/M + 1/k^2, accuracy after KD from the original; with --full also
+   plain fine-tuning (same epochs, lr, seed), the separable net trained from scratch, and the conv
+   low-rank transform (Jaderberg spatial, 1/3 of the MACs) + fine-tuning.
 3. Conv low-rank CPU latency (1 thread, batch 1 and 64): single 3x3 layers at 1/3 of the MACs
    (Jaderberg spatial and channel SVD) and a whole VGG at a 1/3 MAC budget.
 
@@ -13,11 +14,12 @@ mult-adds for -1.1 points. Goals: <= 0.3 points lost at half the parameters; >= 
 <= 1 point lost after distillation.
 
     python benchmarks/bench_design.py            # default: <= 8 minutes on a 2-core CPU
-    python benchmarks/bench_design.py --full     # + scratch controls, 3 seeds for the separable study
+    python benchmarks/bench_design.py --full     # + the controls above (about 15 minutes)
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import time
@@ -91,60 +93,67 @@ def svd_lenet300(data, seeds, full, log):
     return md_table(heads, rows) + "\n" + summary
 
 
-def separable_study(data, seeds, full, log, model_name, kd_epochs, lr):
+def separable_study(data, seeds, full, log, model_name, epochs, lr):
     rows, res = [], []
     layer_table = ""
+    lowrank_macs = ""
+    convs = lambda m, n: isinstance(m, nn.Conv2d) and m.in_channels > 1  # noqa: E731
     for seed in seeds:
         torch.manual_seed(seed)
         base = nc.models.create(model_name, in_channels=1, input_size=28)
         acc = train(base, data, 10, 0.05, seed)
-        cfg = DesignConfig(op="separable", calibration=256)
-        sep, layers = transform(base, cfg, data)
+        sep, layers = transform(base, DesignConfig(op="separable", calibration=256), data)
         if not layer_table:
-            rep = cost_report(base, sep, layers, data.example, latency=False)
-            conv_before = sum(v for k, v in macs_by_module(base, data.example).items()
-                              if isinstance(base.get_submodule(k), nn.Conv2d))
-            conv_after = sum(v for k, v in macs_by_module(sep, data.example).items()
-                             if isinstance(sep.get_submodule(k), nn.Conv2d))
-            lt = [[r["name"], f"{r['before_macs']:,}", f"{r['after_macs']:,}", f"{r['theory_macs']:,}",
-                   f"{r['measured_ratio']:.4f}", f"{r['theory_ratio']:.4f}"] for r in rep["layers"]]
-            x = data.example
-            l1 = robust_latency([base, sep], x, 1)
-            l64 = robust_latency([base, sep], x, 64)
-            layer_table = (md_table(["layer", "MACs before", "MACs after (counted)", "MACs after (formula)",
-                                     "counted ratio", "1/M + 1/k^2"], lt)
-                           + f"\nAll conv layers: {conv_before:,} -> {conv_after:,} MACs (**{conv_before / conv_after:.2f}x "
-                           f"fewer**); whole model {rep['macs_before']:,} -> {rep['macs_after']:,} "
-                           f"({rep['macs_before'] / rep['macs_after']:.2f}x); params {rep['params_before']:,} -> "
-                           f"{rep['params_after']:,}.\nCPU latency, 1 thread: batch 1 {l1[0]:.3f} -> {l1[1]:.3f} ms "
-                           f"({l1[0] / l1[1]:.2f}x), batch 64 {l64[0]:.2f} -> {l64[1]:.2f} ms ({l64[0] / l64[1]:.2f}x).\n")
+            layer_table = _separable_costs(base, sep, layers, data)
         a0 = nc.train.evaluate(sep, data)
+        ft = copy.deepcopy(sep)
         kd = KD(base, temperature=4.0, alpha=0.9)
-        ft = copy_model(sep)
-        a_kd = train(sep, data, kd_epochs, lr, seed, methods=[kd], loss_fn=kd.task_loss)
-        a_ft = train(ft, data, kd_epochs, lr, seed)
-        row = [seed, f"{100 * acc:.2f}", f"{100 * a0:.2f}", f"{100 * a_kd:.2f}", f"{100 * (a_kd - acc):+.2f}",
-               f"{100 * a_ft:.2f}", f"{100 * (a_ft - acc):+.2f}"]
+        a_kd = train(sep, data, epochs, lr, seed, methods=[kd], loss_fn=kd.task_loss)
+        row = [seed, f"{100 * acc:.2f}", f"{100 * a0:.2f}", f"{100 * a_kd:.2f}", f"{100 * (a_kd - acc):+.2f}"]
+        r = {"base": acc, "kd": a_kd}
         if full:
+            r["ft"] = train(ft, data, epochs, lr, seed)
             torch.manual_seed(seed)
-            row.append(f"{100 * train(fresh(sep), data, 10 + kd_epochs, 0.05, seed):.2f}")
+            r["scratch"] = train(fresh(sep), data, 10 + epochs, 0.05, seed)
+            lr_model = lowrank(base, budget=1 / 3, budget_metric="macs", example_inputs=data.example, filter_fn=convs)
+            lowrank_macs = f"{count_macs(base, data.example) / count_macs(lr_model, data.example):.2f}x"
+            r["lr0"] = nc.train.evaluate(lr_model, data)
+            r["lr"] = train(lr_model, data, epochs, lr, seed)
+            row += [f"{100 * r['ft']:.2f}", f"{100 * (r['ft'] - acc):+.2f}", f"{100 * r['scratch']:.2f}",
+                    f"{100 * r['lr0']:.2f}", f"{100 * r['lr']:.2f}", f"{100 * (r['lr'] - acc):+.2f}"]
         rows.append(row)
-        res.append((acc, a0, a_kd, a_ft))
-        log(f"{model_name} seed {seed}: base {acc:.4f} init {a0:.4f} kd {a_kd:.4f} ft {a_ft:.4f}")
-    heads = ["seed", "baseline %", "separable, LS init %", f"+ KD {kd_epochs} ep %", "KD change", f"+ fine-tune {kd_epochs} ep %",
-             "fine-tune change"]
+        res.append(r)
+        log(f"{model_name} seed {seed}: {r}")
+    heads = ["seed", "baseline %", "separable, LS init %", f"+ KD {epochs:g} ep %", "KD change"]
     if full:
-        heads.append(f"separable from scratch {10 + kd_epochs} ep %")
-    summary = (f"mean: baseline {mean_std([r[0] for r in res])}, KD {mean_std([r[2] for r in res])} "
-               f"({100 * statistics.mean(r[2] - r[0] for r in res):+.2f} points), fine-tune {mean_std([r[3] for r in res])} "
-               f"({100 * statistics.mean(r[3] - r[0] for r in res):+.2f} points)\n")
-    return layer_table + "\n" + md_table(heads, rows) + "\n" + summary
+        heads += [f"+ fine-tune {epochs:g} ep %", "fine-tune change", f"separable from scratch {10 + epochs:g} ep %",
+                  f"conv low-rank ({lowrank_macs} fewer MACs) %", f"+ fine-tune {epochs:g} ep %", "change"]
+    summary = f"mean: baseline {mean_std([r['base'] for r in res])}"
+    for key, label in [("kd", "separable + KD"), ("ft", "separable + fine-tune"), ("scratch", "separable from scratch"),
+                       ("lr", "conv low-rank + fine-tune")]:
+        if key in res[0]:
+            summary += (f"; {label} {mean_std([r[key] for r in res])} "
+                        f"({100 * statistics.mean(r[key] - r['base'] for r in res):+.2f} points)")
+    return layer_table + "\n" + md_table(heads, rows) + "\n" + summary + "\n"
 
 
-def copy_model(m):
-    import copy
-
-    return copy.deepcopy(m)
+def _separable_costs(base, sep, layers, data) -> str:
+    rep = cost_report(base, sep, layers, data.example, latency=False)
+    conv_before = sum(v for k, v in macs_by_module(base, data.example).items()
+                      if isinstance(base.get_submodule(k), nn.Conv2d))
+    conv_after = sum(v for k, v in macs_by_module(sep, data.example).items()
+                     if isinstance(sep.get_submodule(k), nn.Conv2d))
+    lt = [[r["name"], f"{r['before_macs']:,}", f"{r['after_macs']:,}", f"{r['theory_macs']:,}",
+           f"{r['measured_ratio']:.4f}", f"{r['theory_ratio']:.4f}"] for r in rep["layers"]]
+    l1 = robust_latency([base, sep], data.example, 1)
+    l64 = robust_latency([base, sep], data.example, 64)
+    return (md_table(["layer", "MACs before", "MACs after (counted)", "MACs after (formula)",
+                      "counted ratio", "1/M + 1/k^2"], lt)
+            + f"\nAll conv layers: {conv_before:,} -> {conv_after:,} MACs (**{conv_before / conv_after:.2f}x "
+            f"fewer**); whole model {rep['macs_before']:,} -> {rep['macs_after']:,} "
+            f"({rep['macs_before'] / rep['macs_after']:.2f}x); params {rep['params_before']:,} -> "
+            f"{rep['params_after']:,}.\nCPU latency, 1 thread: batch 1 {l1[0]:.3f} -> {l1[1]:.3f} ms "
+            f"({l1[0] / l1[1]:.2f}x), batch 64 {l64[0]:.2f} -> {l64[1]:.2f} ms ({l64[0] / l64[1]:.2f}x).\n")
 
 
 def latency_study(log):
@@ -183,10 +192,12 @@ def latency_study(log):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--full", action="store_true", help="scratch controls and 3 seeds for the separable study")
+    ap.add_argument("--full", action="store_true",
+                    help="controls: fine-tuning instead of KD, from-scratch nets, conv low-rank accuracy")
     ap.add_argument("--seeds", type=int, default=3, help="seeds for the LeNet-300-100 SVD study")
     ap.add_argument("--sep-model", default="vgg-small-half")
-    ap.add_argument("--sep-epochs", type=float, default=4)
+    ap.add_argument("--sep-seeds", type=int, default=3)
+    ap.add_argument("--sep-epochs", type=float, default=5)
     ap.add_argument("--sep-lr", type=float, default=0.01)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -198,7 +209,7 @@ def main() -> None:
     data = nc.data.load("mnist-5k")
     part1 = svd_lenet300(data, list(range(args.seeds)), args.full, log)
     part3 = latency_study(log)
-    sep_seeds = list(range(3)) if args.full else [0]
+    sep_seeds = list(range(args.sep_seeds))
     part2 = separable_study(data, sep_seeds, args.full, log, args.sep_model, args.sep_epochs, args.sep_lr)
     body = f"""Total time {time.perf_counter() - t0:.0f} s, 1 intra-op thread, mnist-5k (4,000 train / 1,000 test),
 last-epoch accuracy, nothing selected on the test set. Baselines: 10 epochs SGD lr 0.05 cosine.
@@ -213,8 +224,10 @@ table for SVD; Denton et al. 2014 report ~1 point lost at 2-3x fewer weights on 
 
 Model `{args.sep_model}`; the first conv has one input channel (already depthwise) and stays. KD: T=4,
 alpha=0.9 (netcompress.distill.KD), {args.sep_epochs} epochs at lr {args.sep_lr}; plain fine-tuning gets the
-same epochs, lr and seed. Goal: >= 5x fewer conv MACs with <= 1 point lost. Anchor: MobileNets, 8.6x fewer
-mult-adds for -1.1 points (ImageNet, trained from scratch).
+same epochs, lr and seed (--full). The conv low-rank columns (--full) use `lowrank(budget=1/3,
+budget_metric="macs", conv="spatial")` on the same convs, then the same fine-tuning. Goal: >= 5x fewer conv
+MACs with <= 1 point lost. Anchors: MobileNets, 8.6x fewer mult-adds for -1.1 points (ImageNet, trained from
+scratch); Jaderberg et al. 2014, 2.5x speedup with no loss.
 
 {part2}
 ## 3. Conv low-rank CPU latency (1 thread; untrained weights: latency does not depend on their values)

@@ -64,6 +64,7 @@ def test_lowrank_stage_finetunes_and_reports(mnist_small, tmp_path):
     assert row["after_macs"] == row["theory_macs"] and row["after_params"] == row["theory_params"]
     assert rep["latency_ms_b1_after"] > 0 and "accuracy_before_recovery" in rep
     assert len(res.history) == 1 and isinstance(res.model.fc1, nn.Sequential)
+    assert any("MACs per layer" in k for k in ctx.figures)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # input untouched
 
 

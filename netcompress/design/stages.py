@@ -20,6 +20,7 @@ def _run_design(ctx, model: nn.Module, cfg: DesignConfig):
     new, layers = transform(model, cfg, ctx.data)
     extra = cost_report(original, new, layers, ctx.data.example)
     extra["accuracy_before_recovery"] = evaluate(new, ctx.data, device="cpu")
+    _figure(ctx, extra, cfg.op)
     history = []
     if cfg.recover != "none":
         teacher = ctx.model(cfg.teacher) if cfg.teacher else original
@@ -31,6 +32,26 @@ def _run_design(ctx, model: nn.Module, cfg: DesignConfig):
             new = m.finalize(new) or new
         history = hist.to_list()
     return StageResult(new, extra={"design": extra}, history=history)
+
+
+def _figure(ctx, rep: dict, op: str) -> None:
+    """Bar chart: MACs of each transformed layer before, after (counted) and by the formula."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = rep["layers"]
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(rows) + 2), 3.2))
+    xs = range(len(rows))
+    ax.bar([x - 0.2 for x in xs], [r["before_macs"] for r in rows], 0.4, label="before")
+    ax.bar([x + 0.2 for x in xs], [r["after_macs"] for r in rows], 0.4, label="after (counted)")
+    ax.plot(list(xs), [r["theory_macs"] for r in rows], "k_", markersize=18, label="formula")
+    ax.set_xticks(list(xs), [r["name"] for r in rows], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("MACs (batch 1)")
+    ax.set_title(f"{op}: MACs per transformed layer")
+    ax.legend(fontsize=8)
+    ctx.figure(f"{op}: MACs per layer", fig)
 
 
 def register(stages) -> None:
