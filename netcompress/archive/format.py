@@ -59,7 +59,7 @@ def pack(model: nn.Module, path: str | os.PathLike, coding: str = "huffman") -> 
         raise NetcompressError(f"pack: coding {coding!r}; valid: huffman, fixed")
     from netcompress.models.io import atomic_write, describe
 
-    arch = describe(model)
+    arch = _compact_arch(describe(model))
     entries, blobs, off = [], [], 0
     for name, t in _tensors(model).items():
         desc, blob = codec.encode_tensor(t, coding)
@@ -75,6 +75,37 @@ def pack(model: nn.Module, path: str | os.PathLike, coding: str = "huffman") -> 
     atomic_write(path, lambda f: f.write(pre + header + payload))
     manifest["file_bytes"] = len(pre) + len(header) + len(payload)
     return manifest
+
+
+def _zoo_modules(spec: dict[str, Any]) -> dict[str, Any] | None:
+    from netcompress.models.io import describe
+    from netcompress.models.zoo import create
+
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or spec["name"].startswith("python:"):
+        return None
+    try:
+        return describe(create(spec["name"], **dict(spec.get("kwargs", {}))))["modules"]
+    except Exception:  # noqa: BLE001 - any failure just means "store the full table"
+        return None
+
+
+def _compact_arch(arch: dict[str, Any]) -> dict[str, Any]:
+    """Drop the module table when it equals the unchanged zoo model's (rebuilt at unpack)."""
+    if _zoo_modules(arch["spec"]) == arch["modules"]:
+        return {**arch, "modules": None}
+    return arch
+
+
+def _full_arch(arch: dict[str, Any], where: str) -> dict[str, Any]:
+    if arch.get("modules", {}) is None:
+        spec = arch.get("spec")
+        if isinstance(spec, dict) and isinstance(spec.get("name"), str) and spec["name"].startswith("python:"):
+            raise NetcompressError(f"{where}: this archive names python code ({spec['name']}); archives never run code")
+        modules = _zoo_modules(spec)
+        if modules is None:
+            raise NetcompressError(f"{where}: architecture {spec!r} cannot be rebuilt")
+        return {**arch, "modules": modules}
+    return arch
 
 
 def _read(path: str | os.PathLike) -> tuple[dict[str, Any], bytes, int]:
@@ -150,7 +181,7 @@ def unpack(path: str | os.PathLike) -> nn.Module:
     where = str(path)
     state = _decode_all(manifest, payload, where)
     try:
-        model = build(manifest["arch"], trust_python=False)
+        model = build(_full_arch(manifest["arch"], where), trust_python=False)
     except NetcompressError as e:
         raise NetcompressError(f"{where}: {e}") from None
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as e:
@@ -178,7 +209,9 @@ def inspect(path: str | os.PathLike) -> dict[str, Any]:
     rows = []
     for e in manifest["tensors"]:
         t = state[e["name"]]
-        enc = e["enc"]
+        enc = dict(e["enc"])
+        if t.dtype == torch.float32 and enc.get("val") != "raw":  # re-derive the streams' entropy bound
+            codec.encode_tensor(t, "huffman" if "huffman" in (enc.get("gap_code"), enc.get("idx_code")) else "fixed", enc)
         n = t.numel()
         desc = enc["pos"] if enc.get("val") == "raw" else f"{enc['pos']}/{enc['val']}"
         if enc.get("val") == "codebook":

@@ -32,6 +32,7 @@ from netcompress.core.errors import NetcompressError
 
 MAX_LEN = 16
 MAX_SYMBOLS = 1 << 13
+_HEAD = "<IHHBIQ"  # n, stored alphabet size, chunk, offset width, offset base, payload bits
 
 
 def entropy_bits(symbols: np.ndarray) -> float:
@@ -92,7 +93,7 @@ def canonical_codes(lengths: np.ndarray) -> np.ndarray:
 
 
 def _chunk_size(n: int) -> int:
-    return max(256, 1 << max(0, math.ceil(math.log2(max(1.0, math.sqrt(n) * 2)))))
+    return min(1 << 15, max(256, 1 << max(0, math.ceil(math.log2(max(1.0, math.sqrt(n) * 2))))))
 
 
 @dataclass
@@ -107,23 +108,25 @@ class HuffmanCode:
     nbits: int
 
     def to_bytes(self) -> bytes:
-        """Serialise: header, code lengths (4 bits each), offset deltas (fixed width), bits."""
-        nsym = len(self.lengths)
-        lens = self.lengths.astype(np.uint8)
-        packed_lens = pack_uint(lens, 5)
+        """Serialise: header, code lengths (5 bits each, trailing unused symbols dropped), chunk
+        offset deltas (fixed width above their minimum), then the bits."""
+        used = np.flatnonzero(self.lengths)
+        nsym = int(used[-1]) + 1 if used.size else 1
+        packed_lens = pack_uint(self.lengths[:nsym], 5)
         deltas = np.diff(self.offsets) if len(self.offsets) > 1 else np.zeros(0, np.int64)
-        width = int(deltas.max()).bit_length() if deltas.size else 0
-        packed_off = pack_uint(deltas, width) if width else b""
-        head = struct.pack("<QHIBQ", self.n, nsym, self.chunk, width, self.nbits)
+        base = int(deltas.min()) if deltas.size else 0
+        width = int(deltas.max() - base).bit_length() if deltas.size else 0
+        packed_off = pack_uint(deltas - base, width) if width else b""
+        head = struct.pack(_HEAD, self.n, nsym, self.chunk, width, base, self.nbits)
         return head + packed_lens + packed_off + self.payload
 
     @classmethod
     def from_bytes(cls, buf: bytes, where: str = "huffman stream") -> "HuffmanCode":
-        hs = struct.calcsize("<QHIBQ")
+        hs = struct.calcsize(_HEAD)
         if len(buf) < hs:
             raise NetcompressError(f"{where}: truncated header")
-        n, nsym, chunk, width, nbits = struct.unpack_from("<QHIBQ", buf, 0)
-        if nsym == 0 or nsym > MAX_SYMBOLS or chunk == 0 or width > 40 or n > (1 << 34):
+        n, nsym, chunk, width, base, nbits = struct.unpack_from(_HEAD, buf, 0)
+        if nsym == 0 or nsym > MAX_SYMBOLS or chunk == 0 or width > 40:
             raise NetcompressError(f"{where}: corrupt header")
         pos = hs
         nl = (nsym * 5 + 7) // 8
@@ -136,7 +139,7 @@ class HuffmanCode:
         no = (nd * width + 7) // 8
         if len(buf) < pos + no:
             raise NetcompressError(f"{where}: truncated chunk offsets")
-        deltas = unpack_uint(buf[pos:pos + no], width, nd) if width else np.zeros(nd, np.int64)
+        deltas = (unpack_uint(buf[pos:pos + no], width, nd) if width else np.zeros(nd, np.int64)) + base
         pos += no
         offsets = np.concatenate([[0], np.cumsum(deltas)]).astype(np.int64) if nchunks else np.zeros(0, np.int64)
         payload = bytes(buf[pos:])
@@ -157,25 +160,67 @@ def encode(symbols: np.ndarray, nsym: int | None = None) -> HuffmanCode:
     nsym = int(nsym if nsym is not None else (s.max() + 1 if s.size else 1))
     if nsym > MAX_SYMBOLS:
         raise NetcompressError(f"huffman: alphabet of {nsym} symbols exceeds {MAX_SYMBOLS}")
+    if s.size >= 1 << 32:
+        raise NetcompressError("huffman: at most 2^32 - 1 symbols per stream")
     counts = np.bincount(s, minlength=nsym)
     lengths = code_lengths(counts)
     codes = canonical_codes(lengths)
-    idt = np.int32 if s.size * MAX_LEN < (1 << 31) - 64 else np.int64
+    if nsym <= 256 and s.size >= 2:
+        starts, nbits, payload = _place_pairs(s, lengths, codes, nsym)
+    else:
+        starts, nbits, payload = _place_single(s, lengths, codes)
+    chunk = _chunk_size(len(s))
+    step = chunk // 2 if nsym <= 256 and s.size >= 2 else chunk  # pair starts are every other symbol's
+    offsets = starts[::step].astype(np.int64) if s.size else np.zeros(0, np.int64)
+    return HuffmanCode(len(s), lengths, chunk, offsets, payload, nbits)
+
+
+def _int_type(nbits_bound: int):
+    return np.int32 if nbits_bound < (1 << 31) - 64 else np.int64
+
+
+def _place_single(s: np.ndarray, lengths: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, int, bytes]:
+    """Bit layout of one code per symbol: every code (<= 16 bits) lies inside the 32-bit window
+    starting at its 16-bit slot; codes never share bits, so summing one slot's windows ORs them."""
+    idt = _int_type(s.size * MAX_LEN)
     L = lengths.astype(idt)[s]
     ends = np.cumsum(L, dtype=idt)
     nbits = int(ends[-1]) if s.size else 0
     starts = ends - L
-    # every code (<= 16 bits) lies inside the 32-bit window starting at its 16-bit slot: place it
-    # there; codes never share bits, so summing the windows of one slot ORs them (exact in float64)
     field = codes[s] << (32 - (starts & 15) - L)
     n16 = (nbits + 15) // 16
     v = np.bincount(starts >> 4, weights=field, minlength=n16 + 1).astype(np.int64) if s.size else np.zeros(1, np.int64)
     out = v[:n16] >> 16
     out[1:] += v[: n16 - 1] & 0xFFFF
-    payload = out.astype(">u2").tobytes()[: (nbits + 7) // 8]
-    chunk = _chunk_size(len(s))
-    offsets = starts[::chunk].astype(np.int64) if s.size else np.zeros(0, np.int64)
-    return HuffmanCode(len(s), lengths, chunk, offsets, payload, nbits)
+    return starts, nbits, out.astype(">u2").tobytes()[: (nbits + 7) // 8]
+
+
+def _place_pairs(s: np.ndarray, lengths: np.ndarray, codes: np.ndarray, nsym: int) -> tuple[np.ndarray, int, bytes]:
+    """Same layout, two symbols at a time (a code table of nsym^2 pairs, <= 32 bits each, placed in
+    64-bit windows at 32-bit slots): half the array passes of `_place_single`."""
+    K = nsym + 1  # an empty symbol pads an odd count
+    Lx = np.append(lengths, 0).astype(np.int64)
+    Cx = np.append(codes, 0).astype(np.int64)
+    idt = _int_type(s.size * MAX_LEN)
+    PL = (Lx[:, None] + Lx[None, :]).ravel().astype(idt)
+    PC = ((Cx[:, None] << Lx[None, :]) | Cx[None, :]).ravel().astype(np.uint64)
+    sp = s if len(s) % 2 == 0 else np.append(s, nsym)
+    p = sp[0::2].astype(np.int32) * K + sp[1::2]
+    L = PL[p]
+    ends = np.cumsum(L, dtype=idt)
+    nbits = int(ends[-1])
+    starts = ends - L
+    field = PC[p] << (64 - (starts & 31) - L).astype(np.uint64)
+    slot = starts >> 5
+    n32 = (nbits + 31) // 32
+    first = np.flatnonzero(np.diff(slot, prepend=-1))
+    v = np.bitwise_or.reduceat(field, first)  # fields in one slot never share bits
+    u = slot[first]
+    out = np.zeros(n32 + 1, dtype=np.uint64)
+    out[u] = v >> np.uint64(32)
+    out[u + 1] |= v & np.uint64(0xFFFFFFFF)
+    out = out[:n32]
+    return starts, nbits, out.astype(">u4").tobytes()[: (nbits + 7) // 8]
 
 
 def _decode_table(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
