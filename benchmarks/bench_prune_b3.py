@@ -101,8 +101,8 @@ def coverage_part(names: list[str], size: int) -> tuple[str, int, int, int]:
         res = []
         for fn in (ours_prune, tp_prune):
             try:
+                small = fn(model, x)  # Torch-Pruning traces with autograd: no no_grad here
                 with torch.no_grad():
-                    small = fn(model, x)
                     y = small.eval()(x)
                 p1 = sum(p.numel() for p in small.parameters())
                 good = tuple(y.shape) == (1, 10) and p1 < p0

@@ -1,5 +1,18 @@
-"""Pruning: unstructured weight masks and structured channel removal (see ARCHITECTURE.md)."""
-from netcompress.prune.importance import CRITERIA
-from netcompress.prune.structured import PrunePlan, channels, per_layer, plan
+"""Pruning: unstructured weight masks and structured channel removal.
 
-__all__ = ["CRITERIA", "channels", "plan", "PrunePlan", "per_layer"]
+Example:
+    >>> import netcompress as nc
+    >>> from netcompress import prune
+    >>> small = prune.channels(model, "fpgm", 0.5, example_inputs=data.example)   # doctest: +SKIP
+    >>> prune.weights_(model, "l1", 0.9)                                            # doctest: +SKIP
+"""
+from netcompress.core.graph import ChannelGraph
+from netcompress.prune.importance import CRITERIA
+from netcompress.prune.schedule import SlimmingMethod, iterative_channels, iterative_weights_, step_sparsities
+from netcompress.prune.structured import PrunePlan, channels, per_layer, plan
+from netcompress.prune.unstructured import (AGPMethod, MaskMethod, agp_sparsity, finalize_, masks_of, sparsity_of,
+                                            weights_)
+
+__all__ = ["CRITERIA", "ChannelGraph", "channels", "plan", "PrunePlan", "per_layer", "weights_", "finalize_",
+           "masks_of", "sparsity_of", "MaskMethod", "AGPMethod", "agp_sparsity", "SlimmingMethod",
+           "iterative_weights_", "iterative_channels", "step_sparsities"]
