@@ -152,6 +152,18 @@ def test_unknown_op_names_op_and_module_and_ignore_skips_it():
         channels(m, "l1", 0.5, example_inputs=x)
     small = channels(m, "l1", 0.5, example_inputs=x, ignore=["emb"])
     assert small.conv.out_channels == 8 and small(x).shape == (1, 4)  # coupled to the ignored layer
+    p = plan(m, "l1", 0.5, example_inputs=x)  # the dry run lists it and goes on
+    assert any("cannot handle" in n and "emb" in n for n in p.notes) and "cannot handle" in str(p)
+
+
+def test_iterative_channels_reaches_the_ratio_with_finetune_between():
+    from netcompress.prune import iterative_channels
+
+    m = nc.models.create("lenet5")
+    calls = []
+    small = iterative_channels(m, lambda model, methods: calls.append(model.features[0].out_channels), 0.75, 2,
+                               example_inputs=torch.randn(2, 1, 28, 28))
+    assert calls == [10, 5] and small.features[0].out_channels == 5 and m.features[0].out_channels == 20
 
 
 def test_bad_inputs():

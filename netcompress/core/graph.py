@@ -250,8 +250,12 @@ class _LabelInterpreter(fx.Interpreter):
             for lab in self._tensor_labels(n):
                 self.uf.freeze(lab)
             return self._frozen_like(value)
-        raise NetcompressError(f"op {_op_name(n)!r} ({n.op}) in module {mod or '<top>'!r} is not understood by the "
-                               f"channel graph; pass ignore=[{mod or n.name!r}] to leave that part unpruned")
+        hint = (f"pass ignore=[{mod!r}] to leave that module unpruned" if mod else
+                "it is in the model's own forward, so the model cannot be pruned structurally")
+        err = NetcompressError(f"op {_op_name(n)!r} ({n.op}) in module {mod or '<top>'!r} is not understood by the "
+                               f"channel graph; {hint}")
+        err.module = mod  # lets `plan` list it and go on
+        raise err
 
     def _param_labels(self, n: fx.Node, value: Any) -> Any:
         if not isinstance(value, torch.Tensor):

@@ -150,12 +150,23 @@ def plan(model: nn.Module, criterion: str = "l1", ratio: float = 0.5, *, example
     """
     from netcompress.measure import count_macs, count_params
 
-    graph, removed = _analyse(model, criterion, ratio, example_inputs, data, scope, ignore, seed, calibration)
+    ignore, notes = list(ignore), []
+    for _ in range(50):  # list what the graph cannot handle, leave it unpruned, and go on
+        try:
+            graph, removed = _analyse(model, criterion, ratio, example_inputs, data, scope, ignore, seed, calibration)
+            break
+        except NetcompressError as e:
+            mod = getattr(e, "module", None)
+            if not mod or mod in ignore:
+                raise
+            notes.append(f"cannot handle: {e}; left unpruned (channels() needs ignore=[{mod!r}])")
+            ignore.append(mod)
+    else:
+        raise NetcompressError("plan: too many unsupported modules")
     gone = set(removed)
     groups = [{"id": g.id, "total": len(g.classes), "remove": sum(c in gone for c in g.classes),
                "members": [f"{m}[{k}]" for m, k in g.members]} for g in graph.groups]
     small = graph.prune(removed)
-    notes = []
     frozen = [m.module for m in graph.members if m.kind == "out"
               and bool((graph.uf.roots(m.labels) == 0).all())]
     if frozen:
