@@ -47,7 +47,7 @@ def _huff_bits(symbols: np.ndarray, nsym: int) -> int:
     chunk = hf._chunk_size(len(symbols))
     nchunks = -(-len(symbols) // chunk)
     used = np.flatnonzero(lengths)
-    table = 5 * (int(used[-1]) + 1 if used.size else 1)
+    table = hf.table_bits(lengths[: int(used[-1]) + 1 if used.size else 1])
     return int((counts * lengths).sum()) + 8 * 21 + table + max(0, nchunks - 1) * 12
 
 

@@ -112,7 +112,7 @@ class HuffmanCode:
         offset deltas (fixed width above their minimum), then the bits."""
         used = np.flatnonzero(self.lengths)
         nsym = int(used[-1]) + 1 if used.size else 1
-        packed_lens = pack_uint(self.lengths[:nsym], 5)
+        packed_lens = pack_lengths(self.lengths[:nsym])
         deltas = np.diff(self.offsets) if len(self.offsets) > 1 else np.zeros(0, np.int64)
         base = int(deltas.min()) if deltas.size else 0
         width = int(deltas.max() - base).bit_length() if deltas.size else 0
@@ -129,10 +129,7 @@ class HuffmanCode:
         if nsym == 0 or nsym > MAX_SYMBOLS or chunk == 0 or width > 40:
             raise NetcompressError(f"{where}: corrupt header")
         pos = hs
-        nl = (nsym * 5 + 7) // 8
-        if len(buf) < pos + nl:
-            raise NetcompressError(f"{where}: truncated code lengths")
-        lengths = unpack_uint(buf[pos:pos + nl], 5, nsym).astype(np.int64)
+        lengths, nl = unpack_lengths(buf[pos:], nsym, where)
         pos += nl
         nchunks = (n + chunk - 1) // chunk if n else 0
         nd = max(0, nchunks - 1)
@@ -268,6 +265,58 @@ def decode(code: HuffmanCode, where: str = "huffman stream") -> np.ndarray:
     if (pos != ends).any() or (out[:, :last] < 0).any():
         raise NetcompressError(f"{where}: corrupt huffman bits")
     return np.concatenate([out[:-1].ravel(), out[-1, :last]])
+
+
+def _length_bits(lengths: np.ndarray) -> list[str]:
+    out, prev = [], 0
+    for L in lengths.tolist():  # alphabet loop (<= 8192), not a data loop
+        if L == 0 and prev != 0:
+            out.append("110")  # unused symbol; the next length is still coded against `prev`
+            continue
+        out.append("0" if L == prev else "10" if L == prev + 1 else "111" + format(L, "05b"))
+        prev = L
+    return out
+
+
+def table_bits(lengths: np.ndarray) -> int:
+    """Size in bits of the code-length table as `pack_lengths` writes it."""
+    return sum(len(c) for c in _length_bits(lengths))
+
+
+def pack_lengths(lengths: np.ndarray) -> bytes:
+    """Code lengths as deltas from the previous used symbol's: '0' same, '10' one more, '110'
+    unused symbol, '111' + 5 bits otherwise. Lengths of gap and index alphabets change slowly,
+    so this takes ~1-3 bits per symbol instead of 5."""
+    bits = "".join(_length_bits(lengths))
+    bits += "0" * (-len(bits) % 8)
+    return int(bits, 2).to_bytes(len(bits) // 8, "big") if bits else b""
+
+
+def unpack_lengths(buf: bytes, nsym: int, where: str) -> tuple[np.ndarray, int]:
+    """Inverse of `pack_lengths`: (lengths, bytes consumed)."""
+    need_max = min(len(buf), (nsym * 8 + 7) // 8)
+    bits = np.unpackbits(np.frombuffer(bytes(buf[:need_max]), dtype=np.uint8)).tolist()
+    out, prev, i = [], 0, 0
+    try:
+        for _ in range(nsym):
+            if bits[i] == 0:
+                i += 1
+            elif bits[i + 1] == 0:
+                prev += 1
+                i += 2
+            elif bits[i + 2] == 0:
+                i += 3
+                out.append(0)
+                continue
+            else:
+                if i + 8 > len(bits):
+                    raise IndexError
+                prev = int("".join(map(str, bits[i + 3:i + 8])), 2)
+                i += 8
+            out.append(prev)
+    except IndexError:
+        raise NetcompressError(f"{where}: truncated code lengths") from None
+    return np.array(out, dtype=np.int64), (i + 7) // 8
 
 
 def pack_uint(values: np.ndarray, width: int) -> bytes:
