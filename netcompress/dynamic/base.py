@@ -72,7 +72,7 @@ def expand_thresholds(thresholds: float | Sequence[float], num_exits: int) -> li
 def subset_state(state: Any, keep: torch.Tensor) -> Any:
     """Keep the rows `keep` (bool mask or index) of every tensor in a (nested) state."""
     if isinstance(state, torch.Tensor):
-        return state[keep]
+        return state.index_select(0, keep) if keep.dtype != torch.bool else state[keep]
     if isinstance(state, (list, tuple)):
         return type(state)(subset_state(s, keep) for s in state)
     if isinstance(state, dict):
@@ -110,6 +110,10 @@ class MultiExitBase(nn.Module):
     def head_modules(self) -> list[nn.Module]:
         """Modules that exist only for the early exits (trained alone when the backbone is frozen)."""
         raise NotImplementedError
+
+    def stepper(self):
+        """`step` with any per-call validation done once (used by `early_exit_predict`)."""
+        return self.step
 
     def full_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The full network alone (no early heads): the latency reference."""
@@ -155,35 +159,46 @@ def early_exit_predict(model: MultiExitBase, x: torch.Tensor, thresholds: float 
     thr = model.thresholds if thresholds is None else thresholds
     k_total = model.num_exits
     cuts = [math.inf] * (k_total - 1) if thr is None else [score_cut(t, policy) for t in expand_thresholds(thr, k_total)]
-    was_training = model.training
+    if not model.training:
+        return _predict(model, x, cuts, policy)
     model.eval()
     try:
         return _predict(model, x, cuts, policy)
     finally:
-        model.train(was_training)
+        model.train(True)
 
 
 def _predict(model: MultiExitBase, x: torch.Tensor, cuts: list[float], policy: str) -> tuple[torch.Tensor, torch.Tensor]:
     k_total = model.num_exits
+    step = model.stepper()
+    state = model.start(x)
     n = x.shape[0]
+    if n == 1:  # no batch bookkeeping for a single sample
+        for k in range(k_total):
+            state, logits = step(k, state)
+            if k == k_total - 1 or confidence(logits, policy).item() >= cuts[k]:
+                return logits, torch.tensor([k], device=x.device)
     idx = torch.arange(n, device=x.device)
     exit_at = torch.full((n,), k_total - 1, dtype=torch.long, device=x.device)
     out: torch.Tensor | None = None
-    state = model.start(x)
     for k in range(k_total):
-        state, logits = model.step(k, state)
+        state, logits = step(k, state)
         if out is None:
             out = logits.new_zeros((n, logits.shape[1]))
         if k == k_total - 1:
             out[idx] = logits
             break
         done = confidence(logits, policy) >= cuts[k]
-        if bool(done.any()):
-            out[idx[done]] = logits[done]
-            exit_at[idx[done]] = k
-            keep = ~done
-            if not bool(keep.any()):
-                break
+        n_done = int(done.sum())
+        if n_done == len(idx):  # everyone left
+            out[idx] = logits
+            exit_at[idx] = k
+            break
+        if n_done:
+            gone = done.nonzero().squeeze(1)
+            keep = (~done).nonzero().squeeze(1)
+            out[idx[gone]] = logits.index_select(0, gone)
+            exit_at[idx[gone]] = k
             idx = idx[keep]
             state = subset_state(state, keep)
     return out, exit_at

@@ -12,6 +12,7 @@ MSDNet's geometric exit distribution).
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Any, Iterable, Sequence
 
 import torch
@@ -172,31 +173,52 @@ def tradeoff_curve(outputs: Sequence[torch.Tensor], targets: torch.Tensor, cum_m
     return out
 
 
-def _time(fn, min_run_time: float, threads: int) -> float:
-    from torch.utils import benchmark
-
-    t = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
-    return t.blocked_autorange(min_run_time=min_run_time).median * 1e3
-
-
 @torch.no_grad()
 def compare_latency(model: MultiExitBase, x: torch.Tensor, batch_size: int = 64, threads: int = 1,
-                    min_run_time: float = 0.5) -> dict[str, float]:
+                    min_run_time: float = 0.5, rounds: int = 11) -> dict[str, float]:
     """Median CPU time (ms) to classify all of `x` in batches of `batch_size`: the full network vs
-    the early-exit policy currently set on `model` (samples leave the batch)."""
+    the early-exit policy currently set on `model` (samples leave the batch).
+
+    The two are timed alternately, `rounds` times each after a warm-up, each round running for at
+    least `min_run_time / rounds` seconds, so load changes on a shared machine hit both alike.
+    """
+    import time
+
     if model.thresholds is None:
         raise NetcompressError("compare_latency: set a policy first (thresholds or budget)")
-    was = model.training
+    was, old_threads = model.training, torch.get_num_threads()
     model.eval()
+    torch.set_num_threads(threads)
     chunks = [c.contiguous() for c in x.cpu().split(batch_size)]
+
+    def full() -> None:
+        for c in chunks:
+            model.full_forward(c)
+
+    def dyn() -> None:
+        for c in chunks:
+            early_exit_predict(model, c)
+
+    def once(fn) -> float:
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+    times: dict[str, list[float]] = {"full": [], "dyn": []}
     try:
         with torch.inference_mode():
-            full = _time(lambda: [model.full_forward(c) for c in chunks], min_run_time, threads)
-            dyn = _time(lambda: [early_exit_predict(model, c) for c in chunks], min_run_time, threads)
+            per = max(once(full), once(dyn), 1e-6)
+            reps = max(1, int(min_run_time / rounds / per))
+            for _ in range(rounds):
+                for key, fn in (("full", full), ("dyn", dyn)):
+                    times[key].append(sum(once(fn) for _ in range(reps)) / reps)
     finally:
         model.train(was)
-    return {"batch_size": batch_size, "samples": len(x), "threads": threads, "full_ms": full, "early_exit_ms": dyn,
-            "speedup": full / dyn}
+        torch.set_num_threads(old_threads)
+    f_ms = statistics.median(times["full"]) * 1e3
+    d_ms = statistics.median(times["dyn"]) * 1e3
+    return {"batch_size": batch_size, "samples": len(x), "threads": threads, "full_ms": f_ms, "early_exit_ms": d_ms,
+            "speedup": f_ms / d_ms}
 
 
 def plot_curve(curve: Sequence[dict], exits: Sequence[dict], full_macs: int, full_acc: float,

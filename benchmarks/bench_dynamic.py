@@ -1,0 +1,186 @@
+"""B9: early-exit LeNet-5 on mnist-5k -- accuracy vs average MACs, and measured CPU latency.
+
+Per seed: LeNet-5 is trained (the full network), an exit head (pool 6x6 -> 128 -> 10) is put after
+`features.1` (conv1 + ReLU, before the first max-pool, which is slow on CPU) and trained alone on the training set minus 500 held-out
+samples (the backbone is frozen: Shallow-Deep Networks' "IC-only" training), then one max-softmax
+threshold is calibrated on those 500 held-out *training* samples to meet an average budget of 50 %
+of the full network's MACs (the goal's operating point); budgets of 40 % and 30 % are reported from the
+same heads, fixed in advance. Nothing is selected on the test set. Latency: the 1,000 test images in
+batches of 64 (and one by one for the first 200), 1 thread, `torch.utils.benchmark` median, full
+network vs early exit with samples leaving the batch, in the same process.
+
+Peer in the same run: a static LeNet-5 of half width (about a third of the MACs) trained with the
+same budget, i.e. "a smaller network instead of early exits". Anchors: Shallow-Deep Networks
+(Kaya et al. 2019: > 50 % less average compute without accuracy loss), BranchyNet (Teerapittayanon
+et al. 2016: LeNet 5.4x faster on CPU). `--msdnet` adds msdnet-small (anytime + budgeted batch).
+
+    python benchmarks/bench_dynamic.py                 # 3 seeds, LeNet-5 6 epochs (about 6 minutes)
+    python benchmarks/bench_dynamic.py --full          # LeNet-5 10 epochs, heads 5 epochs
+    python benchmarks/bench_dynamic.py --msdnet        # also msdnet-small (1 seed)
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import netcompress as nc  # noqa: E402
+from _common import md_table, mean_std, write_result  # noqa: E402
+from netcompress.dynamic.policy import (calibrate_budget, compare_latency, exit_macs, exit_outputs,  # noqa: E402
+                                        policy_report)
+from netcompress.dynamic.stages import holdout_split  # noqa: E402
+from netcompress.measure import count_macs  # noqa: E402
+from netcompress.dynamic.stages import DynamicConfig, run_dynamic  # noqa: E402
+from netcompress.recipe.stages import StageContext  # noqa: E402
+from netcompress.train import TrainConfig  # noqa: E402
+
+
+EXTRA_BUDGETS = (0.4, 0.3)
+
+
+def _ctx(data, seed, tmp, train):
+    return StageContext(data=data, train=train, seed=seed, out_dir=Path(tmp), name="dynamic", progress=False)
+
+
+def run_seed(data, seed: int, epochs: float, head_epochs: float, budget: float, tmp: str) -> dict:
+    train = TrainConfig(epochs=epochs, lr=0.05, batch_size=64)
+    torch.manual_seed(seed)
+    full = nc.models.create("lenet5", num_classes=10, in_channels=1, input_size=28)
+    nc.train.fit(full, data, train, seed=seed, progress=False)
+    cfg = DynamicConfig(exits=["features.1"], head={"pool": 6, "hidden": 128}, epochs=head_epochs, budget=budget,
+                        holdout=500, latency=True, latency_samples=1000, latency_batch=64)
+    res = run_dynamic(_ctx(data, seed, tmp, train), full, cfg)
+    ex = res.extra
+    xs = torch.cat([x for x, _ in data.loader("test", batch_size=200, shuffle=False)])
+    ex["latency_b1"] = compare_latency(res.model, xs[:200], batch_size=1, min_run_time=1.0)
+    # more operating points from the same heads: each budget calibrated on the same held-out images
+    mx = res.model
+    _, held = holdout_split(data, 500)
+    held_out, _ = exit_outputs(mx, held)
+    test_out, y = exit_outputs(mx, data.loader("test", shuffle=False))
+    cum = exit_macs(mx, data.example)
+    ex["budgets"] = {}
+    for b in EXTRA_BUDGETS:
+        t, _ = calibrate_budget(held_out, cum, b * ex["full_macs"], "max_softmax")
+        rep = policy_report(test_out, y, cum, t, "max_softmax")
+        mx.set_policy_("max_softmax", t)
+        lat = compare_latency(mx, xs, batch_size=64)
+        ex["budgets"][b] = {"accuracy": rep["accuracy"], "fraction": rep["avg_macs"] / ex["full_macs"],
+                            "share0": rep["exits"][0]["share"], "speedup": lat["speedup"]}
+    torch.manual_seed(seed)
+    half = nc.models.create("lenet5-half", num_classes=10, in_channels=1, input_size=28)
+    nc.train.fit(half, data, train, seed=seed, progress=False)
+    ex["static_half"] = {"accuracy": nc.train.evaluate(half, data),
+                         "macs": count_macs(half, data.example)}
+    return ex
+
+
+def run_msdnet(data, epochs: float, tmp: str) -> dict:
+    train = TrainConfig(epochs=epochs, lr=0.05, batch_size=64)
+    torch.manual_seed(0)
+    m = nc.models.create("msdnet-small", num_classes=10, in_channels=1, input_size=28)
+    cfg = DynamicConfig(epochs=epochs, train_backbone=True, weights="uniform", budget=0.5, holdout=500,
+                        latency=True, latency_samples=1000)
+    return run_dynamic(_ctx(data, 0, tmp, train), m, cfg).extra
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--full", action="store_true")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--budget", type=float, default=0.5)
+    ap.add_argument("--msdnet", action="store_true")
+    ap.add_argument("--epochs", type=float, default=None, help="override LeNet-5 epochs (smoke tests)")
+    args = ap.parse_args()
+    epochs, head_epochs = (10, 5) if args.full else (6, 3)
+    if args.epochs is not None:
+        epochs, head_epochs = args.epochs, min(head_epochs, args.epochs)
+    torch.set_num_threads(1)
+    data = nc.data.load("mnist-5k")
+    t0 = time.perf_counter()
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for s in range(args.seeds):
+            runs.append(run_seed(data, s, epochs, head_epochs, args.budget, f"{tmp}/{s}"))
+            print(f"seed {s} done at {time.perf_counter() - t0:.0f} s", flush=True)
+        ms = run_msdnet(data, 8 if args.full else 4, f"{tmp}/ms") if args.msdnet else None
+
+    full_acc = [r["full_accuracy"] for r in runs]
+    ee_acc = [r["accuracy"] for r in runs]
+    frac = [r["avg_macs_fraction"] for r in runs]
+    sp64 = [r["latency"]["speedup"] for r in runs]
+    sp1 = [r["latency_b1"]["speedup"] for r in runs]
+    share0 = [r["exits"][0]["share"] for r in runs]
+    half_acc = [r["static_half"]["accuracy"] for r in runs]
+    fm = runs[0]["full_macs"]
+    diff = [a - b for a, b in zip(ee_acc, full_acc)]
+    rows = [
+        ["full LeNet-5", mean_std(full_acc), f"{fm:,}", "100 %", "1.00x", "1.00x"],
+        [f"early exit, budget {args.budget:.0%}", mean_std(ee_acc), f"{statistics.mean(r['avg_macs'] for r in runs):,.0f}",
+         f"{100 * statistics.mean(frac):.1f} ± {100 * statistics.stdev(frac) if len(frac) > 1 else 0:.1f} %",
+         f"{statistics.mean(sp64):.2f}x (min {min(sp64):.2f})", f"{statistics.mean(sp1):.2f}x (min {min(sp1):.2f})"],
+        ["static LeNet-5-half (peer)", mean_std(half_acc), f"{runs[0]['static_half']['macs']:,}",
+         f"{100 * runs[0]['static_half']['macs'] / fm:.1f} %", "-", "-"],
+    ]
+    body = (f"LeNet-5 trained {epochs} epochs (lr 0.05, cosine, batch 64), exit head trained {head_epochs} epochs on "
+            f"3,500 training images with the backbone frozen; threshold calibrated on 500 held-out training images; "
+            f"test = the fixed 1,000 mnist-5k test images; {args.seeds} seeds (mean ± std). Total time "
+            f"{time.perf_counter() - t0:.0f} s.\n\n")
+    body += md_table(["model", "test accuracy %", "average MACs", "of full", "CPU speedup b64", "CPU speedup b1"], rows)
+    body += (f"\nAccuracy difference early exit - full network per seed (points): "
+             f"{', '.join(f'{100 * d:+.1f}' for d in diff)}; share of test images leaving at the first exit: "
+             f"{', '.join(f'{100 * s:.1f} %' for s in share0)}.\n")
+    lat_rows = [[s, f"{r['latency']['full_ms']:.1f}", f"{r['latency']['early_exit_ms']:.1f}", f"{r['latency']['speedup']:.2f}",
+                 f"{r['latency_b1']['full_ms']:.1f}", f"{r['latency_b1']['early_exit_ms']:.1f}", f"{r['latency_b1']['speedup']:.2f}"]
+                for s, r in enumerate(runs)]
+    body += "\n## Measured CPU time (1 thread, median)\n\n" + md_table(
+        ["seed", "1000 imgs b64 full ms", "early exit ms", "speedup", "200 imgs b1 full ms", "early exit ms", "speedup"],
+        lat_rows)
+    r0 = runs[0]
+    brow = []
+    for b in EXTRA_BUDGETS:
+        pts = [r["budgets"][b] for r in runs]
+        brow.append([f"{b:.0%}", mean_std([p["accuracy"] for p in pts]),
+                     f"{100 * statistics.mean(p['fraction'] for p in pts):.1f} %",
+                     f"{100 * statistics.mean(p['share0'] for p in pts):.1f} %",
+                     f"{statistics.mean(p['speedup'] for p in pts):.2f}x (min {min(p['speedup'] for p in pts):.2f})"])
+    body += ("\n## Other budgets (same heads, each calibrated on the same 500 held-out training images)\n\n"
+             + md_table(["budget", "test accuracy %", "average MACs of full", "share at first exit", "CPU speedup b64"],
+                        brow))
+    body += "\n## Per exit (seed 0)\n\n" + md_table(
+        ["exit", "MACs", "accuracy if all exit here %", "share %", "accuracy of those exiting %"],
+        [[e["name"], f"{e['macs']:,}", f"{100 * e['accuracy_all']:.2f}", f"{100 * e['share']:.1f}",
+          "-" if e["accuracy_exited"] is None else f"{100 * e['accuracy_exited']:.2f}"] for e in r0["exits"]])
+    body += f"\nCalibrated threshold (seed 0): {r0['thresholds'][0]:.4f}; segment mode: {r0['segment_mode']}.\n"
+    body += "\n## Accuracy vs average MACs, threshold sweep (seed 0, test set; a curve, not a selection)\n\n" + md_table(
+        ["max-softmax threshold", "average MACs % of full", "test accuracy %"],
+        [[f"{c['threshold']:.4f}", f"{100 * c['avg_macs'] / fm:.1f}", f"{100 * c['accuracy']:.2f}"] for c in r0["curve"]])
+    if ms is not None:
+        mf = ms["full_macs"]
+        body += ("\n## msdnet-small (seed 0, trained jointly, uniform exit weights)\n\nAnytime prediction (every sample "
+                 "forced to one classifier) and budgeted batch classification (threshold calibrated on held-out "
+                 "training images for 50 % of the full path's MACs):\n\n")
+        body += md_table(["classifier", "MACs", "% of full", "anytime accuracy %", "share at budget %"],
+                         [[e["name"], f"{e['macs']:,}", f"{100 * e['macs'] / mf:.1f}", f"{100 * e['accuracy_all']:.2f}",
+                           f"{100 * e['share']:.1f}"] for e in ms["exits"]])
+        body += (f"\nBudgeted: accuracy {100 * ms['accuracy']:.2f} % at {100 * ms['avg_macs_fraction']:.1f} % of the "
+                 f"MACs (full path {100 * ms['full_accuracy']:.2f} %); CPU speedup b64 {ms['latency']['speedup']:.2f}x.\n")
+    goal_acc = all(d >= -0.007 for d in diff)
+    body += (f"\n## Against the goal\n\n- same accuracy at <= 50 % average MACs: average MACs "
+             f"{100 * statistics.mean(frac):.1f} %, accuracy difference {100 * statistics.mean(diff):+.2f} points "
+             f"(one run's standard error is about 0.45 points here): {'met' if goal_acc and max(frac) <= 0.5 else 'NOT met'}.\n"
+             f"- CPU latency >= 1.5x lower: batch 64 {statistics.mean(sp64):.2f}x, batch 1 {statistics.mean(sp1):.2f}x: "
+             f"{'met' if min(sp64) >= 1.5 else 'NOT met'} at batch 64.\n")
+    write_result("B9_dynamic", "B9: early-exit LeNet-5 on mnist-5k", body)
+
+
+if __name__ == "__main__":
+    main()
