@@ -8,7 +8,7 @@ extra epochs from the same baseline (its extra budget is listed). Torch-Pruning'
 by side on the same baseline and budget for l1 / l2 / fpgm / taylor / random (its
 MagnitudeImportance, FPGMImportance, TaylorImportance, RandomImportance).
 
-Run: python benchmarks/bench_prune_b4.py [--full]   (default: 1 seed, 4 + 1 epochs; --full: 3 seeds, 10 + 3)
+Run: python benchmarks/bench_prune_b4.py [--full]   (default: 1 seed, 3 + 1 epochs; --full: 3 seeds, 10 + 3)
 """
 from __future__ import annotations
 
@@ -49,6 +49,19 @@ def ratio_for(model, x, target: float) -> float:
     return hi
 
 
+def tp_ratio_for(model, x, target: float, data) -> float:
+    """Torch-Pruning's pruning_ratio giving the same MACs as ours (it rounds channel counts differently)."""
+    dense = count_macs(model, x)
+    lo, hi = 0.0, 0.95
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        if count_macs(tp_prune(model, x, "l1", mid, data), x) / dense > target:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
 def tp_prune(model, x, criterion: str, ratio: float, data):
     import torch_pruning as tp
 
@@ -76,7 +89,7 @@ def main() -> None:
     ap.add_argument("--no-peer", action="store_true")
     args = ap.parse_args()
     seeds = args.seeds or (3 if args.full else 1)
-    epochs = args.epochs or (10 if args.full else 4)
+    epochs = args.epochs or (10 if args.full else 3)
     ft = args.ft_epochs or (3 if args.full else 1)
     torch.set_num_threads(2)
     data = nc.data.load("mnist-5k")
@@ -86,9 +99,10 @@ def main() -> None:
     targets = {"50%": 0.5, "75%": 0.25}
     probe = nc.models.create("vgg-small", in_channels=1, input_size=28)
     ratios = {k: ratio_for(probe.eval(), x, v) for k, v in targets.items()}
-    print("ratios", ratios, flush=True)
+    tp_ratios = {} if args.no_peer else {k: tp_ratio_for(probe.eval(), x, v, data) for k, v in targets.items()}
+    print("ratios", ratios, "torch-pruning", tp_ratios, flush=True)
     macs_dense = count_macs(probe, x)
-    macs_kept = {}
+    macs_kept, macs_by = {}, {}
     for seed in range(seeds):
         torch.manual_seed(seed)
         base = nc.models.create("vgg-small", in_channels=1, input_size=28)
@@ -103,12 +117,14 @@ def main() -> None:
                 src = slim if crit == "slimming" else base
                 small = channels(src.eval(), crit, r, example_inputs=x, data=data, seed=seed)
                 macs_kept[level] = count_macs(small, x) / macs_dense
+                macs_by[("netcompress", level)] = macs_kept[level]
                 hh = nc.train.fit(small, data, epochs=ft, lr=0.01, seed=seed, progress=False)
                 results.setdefault(("netcompress", level, crit), []).append(hh.final_test_acc)
                 print(f"  ours {level} {crit}: {hh.final_test_acc:.4f} ({time.time() - t0:.0f}s)", flush=True)
                 if not args.no_peer and crit in ("l1", "l2", "fpgm", "taylor", "random"):
                     try:
-                        peer = tp_prune(base.eval(), x, crit, r, data)
+                        peer = tp_prune(base.eval(), x, crit, tp_ratios[level], data)
+                        macs_by[("torch-pruning", level)] = count_macs(peer, x) / macs_dense
                         hp = nc.train.fit(peer, data, epochs=ft, lr=0.01, seed=seed, progress=False)
                         results.setdefault(("torch-pruning", level, crit), []).append(hp.final_test_acc)
                         print(f"  TP   {level} {crit}: {hp.final_test_acc:.4f} MACs {count_macs(peer, x) / macs_dense:.3f}",
@@ -120,20 +136,21 @@ def main() -> None:
     rows = []
     for (tool, level, crit), accs in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][0])):
         if not accs:
-            rows.append([level, crit, tool, "failed", "", ""])
+            rows.append([level, crit, tool, "", "failed", "", ""])
             continue
         rnd = results.get((tool, level, "random"))
         vs_random = f"{100 * (statistics.mean(accs) - statistics.mean(rnd)):+.2f}" if rnd and crit != "random" else ""
-        rows.append([level, crit, tool, mean_std(accs), f"{100 * (statistics.mean(accs) - base_mean):+.2f}", vs_random])
+        rows.append([level, crit, tool, f"{100 * macs_by.get((tool, level), 0):.1f}", mean_std(accs), f"{100 * (statistics.mean(accs) - base_mean):+.2f}", vs_random])
     body = (f"- model: vgg-small (BatchNorm), mnist-5k fixed split (4,000 train / 1,000 test); seeds: {seeds}\n"
             f"- budget: baseline {epochs} epochs SGD lr 0.05 cosine; after pruning {ft} fine-tune epochs lr 0.01; "
             f"slimming gets {args.slim_epochs} extra sparsity-training epochs (lambda 1e-4) before pruning\n"
             f"- MACs removed: 50% -> channel ratio {ratios['50%']:.3f} per group (kept {100 * macs_kept.get('50%', 0):.1f}% "
-            f"of {macs_dense / 1e6:.1f}M MACs); 75% -> ratio {ratios['75%']:.3f} (kept {100 * macs_kept.get('75%', 0):.1f}%)\n"
+            f"of {macs_dense / 1e6:.1f}M MACs); 75% -> ratio {ratios['75%']:.3f} (kept {100 * macs_kept.get('75%', 0):.1f}%); "
+            f"Torch-Pruning's pruning_ratio bisected to the same MACs: {tp_ratios}\n"
             f"- baseline accuracy: {mean_std(base_acc)}\n"
             f"- accuracy is the last-epoch test accuracy (%); 'vs base' and 'vs random' in points. One run's standard "
             f"error near 99 % is about 0.3 points on 1,000 test images: smaller differences are noise.\n\n")
-    body += md_table(["MACs removed", "criterion", "tool", "accuracy", "vs base", "vs random"], rows)
+    body += md_table(["MACs removed", "criterion", "tool", "MACs kept %", "accuracy", "vs base", "vs random"], rows)
     body += f"\nTotal time {time.time() - t0:.0f} s.\n"
     write_result("prune_b4" + ("_full" if args.full else ""), "B4: pruning criteria on vgg-small / mnist-5k", body)
 

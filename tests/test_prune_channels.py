@@ -56,7 +56,7 @@ def test_masking_equals_removal_on_torchvision(name):
     """The fast CI subset of torchvision: residual sums, depthwise convs, concatenations, ShuffleNet's
     channel shuffle; the pruned model keeps its output shape and equals the masked model."""
     model = torchvision.models.get_model(name, weights=None, num_classes=10)
-    _parity(model, torch.randn(2, 3, 64, 64), atol=1e-3)
+    _parity(model, torch.randn(2, 3, 32, 32), atol=1e-3)
 
 
 def test_flatten_into_linear_removes_channel_blocks():
@@ -97,10 +97,10 @@ def test_input_model_unchanged_and_result_is_plain():
 
 def test_grouped_conv_keeps_equal_groups():
     m = torchvision.models.get_model("resnext50_32x4d", weights=None, num_classes=10)
-    small = channels(m, "l2", 0.5, example_inputs=torch.randn(1, 3, 64, 64))
+    small = channels(m, "l2", 0.5, example_inputs=torch.randn(1, 3, 32, 32))
     conv = small.layer1[0].conv2
     assert conv.groups == 32 and conv.in_channels % 32 == 0 and conv.out_channels % 32 == 0
-    assert small.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 10)
+    assert small.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 10)
 
 
 def test_global_scope_and_plan_change_nothing():

@@ -134,7 +134,7 @@ def test_prune_stage_channels_with_finetune(mnist_small, tmp_path):
     load_stages()
     kind = STAGES.get("prune")
     m = nc.models.create("lenet5")
-    nc.train.fit(m, mnist_small, epochs=1, max_steps=20, progress=False)
+    nc.train.fit(m, mnist_small, epochs=1, max_steps=5, progress=False)
     cfg = kind.config.from_dict({"criterion": "taylor", "ratio": 0.5, "epochs": 1, "max_steps": 3, "calibration": 64})
     ctx = _ctx(mnist_small, tmp_path)
     res = kind.run(ctx, m, cfg)
