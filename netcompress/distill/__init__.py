@@ -18,7 +18,7 @@ __all__ = [
     "losses", "kd_loss", "hint_loss", "at_loss", "rkd_loss", "sp_loss", "Adapter", "make_adapter",
     "TeacherMethod", "KD", "Hint", "AT", "RKD", "SP", "DML", "Peers", "Ensemble",
     "DISTILLERS", "DistillConfig", "DistillResult", "ModelRef", "make_fit", "train_student", "fresh_copy",
-    "build_student", "assistant_for", "run_distill", "distill",
+    "build_student", "assistant_for", "run_distill", "distill", "kd",
 ]
 
 
@@ -34,3 +34,13 @@ def distill(method: str, teacher, student, data, *, seed: int = 0, progress: boo
     """
     cfg = DistillConfig.from_dict({"method": method, **config}, "distill")
     return run_distill(cfg, teacher, student, data, make_fit(data, seed=seed, progress=progress))
+
+
+def kd(teacher, student, data, T: float = 4.0, alpha: float = 0.9, **config) -> DistillResult:
+    """Hinton et al. 2015 knowledge distillation of `teacher` into `student` (trained in place).
+
+    Example:
+        >>> res = kd(teacher, nc.models.create("lenet5-quarter"), data, T=4.0, epochs=3)  # doctest: +SKIP
+        >>> res.accuracy, res.extra["teacher_acc"]                                       # doctest: +SKIP
+    """
+    return distill("kd", teacher, student, data, temperature=T, alpha=alpha, **config)
