@@ -101,3 +101,16 @@ def test_centroid_finetune_trains_shared_values(digits):
     vals = torch.unique(before[before != 0])
     for v in vals:
         assert torch.unique(w[before == v]).numel() == 1
+
+
+def test_optimal_init_is_the_exact_optimum_on_small_data():
+    import itertools
+
+    rng = np.random.default_rng(3)
+    x = np.sort(np.concatenate([rng.normal(0, 1, 7), rng.normal(5, 0.5, 5)]))
+    best = np.inf
+    for cuts in itertools.combinations(range(1, len(x)), 2):  # brute force over all 3-segmentations
+        parts = np.split(x, cuts)
+        best = min(best, sum(((p - p.mean()) ** 2).sum() for p in parts))
+    assert kmeans_1d(x, 3, init="optimal").inertia == pytest.approx(best, rel=1e-9)
+    assert kmeans_1d(x, 3, init="best").inertia <= kmeans_1d(x, 3, init="linear").inertia + 1e-12

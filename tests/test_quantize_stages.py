@@ -99,3 +99,20 @@ def test_quantize_cli(tmp_path, capsys):
     q = nc.models.load(tmp_path / "q.pt")
     assert torch.unique(q.fc2.weight).numel() <= 8
     assert main(["quantize", str(tmp_path / "m.pt"), "--bits", "x=y=z", "--out", str(tmp_path / "q.pt")]) == 2
+
+
+def test_int8_refuses_untraceable_models():
+    from netcompress.quantize import int8_quantize
+
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            if x.sum() > 0:  # data-dependent control flow: torch.fx cannot trace it
+                return self.fc(x)
+            return -self.fc(x)
+
+    with pytest.raises(NetcompressError, match="trace"):
+        int8_quantize(Branchy(), torch.randn(4, 4))
