@@ -225,3 +225,15 @@ def test_cli_pack_inspect_unpack(tmp_path, capsys):
     (tmp_path / "junk.ncz").write_bytes(b"hello")
     assert main(["inspect", str(tmp_path / "junk.ncz")]) == 2
     assert "netcompress: error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bits,symmetric", [(4, True), (2, False), (8, True)])
+def test_per_channel_uniform_weights_take_about_b_bits(tmp_path, bits, symmetric):
+    from netcompress.quantize import quantize_
+
+    m = nc.models.create("lenet300", num_classes=10)
+    quantize_(m, bits, symmetric=symmetric, per_channel=True, calibration="mse")
+    pack(m, tmp_path / "u.ncz")
+    fc1 = next(r for r in inspect(tmp_path / "u.ncz")["layers"] if r["name"] == "fc1.weight")
+    assert "grid" in fc1["encoding"] and fc1["bits_per_weight"] <= bits + 0.2
+    assert same_outputs(m, unpack(tmp_path / "u.ncz"), torch.randn(2, 1, 28, 28))

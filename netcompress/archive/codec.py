@@ -85,6 +85,53 @@ def _values_plan(vals: np.ndarray, allow16: bool) -> list[tuple[int, dict[str, A
     return out
 
 
+def _grid_plan(t: torch.Tensor) -> list[tuple[int, dict[str, Any]]]:
+    """Per-row integer grid: every value of row r is float32(n * s_r) with a small integer n (the
+    output of per-channel uniform quantization, Jacob et al. 2018). Stored as one fp32 scale per row
+    plus the integers, fixed-width or Huffman-coded. Returns [] when the tensor is not such a grid."""
+    if t.dim() < 2 or t.numel() < 64:
+        return []
+    full = t.reshape(t.shape[0], -1).numpy().astype(np.float32)
+    amax = np.abs(full).max(1)
+    v = np.concatenate([full[:, :63], full[np.arange(len(full)), np.abs(full).argmax(1)][:, None]], 1)  # search on a sample
+    rng_ = full.max(1) - full.min(1)
+    cands = [amax / np.float32(2 ** b - 1) for b in range(1, 9)] + [amax / np.float32(2 ** (b - 1) - 1) for b in range(2, 9)]
+    cands += [rng_ / np.float32(2 ** b - 1) for b in range(2, 9)]
+    best_s = np.zeros(v.shape[0], np.float32)
+    best_n = np.full(v.shape[0], np.iinfo(np.int64).max)
+    for c in cands:
+        c = c.astype(np.float32)
+        for ulp in (0, 1, -1, 2, -2):
+            s = c if ulp == 0 else np.nextafter(c, np.float32(np.inf) if ulp > 0 else np.float32(0)).astype(np.float32)
+            if abs(ulp) == 2:
+                s = np.nextafter(s, np.float32(np.inf) if ulp > 0 else np.float32(0)).astype(np.float32)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                n = np.where(s[:, None] > 0, np.rint(v / s[:, None]), 0)
+            ok = (np.abs(n) < 2048).all(1) & ((n.astype(np.float32) * s[:, None]).astype(np.float32).view(np.uint32)
+                                              == v.view(np.uint32)).all(1)
+            span = np.where(ok, np.abs(n).max(1), np.iinfo(np.int64).max)
+            better = span < best_n
+            best_s = np.where(better, s, best_s)
+            best_n = np.where(better, span, best_n)
+    if (best_n == np.iinfo(np.int64).max).any():
+        return []
+    v = full
+    n = np.rint(v / np.where(best_s > 0, best_s, 1)[:, None]).astype(np.int64)
+    n[best_s == 0] = 0
+    if (np.abs(n) >= 2048).any() or not np.array_equal((n.astype(np.float32) * best_s[:, None]).astype(np.float32).view(np.uint32),
+                                                        v.view(np.uint32)):
+        return []
+    nmin, k = int(n.min()), int(n.max() - n.min() + 1)
+    if k > 1 << 12:
+        return []
+    idx = (n - nmin).ravel()
+    base = {"val": "grid", "rows": int(v.shape[0]), "nmin": nmin, "k": k, "_scales": best_s, "_idx": idx}
+    out = [(32 * v.shape[0] + _fixed_width(k) * idx.size, {**base, "idx_code": "fixed"})]
+    if k > 1:
+        out.append((32 * v.shape[0] + _huff_bits(idx, k), {**base, "idx_code": "huffman"}))
+    return out
+
+
 def _encode_ints(x: np.ndarray, code: str, width: int, nsym: int) -> bytes:
     if code == "fixed":
         return hf.pack_uint(x, width)
@@ -105,7 +152,7 @@ def encode_tensor(t: torch.Tensor, coding: str = "huffman", info: dict[str, floa
     allow16 = bool(np.array_equal(flat.astype(np.float16).astype(np.float32).view(np.uint32), flat.view(np.uint32)))
     nz = np.flatnonzero(flat.view(np.uint32) != 0)  # +0.0 only; -0.0 is stored like any value
     best: tuple[int, dict[str, Any]] | None = None
-    for bits, plan in _values_plan(flat, allow16):
+    for bits, plan in _values_plan(flat, allow16) + _grid_plan(t):
         if coding == "fixed" and plan.get("idx_code") == "huffman":
             continue
         cand = (bits, {"pos": "dense", **plan})
@@ -133,7 +180,10 @@ def encode_tensor(t: torch.Tensor, coding: str = "huffman", info: dict[str, floa
         vals = enc["_vals"]
     else:
         vals = flat
-    if enc["val"] == "raw32":
+    if enc["val"] == "grid":
+        sections.append(enc["_scales"].astype("<f4").tobytes())
+        sections.append(_encode_ints(enc["_idx"], enc["idx_code"], _fixed_width(enc["k"]), enc["k"]))
+    elif enc["val"] == "raw32":
         sections.append(vals.astype("<f4").tobytes())
     elif enc["val"] == "raw16":
         sections.append(vals.astype("<f2").tobytes())
@@ -165,10 +215,11 @@ def _entropy_info(enc: dict[str, Any]) -> tuple[float, float]:
         g = enc["_gaps"]
         ent += hf.entropy_bits(g) * len(g)
         bits += enc["gap_bits"] * len(g) if enc["gap_code"] == "fixed" else _huff_bits(g, 1 << enc["gap_bits"])
-    if enc["val"] == "codebook":
+    if enc["val"] in ("codebook", "grid"):
         i = enc["_idx"]
+        k = enc["k"] if enc["val"] == "grid" else len(enc["_cb"])
         ent += hf.entropy_bits(i) * len(i)
-        bits += _fixed_width(len(enc["_cb"])) * len(i) if enc["idx_code"] == "fixed" else _huff_bits(i, len(enc["_cb"]))
+        bits += _fixed_width(k) * len(i) if enc["idx_code"] == "fixed" else _huff_bits(i, k)
     return float(ent), float(bits)
 
 
@@ -231,6 +282,15 @@ def decode_tensor(desc: dict[str, Any], blob: bytes, dtype: str, shape: list[int
         item = 4 if val == "raw32" else 2
         _need(len(parts[0]) == item * count, where, "value section has the wrong size")
         vals = np.frombuffer(parts[0], dtype="<f4" if val == "raw32" else "<f2").astype(np.float32)
+    elif val == "grid":
+        k, rows, nmin = desc.get("k"), desc.get("rows"), desc.get("nmin")
+        _need(pos == "dense" and isinstance(k, int) and 1 <= k <= 1 << 12 and isinstance(rows, int) and rows >= 1
+              and numel % rows == 0 and isinstance(nmin, int) and abs(nmin) < 1 << 12 and len(parts) == 2
+              and len(parts[0]) == 4 * rows, where, "bad integer-grid header")
+        scales = np.frombuffer(parts[0], dtype="<f4").astype(np.float32)
+        ix = _decode_ints(parts[1], desc.get("idx_code"), _fixed_width(k), count, k, where + " (integers)")
+        q = (ix + nmin).astype(np.float32).reshape(rows, -1)
+        vals = (q * scales[:, None]).astype(np.float32).ravel()
     elif val == "codebook":
         k = desc.get("k")
         _need(isinstance(k, int) and 1 <= k <= MAX_CODEBOOK and len(parts) == 2 and len(parts[0]) == 4 * k,
