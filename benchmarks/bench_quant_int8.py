@@ -51,7 +51,6 @@ def main() -> None:
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        import torchvision
 
         torch.manual_seed(0)
         r18 = nc.models.create("torchvision:resnet18", num_classes=1000).eval()

@@ -2,9 +2,7 @@ import hashlib
 import json
 import struct
 import zlib
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings

@@ -88,6 +88,8 @@ def test_stage_config_errors():
         cfg.from_dict({"method": "kmeans", "bitz": 4}, "quantize")
     with pytest.raises(NetcompressError, match="method"):
         cfg.from_dict({"method": "ternary"}, "quantize")
+    with pytest.raises(NetcompressError, match="stochastic: not used by method kmeans"):
+        cfg.from_dict({"method": "kmeans", "stochastic": True}, "quantize")
 
 
 def test_quantize_cli(tmp_path, capsys):

@@ -1,9 +1,7 @@
 """CLI commands `netcompress pack`, `unpack` and `inspect`."""
 from __future__ import annotations
 
-import argparse
 import json
-from pathlib import Path
 
 
 def cmd_pack(args) -> int:

@@ -108,7 +108,7 @@ def _lloyd_sorted(xs: np.ndarray, cs: np.ndarray, cum: np.ndarray, cum2: np.ndar
         new = (sums / np.maximum(cnt, 1))[keep]
         missing = k - len(new)
         if missing > 0:  # re-seed empty clusters by splitting the clusters with the largest error
-            c, s1, s2 = cnt[keep], sums[keep], (cum2[b[1:]] - cum2[b[:-1]])[keep]
+            c, s2 = cnt[keep], (cum2[b[1:]] - cum2[b[:-1]])[keep]
             var = np.maximum(s2 / c - new * new, 0)
             top = np.argsort(-(var * c))[:missing]
             top = top[var[top] > 0]

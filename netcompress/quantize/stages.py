@@ -14,7 +14,6 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from netcompress.core.config import Config
-from netcompress.core.errors import NetcompressError
 
 
 class QuantizeConfig(Config):
@@ -37,6 +36,13 @@ class QuantizeConfig(Config):
 
     @model_validator(mode="after")
     def _check(self) -> "QuantizeConfig":
+        allowed = {"kmeans": {"bits", "epochs", "lr", "max_steps", "init", "reduce"},
+                   "uniform": {"bits", "epochs", "lr", "max_steps", "per_channel", "symmetric", "calibration"},
+                   "binary": {"epochs", "lr", "max_steps", "stochastic"},
+                   "int8": {"calibration_samples", "backend"}}[self.method]
+        extra = sorted(self.model_fields_set - allowed - {"method"})
+        if extra:
+            raise ValueError(f"{', '.join(extra)}: not used by method {self.method} (it takes {', '.join(sorted(allowed))})")
         if self.method == "uniform" and (not isinstance(self.bits, int) or not 2 <= self.bits <= 8):
             raise ValueError("bits: uniform quantization takes one integer in 2..8")
         if self.method == "kmeans":
