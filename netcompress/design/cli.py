@@ -22,7 +22,8 @@ def cmd_design(args) -> int:
     rep.update(accuracy_original=acc0, accuracy_before_recovery=acc1)
     if cfg.recover != "none":
         methods, loss_fn = recovery(cfg, model)
-        train = TrainConfig(epochs=cfg.epochs if cfg.epochs is not None else 3.0, lr=cfg.lr or 0.005,
+        lr = cfg.lr or (0.002 if cfg.recover == "distill" else 0.005)
+        train = TrainConfig(epochs=cfg.epochs if cfg.epochs is not None else 3.0, lr=lr,
                             batch_size=args.batch_size)
         fit(new, data, train, methods=methods, loss_fn=loss_fn, seed=args.seed)
         for m in methods:
@@ -59,7 +60,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("--calibration", type=int, default=None, help="separable: samples for the least-squares fit")
     p.add_argument("--recover", choices=["none", "finetune", "distill"], default="finetune")
     p.add_argument("--epochs", type=float, default=None, help="recovery epochs (default 3)")
-    p.add_argument("--lr", type=float, default=None, help="recovery learning rate (default 0.005)")
+    p.add_argument("--lr", type=float, default=None, help="recovery learning rate (default 0.005; 0.002 for distill)")
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--alpha", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)

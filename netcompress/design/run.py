@@ -36,7 +36,8 @@ class DesignConfig(Config):
     calibration: int = Field(256, ge=0, description="separable: samples for the pointwise least-squares fit")
     recover: Literal["none", "finetune", "distill"] = "finetune"
     epochs: float | None = Field(None, ge=0, description="recovery epochs (default 30% of train.epochs, >= 1)")
-    lr: float | None = Field(None, gt=0, description="recovery learning rate (default train.lr x 0.1)")
+    lr: float | None = Field(None, gt=0, description="recovery learning rate (default train.lr x 0.1; x 0.04 for "
+                             "distill, whose T^2-scaled term has up to T times larger gradients)")
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.9, ge=0, le=1)
     teacher: str | None = Field(None, description="distill: model name in the run (default: the stage input)")

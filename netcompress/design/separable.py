@@ -11,7 +11,8 @@ Initialisation, so that recovery starts close to the original network:
 2. Output fit (when `calibration` inputs are given): with the depthwise filters fixed, the pointwise
    weights and bias are re-solved by ridge least squares so the layer's outputs on real inputs match
    the original's (the data-driven reconstruction of Zhang et al. 2016 / He et al. 2017, applied to
-   the linear pointwise step, where it has a closed form).
+   the linear pointwise step, where it has a closed form). Each channel's two factors are then
+   rescaled to equal norms (same function), which keeps SGD stable during recovery.
 
 Recovery afterwards (fine-tuning, or distillation from the original model) is done by the caller:
 the `design` recipe stage and the `netcompress design` command.
@@ -92,6 +93,18 @@ def _refit_pointwise(seq: nn.Sequential, conv: nn.Conv2d, inputs: torch.Tensor, 
     pw.weight.copy_(sol[:c].T.reshape(pw.weight.shape).to(pw.weight.dtype))
     if pw.bias is not None:
         pw.bias.copy_((sol[c] + conv.bias.double()).to(pw.bias.dtype))
+    _balance(dw, pw)
+
+
+@torch.no_grad()
+def _balance(dw: nn.Conv2d, pw: nn.Conv2d) -> None:
+    """Rescale each channel's depthwise filter by a and its pointwise column by 1/a so both have the
+    same norm (the function is unchanged); unbalanced factors make SGD unstable."""
+    d = dw.weight.flatten(1).norm(dim=1)  # (C,)
+    p = pw.weight.flatten(2).norm(dim=(0, 2))  # (C,)
+    a = torch.where((d > 0) & (p > 0), (p / d.clamp_min(1e-12)).sqrt(), torch.ones_like(d))
+    dw.weight.mul_(a.view(-1, 1, 1, 1))
+    pw.weight.div_(a.view(1, -1, 1, 1))
 
 
 def separable(model: nn.Module, filter_fn: FilterFn | None = None, *, calibration: torch.Tensor | None = None,

@@ -26,7 +26,7 @@ def _run_design(ctx, model: nn.Module, cfg: DesignConfig):
         teacher = ctx.model(cfg.teacher) if cfg.teacher else original
         methods, loss_fn = recovery(cfg, teacher)
         epochs = cfg.epochs if cfg.epochs is not None else max(1.0, ctx.train.epochs * 0.3)
-        lr = cfg.lr if cfg.lr is not None else ctx.train.lr * 0.1
+        lr = cfg.lr if cfg.lr is not None else ctx.train.lr * (0.04 if cfg.recover == "distill" else 0.1)
         hist = ctx.fit(new, {"epochs": epochs, "lr": lr}, methods=methods, loss_fn=loss_fn, tag=cfg.recover)
         for m in methods:
             new = m.finalize(new) or new
