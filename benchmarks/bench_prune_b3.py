@@ -147,7 +147,7 @@ def main() -> None:
              f"{'all' if args.full else 'one or two of each family'}\n\n"
              f"netcompress pruned **{a} of {n}**, Torch-Pruning **{b} of {n}** (success = runs, output (1, 10), fewer params).\n\n")
     body += table
-    write_result("prune_b3", "B3: structured pruning vs Torch-Pruning", body)
+    write_result("prune_b3_full" if args.full else "prune_b3", "B3: structured pruning vs Torch-Pruning", body)
 
 
 if __name__ == "__main__":

@@ -87,11 +87,12 @@ def main() -> None:
     ap.add_argument("--ft-epochs", type=float, default=None, help="fine-tune epochs after pruning")
     ap.add_argument("--slim-epochs", type=float, default=1.0)
     ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     seeds = args.seeds or (3 if args.full else 1)
     epochs = args.epochs or (10 if args.full else 3)
     ft = args.ft_epochs or (3 if args.full else 1)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     data = nc.data.load("mnist-5k")
     x = data.example
     results: dict[tuple[str, str, str], list[float]] = {}
@@ -115,7 +116,7 @@ def main() -> None:
         for level, r in ratios.items():
             for crit in CRITERIA:
                 src = slim if crit == "slimming" else base
-                small = channels(src.eval(), crit, r, example_inputs=x, data=data, seed=seed)
+                small = channels(src.cpu().eval(), crit, r, example_inputs=x, data=data, seed=seed)
                 macs_kept[level] = count_macs(small, x) / macs_dense
                 macs_by[("netcompress", level)] = macs_kept[level]
                 hh = nc.train.fit(small, data, epochs=ft, lr=0.01, seed=seed, progress=False)
@@ -123,11 +124,11 @@ def main() -> None:
                 print(f"  ours {level} {crit}: {hh.final_test_acc:.4f} ({time.time() - t0:.0f}s)", flush=True)
                 if not args.no_peer and crit in ("l1", "l2", "fpgm", "taylor", "random"):
                     try:
-                        peer = tp_prune(base.eval(), x, crit, tp_ratios[level], data)
+                        peer = tp_prune(base.cpu().eval(), x, crit, tp_ratios[level], data)
                         macs_by[("torch-pruning", level)] = count_macs(peer, x) / macs_dense
                         hp = nc.train.fit(peer, data, epochs=ft, lr=0.01, seed=seed, progress=False)
                         results.setdefault(("torch-pruning", level, crit), []).append(hp.final_test_acc)
-                        print(f"  TP   {level} {crit}: {hp.final_test_acc:.4f} MACs {count_macs(peer, x) / macs_dense:.3f}",
+                        print(f"  TP   {level} {crit}: {hp.final_test_acc:.4f} MACs {macs_by[('torch-pruning', level)]:.3f}",
                               flush=True)
                     except Exception as e:  # report, do not hide
                         results.setdefault(("torch-pruning", level, crit), [])

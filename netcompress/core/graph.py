@@ -498,6 +498,9 @@ class ChannelGraph:
                                    "forward (no data-dependent control flow)") from None
         g = cls(model)
         x = example_inputs[:1] if isinstance(example_inputs, torch.Tensor) else example_inputs
+        dev = next((p.device for p in model.parameters()), None)
+        if dev is not None and isinstance(x, torch.Tensor):
+            x = x.to(dev)
         was = model.training
         model.eval()
         try:

@@ -70,9 +70,9 @@ def _members(g: ChannelGraph, group: Group, kinds: tuple[str, ...]) -> list[Memb
 def _param(model: nn.Module, mem: Member, name: str = "weight") -> torch.Tensor | None:
     if mem.kind == "param":
         mod, _, p = mem.module.rpartition(".")
-        return getattr(model.get_submodule(mod), p).detach().movedim(mem.dim, 0)
+        return getattr(model.get_submodule(mod), p).detach().movedim(mem.dim, 0).cpu()
     t = getattr(model.get_submodule(mem.module), name, None)
-    return t.detach() if isinstance(t, torch.Tensor) else None
+    return t.detach().cpu() if isinstance(t, torch.Tensor) else None
 
 
 def _per_class(ctx: ScoreContext, group: Group, rowscore: Callable[[torch.Tensor], torch.Tensor],
@@ -147,7 +147,7 @@ def apoz(ctx: ScoreContext) -> list[torch.Tensor]:
         dim = -1 if isinstance(mod, (nn.Linear, nn.LayerNorm)) else 1
 
         def fn(_m, _i, out):
-            pos = (out > 0).float().movedim(dim, -1).reshape(-1, out.shape[dim]).sum(0)
+            pos = (out > 0).float().movedim(dim, -1).reshape(-1, out.shape[dim]).sum(0).cpu()
             sums[name] = sums.get(name, 0) + pos
             counts[name] = counts.get(name, 0) + out.numel() // out.shape[dim]
         return fn
@@ -155,10 +155,11 @@ def apoz(ctx: ScoreContext) -> list[torch.Tensor]:
     handles = [ctx.model.get_submodule(n).register_forward_hook(hook(n, ctx.model.get_submodule(n))) for n in targets]
     was = ctx.model.training
     ctx.model.eval()
+    dev = next(ctx.model.parameters()).device
     try:
         with torch.no_grad():
             for x, _ in batches:
-                ctx.model(x)
+                ctx.model(x.to(dev))
     finally:
         ctx.model.train(was)
         for h in handles:
@@ -187,7 +188,9 @@ def taylor(ctx: ScoreContext) -> list[torch.Tensor]:
     model = copy.deepcopy(ctx.model)
     model.eval()  # fixed BN statistics: the importance of the deployed network
     acc = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    dev = next(model.parameters()).device
     for x, y in batches:
+        x, y = x.to(dev), y.to(dev)
         model.zero_grad(set_to_none=True)
         out = model(x)
         out = out[-1] if isinstance(out, (list, tuple)) else out
@@ -204,7 +207,7 @@ def taylor(ctx: ScoreContext) -> list[torch.Tensor]:
             for pn in names:
                 if pn not in acc:
                     continue
-                t = acc[pn].movedim(mem.dim, 0) if mem.kind == "param" else acc[pn]
+                t = (acc[pn].movedim(mem.dim, 0) if mem.kind == "param" else acc[pn]).cpu()
                 rows = t.reshape(t.shape[0], -1).sum(1)
                 total += _scatter(ctx.graph.class_index(mem, gr.classes), rows, len(gr.classes))
         scores.append(total)
