@@ -68,6 +68,8 @@ def test_least_squares_refit_lowers_output_error():
         e_svd = (separable(m)(x) - ref).norm()
         e_ls = (separable(m, calibration=x)(x) - ref).norm()
     assert e_ls < 0.9 * e_svd
+    dw, pw = separable(m, calibration=x)[2]
+    torch.testing.assert_close(dw.weight.flatten(1).norm(dim=1), pw.weight.flatten(2).norm(dim=(0, 2)))  # balanced
 
 
 def test_refused_layer_named_and_model_unchanged():
