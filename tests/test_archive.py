@@ -235,3 +235,12 @@ def test_per_channel_uniform_weights_take_about_b_bits(tmp_path, bits, symmetric
     fc1 = next(r for r in inspect(tmp_path / "u.ncz")["layers"] if r["name"] == "fc1.weight")
     assert "grid" in fc1["encoding"] and fc1["bits_per_weight"] <= bits + 0.2
     assert same_outputs(m, unpack(tmp_path / "u.ncz"), torch.randn(2, 1, 28, 28))
+
+
+def test_fp16_codebook_is_stored_in_two_bytes(tmp_path):
+    m = nc.models.create("lenet300", num_classes=10)
+    cluster_(m, bits=6, codebook_dtype="float16")
+    desc, blob = codec.encode_tensor(m.fc2.weight.detach())
+    assert desc["val"] == "codebook" and desc["cb"] == "f16"
+    pack(m, tmp_path / "c.ncz")
+    assert same_outputs(m, unpack(tmp_path / "c.ncz"), torch.randn(2, 1, 28, 28))

@@ -79,9 +79,13 @@ def _values_plan(vals: np.ndarray, allow16: bool) -> list[tuple[int, dict[str, A
     if 0 < len(uniq) <= MAX_CODEBOOK and n:
         k = len(uniq)
         idx = np.searchsorted(uniq, vals.view(np.uint32))
-        out.append((32 * k + _fixed_width(k) * n, {"val": "codebook", "idx_code": "fixed", "_cb": uniq, "_idx": idx}))
+        f = uniq.view(np.float32)
+        cb16 = bool(np.array_equal(f.astype(np.float16).astype(np.float32).view(np.uint32), uniq))
+        cbits = (16 if cb16 else 32) * k
+        base = {"val": "codebook", "cb": "f16" if cb16 else "f32", "_cb": uniq, "_idx": idx}
+        out.append((cbits + _fixed_width(k) * n, {**base, "idx_code": "fixed"}))
         if k > 1:
-            out.append((32 * k + _huff_bits(idx, k), {"val": "codebook", "idx_code": "huffman", "_cb": uniq, "_idx": idx}))
+            out.append((cbits + _huff_bits(idx, k), {**base, "idx_code": "huffman"}))
     return out
 
 
@@ -190,7 +194,7 @@ def encode_tensor(t: torch.Tensor, coding: str = "huffman", info: dict[str, floa
     else:
         cb = enc["_cb"]
         enc["k"] = int(len(cb))
-        sections.append(cb.astype("<u4").tobytes())
+        sections.append(cb.view(np.float32).astype("<f2").tobytes() if enc["cb"] == "f16" else cb.astype("<u4").tobytes())
         sections.append(_encode_ints(enc["_idx"], enc["idx_code"], _fixed_width(len(cb)), len(cb)))
     desc = {k: v for k, v in enc.items() if not k.startswith("_")}
     desc["sections"] = [len(s) for s in sections]
@@ -292,10 +296,12 @@ def decode_tensor(desc: dict[str, Any], blob: bytes, dtype: str, shape: list[int
         q = (ix + nmin).astype(np.float32).reshape(rows, -1)
         vals = (q * scales[:, None]).astype(np.float32).ravel()
     elif val == "codebook":
-        k = desc.get("k")
-        _need(isinstance(k, int) and 1 <= k <= MAX_CODEBOOK and len(parts) == 2 and len(parts[0]) == 4 * k,
+        k, cbt = desc.get("k"), desc.get("cb", "f32")
+        item = {"f32": 4, "f16": 2}.get(cbt, 0) if isinstance(cbt, str) else 0
+        _need(isinstance(k, int) and 1 <= k <= MAX_CODEBOOK and len(parts) == 2 and item and len(parts[0]) == item * k,
               where, "bad codebook")
-        cb = np.frombuffer(parts[0], dtype="<u4")
+        cb = (np.frombuffer(parts[0], dtype="<u4") if cbt == "f32"
+              else np.frombuffer(parts[0], dtype="<f2").astype(np.float32).view(np.uint32))
         ix = _decode_ints(parts[1], desc.get("idx_code"), _fixed_width(k), count, k, where + " (indices)")
         vals = cb[ix].view(np.float32)
     else:

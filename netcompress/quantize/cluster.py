@@ -209,7 +209,8 @@ def _default_filter(module: nn.Module, name: str) -> bool:
 
 
 def cluster_(model: nn.Module, bits: int | Mapping[str, int] = 5, init: Init = "linear",
-             filter_fn: FilterFn | None = None, max_iter: int = 300, seed: int = 0) -> dict[str, dict[str, Any]]:
+             filter_fn: FilterFn | None = None, max_iter: int = 1000, seed: int = 0,
+             codebook_dtype: Literal["float32", "float16"] = "float32") -> dict[str, dict[str, Any]]:
     """Share weights by per-layer 1-D k-means, in place (Han et al. 2016, section 3).
 
     Args:
@@ -220,6 +221,8 @@ def cluster_(model: nn.Module, bits: int | Mapping[str, int] = 5, init: Init = "
         filter_fn: `filter_fn(module, name) -> bool` selects layers (default: Conv and Linear).
         max_iter: Lloyd iterations per layer at most.
         seed: for random initialisation.
+        codebook_dtype: 'float16' rounds every shared value to the nearest fp16 number, so the
+            archive stores the codebook in 2 bytes per entry (exactly).
 
     Returns:
         Per-layer info `{name: {"bits", "clusters", "nonzero", "inertia"}}`.
@@ -233,6 +236,8 @@ def cluster_(model: nn.Module, bits: int | Mapping[str, int] = 5, init: Init = "
         bad = {} if isinstance(bits, int) and 1 <= bits <= 16 else {"bits": bits}
     if bad:
         raise NetcompressError(f"cluster_: bits must be integers in 1..16, got {bad}")
+    if codebook_dtype not in ("float32", "float16"):
+        raise NetcompressError(f"cluster_: codebook_dtype {codebook_dtype!r}; valid: float32, float16")
     if init not in ("linear", "density", "random", "k-means++", "optimal", "best"):
         raise NetcompressError(f"cluster_: init {init!r}; valid: linear, density, random, k-means++, optimal, best")
     select = filter_fn or _default_filter
@@ -263,6 +268,8 @@ def cluster_(model: nn.Module, bits: int | Mapping[str, int] = 5, init: Init = "
             continue
         res = kmeans_1d(flat[nz], 1 << b, init=init, max_iter=max_iter, seed=seed)
         cents = torch.tensor(res.centroids, dtype=w.dtype)
+        if codebook_dtype == "float16":
+            cents = cents.half().to(w.dtype)
         new = torch.zeros_like(flat)
         new[nz] = cents[torch.from_numpy(res.labels)].to(w.dtype)
         new_weights.append((m, new.view_as(w)))
@@ -289,10 +296,12 @@ class CentroidFineTune(Method):
 
     name = "centroid-finetune"
 
-    def __init__(self, reduce: Literal["sum", "mean"] = "sum", filter_fn: FilterFn | None = None) -> None:
+    def __init__(self, reduce: Literal["sum", "mean"] = "sum", filter_fn: FilterFn | None = None,
+                 codebook_dtype: Literal["float32", "float16"] = "float32") -> None:
         if reduce not in ("sum", "mean"):
             raise NetcompressError(f"CentroidFineTune: reduce {reduce!r}; valid: sum, mean")
         self.reduce = reduce
+        self.codebook_dtype = codebook_dtype
         self.filter_fn = filter_fn or _default_filter
         self.layers: dict[str, tuple[torch.Tensor, int]] = {}
 
@@ -343,6 +352,14 @@ class CentroidFineTune(Method):
             cnt = torch.bincount(lab[valid], minlength=k).clamp(min=1).to(flat.dtype)
             cent = s / cnt
             m.weight.copy_(torch.where(valid, cent[lab], torch.zeros_like(flat)).view_as(m.weight))
+
+    @torch.no_grad()
+    def finalize(self, model: nn.Module) -> nn.Module:
+        """Round the trained shared values to `codebook_dtype` (float16: 2-byte codebooks)."""
+        if self.codebook_dtype == "float16":
+            for m, _, _ in self._mods(model):
+                m.weight.copy_(m.weight.half().to(m.weight.dtype))
+        return model
 
     def state_dict(self) -> dict[str, Any]:
         return {"labels": {n: l for n, (l, _) in self.layers.items()}, "k": {n: k for n, (_, k) in self.layers.items()}}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import torch
 from pydantic import Field, model_validator
 from torch import nn
 
@@ -27,6 +28,8 @@ class QuantizeConfig(Config):
     max_steps: int | None = Field(None, ge=1)
     init: Literal["linear", "density", "random", "best"] = "linear"
     reduce: Literal["sum", "mean"] = Field("mean", description="kmeans fine-tune: centroid gradient = sum or mean")
+    codebook: Literal["float16", "float32"] = Field("float16", description="kmeans: precision of the shared values")
+    biases: Literal["float16", "float32"] = Field("float32", description="kmeans: round the clustered layers' biases")
     per_channel: bool = True
     symmetric: bool = True
     calibration: Literal["minmax", "mse", "percentile"] = "mse"
@@ -36,7 +39,7 @@ class QuantizeConfig(Config):
 
     @model_validator(mode="after")
     def _check(self) -> "QuantizeConfig":
-        allowed = {"kmeans": {"bits", "epochs", "lr", "max_steps", "init", "reduce"},
+        allowed = {"kmeans": {"bits", "epochs", "lr", "max_steps", "init", "reduce", "codebook", "biases"},
                    "uniform": {"bits", "epochs", "lr", "max_steps", "per_channel", "symmetric", "calibration"},
                    "binary": {"epochs", "lr", "max_steps", "stochastic"},
                    "int8": {"calibration_samples", "backend"}}[self.method]
@@ -83,11 +86,20 @@ def run_quantize(ctx, model: nn.Module, cfg: QuantizeConfig):
     if cfg.method == "kmeans":
         from netcompress.quantize.cluster import CentroidFineTune, cluster_
 
-        info = cluster_(model, bits=cfg.bits, init=cfg.init, seed=ctx.seed)
+        info = cluster_(model, bits=cfg.bits, init=cfg.init, seed=ctx.seed, codebook_dtype=cfg.codebook)
         epochs = 1.0 if cfg.epochs is None else cfg.epochs
         if epochs > 0:
-            history = ctx.fit(model, {**over, "epochs": epochs}, methods=[CentroidFineTune(cfg.reduce)], tag="centroids").to_list()
+            ft = CentroidFineTune(cfg.reduce, codebook_dtype=cfg.codebook)
+            history = ctx.fit(model, {**over, "epochs": epochs}, methods=[ft], tag="centroids").to_list()
+            ft.finalize(model)
             _refresh_centroids(model, info)
+        if cfg.biases == "float16":
+            mods = dict(model.named_modules())
+            with torch.no_grad():
+                for name in info:
+                    b = getattr(mods[name], "bias", None)
+                    if b is not None:
+                        b.copy_(b.half().to(b.dtype))
         _histogram(ctx, model, info)
         extra = {"method": "kmeans", "layers": {n: {k: v for k, v in d.items() if k != "centroids"} for n, d in info.items()}}
         return StageResult(model, extra=extra, history=history)
