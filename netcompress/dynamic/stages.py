@@ -157,5 +157,5 @@ def run_dynamic(ctx, model: nn.Module, cfg: DynamicConfig):
 def register(stages) -> None:
     from netcompress.recipe.stages import StageKind
 
-    stages.register("dynamic", StageKind(DynamicConfig, run_dynamic,
-                                         "early exits: heads + joint training + threshold/budget policy"))
+    text = "early exits: heads + exit training + threshold / MACs-budget policy (BranchyNet, SDN, MSDNet)"
+    stages.register("dynamic", StageKind(DynamicConfig, run_dynamic, text), help=text)
