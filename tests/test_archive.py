@@ -59,6 +59,7 @@ def test_dense_models_with_buffers_roundtrip(tmp_path, name, kw):
             mod.running_mean.normal_()
             mod.num_batches_tracked.fill_(7)
     pack(m, tmp_path / "d.ncz")
+    assert inspect(tmp_path / "d.ncz")["params"] == sum(p.numel() for p in m.parameters())  # buffers not counted
     back = unpack(tmp_path / "d.ncz")
     assert same_outputs(m, back, torch.randn(2, 1, 28, 28))
     for k, v in m.state_dict().items():

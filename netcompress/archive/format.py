@@ -60,11 +60,14 @@ def pack(model: nn.Module, path: str | os.PathLike, coding: str = "huffman") -> 
     from netcompress.models.io import atomic_write, describe
 
     arch = _compact_arch(describe(model))
+    params = {n for n, _ in model.named_parameters(remove_duplicate=False)}
     entries, blobs, off = [], [], 0
     for name, t in _tensors(model).items():
         desc, blob = codec.encode_tensor(t, coding)
         entries.append({"name": name, "dtype": codec.dtype_name(t), "shape": list(t.shape), "enc": desc,
                         "offset": off, "length": len(blob), "crc32": zlib.crc32(blob)})
+        if name not in params:
+            entries[-1]["buffer"] = True
         blobs.append(blob)
         off += len(blob)
     payload = b"".join(blobs)
@@ -218,11 +221,11 @@ def inspect(path: str | os.PathLike) -> dict[str, Any]:
             desc += f"[{enc['k']}]/{enc['idx_code']}"
         if enc.get("pos") == "sparse":
             desc += f" gaps {enc['gap_bits']}b/{enc['gap_code']}"
-        rows.append({"name": e["name"], "params": n, "nonzero": int(torch.count_nonzero(t)) if n else 0,
+        rows.append({"name": e["name"], "params": n, "buffer": bool(e.get("buffer", False)), "nonzero": int(torch.count_nonzero(t)) if n else 0,
                      "encoding": desc, "bytes": e["length"], "bits_per_weight": 8 * e["length"] / max(n, 1),
                      "entropy_bytes": enc.get("entropy_bits", 0.0) / 8, "stream_bytes": enc.get("stream_bits", 0.0) / 8,
                      "ratio": 4 * n / max(e["length"], 1) if t.is_floating_point() else None})
-    params = sum(r["params"] for r in rows if state[r["name"]].is_floating_point())
+    params = sum(r["params"] for r in rows if not r["buffer"])
     ent = sum(r["entropy_bytes"] for r in rows)
     coded = sum(r["stream_bytes"] for r in rows)
     return {"file_bytes": size, "header_bytes": size - len(payload), "params": params, "dense_fp32_bytes": 4 * params,
@@ -239,7 +242,7 @@ def format_table(info: dict[str, Any]) -> str:
         lines.append(f"{r['name'][:28]:28s} {r['params']:9d} {r['nonzero']:9d} {r['bytes']:9d} {r['bits_per_weight']:7.3f} "
                      f"{r['entropy_bytes']:10.1f} {ratio:>7s}  {r['encoding']}")
     lines.append("-" * len(head))
-    lines.append(f"file {info['file_bytes']} bytes (header {info['header_bytes']}); {info['params']} float params; "
+    lines.append(f"file {info['file_bytes']} bytes (header {info['header_bytes']}); {info['params']} parameters; "
                  f"dense fp32 {info['dense_fp32_bytes']} bytes; ratio {info['ratio']:.1f}x")
     if info["entropy_bytes"]:
         lines.append(f"coded index/gap streams {info['coded_stream_bytes']:.0f} bytes vs entropy bound "
