@@ -194,3 +194,16 @@ def test_policy_report_counts(lenet_mx):
     assert r["accuracy"] == pytest.approx((outs[0].argmax(1) == y).float().mean().item())
     r = policy_report(outs, y, cum, 2.0, "max_softmax")
     assert r["exits"][1]["share"] == 1.0 and r["exits"][0]["accuracy_exited"] is None
+
+
+def test_segment_cache_follows_structural_changes():
+    torch.manual_seed(0)
+    mx = early_exit(nc.models.create("lenet5-half", in_channels=1, input_size=28), ["features.1"]).eval()
+    x = _x(6)
+    early_exit_predict(mx, x, 2.0)  # builds the cached segments
+    old = mx.backbone.features[3]
+    new = nn.Conv2d(old.in_channels, 7, 5)  # a 'pruned' conv: fewer channels, and its consumers shrink too
+    mx.backbone.features[3] = new
+    mx.backbone.classifier[0] = nn.Linear(7 * 4 * 4, mx.backbone.classifier[0].out_features)
+    logits, _ = early_exit_predict(mx, x, 2.0)
+    assert torch.allclose(logits, mx.backbone(x), atol=1e-6)

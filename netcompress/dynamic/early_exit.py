@@ -233,7 +233,7 @@ def build_early_exit(backbone: dict, exits: list[str], head: dict, input_shape: 
 
 # ---------------------------------------------------------------- segments (fx)
 
-_CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple, list | None]]" = weakref.WeakKeyDictionary()
+_CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
 
 
 class _ExitTracer(fx.Tracer):
@@ -245,22 +245,47 @@ class _ExitTracer(fx.Tracer):
         return qualname in self.leaves or super().is_leaf_module(m, qualname)
 
 
-def _fingerprint(model: MultiExitModel) -> tuple:
-    return (tuple(model.exit_names), tuple(id(m) for m in model.backbone.modules()),
-            tuple(id(p) for p in model.backbone.parameters()))
+def _walk(root: nn.Module, path: str) -> Any:
+    obj: Any = root
+    for part in path.split(".") if path else []:
+        if not isinstance(obj, nn.Module):
+            return None
+        if part in obj._modules:
+            obj = obj._modules[part]
+        elif part in obj._parameters:
+            obj = obj._parameters[part]
+        elif part in obj._buffers:
+            obj = obj._buffers[part]
+        else:
+            return None
+    return obj
+
+
+def _refs(backbone: nn.Module, segs: list[nn.Module] | None) -> list[tuple[str, Any]]:
+    """(qualified name, object) of everything the segments call or read (all modules for the fallback)."""
+    if segs is None:
+        return [(n, m) for n, m in backbone.named_modules() if n]
+    names = {n.target for seg in segs for n in seg.graph.nodes if n.op in ("call_module", "get_attr")}
+    return [(n, _walk(backbone, n)) for n in sorted(names)]
 
 
 def _segments(model: MultiExitModel) -> list[nn.Module] | None:
-    fp = _fingerprint(model)
+    """The cached segments of `model` (None: fallback), rebuilt when the backbone's structure changed.
+
+    Validation is a few dict look-ups per call: every module (or tensor) the segments use must
+    still be the object found under its name in the backbone."""
     hit = _CACHE.get(model)
-    if hit is None or hit[0] != fp:
-        try:
-            segs: list[nn.Module] | None = split_at_exits(model.backbone, model.exit_names, _example_for(model))
-        except NetcompressError:
-            segs = None
-        _CACHE[model] = (fp, segs)
-        hit = _CACHE[model]
-    return hit[1]
+    if hit is not None:
+        names, backbone, refs, segs = hit
+        if names == tuple(model.exit_names) and backbone is model.backbone and \
+                all(_walk(backbone, n) is obj for n, obj in refs):
+            return segs
+    try:
+        segs = split_at_exits(model.backbone, model.exit_names, _example_for(model))
+    except NetcompressError:
+        segs = None
+    _CACHE[model] = (tuple(model.exit_names), model.backbone, _refs(model.backbone, segs), segs)
+    return segs
 
 
 def _example_for(model: MultiExitModel) -> torch.Tensor:
