@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import netcompress as nc  # noqa: E402
 from _common import md_table, mean_std, write_result  # noqa: E402
-from netcompress.design import (conv_cost, factorize_conv, lowrank, separable, separable_ratio)  # noqa: E402
+from netcompress.design import conv_cost, factorize_conv, lowrank  # noqa: E402
 from netcompress.design.run import DesignConfig, cost_report, transform  # noqa: E402
 from netcompress.distill import KD  # noqa: E402
 from netcompress.measure import count_macs, count_params, latency_ms, macs_by_module  # noqa: E402
