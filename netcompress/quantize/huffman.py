@@ -93,7 +93,7 @@ def canonical_codes(lengths: np.ndarray) -> np.ndarray:
 
 
 def _chunk_size(n: int) -> int:
-    return min(1 << 15, max(256, 1 << max(0, math.ceil(math.log2(max(1.0, math.sqrt(n) * 2))))))
+    return min(1 << 15, max(1024, 1 << max(0, math.ceil(math.log2(max(1.0, math.sqrt(n) * 2))))))
 
 
 @dataclass
