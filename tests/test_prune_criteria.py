@@ -1,5 +1,4 @@
 """Golden tests for each channel criterion on hand-made weights."""
-import pytest
 import torch
 from torch import nn
 

@@ -1,8 +1,6 @@
 """`netcompress prune MODEL --data D --criterion C --ratio R | --sparsity S [--finetune-epochs E] [--dry-run] --out PATH`."""
 from __future__ import annotations
 
-import argparse
-
 from netcompress.core.errors import NetcompressError
 
 

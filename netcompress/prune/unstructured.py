@@ -96,8 +96,6 @@ def weights_(model: nn.Module, criterion: Literal["l1", "random"] = "l1", sparsi
     if scope == "global" and not isinstance(sparsity, Mapping):
         flat = torch.cat([s.flatten().cpu() for s in scores.values()])
         k = int(sparsity * flat.numel())
-        thr = torch.kthvalue(flat, k).values.item() if k > 0 else -2.0
-        # ties at the threshold: keep exactly k zeros by ranking
         order = torch.argsort(flat, stable=True)
         keep = torch.ones_like(flat, dtype=torch.bool)
         keep[order[:k]] = False
@@ -106,7 +104,6 @@ def weights_(model: nn.Module, criterion: Literal["l1", "random"] = "l1", sparsi
             n = s.numel()
             masks[name] = keep[off:off + n].view(s.shape).to(s.device)
             off += n
-        del thr
     else:
         for name, (m, sp) in targets.items():
             s = scores[name].flatten()
