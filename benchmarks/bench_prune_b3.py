@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
+import os
 import sys
 import time
 from pathlib import Path
@@ -147,7 +148,10 @@ def main() -> None:
     if not args.skip_latency:
         body += (f"## Latency at {args.size}x{args.size}, batch 1, {args.threads} threads (median ms)\n\n"
                  "speedup/MAC-ratio = measured speedup divided by the MAC reduction (1.0: latency falls as fast as MACs).\n\n")
-        body += latency_part(args.threads, args.size) + "\n"
+        load0 = os.getloadavg()[0]
+        table = latency_part(args.threads, args.size)
+        body += table + (f"\nLoad average (1 min) before / after the latency part: {load0:.1f} / {os.getloadavg()[0]:.1f} on "
+                         f"{os.cpu_count()} cores; a load above the core count makes these latencies unreliable.\n\n")
     names = [n for n in torchvision.models.list_models(module=torchvision.models)
              if not n.startswith(("vit_", "swin", "maxvit"))]
     if not args.full:
