@@ -1,7 +1,23 @@
 """Dynamic computation: multi-exit networks that stop early under a confidence threshold or a
-compute budget (BranchyNet, Shallow-Deep Networks), and a small MSDNet (Huang et al. 2018)."""
+compute budget (BranchyNet, Teerapittayanon et al. 2016; Shallow-Deep Networks, Kaya et al. 2019),
+and a small MSDNet (Huang et al. 2018).
+
+Example:
+    >>> mx = early_exit(model, exits=["features.1"], example_inputs=data.example)  # doctest: +SKIP
+    >>> fit(mx, data, methods=[FrozenBackbone(), ExitTraining([1.0])], epochs=3)    # doctest: +SKIP
+    >>> zs, _ = exit_outputs(mx, held_out); cum = exit_macs(mx, data.example)       # doctest: +SKIP
+    >>> t, _ = calibrate_budget(zs, cum, 0.5 * full_macs(mx, data.example))         # doctest: +SKIP
+    >>> mx.eval().set_policy_("max_softmax", t); mx(x)  # samples leave the batch   # doctest: +SKIP
+"""
 from netcompress.dynamic.base import MultiExitBase, confidence, early_exit_predict
 from netcompress.dynamic.early_exit import HeadConfig, MultiExitModel, early_exit, segment_mode, split_at_exits
+from netcompress.dynamic.msdnet import MSDNetSmall
+from netcompress.dynamic.policy import (calibrate_budget, compare_latency, exit_macs, exit_outputs, full_macs,
+                                        policy_report, simulate_exits, tradeoff_curve)
+from netcompress.dynamic.training import ExitTraining, FrozenBackbone, exit_losses, sdn_weights
 
-__all__ = ["MultiExitBase", "MultiExitModel", "HeadConfig", "early_exit", "early_exit_predict", "confidence",
-           "segment_mode", "split_at_exits"]
+__all__ = [
+    "MultiExitBase", "MultiExitModel", "MSDNetSmall", "HeadConfig", "early_exit", "early_exit_predict", "confidence",
+    "segment_mode", "split_at_exits", "calibrate_budget", "compare_latency", "exit_macs", "exit_outputs", "full_macs",
+    "policy_report", "simulate_exits", "tradeoff_curve", "ExitTraining", "FrozenBackbone", "exit_losses", "sdn_weights",
+]
