@@ -69,6 +69,7 @@ def test_int8_stage_runs_int8_kernels(tmp_path, mnist_small, trained):
     res = run("quantize", {"method": "int8", "calibration_samples": 128}, ctx_for(tmp_path, mnist_small), trained)
     q = res.measure_model
     assert int8_layers(q) >= 4 and res.file.is_file()
+    assert res.extra["int8_params"] == sum(p.numel() for p in trained.parameters())
     assert res.model is trained  # the float model goes on unchanged
     x = mnist_small.example
     with torch.no_grad():

@@ -79,6 +79,20 @@ def int8_layers(qmodel: nn.Module) -> int:
                and hasattr(m, "weight") and callable(getattr(m, "weight")))
 
 
+def int8_params(qmodel: nn.Module) -> int:
+    """Weights held by the int8 kernels (packed, so `model.parameters()` does not list them) plus
+    any remaining float parameters."""
+    n = sum(p.numel() for p in qmodel.parameters())
+    for m in qmodel.modules():
+        w = getattr(m, "weight", None)
+        if callable(w) and type(m).__module__.startswith(("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized")):
+            n += w().numel()
+            b = getattr(m, "bias", None)
+            b = b() if callable(b) else b
+            n += b.numel() if isinstance(b, torch.Tensor) else 0
+    return n
+
+
 def save_int8(qmodel: nn.Module, path: str | os.PathLike, example: torch.Tensor) -> Path:
     """Write the int8 model as a TorchScript file (atomic); its size is the int8 bytes on disk."""
     from netcompress.models.io import atomic_write

@@ -129,14 +129,15 @@ def run_quantize(ctx, model: nn.Module, cfg: QuantizeConfig):
         return StageResult(model, extra={"method": "binary", "stochastic": cfg.stochastic,
                                          "H": {names[m]: h for m, h in bc.H.items()}}, history=history)
     # int8
-    from netcompress.quantize.deploy import int8_layers, int8_quantize, save_int8
+    from netcompress.quantize.deploy import int8_layers, int8_params, int8_quantize, save_int8
 
     backend = cfg.backend
     q = int8_quantize(model, ctx.data.calibration(cfg.calibration_samples), backend=backend)
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     path = save_int8(q, ctx.out_dir / "model.int8.pt", ctx.data.example)
     return StageResult(model, file=path, measure_model=q,
-                       extra={"method": "int8", "backend": backend, "int8_layers": int8_layers(q), "int8_file": str(path)})
+                       extra={"method": "int8", "backend": backend, "int8_layers": int8_layers(q), "int8_file": str(path),
+                              "int8_params": int8_params(q)})
 
 
 def _refresh_centroids(model: nn.Module, info: dict[str, Any]) -> None:
