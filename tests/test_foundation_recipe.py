@@ -168,3 +168,19 @@ def test_list_train_measure_commands(tmp_path, capsys):
     assert main(["measure", str(out), "--data", "digits", "--json", "--no-latency"]) == 0
     m = json.loads(capsys.readouterr().out)
     assert m["params"] == 50_610 and m["bytes"] == out.stat().st_size and m["accuracy"] > 0.5
+
+
+def test_stage_can_replace_misleading_generic_metrics(tmp_path):
+    from netcompress.core import Config
+    from netcompress.recipe.stages import STAGES, StageKind, StageResult
+
+    class NoConfig(Config):
+        pass
+
+    if "test-average-cost" not in STAGES:
+        STAGES.register("test-average-cost", StageKind(NoConfig, lambda ctx, m, cfg: StageResult(m, metrics={"macs": 123})))
+    text = TINY.replace("  - finetune: {epochs: 1}\n", "  - test-average-cost: {}\n", 1)
+    res = run_recipe(write(tmp_path, text), out=tmp_path / "run", progress=False)
+    e = res.entries[1]
+    assert e["macs"] == 123 and e["extra"]["measured_by_stage"] == ["macs"]
+    assert res.entries[0]["macs"] == 50_200

@@ -151,7 +151,14 @@ def run_dynamic(ctx, model: nn.Module, cfg: DynamicConfig):
         extra["latency"] = compare_latency(mx, xs[: cfg.latency_samples], cfg.latency_batch)
     ctx.figure("accuracy vs average MACs", plot_curve(curve, rep["exits"], full, full_acc, rep,
                                                       title=f"{ctx.name}: {cfg.policy}"))
-    return StageResult(mx, extra=extra, history=history)
+    # the runner would count one example image's path; report what the policy costs on the test set
+    metrics: dict[str, Any] = {"macs": int(round(rep["avg_macs"])), "accuracy": real_acc}
+    if cfg.latency:
+        lat = extra["latency"]
+        metrics["latency_ms_b64"] = lat["early_exit_ms"] * 64 / lat["samples"] if lat["batch_size"] == 64 else None
+        if metrics["latency_ms_b64"] is None:
+            del metrics["latency_ms_b64"]
+    return StageResult(mx, extra=extra, history=history, metrics=metrics)
 
 
 def register(stages) -> None:

@@ -151,8 +151,15 @@ def run_recipe(recipe: str | Path | Recipe | None = None, out: str | Path | None
         if file is None and main:
             file = save_model(res.model, stage_dir / "model.pt")
         target = res.measure_model if res.measure_model is not None else res.model
-        return measure(target, data, file=file, latency=r.measure.latency and main, threads=r.measure.threads,
-                       min_run_time=r.measure.min_run_time)
+        m = measure(target, data, file=file, latency=r.measure.latency and main, threads=r.measure.threads,
+                    min_run_time=r.measure.min_run_time)
+        for k, v in res.metrics.items():
+            if not hasattr(m, k) or k == "extra":
+                raise TypeError(f"StageResult.metrics names {k!r}, which is not a Metrics field")
+            setattr(m, k, v)
+        if res.metrics:
+            m.extra["measured_by_stage"] = sorted(res.metrics)
+        return m
 
     def finish(name: str, stage_dir: Path, res: StageResult, entry: dict) -> None:
         if main:

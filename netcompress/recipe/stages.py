@@ -33,6 +33,9 @@ class StageResult:
             when `model` itself stays the float model for later stages.
         extra: JSON-able facts for metrics.json and the report (per-layer sparsity, curves, ...).
         history: training curves of the stage, if it trained.
+        metrics: measured figures that replace the runner's generic ones, where the generic
+            measurement would mislead (an early-exit model's MACs are an average over the test set,
+            not the cost of one example image); the replaced names are listed in the entry.
     """
 
     model: nn.Module
@@ -40,6 +43,7 @@ class StageResult:
     measure_model: nn.Module | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
