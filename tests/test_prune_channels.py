@@ -202,3 +202,11 @@ def _prune_tv(name):
 @pytest.mark.parametrize("name", [n for n in CNNS if n not in FAST])
 def test_torchvision_all_cnns(name):
     _prune_tv(name)
+
+
+def test_groupnorm_channels_stay_and_the_rest_prunes():
+    m = nn.Sequential(nn.Conv2d(3, 8, 3), nn.GroupNorm(2, 8), nn.ReLU(), nn.Conv2d(8, 6, 3), nn.ReLU(),
+                      nn.Conv2d(6, 4, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    x = torch.randn(1, 3, 12, 12)
+    small = channels(m, "l1", 0.5, example_inputs=x)
+    assert small[0].out_channels == 8 and small[3].out_channels == 3 and small(x).shape == (1, 4)

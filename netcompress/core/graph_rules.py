@@ -357,6 +357,9 @@ class _LabelInterpreter(fx.Interpreter):
             if has_params:
                 self.g.members.append(Member(name, "norm", ch))
             return inp
+        if isinstance(m, nn.GroupNorm) and isinstance(inp, torch.Tensor):
+            self.uf.freeze(_along(inp, 1, f"module {name!r}"))  # groups must stay equal: its channels stay
+            return inp
         if isinstance(m, _UNARY_MODULES) or isinstance(m, nn.PReLU) and m.num_parameters == 1:
             return inp if isinstance(inp, torch.Tensor) else self._frozen_like(value)
         if isinstance(m, nn.Flatten):
