@@ -1,21 +1,28 @@
 """netcompress: make neural networks smaller and faster without losing accuracy, and prove it.
 
+Every technique family is a subpackage: `prune`, `distill`, `quantize`, `archive`, `design`,
+`dynamic`; `data`, `models`, `train`, `measure` and `recipe` are the ground they stand on.
 Importing netcompress never initialises CUDA.
 
 Example:
     >>> import netcompress as nc
     >>> data = nc.data.load("mnist-5k")
     >>> model = nc.models.create("lenet5", num_classes=10)
-    >>> history = nc.train.fit(model, data, epochs=1)        # doctest: +SKIP
-    >>> print(nc.measure(model, data))                        # doctest: +SKIP
+    >>> history = nc.train.fit(model, data, epochs=10)                       # doctest: +SKIP
+    >>> small = nc.prune.channels(model, "fpgm", 0.5, example_inputs=data.example)  # doctest: +SKIP
+    >>> print(nc.measure(small, data))                                        # doctest: +SKIP
 """
-from netcompress import data, models, train
+from netcompress import archive, data, design, distill, dynamic, models, prune, quantize, recipe, report, train
 from netcompress.core import Config, Method, NetcompressError, Registry, Taps
 from netcompress.measure import Metrics, measure
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "__version__", "data", "models", "train", "measure", "Metrics",
+    "__version__",
+    # ground
+    "data", "models", "train", "measure", "Metrics", "recipe", "report",
     "Config", "Method", "NetcompressError", "Registry", "Taps",
+    # technique families
+    "prune", "distill", "quantize", "archive", "design", "dynamic",
 ]

@@ -153,6 +153,14 @@ def run_recipe(recipe: str | Path | Recipe | None = None, out: str | Path | None
         target = res.measure_model if res.measure_model is not None else res.model
         m = measure(target, data, file=file, latency=r.measure.latency and main, threads=r.measure.threads,
                     min_run_time=r.measure.min_run_time)
+        if res.measure_model is not None:
+            # a deployed form (e.g. int8 kernels) hides its weights from parameter and FLOP counters:
+            # count them on the float model of the same architecture it was converted from
+            from netcompress.measure import count_macs, count_params
+
+            m.params, m.nonzero_params = count_params(res.model)
+            m.macs = count_macs(res.model, data.example)
+            m.extra["counted_on"] = "float model of the same architecture"
         for k, v in res.metrics.items():
             if not hasattr(m, k) or k == "extra":
                 raise TypeError(f"StageResult.metrics names {k!r}, which is not a Metrics field")

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import torch
+from pydantic import Field
 from torch import nn
 
 from netcompress.core.config import Config
@@ -122,22 +124,45 @@ class TrainStageConfig(Config):
     schedule: str | None = None
     max_steps: int | None = None
     from_scratch: bool = False
+    model: str | dict[str, Any] | None = Field(
+        None, description="train a fresh model of this zoo architecture instead (name or {name, kwargs})")
+
+
+def _fresh_model(ctx: StageContext, ref: str | dict[str, Any]) -> nn.Module:
+    from netcompress.core.errors import NetcompressError
+    from netcompress.models import create
+
+    name, kwargs = (ref, {}) if isinstance(ref, str) else (ref.get("name"), dict(ref.get("kwargs", {})))
+    if not isinstance(name, str) or set(ref if isinstance(ref, dict) else {}) - {"name", "kwargs"}:
+        raise NetcompressError(f"stage {ctx.name!r}: model must be a name or {{name, kwargs}}, got {ref!r}")
+    shape = ctx.data.input_shape
+    kwargs.setdefault("num_classes", ctx.data.num_classes)
+    kwargs.setdefault("in_channels", shape[0])
+    kwargs.setdefault("input_size", shape[-1])
+    torch.manual_seed(ctx.seed)
+    return create(name, **kwargs)
 
 
 def _run_train(ctx: StageContext, model: nn.Module, cfg: TrainStageConfig) -> StageResult:
-    if cfg.from_scratch:
+    if cfg.model is not None:
+        model = _fresh_model(ctx, cfg.model)
+    elif cfg.from_scratch:
         from netcompress.models.io import build, describe
 
         model = build(describe(model))
         for m in model.modules():
             if hasattr(m, "reset_parameters"):
                 m.reset_parameters()
-    hist = ctx.fit(model, cfg.model_dump(exclude={"from_scratch"}), tag="train")
+    hist = ctx.fit(model, cfg.model_dump(exclude={"from_scratch", "model"}), tag="train")
     return StageResult(model, history=hist.to_list())
 
 
 def _run_finetune(ctx: StageContext, model: nn.Module, cfg: TrainStageConfig) -> StageResult:
-    over = cfg.model_dump(exclude={"from_scratch"})
+    if cfg.model is not None or cfg.from_scratch:
+        from netcompress.core.errors import NetcompressError
+
+        raise NetcompressError(f"stage {ctx.name!r}: finetune continues the current model; use `train` for model / from_scratch")
+    over = cfg.model_dump(exclude={"from_scratch", "model"})
     over.setdefault("lr", None)
     if over["lr"] is None:
         over["lr"] = ctx.train.lr * 0.1
