@@ -6,12 +6,12 @@ from __future__ import annotations
 import importlib
 
 FAMILIES: tuple[str, ...] = (
-    "dynamic",
     "prune",
     "distill",
     "quantize",
     "archive",
     "design",
+    "dynamic",
 )
 
 _loaded = False
