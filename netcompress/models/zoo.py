@@ -180,8 +180,13 @@ _reg("resnet56", lambda **kw: CifarResNet(56, **kw), "CIFAR ResNet-56, 0.85M par
 _reg("resnet8", lambda **kw: CifarResNet(8, **kw), "CIFAR ResNet-8 (a small student)")
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    return MODELS.list(pattern)
+# entries that wrap another model (rebuilt from a saved spec), not buildable from a name alone
+COMPOSITE = {"early-exit"}
+
+
+def list_models(pattern: str = "*", composite: bool = False) -> list[str]:
+    """Zoo names; `composite=True` adds the wrappers that need a backbone (e.g. early-exit)."""
+    return [n for n in MODELS.list(pattern) if composite or n not in COMPOSITE]
 
 
 def _torchvision_model(name: str, **kwargs: Any) -> nn.Module:
