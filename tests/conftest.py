@@ -30,3 +30,12 @@ def mnist():
 def mnist_small(mnist):
     """1,000 train / 300 test real MNIST images: for tests that train for a few steps."""
     return mnist.subset(1000, 300)
+
+
+@pytest.fixture
+def one_thread():
+    """2 shared cores: intra-op threads only add contention for tiny tensors."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -12,13 +12,7 @@ from netcompress.design import (apply_plan, break_even_rank, factorize_conv, fac
 from netcompress.measure import count_macs, count_params, macs_by_module
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """2 shared cores: intra-op threads only add contention for these tiny tensors."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _state(m):

@@ -9,13 +9,7 @@ from netcompress.design import separable, separable_conv, separable_cost, separa
 from netcompress.measure import count_macs, macs_by_module
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """2 shared cores: intra-op threads only add contention for these tiny tensors."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_structure_and_default_selection():

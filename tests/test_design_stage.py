@@ -14,12 +14,7 @@ from netcompress.recipe.stages import STAGES, StageContext
 from netcompress.train import TrainConfig
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _ctx(data, tmp_path, models):
