@@ -184,3 +184,10 @@ def test_stage_can_replace_misleading_generic_metrics(tmp_path):
     e = res.entries[1]
     assert e["macs"] == 123 and e["extra"]["measured_by_stage"] == ["macs"]
     assert res.entries[0]["macs"] == 50_200
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parents[1].glob("recipes/*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_are_valid_and_say_how_to_run_them(path):
+    r = load_recipe(path)
+    assert r.name and (r.stages or r.variants)
+    assert f"netcompress run recipes/{path.name}" in path.read_text()  # the header gives the command
