@@ -93,3 +93,20 @@ def test_ddp_two_processes_match_single_process(tmp_path):
         # same batches, gradients averaged: equal up to float reduction order
         assert torch.allclose(a["state"][k], b["state"][k], atol=1e-4, rtol=1e-4), k
     assert abs(a["acc"] - b["acc"]) <= 0.01
+
+
+def test_dataloader_order_depends_only_on_seed_and_epoch(digits):
+    from torch.utils.data import DataLoader
+
+    from netcompress.train.loop import _set_epoch
+
+    def first_batch(epoch, warmup):
+        loader = DataLoader(digits.train_set, 32, shuffle=True, generator=torch.Generator().manual_seed(9))
+        for e in range(warmup):  # earlier epochs consumed (or not, after a resume)
+            _set_epoch(loader, e, seed=3)
+            next(iter(loader))
+        _set_epoch(loader, epoch, seed=3)
+        return next(iter(loader))[0]
+
+    assert torch.equal(first_batch(2, warmup=0), first_batch(2, warmup=2))
+    assert not torch.equal(first_batch(2, warmup=0), first_batch(3, warmup=0))

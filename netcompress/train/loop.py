@@ -120,6 +120,16 @@ def _optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Opti
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def _set_epoch(loader, epoch: int, seed: int) -> None:
+    """Make the data order of `epoch` a function of (seed, epoch) alone, so resume is exact."""
+    if hasattr(loader, "set_epoch"):  # TensorLoader (in-memory data), single process or DDP
+        loader.set_epoch(epoch)
+    elif isinstance(getattr(loader, "sampler", None), torch.utils.data.DistributedSampler):
+        loader.sampler.set_epoch(epoch)
+    elif getattr(loader, "generator", None) is not None:  # a shuffling DataLoader
+        loader.generator.manual_seed(seed + epoch)
+
+
 def _save_checkpoint(path: Path, model, opt, epoch, history, methods, step) -> None:
     from netcompress.models.io import atomic_write
 
@@ -225,9 +235,7 @@ def fit(
             lr = _lr_at(cfg, epoch, total_epochs)
             for g in opt.param_groups:
                 g["lr"] = lr
-            loader.set_epoch(epoch) if hasattr(loader, "set_epoch") else None
-            if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
-                loader.sampler.set_epoch(epoch)
+            _set_epoch(loader, epoch, seed)
             train_model.train()
             t0 = time.perf_counter()
             sums: dict[str, float] = {}
