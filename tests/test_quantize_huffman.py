@@ -102,3 +102,11 @@ def test_fuzz_decoder_never_crashes(tail, pos, val):
             hf.decode(hf.HuffmanCode.from_bytes(buf))
         except NetcompressError:
             pass
+
+
+def test_header_claiming_more_symbols_than_bits_is_refused_before_allocating():
+    # found by the fuzz test: one flipped header byte claimed ~3.9e9 symbols (a 28.8 GiB buffer)
+    good = bytearray(hf.encode(np.random.default_rng(0).integers(0, 12, 600)).to_bytes())
+    good[3] = 230
+    with pytest.raises(NetcompressError):
+        hf.decode(hf.HuffmanCode.from_bytes(bytes(good)))

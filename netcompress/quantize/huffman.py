@@ -144,6 +144,10 @@ class HuffmanCode:
             raise NetcompressError(f"{where}: truncated bit payload")
         if len(payload) != (nbits + 7) // 8:
             raise NetcompressError(f"{where}: payload size does not match its header")
+        used = lengths[lengths > 0]
+        if n and (used.size == 0 or n * int(used.min()) > nbits):  # every symbol costs >= 1 bit: also
+            # bounds what decode allocates by the payload's size, whatever the header claims
+            raise NetcompressError(f"{where}: {n} symbols cannot fit in {nbits} coded bits")
         return cls(n, lengths, chunk, offsets, payload, nbits)
 
 
