@@ -37,7 +37,7 @@ def load_data(args):
 
 def load_model(args, data=None):
     """The model named by `args.model`: a file is loaded, a name is built for `data`'s shape."""
-    from netcompress.models import create, load
+    from netcompress.models import create, create_for, load
 
     ref = args.model
     p = Path(ref)
@@ -47,10 +47,7 @@ def load_model(args, data=None):
         return unpack(p)
     if p.suffix in (".pt", ".ncm") or p.exists():
         return load(p, trust_python=getattr(args, "trust_python", False))
-    kw = {}
-    if data is not None:
-        kw = dict(num_classes=data.num_classes, in_channels=data.input_shape[0], input_size=data.input_shape[-1])
-    return create(ref, **kw)
+    return create(ref) if data is None else create_for(ref, data)
 
 
 def save_output(model, out: str) -> Path:

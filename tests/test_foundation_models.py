@@ -75,3 +75,14 @@ def test_unbuilt_model_cannot_be_saved_and_no_file_is_left(tmp_path):
     with pytest.raises(nc.NetcompressError, match="not built by netcompress"):
         save(nn.Linear(2, 2), tmp_path / "x.pt")
     assert not list(tmp_path.iterdir())
+
+
+def test_create_for_shapes_a_model_for_the_data_and_loads_files(digits, tmp_path):
+    from netcompress.models import create_for
+
+    m = create_for("lenet300", digits)
+    assert m.fc1.in_features == 64 and m.fc3.out_features == digits.num_classes
+    assert create_for("lenet300", digits, num_classes=3).fc3.out_features == 3  # explicit kwargs win
+    save(m, tmp_path / "m.pt")
+    again = create_for(str(tmp_path / "m.pt"), digits)
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), again.state_dict().values()))

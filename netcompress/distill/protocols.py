@@ -133,7 +133,7 @@ def build_student(ref: str | ModelRef | dict | None, data, where: str = "distill
     """A new model from a zoo name, ``{name, kwargs}`` or a saved file, shaped for `data`."""
     from pathlib import Path
 
-    from netcompress.models import create, load
+    from netcompress.models import create_for, load
 
     if ref is None:
         raise NetcompressError(f"{where}: student: required for this method (a zoo name such as lenet5-quarter)")
@@ -142,8 +142,7 @@ def build_student(ref: str | ModelRef | dict | None, data, where: str = "distill
     if isinstance(ref, str) and (ref.endswith((".pt", ".ncm")) or Path(ref).is_file()):
         return load(ref)
     name, kw = (ref, {}) if isinstance(ref, str) else (ref.name, dict(ref.kwargs))
-    return create(name, num_classes=data.num_classes, in_channels=data.input_shape[0],
-                  input_size=data.input_shape[-1], **kw)
+    return create_for(name, data, **kw)
 
 
 def _alpha(cfg: DistillConfig, default: float) -> float:
@@ -261,7 +260,7 @@ def assistant_for(teacher: nn.Module, student: nn.Module, data) -> nn.Module:
     """TAKD's teacher assistant by width interpolation: the teacher's zoo architecture at the width
     whose parameter count is about the geometric mean of teacher and student (params ~ width^2,
     so width_ta = width_t * (P_s / P_t) ** 0.25)."""
-    from netcompress.models import create
+    from netcompress.models import create_for
 
     spec = getattr(teacher, "netcompress_spec", None)
     if not spec or spec["name"].startswith(("python:", "torchvision:")):
@@ -270,9 +269,9 @@ def assistant_for(teacher: nn.Module, student: nn.Module, data) -> nn.Module:
     p_t = sum(p.numel() for p in teacher.parameters())
     p_s = sum(p.numel() for p in student.parameters())
     w = round(w_t * (p_s / p_t) ** 0.25, 4)
-    kw = {k: v for k, v in spec.get("kwargs", {}).items() if k not in ("width",)}
-    kw.update(num_classes=data.num_classes, in_channels=data.input_shape[0], input_size=data.input_shape[-1])
-    return create(base, width=w, **kw)
+    shape_keys = ("width", "num_classes", "in_channels", "input_size")  # the assistant is shaped for `data`
+    kw = {k: v for k, v in spec.get("kwargs", {}).items() if k not in shape_keys}
+    return create_for(base, data, width=w, **kw)
 
 
 def _run_takd(teacher, student, data, cfg: DistillConfig, fit_fn: FitFn) -> DistillResult:

@@ -211,6 +211,28 @@ def _python_factory(ref: str, **kwargs: Any) -> nn.Module:
     return fn(**kwargs)
 
 
+def _is_file_ref(name: str) -> bool:
+    """Whether `name` names a saved model file rather than an architecture."""
+    return name.endswith((".pt", ".ncm", ".ncz")) or "/" in name and not name.startswith(("python:", "torchvision:"))
+
+
+def create_for(name: str, data: Any, **kwargs: Any) -> nn.Module:
+    """`create(name)` shaped for a dataset: num_classes, in_channels and input_size default to the
+    data's; explicit `kwargs` win. A saved file is loaded as it is.
+
+    Example:
+        >>> import netcompress as nc
+        >>> create_for("lenet300", nc.data.load("digits")).fc1.in_features
+        64
+    """
+    if _is_file_ref(name):
+        return create(name)
+    kwargs.setdefault("num_classes", data.num_classes)
+    kwargs.setdefault("in_channels", data.input_shape[0])
+    kwargs.setdefault("input_size", data.input_shape[-1])
+    return create(name, **kwargs)
+
+
 def create(name: str, num_classes: int = 10, in_channels: int | None = None, input_size: int | None = None, **kwargs: Any) -> nn.Module:
     """Build a model by name: a zoo name, ``torchvision:NAME``, ``python:module:factory`` or a saved file.
 
@@ -221,7 +243,7 @@ def create(name: str, num_classes: int = 10, in_channels: int | None = None, inp
     """
     from netcompress.models import io
 
-    if name.endswith((".pt", ".ncm")) or "/" in name and not name.startswith(("python:", "torchvision:")):
+    if _is_file_ref(name) and not name.endswith(".ncz"):
         return io.load(name)
     if name.endswith(".ncz"):
         from netcompress.archive import unpack

@@ -104,7 +104,7 @@ def run_recipe(recipe: str | Path | Recipe | None = None, out: str | Path | None
     """
     from netcompress.data import load as load_data
     from netcompress.measure import measure
-    from netcompress.models import create, load as load_model, save as save_model
+    from netcompress.models import create_for, load as load_model, save as save_model
     from netcompress.report import write_report
     from netcompress.train import dist_info, init_distributed
 
@@ -127,14 +127,7 @@ def run_recipe(recipe: str | Path | Recipe | None = None, out: str | Path | None
 
     data = load_data(r.data, batch_size=r.train.batch_size, seed=r.seed, data_dir=r.data_dir)
     torch.manual_seed(r.seed)
-    kw = dict(r.model.kwargs)
-    kw.setdefault("num_classes", data.num_classes)
-    kw.setdefault("in_channels", data.input_shape[0])
-    kw.setdefault("input_size", data.input_shape[-1])
-    if r.model.name.endswith((".pt", ".ncz")):
-        model = create(r.model.name)
-    else:
-        model = create(r.model.name, **kw)
+    model = create_for(r.model.name, data, **r.model.kwargs)
 
     entries: list[dict[str, Any]] = []
     total_stages = 1 + sum(1 for p in plan if p[1] != "@alias")
@@ -236,8 +229,7 @@ def run_recipe(recipe: str | Path | Recipe | None = None, out: str | Path | None
         src = final_entry.get("extra", {}).get("archive")
         if src and Path(src).exists():
             shutil.copyfile(src, out_dir / Path(src).name)
-        (out_dir / "metrics.json").write_text(json.dumps(entries, indent=1))
-        write_report(out_dir, r, entries, figures, time.perf_counter() - t_start)
+        _write_outputs()  # again: the report's wall time now covers the whole run
     elif work != out_dir:
         shutil.rmtree(work, ignore_errors=True)
     return RunResult(out_dir, entries, models)

@@ -130,17 +130,13 @@ class TrainStageConfig(Config):
 
 def _fresh_model(ctx: StageContext, ref: str | dict[str, Any]) -> nn.Module:
     from netcompress.core.errors import NetcompressError
-    from netcompress.models import create
+    from netcompress.models import create_for
 
     name, kwargs = (ref, {}) if isinstance(ref, str) else (ref.get("name"), dict(ref.get("kwargs", {})))
     if not isinstance(name, str) or set(ref if isinstance(ref, dict) else {}) - {"name", "kwargs"}:
         raise NetcompressError(f"stage {ctx.name!r}: model must be a name or {{name, kwargs}}, got {ref!r}")
-    shape = ctx.data.input_shape
-    kwargs.setdefault("num_classes", ctx.data.num_classes)
-    kwargs.setdefault("in_channels", shape[0])
-    kwargs.setdefault("input_size", shape[-1])
     torch.manual_seed(ctx.seed)
-    return create(name, **kwargs)
+    return create_for(name, ctx.data, **kwargs)
 
 
 def _run_train(ctx: StageContext, model: nn.Module, cfg: TrainStageConfig) -> StageResult:
