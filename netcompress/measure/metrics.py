@@ -151,7 +151,7 @@ def measure(
         >>> m.params
         50610
     """
-    from netcompress.models.io import describe, save
+    from netcompress.models.io import save
     from netcompress.train.loop import evaluate
 
     if example_inputs is None and data is not None:
@@ -169,11 +169,9 @@ def measure(
     if file is not None:
         m.bytes = file_bytes(file)
     elif getattr(model, "netcompress_spec", None) is not None:
-        try:
-            describe(model)
-        except NetcompressError:
-            pass
-        else:
-            with tempfile.TemporaryDirectory() as d:
+        with tempfile.TemporaryDirectory() as d:
+            try:  # save() describes the model first and writes nothing when it cannot
                 m.bytes = file_bytes(save(model, Path(d) / "model.pt"))
+            except NetcompressError:
+                pass
     return m
