@@ -12,7 +12,9 @@ from netcompress.prune.schedule import SlimmingMethod, iterative_channels, itera
 from netcompress.prune.structured import PrunePlan, channels, per_layer, plan
 from netcompress.prune.unstructured import (AGPMethod, MaskMethod, agp_sparsity, finalize_, masks_of, sparsity_of,
                                             weights_)
+from netcompress.prune.variational import SparseVDConfig, SparseVDMethod, kl_approx, variational_dropout_
 
 __all__ = ["CRITERIA", "ChannelGraph", "channels", "plan", "PrunePlan", "per_layer", "weights_", "finalize_",
            "masks_of", "sparsity_of", "MaskMethod", "AGPMethod", "agp_sparsity", "SlimmingMethod",
-           "iterative_weights_", "iterative_channels", "step_sparsities"]
+           "iterative_weights_", "iterative_channels", "step_sparsities",
+           "variational_dropout_", "SparseVDConfig", "SparseVDMethod", "kl_approx"]

@@ -154,3 +154,7 @@ def register(stages) -> None:
 
     help = "prune weights (masks) or channels (physical removal), then fine-tune"
     stages.register("prune", StageKind(PruneConfig, run_prune, help), help=help)
+    from netcompress.prune.variational import SparseVDConfig, run_sparse_vd
+
+    help = "Sparse Variational Dropout (Molchanov et al. 2017): train log alpha per weight, drop log alpha > 3"
+    stages.register("sparse-vd", StageKind(SparseVDConfig, run_sparse_vd, help), help=help)
