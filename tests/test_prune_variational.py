@@ -11,7 +11,7 @@ from netcompress.archive import pack, unpack
 from netcompress.core.errors import NetcompressError
 from netcompress.prune.variational import (K1, K2, K3, SparseVDConfig, SparseVDMethod, kl_approx, log_alpha_of,
                                            run_sparse_vd, svdo_layers, train_sparse_vd, variational_dropout_)
-from netcompress.recipe.stages import STAGES, StageContext
+from netcompress.train.stage import STAGES, StageContext
 from netcompress.train import TrainConfig
 
 
@@ -181,9 +181,6 @@ def test_masked_model_archive_round_trip_is_bit_identical(trained, mnist_small, 
 
 
 def test_stage_runs_in_a_recipe_context(mnist_small, tmp_path):
-    from netcompress.plugins import load_stages
-
-    load_stages()
     kind = STAGES.get("sparse-vd")
     cfg = kind.config.from_dict({"epochs": 1, "max_steps": 5, "threshold": 2.0})
     assert SparseVDConfig.from_dict(cfg.to_dict()) == cfg

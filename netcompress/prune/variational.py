@@ -280,7 +280,7 @@ def variational_dropout_(model: nn.Module, data, config: SparseVDConfig | None =
 
 def run_sparse_vd(ctx, model: nn.Module, cfg: SparseVDConfig):
     """Recipe stage `sparse-vd`: the same core as `variational_dropout_`, trained through `ctx.fit`."""
-    from netcompress.recipe.stages import StageResult
+    from netcompress.train.stage import StageResult
 
     bs = cfg.batch_size or ctx.train.batch_size
     n_train = len(ctx.data.train_set)
