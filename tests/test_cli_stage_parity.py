@@ -27,6 +27,7 @@ CASES = {
                  ("int8", {"method": "int8", "calibration_samples": 64})],
     "pack": [("pack", {"coding": "huffman"})],
     "design": [("lowrank", {"op": "lowrank", "budget": 0.5, "conv": "channel"})],
+    "sparse-vd": [("sparse-vd", {"epochs": 1, "max_steps": 3, "finetune_epochs": 1})],
     "dynamic": [("exits", {"exits": ["features.2"], "holdout": 100, "latency": False, "budget": 0.5})],
 }
 TRAIN = {"epochs": 0, "max_steps": 2, "batch_size": 32}
