@@ -277,4 +277,8 @@ def load(name: str, batch_size: int = 64, seed: int = 0, data_dir: str | os.Path
     """
     if name.startswith("imagefolder:"):
         return _imagefolder(name.split(":", 1)[1], batch_size=batch_size, seed=seed)
+    if name.startswith("hf-text:"):
+        from netcompress.data.text import hf_text
+
+        return hf_text(name.split(":", 1)[1], batch_size=batch_size, seed=seed, data_dir=str(data_dir) if data_dir else None)
     return DATASETS.get(name)(batch_size=batch_size, seed=seed, data_dir=str(data_dir) if data_dir else None)

@@ -15,6 +15,7 @@ from torch import nn
 
 from netcompress.core.errors import NetcompressError
 from netcompress.core.registry import Registry
+from netcompress.models.transformers import GPT, ViT
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
@@ -178,7 +179,14 @@ for _base, _cls, _help in [
 _reg("resnet20", lambda **kw: CifarResNet(20, **kw), "CIFAR ResNet-20, 0.27M params")
 _reg("resnet56", lambda **kw: CifarResNet(56, **kw), "CIFAR ResNet-56, 0.85M params")
 _reg("resnet8", lambda **kw: CifarResNet(8, **kw), "CIFAR ResNet-8 (a small student)")
-
+_reg("vit-tiny", ViT,
+     "Vision Transformer, patch 7, dim 64, 4 blocks x 4 heads, class token (~0.1M params)")
+_reg("vit-tiny-half", lambda **kw: ViT(**{"dim": 32, "depth": 2, "num_heads": 2, **kw}),
+     "vit-tiny at half width and half depth (a student)")
+_reg("gpt-tiny", GPT,
+     "LLaMA-style decoder: RMSNorm, rotary, SwiGLU, optional GQA (n_kv_heads) and tied head; dim 128, 4 blocks (~0.9M params)")
+_reg("gpt-tiny-half", lambda **kw: GPT(**{"dim": 64, "depth": 2, "n_heads": 2, **kw}),
+     "gpt-tiny at half width and half depth (a student)")
 
 # entries that wrap another model (rebuilt from a saved spec), not buildable from a name alone
 COMPOSITE = {"early-exit"}

@@ -63,13 +63,19 @@ def _logits(outputs: Any) -> torch.Tensor:
     """The prediction of a model output: a tensor, or the last of a list (multi-exit models)."""
     if isinstance(outputs, torch.Tensor):
         return outputs
+    if isinstance(getattr(outputs, "logits", None), torch.Tensor):  # Hugging Face output objects
+        return outputs.logits
     if isinstance(outputs, (list, tuple)) and outputs and isinstance(outputs[-1], torch.Tensor):
         return outputs[-1]
     raise NetcompressError(f"model returned {type(outputs).__name__}; expected a tensor of logits or a list of them")
 
 
 def default_loss(outputs: Any, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(_logits(outputs), targets)
+    """Cross-entropy; per token (mean over every position) for sequence logits (N, T, V)."""
+    logits = _logits(outputs)
+    if logits.dim() == 3 and targets.dim() == 2:
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+    return F.cross_entropy(logits, targets)
 
 
 def _device(device: str | torch.device | None) -> torch.device:
@@ -98,10 +104,10 @@ def predict(model: nn.Module, loader: Iterable, device: str | torch.device | Non
 
 
 def evaluate(model: nn.Module, data, split: str = "test", device: str | torch.device | None = None) -> float:
-    """Top-1 accuracy in [0, 1] of `model` on `data.test` (or any loader / split)."""
+    """Top-1 accuracy in [0, 1] of `model` on `data.test` (or any loader / split); per token for LMs."""
     loader = data if not hasattr(data, "loader") else data.loader(split, shuffle=False)
     logits, y = predict(model, loader, device)
-    return (logits.argmax(1) == y).float().mean().item()
+    return (logits.argmax(-1) == y).float().mean().item()
 
 
 def _lr_at(cfg: TrainConfig, epoch: int, total: int) -> float:
@@ -239,7 +245,7 @@ def fit(
             train_model.train()
             t0 = time.perf_counter()
             sums: dict[str, float] = {}
-            correct = seen = 0
+            correct = seen = seen_targets = 0
             for x, y in loader:
                 if step >= budget:
                     break
@@ -264,16 +270,21 @@ def fit(
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + v.item() * n
                 sums["loss"] = sums.get("loss", 0.0) + loss.item() * n
-                correct += (_logits(out).argmax(1) == y).sum().item()
+                correct += (_logits(out).argmax(-1) == y).sum().item()
                 seen += n
+                seen_targets += y.numel()
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{correct / seen:.3f}", refresh=False)
+                    bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{correct / seen_targets:.3f}", refresh=False)
             log = {"epoch": epoch + 1, "lr": lr, "seconds": time.perf_counter() - t0, "steps": step}
             log.update({k: v / max(seen, 1) for k, v in sums.items()})
-            log["train_acc"] = correct / max(seen, 1)
+            log["train_acc"] = correct / max(seen_targets, 1)
             if evaluate_each_epoch:
                 log["test_acc"] = evaluate(model, data, device=dev)
+                if getattr(data, "task", None) == "lm":
+                    from netcompress.train.lm import evaluate_lm
+
+                    log["test_ppl"] = evaluate_lm(model, data, device=dev)["perplexity"]
             history.epochs.append(log)
             for m in methods:
                 m.on_epoch_end(model, epoch)
