@@ -161,6 +161,10 @@ def measure(
     m = Metrics(params=total, nonzero_params=nonzero, threads=threads)
     if data is not None:
         m.accuracy = evaluate(model, data, device="cpu")
+        if getattr(data, "task", None) == "lm":  # language model: accuracy is per token
+            from netcompress.train.lm import evaluate_lm
+
+            m.extra.update(evaluate_lm(model, data, device="cpu"))
     if example_inputs is not None:
         m.macs = count_macs(model, example_inputs)
         if latency:

@@ -8,6 +8,7 @@ Example:
 """
 from netcompress.core.graph import ChannelGraph
 from netcompress.prune.importance import CRITERIA
+from netcompress.prune.llm import magnitude_, prune_ as sparsify_, sparsegpt_, wanda_
 from netcompress.prune.schedule import SlimmingMethod, iterative_channels, iterative_weights_, step_sparsities
 from netcompress.prune.structured import PrunePlan, channels, per_layer, plan
 from netcompress.prune.unstructured import (AGPMethod, MaskMethod, agp_sparsity, finalize_, masks_of, sparsity_of,
@@ -15,4 +16,5 @@ from netcompress.prune.unstructured import (AGPMethod, MaskMethod, agp_sparsity,
 
 __all__ = ["CRITERIA", "ChannelGraph", "channels", "plan", "PrunePlan", "per_layer", "weights_", "finalize_",
            "masks_of", "sparsity_of", "MaskMethod", "AGPMethod", "agp_sparsity", "SlimmingMethod",
-           "iterative_weights_", "iterative_channels", "step_sparsities"]
+           "iterative_weights_", "iterative_channels", "step_sparsities",
+           "sparsify_", "magnitude_", "wanda_", "sparsegpt_"]

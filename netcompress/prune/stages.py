@@ -154,3 +154,6 @@ def register(stages) -> None:
 
     help = "prune weights (masks) or channels (physical removal), then fine-tune"
     stages.register("prune", StageKind(PruneConfig, run_prune, help), help=help)
+    from netcompress.prune import llm_stages
+
+    llm_stages.register(stages)

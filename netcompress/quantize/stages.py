@@ -154,3 +154,6 @@ def register(stages) -> None:
 
     help = "quantize weights: uniform n-bit (PTQ/QAT), kmeans sharing, binary (BinaryConnect), int8 deployment"
     stages.register("quantize", StageKind(QuantizeConfig, run_quantize, help), help=help)
+    from netcompress.quantize import weight_only_stages
+
+    weight_only_stages.register(stages)
