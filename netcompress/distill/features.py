@@ -32,6 +32,9 @@ class Adapter(nn.Module):
         if len(t) == 4 and len(s) == 4:
             self.proj: nn.Module = nn.Conv2d(s[1], t[1], kernel_size=1, bias=False)
             self.size: tuple[int, int] | None = (t[2], t[3]) if s[2:] != t[2:] else None
+        elif len(t) == 3 and len(s) == 3 and s[1] == t[1]:  # transformer tokens: project the width
+            self.proj = nn.Linear(s[2], t[2], bias=False)
+            self.size = None
         elif len(t) == 2:
             self.proj = nn.Sequential(nn.Flatten(), nn.Linear(int(torch.tensor(s[1:]).prod()), t[1]))
             self.size = None

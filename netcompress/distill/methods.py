@@ -29,7 +29,7 @@ from netcompress.core.taps import Taps
 from netcompress.distill import losses
 from netcompress.distill.features import (embedding_layer, example_for, make_adapter, pair_layers, probe,
                                           spatial_layers)
-from netcompress.train.loop import _logits
+from netcompress.train.loop import _logits, default_loss
 
 __all__ = ["TeacherMethod", "KD", "Hint", "AT", "RKD", "SP", "DML", "Peers", "Ensemble", "DISTILLERS"]
 
@@ -77,7 +77,7 @@ class TeacherMethod(Method):
 
     def task_loss(self, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
         """``(1 - alpha) * cross_entropy``: pass as `fit(..., loss_fn=method.task_loss)`."""
-        return (1.0 - self.alpha) * F.cross_entropy(_logits(outputs), targets)
+        return (1.0 - self.alpha) * default_loss(outputs, targets)
 
     def kd_terms(self, outputs: Any, teacher_logits: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.alpha == 0:
@@ -303,7 +303,7 @@ class Ensemble(nn.Module):
 
 def peers_ce(outputs: Sequence[torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
     """Sum of every peer's cross-entropy: the task loss of a `Peers` model."""
-    return sum(F.cross_entropy(o, targets) for o in outputs)
+    return sum(default_loss(o, targets) for o in outputs)
 
 
 class DML(Method):

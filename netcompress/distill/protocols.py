@@ -35,7 +35,7 @@ class ModelRef(Config):
 
 
 _WEIGHT_KEYS = {"kd": set(), "fitnet": {"hint"}, "at": {"at"}, "rkd": {"distance", "angle"}, "sp": {"sp"},
-                "dml": {"kl"}, "born-again": set(), "takd": set()}
+                "dml": {"kl"}, "born-again": set(), "takd": set(), "hidden": {"hidden", "attention"}}
 
 
 class DistillConfig(Config):
@@ -308,6 +308,17 @@ DISTILLERS.register("sp", _feature_protocol("sp"), help="Tung & Mori 2019: simil
 DISTILLERS.register("dml", _run_dml, help="Zhang et al. 2018: N peers learn mutually; peers + ensemble")
 DISTILLERS.register("born-again", _run_born_again, help="Furlanello et al. 2018: K generations + ensemble")
 DISTILLERS.register("takd", _run_takd, help="Mirzadeh et al. 2020: teacher -> assistant -> student")
+
+
+def _run_hidden(teacher, student, data, cfg: DistillConfig, fit_fn: FitFn) -> DistillResult:
+    """TinyBERT / MiniLM-style: per-token KD + hidden states through projections + attention relations."""
+    from netcompress.distill.transformer import _run_hidden as run
+
+    return run(teacher, student, data, cfg, fit_fn)
+
+
+DISTILLERS.register("hidden", _run_hidden, help="Jiao et al. 2020 / Wang et al. 2021: transformer KD of logits, "
+                    "hidden states (layer map + projections) and attention relations")
 
 
 @torch.no_grad()

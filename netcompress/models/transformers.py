@@ -19,6 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _scaled(dim: int, width: float, multiple: int) -> int:
+    """`dim * width` rounded to a positive multiple of `multiple` (whole heads)."""
+    return max(multiple, int(round(dim * width / multiple)) * multiple)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with one fused `qkv` projection (timm layout)."""
 
@@ -60,8 +65,9 @@ class ViT(nn.Module):
     """A small Vision Transformer; `forward` returns class logits from the class token."""
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, input_size: int = 28, patch: int = 7,
-                 dim: int = 64, depth: int = 4, num_heads: int = 4, mlp_ratio: float = 2.0) -> None:
+                 dim: int = 64, depth: int = 4, num_heads: int = 4, mlp_ratio: float = 2.0, width: float = 1.0) -> None:
         super().__init__()
+        dim = _scaled(dim, width, num_heads)
         if input_size % patch:
             raise ValueError(f"input_size {input_size} is not a multiple of patch {patch}")
         self.patch_embed = nn.Conv2d(in_channels, dim, patch, stride=patch)
@@ -153,13 +159,17 @@ class GPT(nn.Module):
         input_size: longest context (only checked; rotary needs no table).
         in_channels: ignored (accepted so `models.create_for` can size every zoo model alike).
         dim, depth, n_heads, n_kv_heads, hidden: width, blocks, query heads, key/value heads, MLP width.
+        width: multiplies `dim` (and `hidden`), rounded to whole heads.
         tie: the LM head reuses the token embedding matrix (no separate weight).
     """
 
     def __init__(self, num_classes: int = 256, in_channels: int | None = None, input_size: int = 128, dim: int = 128,
                  depth: int = 4, n_heads: int = 4, n_kv_heads: int | None = None, hidden: int | None = None,
-                 tie: bool = False) -> None:
+                 tie: bool = False, width: float = 1.0) -> None:
         super().__init__()
+        if width != 1.0:
+            hidden = _scaled(hidden, width, 16) if hidden else None
+            dim = _scaled(dim, width, 2 * n_heads)
         self.max_len, self.tie = int(input_size), bool(tie)
         self.tok_emb = nn.Embedding(num_classes, dim)
         hid = hidden or int(8 * dim / 3 / 16 + 0.999) * 16
