@@ -112,7 +112,7 @@ def test_gptq_matches_explicit_sequential_solves():
     ref = _sequential_reference(w, hd, fix)
     assert torch.allclose(out, ref, atol=1e-8)
     assert torch.allclose(gptq(w, h, bits=3, group_size=4, blocksize=8), out, atol=1e-10)
-    # every group holds at most 2^3 levels
+    # every group holds at most 2^3 levels, each exactly float32(integer * float32 scale)
     for a in (0, 4):
         assert all(len(torch.unique(out[r, a:a + 4])) <= 8 for r in range(4))
 
@@ -136,7 +136,7 @@ def test_gptq_brute_force_tiny_row():
     w, x = _layer(4, rows=1, cols=3, n=32)
     h = _hessian(x)
     s, z = group_params(w, 2)
-    levels = (s * (torch.arange(4, dtype=w.dtype) - z)).tolist()
+    levels = ((torch.arange(4, dtype=w.dtype) - z).float() * s.float()).double().tolist()  # the float32 grid
     err = lambda v: torch.trace((w - v) @ _damped(h) @ (w - v).t()).item()  # noqa: E731
     best = min(err(torch.tensor([c], dtype=w.dtype)) for c in itertools.product(levels, repeat=3))
     g = gptq(w, h, 2, 3)

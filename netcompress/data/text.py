@@ -146,3 +146,12 @@ def hf_text(ref: str, batch_size: int = 32, seed: int = 0, data_dir: str | None 
         col = "text" if "text" in ds[s].column_names else ds[s].column_names[0]
         texts[k] = "\n".join(ds[s][col])
     return _bundle(f"hf-text:{ref}", texts, context, batch_size, seed, {})
+
+
+@DATASETS.register("pydoc-text-tiny", help="a smoke-test slice of pydoc-text: 64 / 16 / 16 windows of 64 bytes (offline)")
+def pydoc_text_tiny(batch_size: int = 16, seed: int = 0, data_dir: str | None = None) -> TextBundle:
+    """The first windows of each `pydoc-text` split, context 64: for tests and quick recipe checks."""
+    full = pydoc_text(batch_size, seed, data_dir, context=64)
+    small = full.subset(64, 16)
+    small.name = "pydoc-text-tiny"
+    return small

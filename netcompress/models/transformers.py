@@ -18,10 +18,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from netcompress.models.io import register_module_type
+
 
 def _scaled(dim: int, width: float, multiple: int) -> int:
     """`dim * width` rounded to a positive multiple of `multiple` (whole heads)."""
     return max(multiple, int(round(dim * width / multiple)) * multiple)
+
+
+class ClassToken(nn.Module):
+    """Selects token 0 of a (batch, tokens, dim) sequence: the class token of a ViT (exit heads)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, 0]
+
+
+register_module_type(ClassToken, lambda m: {})
 
 
 class Attention(nn.Module):
@@ -65,12 +77,18 @@ class ViT(nn.Module):
     """A small Vision Transformer; `forward` returns class logits from the class token."""
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, input_size: int = 28, patch: int = 7,
-                 dim: int = 64, depth: int = 4, num_heads: int = 4, mlp_ratio: float = 2.0, width: float = 1.0) -> None:
+                 dim: int = 64, depth: int = 4, num_heads: int = 4, mlp_ratio: float = 2.0, width: float = 1.0,
+                 stem: int = 32) -> None:
         super().__init__()
         dim = _scaled(dim, width, num_heads)
         if input_size % patch:
             raise ValueError(f"input_size {input_size} is not a multiple of patch {patch}")
-        self.patch_embed = nn.Conv2d(in_channels, dim, patch, stride=patch)
+        if stem > 0:  # a 3x3 convolution before patchifying (Xiao et al. 2021, "Early convolutions help
+            # transformers see better"): what lets a ViT learn from 4,000 images
+            self.patch_embed: nn.Module = nn.Sequential(nn.Conv2d(in_channels, stem, 3, padding=1), nn.GELU(),
+                                                        nn.Conv2d(stem, dim, patch, stride=patch))
+        else:
+            self.patch_embed = nn.Conv2d(in_channels, dim, patch, stride=patch)
         n = (input_size // patch) ** 2
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.randn(1, n + 1, dim) * 0.02)
@@ -172,7 +190,7 @@ class GPT(nn.Module):
             dim = _scaled(dim, width, 2 * n_heads)
         self.max_len, self.tie = int(input_size), bool(tie)
         self.tok_emb = nn.Embedding(num_classes, dim)
-        hid = hidden or int(8 * dim / 3 / 16 + 0.999) * 16
+        hid = hidden or -(-8 * dim // 3 // 64) * 64  # SwiGLU width ~8/3 dim, whole groups of 64
         self.blocks = nn.ModuleList(DecoderBlock(dim, n_heads, n_kv_heads, hid) for _ in range(depth))
         self.norm = nn.RMSNorm(dim, eps=1e-6)
         self.lm_head = None if tie else nn.Linear(dim, num_classes, bias=False)

@@ -42,7 +42,9 @@ def group_params(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor
 def quantize_to(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
     """Dequantized value of round(w / scale) + zero clamped to [0, 2^bits - 1]."""
     q = torch.clamp(torch.round(w / scale) + zero, 0, 2 ** bits - 1)
-    return scale * (q - zero)
+    # float32 (q - zero) * float32 scale, exactly: a row that is one group is a per-row integer grid
+    # that the .ncz archive stores as codes plus one scale
+    return ((q - zero).float() * scale.float()).to(w.dtype)
 
 
 def _groups(cols: int, group_size: int) -> list[tuple[int, int]]:
