@@ -173,3 +173,27 @@ def test_every_distillation_method_runs_on_vit(method, kw, mnist_small, one_thre
     assert 0 <= r.accuracy <= 1
     if before is not None:  # the student was trained
         assert any(not torch.equal(v, r.student.state_dict()[k]) for k, v in before.items())
+
+
+@pytest.mark.parametrize("recipe,extra", [("vit-mnist.yaml", []), ("gpt-pydoc.yaml", ["data=pydoc-text-tiny"])])
+def test_transformer_recipes_run_end_to_end_on_a_tiny_budget(recipe, extra, tmp_path, one_thread):
+    from pathlib import Path
+
+    from netcompress.recipe import run_recipe
+
+    path = Path(__file__).resolve().parents[1] / "recipes" / recipe
+    sets = ["train.max_steps=1", "measure.latency=false", *extra]
+    res = run_recipe(path, out=tmp_path / "run", overrides=sets, progress=False)
+    rows = {e["variant"] for e in res.entries}
+    assert {"student-hidden-kd", "student-alone", "int4-gptq", "kmeans-huffman", "low-rank", "qat-4bit"} <= rows
+    by = {e["variant"]: e for e in res.entries}
+    base = res.entries[0]
+    assert by["kmeans-huffman"]["bytes"] < base["bytes"] / 4  # Huffman-coded archive
+    assert by["int4-gptq"]["bytes"] < base["bytes"]           # int4 rows stored as codes + one scale
+    assert by["low-rank"]["params"] < 0.6 * base["params"]
+    if recipe.startswith("gpt"):
+        assert all("perplexity" in e["extra"] for e in res.entries)
+        assert by["sparsegpt-50"]["nonzero_params"] < 0.6 * base["nonzero_params"]
+        assert (tmp_path / "run" / "report.md").read_text().count("perplexity") >= 1
+    else:
+        assert by["early-exit"]["extra"]["avg_macs_fraction"] <= 0.65

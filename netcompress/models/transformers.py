@@ -83,10 +83,13 @@ class ViT(nn.Module):
         dim = _scaled(dim, width, num_heads)
         if input_size % patch:
             raise ValueError(f"input_size {input_size} is not a multiple of patch {patch}")
-        if stem > 0:  # a 3x3 convolution before patchifying (Xiao et al. 2021, "Early convolutions help
-            # transformers see better"): what lets a ViT learn from 4,000 images
-            self.patch_embed: nn.Module = nn.Sequential(nn.Conv2d(in_channels, stem, 3, padding=1), nn.GELU(),
-                                                        nn.Conv2d(stem, dim, patch, stride=patch))
+        if stem > 0 and patch == 4:  # two stride-2 3x3 convolutions make the 4x4 patches (Xiao et al. 2021,
+            # "Early convolutions help transformers see better"): what lets a ViT learn from 4,000 images
+            self.patch_embed: nn.Module = nn.Sequential(nn.Conv2d(in_channels, stem, 3, 2, 1), nn.GELU(),
+                                                        nn.Conv2d(stem, dim, 3, 2, 1))
+        elif stem > 0:  # a 3x3 convolution, then the patches
+            self.patch_embed = nn.Sequential(nn.Conv2d(in_channels, stem, 3, padding=1), nn.GELU(),
+                                             nn.Conv2d(stem, dim, patch, stride=patch))
         else:
             self.patch_embed = nn.Conv2d(in_channels, dim, patch, stride=patch)
         n = (input_size // patch) ** 2
