@@ -29,6 +29,7 @@ from netcompress.core.taps import Taps
 from netcompress.distill import losses
 from netcompress.distill.features import (embedding_layer, example_for, make_adapter, pair_layers, probe,
                                           spatial_layers)
+from netcompress.train.distributed import gather_batch
 from netcompress.train.loop import _logits
 
 __all__ = ["TeacherMethod", "KD", "Hint", "AT", "RKD", "SP", "DML", "Peers", "Ensemble", "DISTILLERS"]
@@ -111,6 +112,7 @@ class _FeatureMethod(TeacherMethod):
 
     adapters_always = False
     default_layers = "spatial"  # or "embedding"
+    relational = False  # the loss relates the samples of a batch to each other (RKD, SP)
 
     def __init__(self, teacher: nn.Module, layers: Sequence[str | Sequence[str]] | None = None,
                  weight: float = 1.0, temperature: float = 4.0, alpha: float = 0.0,
@@ -170,7 +172,10 @@ class _FeatureMethod(TeacherMethod):
     def loss_terms(self, model, inputs, targets, outputs) -> dict[str, torch.Tensor]:
         t_logits = self.teacher_outputs(inputs)
         terms = self.kd_terms(outputs, t_logits)
-        terms.update(self.feature_loss(*self.features()))
+        s, t = self.features()
+        if self.relational:  # relations between the samples of the whole (global) batch, not of one shard
+            s, t = [gather_batch(f) for f in s], [gather_batch(f) for f in t]
+        terms.update(self.feature_loss(s, t))
         return terms
 
     def close(self) -> None:
@@ -211,6 +216,30 @@ class Hint(_FeatureMethod):
             return [embedding_layer(model, x)], [embedding_layer(self.teacher, x)]
         return [s[len(s) // 2]], [t[len(t) // 2]]
 
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Also freezes the student's parameters the hint cannot reach (the layers above the guided
+        one): stage 1 trains only the lower part, and under DDP every trained parameter gets a gradient."""
+        model = super().prepare(model)
+        x = example_for(model, self.example_inputs).to(_device_of(model))
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        was = model.training
+        model.eval()
+        with torch.enable_grad():
+            model(x[:2])
+            s = [self._s_taps[n] for n, _ in self.pairs]
+            grads = torch.autograd.grad(sum(f.float().sum() for f in s), trainable, allow_unused=True)
+        model.train(was)
+        self._frozen = [p for p, g in zip(trainable, grads) if g is None]
+        for p in self._frozen:
+            p.requires_grad_(False)
+        return model
+
+    def finalize(self, model: nn.Module) -> nn.Module:
+        for p in getattr(self, "_frozen", []):
+            p.requires_grad_(True)
+        self._frozen = []
+        return super().finalize(model)
+
     def loss_terms(self, model, inputs, targets, outputs) -> dict[str, torch.Tensor]:
         self.teacher_outputs(inputs)
         s, t = self.features()
@@ -245,6 +274,7 @@ class RKD(_FeatureMethod):
 
     name = "rkd"
     default_layers = "embedding"
+    relational = True
 
     def __init__(self, teacher, layers=None, distance_weight: float = 25.0, angle_weight: float = 50.0,
                  temperature: float = 4.0, alpha: float = 0.0, example_inputs=None) -> None:
@@ -266,6 +296,7 @@ class SP(_FeatureMethod):
 
     name = "sp"
     default_layers = "embedding"
+    relational = True
 
     def __init__(self, teacher, layers=None, weight: float = 3000.0, temperature: float = 4.0,
                  alpha: float = 0.0, example_inputs=None) -> None:

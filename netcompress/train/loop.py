@@ -104,6 +104,18 @@ def evaluate(model: nn.Module, data, split: str = "test", device: str | torch.de
     return (logits.argmax(1) == y).float().mean().item()
 
 
+class _WithExtras(nn.Module):
+    """The model plus the methods' extra parameters as one module (what DDP wraps); forward is the model's."""
+
+    def __init__(self, model: nn.Module, extra: list[nn.Parameter]) -> None:
+        super().__init__()
+        self.model = model
+        self.extra = nn.ParameterList(extra)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model(*args, **kwargs)
+
+
 def _lr_at(cfg: TrainConfig, epoch: int, total: int) -> float:
     if cfg.schedule == "cosine" and total > 0:
         return cfg.lr * 0.5 * (1 + math.cos(math.pi * epoch / total))
@@ -212,7 +224,10 @@ def fit(
 
     train_model: nn.Module = model
     if info.enabled:
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        # the methods' own parameters (regressors, adapters, heads) live inside the DDP module, so their
+        # gradients are averaged and their initial values broadcast like the model's
+        train_model = nn.parallel.DistributedDataParallel(_WithExtras(model, extra),
+                                                          device_ids=[dev.index] if dev.type == "cuda" else None)
     loader = data.loader("train", batch_size=cfg.batch_size // info.world_size, rank=info.rank,
                          world_size=info.world_size, seed=seed)
     total_epochs = math.ceil(cfg.epochs)
