@@ -19,6 +19,8 @@ import torch
 from torch import nn
 
 from netcompress.core.errors import NetcompressError
+from netcompress.models.io import save
+from netcompress.train.loop import evaluate
 
 
 @dataclass
@@ -151,12 +153,19 @@ def measure(
         >>> m.params
         50610
     """
-    from netcompress.models.io import save
-    from netcompress.train.loop import evaluate
-
     if example_inputs is None and data is not None:
         example_inputs = data.example
-    model = model.cpu()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    model.cpu()  # CPU figures; the caller's model goes back to its device afterwards
+    try:
+        return _measure_cpu(model, data, example_inputs, file, latency, threads, min_run_time)
+    finally:
+        if device.type != "cpu":
+            model.to(device)
+
+
+def _measure_cpu(model: nn.Module, data, example_inputs, file, latency: bool, threads: int,
+                 min_run_time: float) -> Metrics:
     total, nonzero = count_params(model)
     m = Metrics(params=total, nonzero_params=nonzero, threads=threads)
     if data is not None:

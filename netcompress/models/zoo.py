@@ -216,6 +216,11 @@ def _is_file_ref(name: str) -> bool:
     return name.endswith((".pt", ".ncm", ".ncz")) or "/" in name and not name.startswith(("python:", "torchvision:"))
 
 
+FILE_LOADERS: dict[str, Callable[[str], nn.Module]] = {}
+"""Model file formats of the layers above, by file suffix (``.ncz``: `netcompress.archive` adds
+its `unpack` when imported), so `create` reads them without this package importing theirs."""
+
+
 def create_for(name: str, data: Any, **kwargs: Any) -> nn.Module:
     """`create(name)` shaped for a dataset: num_classes, in_channels and input_size default to the
     data's; explicit `kwargs` win. A saved file is loaded as it is.
@@ -243,12 +248,11 @@ def create(name: str, num_classes: int = 10, in_channels: int | None = None, inp
     """
     from netcompress.models import io
 
-    if _is_file_ref(name) and not name.endswith(".ncz"):
+    loader = next((fn for suffix, fn in FILE_LOADERS.items() if name.endswith(suffix)), None)
+    if loader is not None:
+        return loader(name)
+    if _is_file_ref(name):
         return io.load(name)
-    if name.endswith(".ncz"):
-        from netcompress.archive import unpack
-
-        return unpack(name)
     kw = dict(kwargs, num_classes=num_classes)
     if in_channels is not None:
         kw["in_channels"] = in_channels

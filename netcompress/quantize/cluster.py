@@ -210,7 +210,7 @@ def _default_filter(module: nn.Module, name: str) -> bool:
 
 def cluster_(model: nn.Module, bits: int | Mapping[str, int] = 5, init: Init = "linear",
              filter_fn: FilterFn | None = None, max_iter: int = 1000, seed: int = 0,
-             codebook_dtype: Literal["float32", "float16"] = "float32") -> dict[str, dict[str, Any]]:
+             codebook_dtype: Literal["float32", "float16"] = "float16") -> dict[str, dict[str, Any]]:
     """Share weights by per-layer 1-D k-means, in place (Han et al. 2016, section 3).
 
     Args:
@@ -296,8 +296,8 @@ class CentroidFineTune(Method):
 
     name = "centroid-finetune"
 
-    def __init__(self, reduce: Literal["sum", "mean"] = "sum", filter_fn: FilterFn | None = None,
-                 codebook_dtype: Literal["float32", "float16"] = "float32") -> None:
+    def __init__(self, reduce: Literal["sum", "mean"] = "mean", filter_fn: FilterFn | None = None,
+                 codebook_dtype: Literal["float32", "float16"] = "float16") -> None:
         if reduce not in ("sum", "mean"):
             raise NetcompressError(f"CentroidFineTune: reduce {reduce!r}; valid: sum, mean")
         self.reduce = reduce

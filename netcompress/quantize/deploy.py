@@ -56,18 +56,22 @@ def int8_quantize(model: nn.Module, calibration: torch.Tensor | Iterable, backen
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
     batches = _batches(calibration)
+    previous_engine = torch.backends.quantized.engine  # global state: restored below
     torch.backends.quantized.engine = backend
-    m = copy.deepcopy(model).cpu().eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            prepared = prepare_fx(m, get_default_qconfig_mapping(backend), (batches[0][:1],))
-        except Exception as e:  # symbolic tracing failed: data-dependent control flow etc.
-            raise NetcompressError(f"int8: cannot trace {type(model).__name__} with torch.fx ({type(e).__name__}: {str(e)[:200]})") from None
-        with torch.no_grad():
-            for x in batches:
-                prepared(x)
-        q = convert_fx(prepared)
+    try:
+        m = copy.deepcopy(model).cpu().eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                prepared = prepare_fx(m, get_default_qconfig_mapping(backend), (batches[0][:1],))
+            except Exception as e:  # symbolic tracing failed: data-dependent control flow etc.
+                raise NetcompressError(f"int8: cannot trace {type(model).__name__} with torch.fx ({type(e).__name__}: {str(e)[:200]})") from None
+            with torch.no_grad():
+                for x in batches:
+                    prepared(x)
+            q = convert_fx(prepared)
+    finally:
+        torch.backends.quantized.engine = previous_engine
     if int8_layers(q) == 0:
         raise NetcompressError("int8: no layer was converted to an int8 kernel")
     return q.eval()

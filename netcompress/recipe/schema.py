@@ -1,6 +1,6 @@
 """Recipe schema and loading.
 
-A recipe is data (STYLE.md #2): YAML read with `yaml.SafeLoader` (no tags that build objects),
+A recipe is data: YAML read with `yaml.SafeLoader` (no tags that build objects),
 validated by frozen pydantic models with `extra="forbid"`. Every error names the file, the field
 path and its line: ``recipe.yaml:7: stages[0].prune.ratoi: unknown key``.
 """
