@@ -48,6 +48,27 @@ _CLASSIFY = ("sequence-classification", "image-classification", "token-classific
 _DROP = ("transformers_version", "_name_or_path", "architectures", "model_type", "torch_dtype", "dtype")
 
 
+_TEXT = dict(vocab_size=128, max_position_embeddings=64)
+_DECODER = dict(_TEXT, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                intermediate_size=64, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+# small configs of the Hugging Face architectures netcompress is tested on (tests, benchmark B11):
+# `create("hf:" + arch, **TINY_CONFIGS[arch])`
+TINY_CONFIGS: dict[str, dict[str, Any]] = {
+    "bert": dict(_TEXT, task="sequence-classification", hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                 intermediate_size=64),
+    "distilbert": dict(_TEXT, task="sequence-classification", dim=32, n_layers=2, n_heads=4, hidden_dim=64),
+    "roberta": dict(_TEXT, task="sequence-classification", hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                    intermediate_size=64, max_position_embeddings=66, pad_token_id=1),
+    "gpt2": dict(task="causal-lm", vocab_size=128, n_positions=64, n_embd=32, n_layer=2, n_head=4, bos_token_id=0,
+                 eos_token_id=0, pad_token_id=0),
+    "vit": dict(task="image-classification", hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                intermediate_size=64, image_size=32, patch_size=8),
+    "llama": dict(_DECODER, task="causal-lm"),
+    "qwen2": dict(_DECODER, task="causal-lm"),
+    "mistral": dict(_DECODER, task="causal-lm"),
+}
+
+
 def _value(v: str) -> Any:
     try:
         return json.loads(v)
