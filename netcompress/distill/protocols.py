@@ -15,6 +15,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from netcompress.core.batch import call, head, logits_of, to_device
 from netcompress.core.config import Config
 from netcompress.core.errors import NetcompressError
 from netcompress.core.registry import Registry
@@ -323,13 +324,13 @@ def _check_runs(model: nn.Module, data, who: str) -> None:
     was = model.training
     model.eval()
     try:
-        out = model(data.example[:2].to(next((p.device for p in model.parameters()), torch.device("cpu"))))
+        out = call(model, to_device(head(data.example, 2), next((p.device for p in model.parameters()), torch.device("cpu"))))
     except RuntimeError as e:
         raise NetcompressError(f"distill: the {who} cannot run on {tuple(data.input_shape)} inputs: "
                                f"{str(e).splitlines()[0]}") from None
     finally:
         model.train(was)
-    logits = out if isinstance(out, torch.Tensor) else out[-1]
+    logits = logits_of(out)
     if logits.shape[-1] != data.num_classes:
         raise NetcompressError(f"distill: the {who} has {logits.shape[-1]} outputs but the data has "
                                f"{data.num_classes} classes")
