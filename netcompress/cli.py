@@ -14,7 +14,29 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from pydantic import ValidationError
+
+from netcompress.core.config import format_validation_error
 from netcompress.core.errors import NetcompressError
+
+
+class torch_seeded:
+    """Seed torch's global RNG for one command and restore the previous state afterwards, so a
+    command's models, data order and results are a function of its seed alone."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def __enter__(self) -> None:
+        import torch
+
+        self._state = torch.get_rng_state()
+        torch.manual_seed(self.seed)
+
+    def __exit__(self, *exc) -> None:
+        import torch
+
+        torch.set_rng_state(self._state)
 
 
 def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -29,14 +51,22 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-python", action="store_true", help="allow model files that name python code")
 
 
+def command_seed(args) -> int:
+    """The seed of a command: `--seed` where the command has one, else 0 (every command is seeded)."""
+    seed = getattr(args, "seed", None)
+    return 0 if seed is None else int(seed)
+
+
 def load_data(args):
     from netcompress.data import load
 
-    return load(args.data, batch_size=args.batch_size, data_dir=args.data_dir)
+    return load(args.data, batch_size=args.batch_size, seed=command_seed(args), data_dir=args.data_dir)
 
 
 def load_model(args, data=None):
-    """The model named by `args.model`: a file is loaded, a name is built for `data`'s shape."""
+    """The model named by `args.model`: a file is loaded, a name is built for `data`'s shape.
+
+    A built model's initial weights are a function of the command's seed (`command_seed`)."""
     from netcompress.models import create, create_for, load
 
     ref = args.model
@@ -47,7 +77,14 @@ def load_model(args, data=None):
         return unpack(p)
     if p.suffix in (".pt", ".ncm") or p.exists():
         return load(p, trust_python=getattr(args, "trust_python", False))
-    return create(ref) if data is None else create_for(ref, data)
+    seed = command_seed(args)
+    return create(ref, seed=seed) if data is None else create_for(ref, data, seed=seed)
+
+
+def check_output_file(out: str | None) -> None:
+    """Refuse, before any work, an output path that cannot become a file (an existing folder)."""
+    if out is not None and Path(out).is_dir():
+        raise NetcompressError(f"--out {out}: is an existing directory; give a file name such as {Path(out) / 'model.pt'}")
 
 
 def save_output(model, out: str) -> Path:
@@ -95,6 +132,8 @@ def cmd_list(args) -> int:
 def cmd_measure(args) -> int:
     from netcompress.measure import measure
 
+    if args.threads < 1:
+        raise NetcompressError(f"--threads {args.threads}: must be at least 1")
     data = load_data(args)
     model = load_model(args, data)
     file = args.model if Path(args.model).is_file() else None
@@ -107,9 +146,11 @@ def cmd_train(args) -> int:
     from netcompress.measure import measure
     from netcompress.train import TrainConfig, fit, is_main
 
+    cfg = TrainConfig.from_dict(dict(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                                     optimizer=args.optimizer), "train")
+    check_output_file(args.out)
     data = load_data(args)
     model = load_model(args, data)
-    cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer)
     fit(model, data, cfg, seed=args.seed, checkpoint=args.checkpoint, resume=args.resume)
     if is_main():
         save_output(model, args.out)
@@ -124,7 +165,7 @@ def cmd_run(args) -> int:
     from netcompress.train import is_main
 
     res = run_recipe(args.recipe, out=args.out, overrides=args.set or [], resume=args.resume,
-                     progress=None if not args.quiet else False)
+                     progress=None if not args.quiet else False, trust_python=args.trust_python)
     if is_main():
         print(markdown_table(summary_rows(res.entries)))
         print(f"report: {res.out / 'report.html'}")
@@ -144,13 +185,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe field, e.g. train.epochs=2")
     r.add_argument("--resume", action="store_true", help="continue a stopped run in --out")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--trust-python", action="store_true",
+                   help="allow model files of the run folder (on --resume) that name python code")
     r.set_defaults(func=cmd_run)
 
     m = sub.add_parser("measure", help="accuracy, parameters, MACs, bytes, latency of a model")
     add_model_args(m)
     add_data_args(m)
     m.add_argument("--json", action="store_true")
-    m.add_argument("--threads", type=int, default=1)
+    m.add_argument("--threads", type=int, default=1, help="CPU threads for latency (>= 1)")
     m.add_argument("--no-latency", action="store_true")
     m.set_defaults(func=cmd_measure)
 
@@ -178,7 +221,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
-        return int(args.func(args) or 0)
+        with torch_seeded(command_seed(args)):
+            return int(args.func(args) or 0)
+    except ValidationError as e:  # a config built by a command from its flags
+        if debug:
+            raise
+        print(f"netcompress: error: {format_validation_error(e, args.command)}", file=sys.stderr)
+        return 2
     except NetcompressError as e:
         if debug:
             raise

@@ -154,6 +154,8 @@ def measure(
     from netcompress.models.io import save
     from netcompress.train.loop import evaluate
 
+    if not isinstance(threads, int) or threads < 1:
+        raise NetcompressError(f"measure: threads must be an integer >= 1, got {threads!r}")
     if example_inputs is None and data is not None:
         example_inputs = data.example
     model = model.cpu()

@@ -203,6 +203,8 @@ def load_state_exact(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> None:
     """Write through a temporary file in the same folder and rename: never a half file."""
     path = Path(path)
+    if path.is_dir():
+        raise NetcompressError(f"cannot write {path}: it is an existing directory; give a file name")
     if path.parent and not path.parent.exists():
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
