@@ -183,6 +183,41 @@ def build(arch: dict[str, Any], trust_python: bool = False) -> nn.Module:
     return model
 
 
+def check_against(model: nn.Module, declared: dict[str, tuple[tuple[int, ...], torch.dtype | None]]) -> None:
+    """Compare a model built on the meta device with the tensors a file declares (name -> shape, dtype).
+
+    Run before any weight is allocated, so an architecture table declaring layers larger than the
+    file's tensors costs no memory: every parameter and buffer must be declared with its shape."""
+    own = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers(remove_duplicate=False))
+    missing = sorted(set(own) - set(declared))
+    extra = sorted(set(declared) - set(own))
+    if missing or extra:
+        raise NetcompressError(f"weights do not match the architecture: missing {missing[:5]}, unexpected {extra[:5]}")
+    for k, t in own.items():
+        shape, dtype = declared[k]
+        placeholder = t.dim() == 1 and t.numel() == 0  # a tensor the table adds to a module: any shape
+        if not placeholder and (tuple(t.shape) != tuple(shape) or (dtype is not None and t.dtype != dtype)):
+            raise NetcompressError(f"tensor {k!r} has shape {tuple(shape)} {dtype}, "
+                                   f"the architecture expects {tuple(t.shape)} {t.dtype}")
+
+
+def build_checked(arch: dict[str, Any], state: dict[str, torch.Tensor], trust_python: bool = False) -> nn.Module:
+    """`build` on the meta device, `check_against` the state's shapes, then materialise and load it."""
+    try:
+        with torch.device("meta"):
+            model = build(arch, trust_python=trust_python)
+    except NetcompressError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError, NotImplementedError) as e:
+        raise NetcompressError(f"architecture cannot be rebuilt ({type(e).__name__}: {e})") from None
+    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise NetcompressError("the state holds something other than tensors")
+    check_against(model, {k: (tuple(v.shape), v.dtype) for k, v in state.items()})
+    model = model.to_empty(device="cpu")
+    load_state_exact(model, state)
+    return model
+
+
 def load_state_exact(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Load tensors whose shapes may differ from the freshly built placeholders (strict keys)."""
     own = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers(remove_duplicate=False))
@@ -252,6 +287,14 @@ def load(path: str | os.PathLike, trust_python: bool = False) -> nn.Module:
         raise NetcompressError(f"{p}: not a netcompress model file")
     if blob.get("version", 0) > VERSION:
         raise NetcompressError(f"{p}: format version {blob['version']} is newer than this netcompress ({VERSION})")
-    model = build(json.loads(blob["arch"]), trust_python=trust_python)
-    load_state_exact(model, blob["state"])
+    try:
+        arch, state = json.loads(blob["arch"]), blob["state"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise NetcompressError(f"{p}: not a netcompress model file ({type(e).__name__})") from None
+    if not isinstance(state, dict):
+        raise NetcompressError(f"{p}: not a netcompress model file (no state)")
+    try:
+        model = build_checked(arch, state, trust_python=trust_python)
+    except NetcompressError as e:
+        raise NetcompressError(f"{p}: {e}") from None
     return model.eval()
