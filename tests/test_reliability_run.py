@@ -217,7 +217,7 @@ time.sleep(120)
 
 def test_a_second_run_into_the_same_folder_is_refused_and_a_killed_owner_does_not_block(tmp_path, capsys):
     out = tmp_path / "run"
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    env = dict(os.environ, PYTHONPATH=str(Path(nc.__file__).resolve().parents[1]))
     owner = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert owner.stdout.readline().strip() == "locked"
@@ -236,7 +236,7 @@ def test_a_second_run_into_the_same_folder_is_refused_and_a_killed_owner_does_no
 def test_two_concurrent_runs_one_wins_and_the_folder_is_one_run(tmp_path):
     recipe = write(tmp_path, TINY.replace("max_steps: 6", "max_steps: 40"))
     out = tmp_path / "run"
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=str(Path(nc.__file__).resolve().parents[1]), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "netcompress", "run", str(recipe), "--out", str(out), "--quiet"]
     procs = [subprocess.Popen(cmd + ["--set", f"seed={s}"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
                               text=True, env=env) for s in (1, 2)]
