@@ -100,6 +100,20 @@ def _print_metrics(m, as_json: bool) -> None:
         print(m)
 
 
+def _param_count(name: str) -> str:
+    """'431K params' for a zoo model at its default input shape (built on the meta device: no memory)."""
+    import torch
+
+    from netcompress.models import create
+
+    try:
+        with torch.device("meta"):
+            n = sum(p.numel() for p in create(name).parameters())
+    except NetcompressError:
+        return ""  # a wrapper built by a stage from another model
+    return f"{n / 1e6:.2f}M params" if n >= 1e6 else f"{n / 1e3:.0f}K params"
+
+
 def cmd_list(args) -> int:
     from netcompress.data import DATASETS
     from netcompress.models import MODELS
@@ -124,6 +138,9 @@ def cmd_list(args) -> int:
         print(f"{title}:")
         for n in reg.list():
             d = reg.describe(n)
+            count = _param_count(n) if reg is MODELS else ""
+            if count:
+                d = f"{d}; {count}" if d else count
             print(f"  {n:24s} {d}" if d else f"  {n}")
     print("  (also: torchvision:NAME, python:module:factory, imagefolder:PATH, a saved model file)")
     return 0

@@ -168,16 +168,16 @@ def _reg(name: str, fn: Callable[..., nn.Module], help: str) -> None:
 
 
 for _base, _cls, _help in [
-    ("lenet300", LeNet300, "LeNet-300-100, 266K params"),
-    ("lenet5", LeNet5, "LeNet-5 (Caffe variant), 431K params"),
+    ("lenet300", LeNet300, "LeNet-300-100"),
+    ("lenet5", LeNet5, "LeNet-5 (Caffe variant)"),
     ("vgg-small", VGGSmall, "6-conv VGG with BatchNorm"),
     ("mobilenet-small", MobileNetSmall, "MobileNet-v1-style, depthwise separable"),
 ]:
     _reg(_base, _cls, _help)
     _reg(f"{_base}-half", (lambda c: lambda **kw: c(**{"width": 0.5, **kw}))(_cls), f"{_help}, half width")
     _reg(f"{_base}-quarter", (lambda c: lambda **kw: c(**{"width": 0.25, **kw}))(_cls), f"{_help}, quarter width")
-_reg("resnet20", lambda **kw: CifarResNet(20, **kw), "CIFAR ResNet-20, 0.27M params")
-_reg("resnet56", lambda **kw: CifarResNet(56, **kw), "CIFAR ResNet-56, 0.85M params")
+_reg("resnet20", lambda **kw: CifarResNet(20, **kw), "CIFAR ResNet-20")
+_reg("resnet56", lambda **kw: CifarResNet(56, **kw), "CIFAR ResNet-56")
 _reg("resnet8", lambda **kw: CifarResNet(8, **kw), "CIFAR ResNet-8 (a small student)")
 
 
