@@ -11,12 +11,12 @@ from netcompress.cli import main
 
 COMMANDS = {  # every command that writes a model, with a tiny budget
     "train": "train lenet300 --data digits --epochs 0.1 --seed {seed}",
-    "prune": "prune lenet300 --data digits --ratio 0.5 --finetune-epochs 0.1 --seed {seed}",
+    "prune": "prune lenet300 --data digits --ratio 0.5 --epochs 0.1 --seed {seed}",
     "distill": "distill lenet300 --data digits --student lenet300-half --epochs 0.1 --seed {seed}",
-    "quantize": "quantize lenet300 --data digits --method kmeans --bits 3 --init random",
-    "design": "design lenet300 --data digits --op lowrank --rank 4 --epochs 0.1 --no-latency --seed {seed}",
+    "quantize": "quantize lenet300 --data digits --method kmeans --bits 3 --init random --epochs 0.1 --seed {seed}",
+    "design": "design lenet300 --data digits --op lowrank --rank 4 --epochs 0.1 --seed {seed}",
     "dynamic": "dynamic lenet300 --data digits --exits fc1 --epochs 0.1 --holdout 100 --threshold 0.9 --no-latency --seed {seed}",
-    "pack": "pack lenet300",
+    "pack": "pack lenet300 --data digits --seed {seed}",
 }
 
 
@@ -44,7 +44,7 @@ def test_same_seed_same_file(name, tmp_path, capsys, one_thread):
 
 
 def test_unpack_is_deterministic(tmp_path, capsys):
-    main(["pack", "lenet300", "--out", str(tmp_path / "m.ncz")])
+    main(["pack", "lenet300", "--data", "digits", "--out", str(tmp_path / "m.ncz")])
     hashes = {run("unpack " + str(tmp_path / "m.ncz"), tmp_path / f"{i}.pt", capsys) for i in range(2)}
     assert len(hashes) == 1
 
@@ -77,6 +77,7 @@ def one_line(argv, capsys) -> str:
 ])
 def test_train_refuses_bad_values(flags, expect, tmp_path, capsys):
     msg = one_line(["train", "lenet300", "--data", "digits", "--out", str(tmp_path / "m.pt")] + flags, capsys)
+    assert msg.count("netcompress: error:") == 1
     assert expect in msg and not (tmp_path / "m.pt").exists()
 
 
@@ -97,7 +98,7 @@ def test_out_naming_an_existing_directory(tmp_path, capsys):
     (tmp_path / "d").mkdir()
     msg = one_line(["train", "lenet300", "--data", "digits", "--epochs", "0.1", "--out", str(tmp_path / "d")], capsys)
     assert "is an existing directory" in msg
-    msg = one_line(["pack", "lenet300", "--out", str(tmp_path / "d")], capsys)
+    msg = one_line(["pack", "lenet300", "--data", "digits", "--out", str(tmp_path / "d")], capsys)
     assert "existing directory" in msg
 
 
@@ -129,9 +130,10 @@ def test_python_factory_without_input_size(tmp_path, capsys, monkeypatch):
 
 
 def test_truncated_checkpoint_on_resume(tmp_path, capsys):
-    ck = tmp_path / "t.ckpt"
-    args = ["train", "lenet300", "--data", "digits", "--epochs", "1", "--checkpoint", str(ck), "--out", str(tmp_path / "m.pt")]
+    work = tmp_path / "work"
+    args = ["train", "lenet300", "--data", "digits", "--epochs", "1", "--work-dir", str(work), "--out", str(tmp_path / "m.pt")]
     assert main(args) == 0
+    (ck,) = work.glob("*.ckpt")
     ck.write_bytes(ck.read_bytes()[: ck.stat().st_size // 2])
     msg = one_line(args + ["--resume"], capsys)
     assert str(ck) in msg and "unreadable" in msg

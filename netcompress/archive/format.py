@@ -54,10 +54,6 @@ def max_params_default() -> int:
         raise NetcompressError(f"NETCOMPRESS_MAX_PARAMS={env!r}: expected an integer") from None
 
 
-def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach() for k, v in model.state_dict(keep_vars=True).items()}
-
-
 def pack(model: nn.Module, path: str | os.PathLike, coding: str = "huffman") -> dict[str, Any]:
     """Write `model` as a compressed archive (Han et al. 2016: sparse + codebook + Huffman), atomically.
 
@@ -74,12 +70,12 @@ def pack(model: nn.Module, path: str | os.PathLike, coding: str = "huffman") -> 
     """
     if coding not in ("huffman", "fixed"):
         raise NetcompressError(f"pack: coding {coding!r}; valid: huffman, fixed")
-    from netcompress.models.io import atomic_write, describe
+    from netcompress.models.io import atomic_write, describe, model_tensors
 
     arch = _compact_arch(describe(model))
     params = {n for n, _ in model.named_parameters(remove_duplicate=False)}
     entries, blobs, off = [], [], 0
-    for name, t in _tensors(model).items():
+    for name, t in model_tensors(model)[0].items():  # tied tensors once (the `tied` table of arch)
         desc, blob = codec.encode_tensor(t, coding)
         entries.append({"name": name, "dtype": codec.dtype_name(t), "shape": list(t.shape), "enc": desc,
                         "offset": off, "length": len(blob), "crc32": zlib.crc32(blob)})
@@ -211,7 +207,7 @@ def unpack(path: str | os.PathLike, max_params: int | None = None) -> nn.Module:
     architecture is built on the meta device and checked against the declared tensors before any
     memory is allocated; at most `max_params` values are rebuilt (see module docstring).
     """
-    from netcompress.models.io import build, check_against, load_state_exact
+    from netcompress.models.io import build, check_against, load_state_exact, materialize
 
     manifest, payload, _ = _read(path)
     where = str(path)
@@ -224,15 +220,16 @@ def unpack(path: str | os.PathLike, max_params: int | None = None) -> nn.Module:
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError, NotImplementedError) as e:
         raise NetcompressError(f"{where}: architecture cannot be rebuilt ({type(e).__name__}: {e})") from None
     declared = {e["name"]: (tuple(e["shape"]), codec.DTYPES.get(e.get("dtype"))) for e in entries}
+    tied = manifest["arch"].get("tied")
     try:
-        check_against(model, declared)
+        computed = check_against(model, declared, tied)
     except NetcompressError as e:
         raise NetcompressError(f"{where}: {e}") from None
     legacy = [LEGACY_TAIL] if manifest.get("version") == 1 else None
     state = {e["name"]: _decode_one(e, payload, where, legacy) for e in entries}
-    model = model.to_empty(device="cpu")
     try:
-        load_state_exact(model, state)
+        model = materialize(model, _full_arch(manifest["arch"], where), computed, state)
+        load_state_exact(model, state, tied)
     except NetcompressError as e:
         raise NetcompressError(f"{where}: {e}") from None
     return model.eval()
