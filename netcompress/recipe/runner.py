@@ -20,7 +20,6 @@ Under torchrun every rank runs the stages (training is data-parallel); only rank
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import sys
@@ -96,12 +95,6 @@ def _entry(name: str, kind: str, variant: str, parent: str | None, metrics, seco
          "seconds": round(seconds, 2), "history": history}
     d["extra"] = {**d.get("extra", {}), **extra}
     return d
-
-
-def _stage_seed(seed: int, name: str) -> int:
-    """Each stage starts from an RNG state of its own (a function of the seed and its name), so a
-    stage gives the same result whether the stages before it ran or were resumed."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:4], "little")
 
 
 def _read_done(stage_dir: Path) -> dict[str, Any] | None:
@@ -330,7 +323,7 @@ def _execute(r: Recipe, plan, cfgs, data, model, work: Path, out_dir: Path, resu
         sk = STAGES.get(kind)
         t0, before = time.perf_counter(), set(figures)
         ctx = ctx_for(name, sdir, can)
-        torch.manual_seed(_stage_seed(r.seed, name))
+        torch.manual_seed(r.seed)  # each stage starts from the seed, run or resumed alike (as its CLI command)
         res = sk.run(ctx, copy.deepcopy(models[parent]), cfg)
         if not isinstance(res, StageResult):
             raise TypeError(f"stage kind {kind!r} returned {type(res).__name__}, not StageResult")
