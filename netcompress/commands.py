@@ -149,8 +149,13 @@ def load_model(ref: str, data: Any, seed: int = 0, trust_python: bool = False) -
         return unpack(p)
     if p.suffix in (".pt", ".ncm") or p.exists():
         return load_model_file(p, trust_python=trust_python)
-    torch.manual_seed(seed)
-    return create_for(ref, data)
+    return create_for(ref, data, seed=seed)
+
+
+def check_output_file(out: str | None) -> None:
+    """Refuse, before any work, an output path that cannot become a file (an existing folder)."""
+    if out is not None and Path(out).is_dir():
+        raise NetcompressError(f"--out {out}: is an existing directory; give a file name such as {Path(out) / 'model.pt'}")
 
 
 def add_stage_command(sub: argparse._SubParsersAction, kind: str, sk: StageKind) -> None:
@@ -190,6 +195,7 @@ def run_stage_command(kind: str, args: argparse.Namespace) -> int:
     dry = getattr(args, "dry_run", False)
     if not dry and not args.out:
         raise NetcompressError(f"netcompress {kind}: --out is required" + (" (or --dry-run)" if sk.dry_run else ""))
+    check_output_file(args.out)
     if args.resume and not args.work_dir:
         raise NetcompressError(f"netcompress {kind}: --resume needs --work-dir (where the checkpoints are)")
     data, train, model = _context_parts(args)

@@ -331,6 +331,8 @@ def load(name: str, batch_size: int = 64, seed: int = 0, data_dir: str | os.Path
         >>> data.num_classes, data.input_shape
         (10, (1, 8, 8))
     """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise NetcompressError(f"data {name!r}: batch_size must be an integer >= 1, got {batch_size!r}")
     if name.startswith("imagefolder:"):
         return _imagefolder(name.split(":", 1)[1], batch_size=batch_size, seed=seed)
     return DATASETS.get(name)(batch_size=batch_size, seed=seed, data_dir=str(data_dir) if data_dir else None)

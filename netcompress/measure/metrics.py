@@ -153,6 +153,8 @@ def measure(
         >>> m.params
         50610
     """
+    if not isinstance(threads, int) or threads < 1:
+        raise NetcompressError(f"measure: threads must be an integer >= 1, got {threads!r}")
     if example_inputs is None and data is not None:
         example_inputs = data.example
     device = next((p.device for p in model.parameters()), torch.device("cpu"))

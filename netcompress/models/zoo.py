@@ -8,6 +8,7 @@ pruning can shrink any layer and the model still runs.
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any, Callable
 
 import torch
@@ -167,16 +168,16 @@ def _reg(name: str, fn: Callable[..., nn.Module], help: str) -> None:
 
 
 for _base, _cls, _help in [
-    ("lenet300", LeNet300, "LeNet-300-100, 266K params"),
-    ("lenet5", LeNet5, "LeNet-5 (Caffe variant), 431K params"),
+    ("lenet300", LeNet300, "LeNet-300-100"),
+    ("lenet5", LeNet5, "LeNet-5 (Caffe variant)"),
     ("vgg-small", VGGSmall, "6-conv VGG with BatchNorm"),
     ("mobilenet-small", MobileNetSmall, "MobileNet-v1-style, depthwise separable"),
 ]:
     _reg(_base, _cls, _help)
     _reg(f"{_base}-half", (lambda c: lambda **kw: c(**{"width": 0.5, **kw}))(_cls), f"{_help}, half width")
     _reg(f"{_base}-quarter", (lambda c: lambda **kw: c(**{"width": 0.25, **kw}))(_cls), f"{_help}, quarter width")
-_reg("resnet20", lambda **kw: CifarResNet(20, **kw), "CIFAR ResNet-20, 0.27M params")
-_reg("resnet56", lambda **kw: CifarResNet(56, **kw), "CIFAR ResNet-56, 0.85M params")
+_reg("resnet20", lambda **kw: CifarResNet(20, **kw), "CIFAR ResNet-20")
+_reg("resnet56", lambda **kw: CifarResNet(56, **kw), "CIFAR ResNet-56")
 _reg("resnet8", lambda **kw: CifarResNet(8, **kw), "CIFAR ResNet-8 (a small student)")
 
 
@@ -208,7 +209,24 @@ def _python_factory(ref: str, **kwargs: Any) -> nn.Module:
         fn = getattr(importlib.import_module(mod_name), fn_name)
     except (ValueError, ImportError, AttributeError) as e:
         raise NetcompressError(f"python:{ref}: cannot import factory ({e}); use python:package.module:function") from None
-    return fn(**kwargs)
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        sig = None
+    if sig is not None and not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        # shape arguments filled in from the data are offered, not imposed: drop those it does not take
+        kwargs = {k: v for k, v in kwargs.items() if k in sig.parameters or k not in _SHAPE_KEYS}
+        try:
+            sig.bind(**kwargs)
+        except TypeError as e:
+            raise NetcompressError(f"python:{ref}: the factory cannot be called with {sorted(kwargs)} ({e})") from None
+    model = fn(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise NetcompressError(f"python:{ref}: the factory returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+_SHAPE_KEYS = ("num_classes", "in_channels", "input_size")
 
 
 def _is_file_ref(name: str) -> bool:
@@ -223,9 +241,9 @@ FILE_LOADERS: dict[str, Callable[[str], nn.Module]] = {}
 its `unpack` when imported), so `create` reads them without this package importing theirs."""
 
 
-def create_for(name: str, data: Any, **kwargs: Any) -> nn.Module:
+def create_for(name: str, data: Any, *, seed: int | None = None, **kwargs: Any) -> nn.Module:
     """`create(name)` shaped for a dataset: num_classes, in_channels and input_size default to the
-    data's; explicit `kwargs` win. A saved file is loaded as it is.
+    data's; explicit `kwargs` win. A saved file is loaded as it is. `seed`: see `create`.
 
     Example:
         >>> import netcompress as nc
@@ -237,12 +255,16 @@ def create_for(name: str, data: Any, **kwargs: Any) -> nn.Module:
     kwargs.setdefault("num_classes", data.num_classes)
     kwargs.setdefault("in_channels", data.input_shape[0])
     kwargs.setdefault("input_size", data.input_shape[-1])
-    return create(name, **kwargs)
+    return create(name, seed=seed, **kwargs)
 
 
-def create(name: str, num_classes: int = 10, in_channels: int | None = None, input_size: int | None = None, **kwargs: Any) -> nn.Module:
+def create(name: str, num_classes: int = 10, in_channels: int | None = None, input_size: int | None = None,
+           *, seed: int | None = None, **kwargs: Any) -> nn.Module:
     """Build a model by name: a zoo name, ``torchvision:NAME``, ``timm:NAME``, ``hf:NAME_OR_CONFIG``
     (see `netcompress.models.sources`), ``python:module:factory`` or a saved file.
+
+    With `seed`, the initial weights are a function of the seed alone (torch's global RNG is used
+    under that seed and restored afterwards); without it they come from the global RNG.
 
     Example:
         >>> m = create("lenet5", num_classes=10)
@@ -251,6 +273,13 @@ def create(name: str, num_classes: int = 10, in_channels: int | None = None, inp
     """
     from netcompress.models import io
 
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return create(name, num_classes, in_channels, input_size, **kwargs)
+    if name in COMPOSITE and "backbone" not in kwargs:
+        raise NetcompressError(f"model {name!r} wraps another model and cannot be built from its name; "
+                               "it is made by a stage (e.g. `netcompress dynamic`); pass its saved file instead")
     loader = next((fn for suffix, fn in FILE_LOADERS.items() if name.endswith(suffix)), None)
     if loader is not None:
         return loader(name)

@@ -148,6 +148,20 @@ def _save_checkpoint(path: Path, model, opt, epoch, history, methods, step) -> N
     atomic_write(path, lambda f: torch.save(blob, f))
 
 
+def _read_checkpoint(path: Path, dev: torch.device, n_methods: int) -> dict[str, Any]:
+    """A training checkpoint written by `fit`, checked whole before anything is restored from it."""
+    try:
+        blob = torch.load(path, map_location=dev, weights_only=True)
+    except Exception as e:  # truncated or foreign file: torch raises several types
+        raise NetcompressError(f"checkpoint {path} is unreadable ({type(e).__name__}: "
+                               f"{str(e).splitlines()[0] if str(e) else 'truncated?'}); delete it to train from the start") from None
+    need = {"model", "optimizer", "epoch", "step", "history", "rng", "methods"}
+    if not isinstance(blob, dict) or need - set(blob) or not isinstance(blob.get("methods"), list) \
+            or len(blob["methods"]) != n_methods:
+        raise NetcompressError(f"checkpoint {path} is not a checkpoint of this training; delete it to train from the start")
+    return blob
+
+
 def fit(
     model: nn.Module,
     data,
@@ -208,8 +222,12 @@ def fit(
     history, start_epoch, step = History(), 0, 0
     ckpt = Path(checkpoint) if checkpoint else None
     if resume and ckpt is not None and ckpt.exists():
-        blob = torch.load(ckpt, map_location=dev, weights_only=True)
-        model.load_state_dict(blob["model"])
+        blob = _read_checkpoint(ckpt, dev, len(methods))
+        try:
+            model.load_state_dict(blob["model"])
+        except RuntimeError as e:
+            raise NetcompressError(f"checkpoint {ckpt}: weights do not fit this model "
+                                   f"({str(e).splitlines()[0]}); delete it to train from the start") from None
         opt.load_state_dict(blob["optimizer"])
         for m, s in zip(methods, blob["methods"]):
             m.load_state_dict(s)
@@ -232,6 +250,8 @@ def fit(
         budget = min(budget, cfg.max_steps)
     amp = cfg.amp and dev.type == "cuda"
     show = (sys.stderr.isatty() if progress is None else progress) and info.rank == 0
+    # no terminal (a log file, CI, a pipe): one plain line per epoch instead of a progress bar
+    lines = progress is None and not show and info.rank == 0
     bar = None
     if show and budget > step:
         from tqdm.auto import tqdm
@@ -287,6 +307,10 @@ def fit(
             history.epochs.append(log)
             for m in methods:
                 m.on_epoch_end(model, epoch)
+            if lines:
+                acc = f" test_acc {log['test_acc']:.4f}" if "test_acc" in log else ""
+                print(f"{desc}: epoch {epoch + 1}/{total_epochs} loss {log.get('loss', float('nan')):.4f} train_acc "
+                      f"{log['train_acc']:.4f}{acc} ({log['seconds']:.1f} s)", file=sys.stderr, flush=True)
             for cb in callbacks:
                 cb(log)
             if ckpt is not None and info.rank == 0:
