@@ -95,7 +95,7 @@ class LayerContext:
     def channels(self, labels: torch.Tensor, dim: int) -> torch.Tensor:
         """The channel labels of an input along `dim` (one per channel)."""
         from netcompress.core.graph_rules import _along
-        return _along(labels, dim, f"module {self.name!r}")
+        return _along(labels, dim, f"module {self.name!r}", uf=self._it.uf)
 
     def new(self, n: int) -> torch.Tensor:
         """`n` fresh channels."""
@@ -185,7 +185,7 @@ def _is_rmsnorm_like(m: nn.Module) -> bool:
 def _norm_rule(it: "_LabelInterpreter", n: fx.Node, m: nn.Module, value: Any) -> Any:
     main, lab = _first_tensor(it, n)
     from netcompress.core.graph_rules import _along
-    ch = _along(lab, -1, f"module {n.target!r}")
+    ch = _along(lab, -1, f"module {n.target!r}", uf=it.uf)
     if it._ignored(n.target) or not it.g.width:
         it.uf.freeze(ch)
     it.add(n.target, "norm", ch)
@@ -287,7 +287,7 @@ def _attention_rule(it: "_LabelInterpreter", n: fx.Node, m: nn.Module, value: An
     name = n.target
     main, lab = _first_tensor(it, n, spec.inputs)
     _freeze_others(it, n, main)
-    x = _along(lab, -1, f"module {name!r}")
+    x = _along(lab, -1, f"module {name!r}", uf=it.uf)
     mode = "none" if it._ignored(name) else it.g.attention
     if mode == "head_dim" and spec.rotary:
         raise NetcompressError(f"module {name!r}: head_dim pruning of rotary attention is not supported "
@@ -361,7 +361,7 @@ def _mha_rule(it: "_LabelInterpreter", n: fx.Node, m: nn.MultiheadAttention, val
     q, k, v = (n.args + tuple(n.kwargs.get(a) for a in ("query", "key", "value")))[:3] if len(n.args) >= 3 else (
         n.kwargs.get("query", n.args[0] if n.args else None), n.kwargs.get("key"), n.kwargs.get("value"))
     lab = it._lab(q)
-    x = _along(lab, -1, f"module {name!r}")
+    x = _along(lab, -1, f"module {name!r}", uf=it.uf)
     others = [a for a in n.all_input_nodes if a is not q]
     for a in others:
         if isinstance(it.labels.get(a), torch.Tensor) and not (a is k or a is v):

@@ -32,7 +32,10 @@ def merge(a: torch.Tensor, b: torch.Tensor, uf: _UnionFind) -> torch.Tensor:
     """Element-wise combination: unite the labels, keep the non-neutral one (broadcast shape)."""
     uf.union_tensors(a, b)
     a, b = torch.broadcast_tensors(a, b)
-    return torch.where(a < 0, b, a)
+    out = torch.where(a < 0, b, a)
+    if bool(((a >= 0) & (b >= 0) & (a != b)).any()):
+        out = uf.roots(out)  # one name per class, so later checks compare classes
+    return out
 
 
 def reduce(lab: torch.Tensor, dims: Sequence[int], keepdim: bool, out_shape: Sequence[int],

@@ -40,11 +40,12 @@ sin cos reciprocal sign floor ceil round lt le gt ge eq ne and_ or_ xor invert l
 lerp tanh_ exp_ gelu_ silu_ hardswish_ leaky_relu_ elu_ logsigmoid threshold nan_to_num fill_ zero_ cumsum cumprod
 requires_grad_ neg_ abs_ masked_fill_ mod floordiv fmod remainder sigmoid_ pow_ sqrt_ rsqrt_ copy_ cpu cuda
 softmin erfinv tan atan log2 exp2 expm1 sinh cosh asinh trunc frac signbit isnan isinf isfinite float_power
-hypot atan2 copysign xlogy sub_ rsub mul_ true_divide heaviside relu6_ square_ mish_ celu_ selu_ identity
+hypot atan2 copysign xlogy normalize sub_ rsub mul_ true_divide heaviside relu6_ square_ mish_ celu_ selu_ identity
 """.split())
 MOVES = set("""view reshape flatten transpose swapaxes swapdims permute chunk split tensor_split unbind squeeze
 unsqueeze expand expand_as view_as reshape_as t repeat stack cat concat concatenate getitem movedim moveaxis
-narrow unflatten roll flip select tile broadcast_to split_with_sizes hstack vstack""".split())
+narrow unflatten roll flip select tile broadcast_to split_with_sizes hstack vstack gather index_select
+take_along_dim""".split())
 REDUCE = {"mean": 1, "sum": 1, "amax": 1, "amin": 1, "std": 1, "var": 1, "prod": 1, "logsumexp": 1, "max": 1,
           "min": 1, "argmax": 1, "argmin": 1, "norm": 2, "vector_norm": 2, "nansum": 1, "nanmean": 1, "all": 1,
           "any": 1, "count_nonzero": 1}
@@ -73,13 +74,16 @@ def _op_name(node: fx.Node) -> str:
     return name.lstrip("_") if name.startswith("_") and name not in ("_constant", "_pad") else name
 
 
-def _along(labels: torch.Tensor, dim: int, where: str) -> torch.Tensor:
-    """The labels along `dim`, checked constant along every other dim (batch excluded)."""
+def _along(labels: torch.Tensor, dim: int, where: str, uf: Any = None) -> torch.Tensor:
+    """The labels along `dim`, checked constant (up to unions in `uf`) along every other dim."""
     dim = dim % labels.dim()
     labels = labels[tuple(slice(0, 1) if labels.stride(d) == 0 and d != dim else slice(None) for d in range(labels.dim()))]
     moved = labels.movedim(dim, -1).reshape(-1, labels.shape[dim])
     if not bool((moved == moved[:1]).all()):
-        raise NetcompressError(f"{where}: channels are mixed with other dimensions; cannot prune its inputs")
+        roots = uf.roots(moved) if uf is not None else moved
+        if not bool((roots == roots[:1]).all()):
+            raise NetcompressError(f"{where}: channels are mixed with other dimensions; cannot prune its inputs")
+        return roots[0].clone()
     return moved[0].clone()
 
 
@@ -92,6 +96,7 @@ class _LabelInterpreter(fx.Interpreter):
         self.labels: dict[fx.Node, Any] = {}
         self.seen_out: dict[str, torch.Tensor] = {}
         self.seen_in: dict[tuple[str, str, int], torch.Tensor] = {}
+        self.size_src: dict[fx.Node, tuple[fx.Node, int | None]] = {}
 
     # -- helpers ---------------------------------------------------------------------------
     def _lab(self, a: Any) -> Any:
@@ -181,6 +186,7 @@ class _LabelInterpreter(fx.Interpreter):
         name = _op_name(n)
         if name == "setitem":
             return self._setitem(n)
+        self._note_size(n, name, value)
         if not isinstance(value, (torch.Tensor, tuple, list)) or (
                 isinstance(value, (tuple, list)) and not any(isinstance(v, torch.Tensor) for v in value)):
             return None  # sizes, shapes, python numbers
@@ -214,6 +220,35 @@ class _LabelInterpreter(fx.Interpreter):
             return self._linear(n, name, value)
         return self._unknown(n, value)
 
+    def _note_size(self, n: fx.Node, name: str, value: Any) -> None:
+        """Remember which tensor dimension a size was read from (x.shape[i], x.size(i), unpacking)."""
+        if isinstance(value, torch.Size) and n.args and isinstance(n.args[0], fx.Node):
+            if name == "size" and len(n.args) == 1 or name == "getattr" and n.args[1:] == ("shape",):
+                self.size_src[n] = (n.args[0], None)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            if name == "size" and len(n.args) == 2 and isinstance(n.args[1], int):
+                self.size_src[n] = (n.args[0], n.args[1])
+            elif name == "getitem" and n.args[0] in self.size_src and isinstance(n.args[1], int):
+                self.size_src[n] = (self.size_src[n.args[0]][0], n.args[1])
+            elif "size_of" in n.meta:
+                self.size_src[n] = n.meta["size_of"]
+
+    def _size_ties(self, sizes: Sequence[Any], out: torch.Tensor) -> None:
+        """A reshape to a size read from another tensor's dimension: that dimension and this reshaped
+        one must hold the same channels, else both stay (their counts are tied by the code)."""
+        for d, s in enumerate(sizes):
+            src = self.size_src.get(s) if isinstance(s, fx.Node) else None
+            if src is None or src[1] is None or out.shape[d] <= 1:
+                continue
+            slab = self.labels.get(src[0])
+            if not isinstance(slab, torch.Tensor) or slab.dim() == 0:
+                continue
+            a = set(self.uf.roots(torch.unique(_compact(slab))).tolist()) - {-1}
+            b = set(self.uf.roots(torch.unique(_compact(out))).tolist()) - {-1}
+            if a != b and (a | b) - {FROZEN}:
+                self.uf.freeze(slab)
+                self.uf.freeze(out)
+
     def _channel_free(self, n: fx.Node) -> bool | None:
         """True: no tensor input carries prunable channels (neutral only); False: frozen ones only;
         None: some input has prunable channels."""
@@ -246,6 +281,8 @@ class _LabelInterpreter(fx.Interpreter):
     def _param_labels(self, n: fx.Node, value: Any) -> Any:
         if not isinstance(value, torch.Tensor):
             return None
+        if not value.is_floating_point():
+            return frozen(value.shape)  # indices, ids, masks
         big = [d for d, s in enumerate(value.shape) if s > 1]
         if len(big) > 1 and value.dim() >= 2 and value.shape[0] == 1:
             big = [value.dim() - 1]  # [1, ..., D]: positional embeddings, class tokens
@@ -314,7 +351,7 @@ class _LabelInterpreter(fx.Interpreter):
     def _norm(self, n: fx.Node, name: str, value: torch.Tensor) -> torch.Tensor:
         lab = self._lab(n.args[0])
         dim = -1 if name in ("layer_norm", "rms_norm") else 1
-        ch = _along(lab, dim, f"op {name!r} in {_module_of(n) or '<top>'!r}")
+        ch = _along(lab, dim, f"op {name!r} in {_module_of(n) or '<top>'!r}", uf=self.uf)
         params = [self._lab(a) for a in list(n.args[1:]) + list(n.kwargs.values()) if isinstance(a, fx.Node)]
         params = [p for p in params if isinstance(p, torch.Tensor) and p.dim() == 1]
         shape = self._val(self._arg(n, 1, "normalized_shape")) if dim == -1 else None
@@ -382,12 +419,12 @@ class _LabelInterpreter(fx.Interpreter):
                                                                            nn.Conv2d.forward, nn.Conv3d.forward):
             out = self._layer(mod_name, mod, x, value)
             if isinstance(b, torch.Tensor):
-                self.uf.union_tensors(_along(out, -1 if name == "linear" else 1, mod_name), _compact(b).reshape(-1))
+                self.uf.union_tensors(_along(out, -1 if name == "linear" else 1, mod_name, uf=self.uf), _compact(b).reshape(-1))
             return out
         wv = self.env[w]
         groups = self._val(self._arg(n, 6, "groups", 1)) if name != "linear" else 1
         dim = -1 if name == "linear" else 1
-        in_lab = _along(x, dim, f"op {name!r} in {_module_of(n) or '<top>'!r}")
+        in_lab = _along(x, dim, f"op {name!r} in {_module_of(n) or '<top>'!r}", uf=self.uf)
         ignored = self._ignored(mod_name)
         if groups == 1:
             out_ids = self._out_ids(wname, wv.shape[0])
@@ -413,6 +450,15 @@ class _LabelInterpreter(fx.Interpreter):
         name = _op_name(n)
         if name == "getitem":
             args, kwargs = (self._lab(n.args[0]), self._val(n.args[1])), {}
+        elif name in ("gather", "index_select", "take_along_dim"):
+            src, dim = self._lab(n.args[0]), self._val(self._arg(n, 1, "dim"))
+            if not isinstance(src, torch.Tensor) or not isinstance(dim, int):
+                return self._unknown(n, value)
+            sq = _compact(src)
+            if sq.dim() and sq.shape[dim] > 1 and not bool((sq == sq.narrow(dim, 0, 1)).all()):
+                self.uf.freeze(src)  # picking channels by index: they stay
+            return src.narrow(dim, 0, 1).expand(value.shape) if src.shape[dim] != value.shape[dim] or src.dim() != \
+                value.dim() else src.expand(value.shape) if src.dim() == value.dim() else frozen(value.shape)
         elif name in ("view_as", "reshape_as", "expand_as"):
             src, other = self._lab(n.args[0]), self._val(n.args[1])
             out = src.expand(other.shape) if name == "expand_as" else src.reshape(other.shape)
@@ -447,6 +493,7 @@ class _LabelInterpreter(fx.Interpreter):
             return
         literal = [isinstance(s, int) and s != -1 for s in sizes]
         out = src.reshape(value.shape)
+        self._size_ties(sizes, out)
         i = j = 0  # walk matching blocks of equal products
         ins, outs = list(src.shape), list(value.shape)
         while i < len(ins) and j < len(outs):
@@ -460,9 +507,9 @@ class _LabelInterpreter(fx.Interpreter):
                     pj *= outs[j]
             block = range(j0, j + 1)
             varying = any(not bool((out.select(d, 0).unsqueeze(d) == out).all()) for d in block if outs[d] > 1)
-            if varying and j0 > 0:
+            if varying:
                 if all(literal[d] for d in block if outs[d] > 1):
-                    self.uf.freeze(out.narrow(0, 0, 1))  # a literal size: these channels cannot change
+                    self.uf.freeze(out)  # a literal size: these channels cannot change
                 elif len(block) > 1:
                     for d in block:
                         if literal[d] and outs[d] > 1:
@@ -507,7 +554,7 @@ class _LabelInterpreter(fx.Interpreter):
         """Members of a conv / linear layer `m` called on labels `inp`."""
         ignored = self._ignored(name)
         if isinstance(m, _CONV):
-            in_lab = _along(inp, 1, f"module {name!r}")
+            in_lab = _along(inp, 1, f"module {name!r}", uf=self.uf)
             if ignored:
                 self.uf.freeze(in_lab)
             g = m.groups
@@ -531,7 +578,7 @@ class _LabelInterpreter(fx.Interpreter):
             shape = [1] * value.dim()
             shape[1] = -1
             return out_ids.view(shape).expand(value.shape)
-        in_lab = _along(inp, -1, f"module {name!r}")
+        in_lab = _along(inp, -1, f"module {name!r}", uf=self.uf)
         out_ids = self._out_ids(name, m.weight.shape[0] if isinstance(m, nn.Linear) else m.nf)
         if ignored:
             self.uf.freeze(in_lab)
@@ -556,7 +603,7 @@ class _LabelInterpreter(fx.Interpreter):
         gn1 = isinstance(m, nn.GroupNorm) and m.num_groups == 1
         if isinstance(m, _NORM) or one_d or gn1:
             dim = -1 if one_d else 1
-            ch = _along(inp, dim, f"module {name!r}")
+            ch = _along(inp, dim, f"module {name!r}", uf=self.uf)
             if ignored or ((one_d or gn1) and not self.g.width):
                 self.uf.freeze(ch)
             has_params = any(p is not None for p in m._parameters.values()) or any(b is not None and b.dim() == 1 for b in m._buffers.values())

@@ -43,7 +43,16 @@ def first_sample(x: Any, device: torch.device | None) -> Any:
 
 
 class _Dyn(int):
-    """An int read from a tensor's shape; arithmetic keeps it one."""
+    """An int read from a tensor's shape; arithmetic keeps it one. `src`: (tensor, dim) it was read
+    from, None once computed."""
+
+    src: tuple[Any, int] | None = None
+
+
+def _read(v: int, t: torch.Tensor, d: int) -> _Dyn:
+    out = _Dyn(v)
+    out.src = (t, d)
+    return out
 
 
 def _dyn_op(name: str):
@@ -121,6 +130,8 @@ class _Recorder(TorchFunctionMode):
         if isinstance(a, _Dyn):
             n = self.graph.call_function(_dyn, (int(a),))
             n.meta["val"] = int(a)
+            if a.src is not None and id(a.src[0]) in self.node_of:
+                n.meta["size_of"] = (self.node_of[id(a.src[0])], a.src[1] % max(a.src[0].dim(), 1))
             return n
         if isinstance(a, (list, tuple)):
             items = [self.map(x) for x in a]
@@ -138,9 +149,9 @@ class _Recorder(TorchFunctionMode):
         owner = getattr(func, "__self__", None)
         if name == "__get__" and owner is not None:  # a tensor property
             prop = getattr(owner, "__name__", "")
-            if prop == "shape":
-                return torch.Size(_Dyn(v) for v in out)
             x = args[0]
+            if prop == "shape":
+                return torch.Size(_read(v, x, d) for d, v in enumerate(out))
             if prop == "T":
                 return self._record("call_method", "permute", (x, *reversed(range(x.dim()))), {}, out)
             if prop == "mT":
@@ -149,7 +160,10 @@ class _Recorder(TorchFunctionMode):
                 return self._record("call_method", "detach", (x,), {}, out)
             return out
         if name == "size":
-            return torch.Size(_Dyn(v) for v in out) if isinstance(out, tuple) else _Dyn(out)
+            if isinstance(out, tuple):
+                return torch.Size(_read(v, args[0], d) for d, v in enumerate(out))
+            d = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+            return _read(out, args[0], d % max(args[0].dim(), 1))
         if not any(isinstance(v, torch.Tensor) for v in _pytree.tree_leaves(out)) and name != "__setitem__":
             return out
         if name in _DUNDER:
