@@ -404,6 +404,21 @@ def _mha_rule(it: "_LabelInterpreter", n: fx.Node, m: nn.MultiheadAttention, val
     return out
 
 
+# Size attributes some model classes use as literal reshape sizes: read at trace time, reset after
+# pruning from the pruned layers.
+SIZE_ATTRS: dict[str, dict[str, Callable[[nn.Module], int]]] = {
+    "VisionTransformer": {"hidden_dim": lambda m: m.conv_proj.out_channels},  # torchvision
+}
+
+
+def size_attr(m: nn.Module, value: int) -> str | None:
+    """The name of `m`'s size attribute equal to `value`, if `m`'s class has one in SIZE_ATTRS."""
+    for attr in SIZE_ATTRS.get(type(m).__name__, {}):
+        if getattr(m, attr, None) == value:
+            return attr
+    return None
+
+
 def leaf_rule(m: nn.Module) -> Rule | None:
     """The rule standing for module `m` when it is a leaf of the channel graph, else None."""
     for cls in type(m).__mro__:

@@ -17,7 +17,8 @@ from torch import nn
 
 from netcompress.core.errors import NetcompressError
 from netcompress.core.graph import _CONV, _NORM, FROZEN, Member, _compact
-from netcompress.core.graph_ops import contract, einsum_letters, frozen, matmul_letters, merge, neutral, reduce, resize
+from netcompress.core.graph_ops import (contract, einsum_letters, frozen, matmul_letters, merge, neutral, reduce, resize,
+                                        squash)
 
 if TYPE_CHECKING:
     from netcompress.core.graph import ChannelGraph
@@ -97,6 +98,7 @@ class _LabelInterpreter(fx.Interpreter):
         self.seen_out: dict[str, torch.Tensor] = {}
         self.seen_in: dict[tuple[str, str, int], torch.Tensor] = {}
         self.size_src: dict[fx.Node, tuple[fx.Node, int | None]] = {}
+        self.size_fixed: set[tuple[str, str]] = set()
 
     # -- helpers ---------------------------------------------------------------------------
     def _lab(self, a: Any) -> Any:
@@ -243,11 +245,36 @@ class _LabelInterpreter(fx.Interpreter):
             slab = self.labels.get(src[0])
             if not isinstance(slab, torch.Tensor) or slab.dim() == 0:
                 continue
-            a = set(self.uf.roots(torch.unique(_compact(slab))).tolist()) - {-1}
-            b = set(self.uf.roots(torch.unique(_compact(out))).tolist()) - {-1}
+            a, b = self._dim_classes(slab, src[1]), self._dim_classes(out, d)
             if a != b and (a | b) - {FROZEN}:
                 self.uf.freeze(slab)
                 self.uf.freeze(out)
+
+    def _size_attr(self, n: fx.Node, s: int) -> bool:
+        """Whether literal `s` is a known size attribute of the module running `n` (reset after pruning)."""
+        from netcompress.core.graph_layers import SIZE_ATTRS, size_attr
+
+        owner = _module_of(n)
+        try:
+            mod = self.g.model.get_submodule(owner) if owner else self.g.model
+        except AttributeError:
+            return False
+        attr = size_attr(mod, s) if type(mod).__name__ in SIZE_ATTRS else None
+        if attr is None:
+            return False
+        if (owner, attr) not in self.size_fixed:
+            self.size_fixed.add((owner, attr))
+            get = SIZE_ATTRS[type(mod).__name__][attr]
+            self.g.fixers.append(lambda new, g, removed: setattr(new.get_submodule(owner), attr,
+                                                                 get(new.get_submodule(owner))))
+        return True
+
+    def _dim_classes(self, t: torch.Tensor, d: int) -> set[int]:
+        """The channel classes laid along dim `d` of labels `t` (empty: none vary along it)."""
+        sq = squash(t)
+        if sq.shape[d] == 1:
+            return set()
+        return set(self.uf.roots(torch.unique(sq)).tolist()) - {-1}
 
     def _channel_free(self, n: fx.Node) -> bool | None:
         """True: no tensor input carries prunable channels (neutral only); False: frozen ones only;
@@ -491,7 +518,7 @@ class _LabelInterpreter(fx.Interpreter):
             sizes = sizes[0]
         if any(isinstance(s, str) for s in sizes) or len(sizes) != value.dim():
             return
-        literal = [isinstance(s, int) and s != -1 for s in sizes]
+        literal = [isinstance(s, int) and s != -1 and not self._size_attr(n, s) for s in sizes]
         out = src.reshape(value.shape)
         self._size_ties(sizes, out)
         i = j = 0  # walk matching blocks of equal products

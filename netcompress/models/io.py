@@ -185,7 +185,7 @@ def build(arch: dict[str, Any], trust_python: bool = False) -> nn.Module:
 
 def load_state_exact(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Load tensors whose shapes may differ from the freshly built placeholders (strict keys)."""
-    own = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers(remove_duplicate=False))
+    own = model.state_dict(keep_vars=True)  # non-persistent buffers are rebuilt by the model itself
     missing = sorted(set(own) - set(state))
     extra = sorted(set(state) - set(own))
     if missing or extra:
