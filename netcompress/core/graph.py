@@ -84,10 +84,12 @@ class Group:
 class _UnionFind:
     def __init__(self) -> None:
         self.parent = [FROZEN]
+        self._table: torch.Tensor | None = None  # root of every label, rebuilt after a change
 
     def new(self, n: int) -> torch.Tensor:
         start = len(self.parent)
         self.parent.extend(range(start, start + n))
+        self._table = None
         return torch.arange(start, start + n)
 
     def find(self, a: int) -> int:
@@ -106,6 +108,7 @@ class _UnionFind:
         if rb == FROZEN or (ra != FROZEN and rb < ra):
             ra, rb = rb, ra
         self.parent[rb] = ra  # the frozen class (0) always stays the root
+        self._table = None
 
     def union_tensors(self, a: torch.Tensor, b: torch.Tensor) -> None:
         a, b = torch.broadcast_tensors(a, b)
@@ -133,8 +136,15 @@ class _UnionFind:
                 self.union(FROZEN, x)
 
     def roots(self, t: torch.Tensor) -> torch.Tensor:
-        u, inv = torch.unique(t, return_inverse=True)
-        return torch.tensor([self.find(x) if x >= 0 else NEUTRAL for x in u.tolist()], dtype=torch.long)[inv]
+        if self._table is None:
+            p = torch.tensor(self.parent, dtype=torch.long)
+            while True:  # pointer jumping: every label points at its root
+                q = p[p]
+                if torch.equal(q, p):
+                    break
+                p = q
+            self._table = p
+        return torch.where(t < 0, NEUTRAL, self._table[t.clamp_min(0)])
 
 
 def weight_dims(mod: nn.Module) -> tuple[int, int]:
