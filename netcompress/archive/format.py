@@ -37,10 +37,6 @@ _PRE = struct.Struct("<4sHI32s")
 MAX_HEADER = 64 << 20
 
 
-def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach() for k, v in model.state_dict(keep_vars=True).items()}
-
-
 def pack(model: nn.Module, path: str | os.PathLike, coding: str = "huffman") -> dict[str, Any]:
     """Write `model` as a compressed archive (Han et al. 2016: sparse + codebook + Huffman), atomically.
 
@@ -57,12 +53,12 @@ def pack(model: nn.Module, path: str | os.PathLike, coding: str = "huffman") -> 
     """
     if coding not in ("huffman", "fixed"):
         raise NetcompressError(f"pack: coding {coding!r}; valid: huffman, fixed")
-    from netcompress.models.io import atomic_write, describe
+    from netcompress.models.io import atomic_write, describe, model_tensors
 
     arch = _compact_arch(describe(model))
     params = {n for n, _ in model.named_parameters(remove_duplicate=False)}
     entries, blobs, off = [], [], 0
-    for name, t in _tensors(model).items():
+    for name, t in model_tensors(model)[0].items():  # tied tensors once (the `tied` table of arch)
         desc, blob = codec.encode_tensor(t, coding)
         entries.append({"name": name, "dtype": codec.dtype_name(t), "shape": list(t.shape), "enc": desc,
                         "offset": off, "length": len(blob), "crc32": zlib.crc32(blob)})
@@ -195,7 +191,7 @@ def unpack(path: str | os.PathLike) -> nn.Module:
             raise NetcompressError(f"{where}: tensor {k!r} has shape {tuple(t.shape)} {t.dtype}, "
                                    f"the architecture expects {tuple(own[k].shape)} {own[k].dtype}")
     try:
-        load_state_exact(model, state)
+        load_state_exact(model, state, manifest["arch"].get("tied"))
     except NetcompressError as e:
         raise NetcompressError(f"{where}: {e}") from None
     return model.eval()

@@ -23,13 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from netcompress.core.batch import Batch, call, logits_of, to_device
 from netcompress.core.errors import NetcompressError
 from netcompress.core.method import Method
 from netcompress.core.taps import Taps
 from netcompress.distill import losses
 from netcompress.distill.features import (embedding_layer, example_for, make_adapter, pair_layers, probe,
                                           spatial_layers)
-from netcompress.train.loop import _logits
 
 __all__ = ["TeacherMethod", "KD", "Hint", "AT", "RKD", "SP", "DML", "Peers", "Ensemble", "DISTILLERS"]
 
@@ -70,19 +70,19 @@ class TeacherMethod(Method):
         return model
 
     @torch.no_grad()
-    def teacher_outputs(self, inputs: torch.Tensor) -> torch.Tensor:
+    def teacher_outputs(self, inputs: Batch) -> torch.Tensor:
         """The teacher's logits in eval mode, without gradients (features land in its taps)."""
         self.teacher.eval()
-        return _logits(self.teacher(inputs))
+        return logits_of(call(self.teacher, inputs))
 
     def task_loss(self, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
         """``(1 - alpha) * cross_entropy``: pass as `fit(..., loss_fn=method.task_loss)`."""
-        return (1.0 - self.alpha) * F.cross_entropy(_logits(outputs), targets)
+        return (1.0 - self.alpha) * F.cross_entropy(logits_of(outputs), targets)
 
     def kd_terms(self, outputs: Any, teacher_logits: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.alpha == 0:
             return {}
-        return {"kd": self.alpha * losses.kd_loss(_logits(outputs), teacher_logits, self.temperature)}
+        return {"kd": self.alpha * losses.kd_loss(logits_of(outputs), teacher_logits, self.temperature)}
 
     def finalize(self, model: nn.Module) -> nn.Module:
         self.teacher.train(self._teacher_was_training)
@@ -134,7 +134,7 @@ class _FeatureMethod(TeacherMethod):
 
     def prepare(self, model: nn.Module) -> nn.Module:
         super().prepare(model)
-        x = example_for(model, self.example_inputs).to(_device_of(model))
+        x = to_device(example_for(model, self.example_inputs), _device_of(model))
         if not self.pairs:
             defaults = ([], []) if self.layers else self._defaults(model, x)
             self.pairs = pair_layers(self.layers, *defaults)
@@ -284,8 +284,8 @@ class Peers(nn.Module):
             raise NetcompressError(f"Peers: needs at least 2 models, got {len(peers)}")
         self.peers = nn.ModuleList(peers)
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return [_logits(p(x)) for p in self.peers]
+    def forward(self, *args: Any, **kwargs: Any) -> list[torch.Tensor]:
+        return [logits_of(p(*args, **kwargs)) for p in self.peers]
 
 
 class Ensemble(nn.Module):
@@ -297,8 +297,8 @@ class Ensemble(nn.Module):
             raise NetcompressError("Ensemble: needs at least one member")
         self.members = nn.ModuleList(members)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([_logits(m(x)) for m in self.members]).mean(0)
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return torch.stack([logits_of(m(*args, **kwargs)) for m in self.members]).mean(0)
 
 
 def peers_ce(outputs: Sequence[torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
@@ -334,7 +334,7 @@ class DML(Method):
 
 def zero_task_loss(outputs: Any, targets: torch.Tensor) -> torch.Tensor:
     """A task loss of 0 (no gradient): FitNet stage 1 trains only through the hint term."""
-    return _logits(outputs).new_zeros(())
+    return logits_of(outputs).new_zeros(())
 
 
 from netcompress.distill.protocols import DISTILLERS  # noqa: E402  (the registry of whole protocols)

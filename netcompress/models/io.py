@@ -9,6 +9,12 @@ of two Linears, an added exit head), and finally loads the tensors with `strict=
 
 Nothing is unpickled: `torch.load(..., weights_only=True)` reads the file, and only allow-listed
 module types can be constructed from it.
+
+Every parameter and buffer is stored once, non-persistent buffers included (a rotary embedding's
+`inv_freq`, position ids), so the reloaded model computes exactly what the saved one did; a tensor
+shared by several modules (an LM head tied to the embedding) is stored under its first name and the
+description's `tied` table ({alias: source}) makes the reloaded model share it again. Files written
+before these two rules (every state-dict key, no `tied`) load as before.
 """
 from __future__ import annotations
 
@@ -106,6 +112,21 @@ def _describe_module(m: nn.Module) -> dict[str, Any]:
     return entry
 
 
+def model_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Every parameter and buffer of `model` once (non-persistent buffers included), and the
+    {alias: source name} table of tensors shared between modules (tied weights)."""
+    first: dict[int, str] = {}
+    tensors: dict[str, torch.Tensor] = {}
+    tied: dict[str, str] = {}
+    for name, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
+        if id(t) in first:
+            tied[name] = first[id(t)]
+        else:
+            first[id(t)] = name
+            tensors[name] = t.detach()
+    return tensors, tied
+
+
 def describe(model: nn.Module) -> dict[str, Any]:
     """The JSON-able architecture description of `model` (see module docstring)."""
     spec = getattr(model, "netcompress_spec", None)
@@ -114,8 +135,12 @@ def describe(model: nn.Module) -> dict[str, Any]:
             f"cannot describe a {type(model).__name__} that was not built by netcompress.models.create; "
             "build it with create('python:your.module:factory') so it can be rebuilt without pickling"
         )
-    return {"format": FORMAT, "version": VERSION, "spec": spec,
+    arch = {"format": FORMAT, "version": VERSION, "spec": spec,
             "modules": {name: _describe_module(m) for name, m in model.named_modules()}}
+    tied = model_tensors(model)[1]
+    if tied:
+        arch["tied"] = tied
+    return arch
 
 
 def _get(model: nn.Module, name: str) -> nn.Module | None:
@@ -183,21 +208,35 @@ def build(arch: dict[str, Any], trust_python: bool = False) -> nn.Module:
     return model
 
 
-def load_state_exact(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load tensors whose shapes may differ from the freshly built placeholders (strict keys)."""
-    own = model.state_dict(keep_vars=True)  # non-persistent buffers are rebuilt by the model itself
-    missing = sorted(set(own) - set(state))
-    extra = sorted(set(state) - set(own))
-    if missing or extra:
-        raise NetcompressError(f"weights do not match the architecture: missing {missing[:5]}, unexpected {extra[:5]}")
+def load_state_exact(model: nn.Module, state: dict[str, torch.Tensor], tied: dict[str, str] | None = None) -> None:
+    """Load tensors whose shapes may differ from the freshly built placeholders (strict keys), then
+    share the `tied` ones ({alias: source}) again. Non-persistent buffers missing from `state`
+    (files of older versions) keep the values the rebuilt model computed."""
+    tied = dict(tied or {})
+    own = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers(remove_duplicate=False))
+    required = set(model.state_dict(keep_vars=True)) - set(tied)
+    missing = sorted(required - set(state))
+    extra = sorted(set(state) - (set(own) - set(tied)))
+    bad_tie = sorted(a for a, src in tied.items() if a not in own or src not in state)
+    if missing or extra or bad_tie:
+        raise NetcompressError(f"weights do not match the architecture: missing {missing[:5]}, unexpected {extra[:5]}"
+                               + (f", bad tied entries {bad_tie[:5]}" if bad_tie else ""))
+    new: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for k, t in state.items():
             mod_name, _, leaf = k.rpartition(".")
             mod = _get(model, mod_name)
             if leaf in mod._parameters:
-                mod._parameters[leaf] = nn.Parameter(t.clone(), requires_grad=mod._parameters[leaf].requires_grad)
+                new[k] = mod._parameters[leaf] = nn.Parameter(t.clone(), requires_grad=mod._parameters[leaf].requires_grad)
             else:
-                mod._buffers[leaf] = t.clone()
+                new[k] = mod._buffers[leaf] = t.clone()
+        for alias, src in tied.items():
+            mod_name, _, leaf = alias.rpartition(".")
+            mod = _get(model, mod_name)
+            if leaf in mod._parameters:
+                mod._parameters[leaf] = new[src]
+            else:
+                mod._buffers[leaf] = new[src]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> None:
@@ -232,7 +271,7 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
         >>> m = create("lenet300"); save(m, "/tmp/m.pt"); load("/tmp/m.pt")  # doctest: +SKIP
     """
     arch = describe(model)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict(keep_vars=True).items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in model_tensors(model)[0].items()}
     atomic_write(path, lambda f: torch.save({"format": FORMAT, "version": VERSION, "arch": json.dumps(arch), "state": state}, f))
     return Path(path)
 
@@ -250,6 +289,7 @@ def load(path: str | os.PathLike, trust_python: bool = False) -> nn.Module:
         raise NetcompressError(f"{p}: not a netcompress model file")
     if blob.get("version", 0) > VERSION:
         raise NetcompressError(f"{p}: format version {blob['version']} is newer than this netcompress ({VERSION})")
-    model = build(json.loads(blob["arch"]), trust_python=trust_python)
-    load_state_exact(model, blob["state"])
+    arch = json.loads(blob["arch"])
+    model = build(arch, trust_python=trust_python)
+    load_state_exact(model, blob["state"], arch.get("tied"))
     return model.eval()

@@ -213,7 +213,9 @@ def _python_factory(ref: str, **kwargs: Any) -> nn.Module:
 
 def _is_file_ref(name: str) -> bool:
     """Whether `name` names a saved model file rather than an architecture."""
-    return name.endswith((".pt", ".ncm", ".ncz")) or "/" in name and not name.startswith(("python:", "torchvision:"))
+    if name.startswith(("python:", "torchvision:", "timm:", "hf:")):
+        return False
+    return name.endswith((".pt", ".ncm", ".ncz")) or "/" in name
 
 
 def create_for(name: str, data: Any, **kwargs: Any) -> nn.Module:
@@ -234,7 +236,8 @@ def create_for(name: str, data: Any, **kwargs: Any) -> nn.Module:
 
 
 def create(name: str, num_classes: int = 10, in_channels: int | None = None, input_size: int | None = None, **kwargs: Any) -> nn.Module:
-    """Build a model by name: a zoo name, ``torchvision:NAME``, ``python:module:factory`` or a saved file.
+    """Build a model by name: a zoo name, ``torchvision:NAME``, ``timm:NAME``, ``hf:NAME_OR_CONFIG``
+    (see `netcompress.models.sources`), ``python:module:factory`` or a saved file.
 
     Example:
         >>> m = create("lenet5", num_classes=10)
@@ -254,6 +257,8 @@ def create(name: str, num_classes: int = 10, in_channels: int | None = None, inp
         kw["in_channels"] = in_channels
     if input_size is not None:
         kw["input_size"] = input_size
+    if name.startswith(("timm:", "hf:")):
+        return _named_source(name, kw)
     if name.startswith("torchvision:"):
         model = _torchvision_model(name.split(":", 1)[1], **dict(kw))
     elif name.startswith("python:"):
@@ -261,6 +266,24 @@ def create(name: str, num_classes: int = 10, in_channels: int | None = None, inp
     else:
         model = MODELS.get(name)(**kw)
     model.netcompress_spec = {"name": name, "kwargs": kw}
+    return model
+
+
+def _named_source(name: str, kw: dict[str, Any]) -> nn.Module:
+    """``timm:`` / ``hf:`` models; the spec names the source and every setting, never code."""
+    from netcompress.models import sources
+
+    prefix, _, rest = name.partition(":")
+    ref, query = sources.parse_ref(rest)
+    if not ref:
+        raise NetcompressError(f"{name!r}: name the model after '{prefix}:'")
+    kw = {**kw, **query}
+    if prefix == "timm":
+        model, spec_kw = sources.build_timm(ref, kw)
+        model.netcompress_spec = {"name": f"timm:{ref}", "kwargs": spec_kw}
+    else:
+        model, spec_kw, model_type = sources.build_hf(ref, kw)
+        model.netcompress_spec = {"name": f"hf:{model_type}", "kwargs": spec_kw}
     return model
 
 

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from netcompress.core.errors import NetcompressError
+from netcompress.core.layers import is_hf_conv1d
 from netcompress.core.method import Method
 
 Init = Literal["linear", "density", "random", "k-means++", "optimal", "best"]
@@ -205,7 +206,7 @@ def _bits_for(module: nn.Module, name: str, bits: int | Mapping[str, int]) -> in
 
 
 def _default_filter(module: nn.Module, name: str) -> bool:
-    return isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) and getattr(module, "weight", None) is not None
+    return (isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) or is_hf_conv1d(module)) and getattr(module, "weight", None) is not None
 
 
 def cluster_(model: nn.Module, bits: int | Mapping[str, int] = 5, init: Init = "linear",

@@ -23,6 +23,7 @@ from pydantic import Field
 from torch import nn
 
 from netcompress.core.config import Config
+from netcompress.core.batch import call, logits_of, to_device
 from netcompress.core.errors import NetcompressError
 from netcompress.core.method import Method
 from netcompress.train.distributed import barrier, dist_info, init_distributed
@@ -34,12 +35,12 @@ class TrainConfig(Config):
     """Training settings shared by `fit`, recipes (`train:`) and every fine-tuning stage."""
 
     epochs: float = Field(10, ge=0, description="epochs; fractions train that share of one epoch")
-    lr: float = Field(0.05, gt=0)
+    lr: float = Field(0.05, gt=0, description="peak learning rate")
     batch_size: int = Field(64, ge=1, description="global batch size (split across DDP ranks)")
-    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0)
-    schedule: Literal["constant", "cosine", "step"] = "cosine"
+    optimizer: Literal["sgd", "adam", "adamw"] = Field("sgd", description="optimizer")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    weight_decay: float = Field(5e-4, ge=0, description="weight decay")
+    schedule: Literal["constant", "cosine", "step"] = Field("cosine", description="learning-rate schedule over the epochs")
     step_size: int = Field(5, ge=1, description="epochs between x0.1 decays for schedule=step")
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps (tiny budgets)")
     amp: bool = Field(True, description="bf16 autocast on CUDA; ignored on CPU")
@@ -59,17 +60,11 @@ class History:
         return self.epochs[-1].get("test_acc") if self.epochs else None
 
 
-def _logits(outputs: Any) -> torch.Tensor:
-    """The prediction of a model output: a tensor, or the last of a list (multi-exit models)."""
-    if isinstance(outputs, torch.Tensor):
-        return outputs
-    if isinstance(outputs, (list, tuple)) and outputs and isinstance(outputs[-1], torch.Tensor):
-        return outputs[-1]
-    raise NetcompressError(f"model returned {type(outputs).__name__}; expected a tensor of logits or a list of them")
+_logits = logits_of  # the old private name, kept for callers outside this module
 
 
 def default_loss(outputs: Any, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(_logits(outputs), targets)
+    return F.cross_entropy(logits_of(outputs), targets)
 
 
 def _device(device: str | torch.device | None) -> torch.device:
@@ -90,7 +85,7 @@ def predict(model: nn.Module, loader: Iterable, device: str | torch.device | Non
     outs, ys = [], []
     try:
         for x, y in loader:
-            outs.append(_logits(model(x.to(dev))).float().cpu())
+            outs.append(logits_of(call(model, to_device(x, dev))).float().cpu())
             ys.append(y)
     finally:
         model.train(was_training)
@@ -243,9 +238,9 @@ def fit(
             for x, y in loader:
                 if step >= budget:
                     break
-                x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+                x, y = to_device(x, dev, non_blocking=True), y.to(dev, non_blocking=True)
                 with torch.autocast("cuda", dtype=torch.bfloat16) if amp else nullcontext():
-                    out = train_model(x)
+                    out = call(train_model, x)
                     parts = {"task": loss_fn(out, y)}
                     for m in methods:
                         parts.update(m.loss_terms(model, x, y, out))
@@ -264,7 +259,7 @@ def fit(
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + v.item() * n
                 sums["loss"] = sums.get("loss", 0.0) + loss.item() * n
-                correct += (_logits(out).argmax(1) == y).sum().item()
+                correct += (logits_of(out).argmax(1) == y).sum().item()
                 seen += n
                 if bar is not None:
                     bar.update(1)
