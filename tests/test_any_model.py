@@ -250,3 +250,11 @@ def test_separable_and_lowrank_leave_out_layers_the_forward_reads():
     assert out(thin, example("hf:vit")).shape == (2, 10)
     with pytest.raises(NetcompressError, match="reads its attributes"):
         nc.design.separable(vit, filter_fn=lambda m, n: n.endswith("projection"))
+
+
+def test_netcompress_list_names_the_sources(capsys):
+    from netcompress.cli import main
+
+    assert main(["list"]) == 0
+    text = capsys.readouterr().out
+    assert "timm:NAME" in text and "hf:MODEL_TYPE" in text and "qwen2" in text
