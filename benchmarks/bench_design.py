@@ -102,7 +102,7 @@ def separable_study(data, seeds, full, log, model_name, epochs, lr):
         torch.manual_seed(seed)
         base = nc.models.create(model_name, in_channels=1, input_size=28)
         acc = train(base, data, 10, 0.05, seed)
-        sep, layers = transform(base, DesignConfig(op="separable", calibration=256), data)
+        sep, layers = transform(base, DesignConfig(op="separable", calibration_samples=256), data)
         if not layer_table:
             layer_table = _separable_costs(base, sep, layers, data)
         a0 = nc.train.evaluate(sep, data)

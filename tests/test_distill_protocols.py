@@ -206,10 +206,10 @@ def test_cli_distill(tmp_path, teacher):
     assert rc == 2
     dfile = save(nc.models.create("lenet300", in_channels=1, input_size=8), tmp_path / "d.pt")
     rc = main(["distill", str(dfile), "--data", "digits", "--student", "lenet300-quarter", "--method", "rkd",
-               "--weight", "distance=10", "--max-steps", "2", "--epochs", "1", "--out", str(out)])
+               "--weights", "distance=10", "--max-steps", "2", "--epochs", "1", "--out", str(out)])
     assert rc == 0 and out.exists()
     assert nc.models.load(out).fc1.out_features == 75
-    assert main(["distill", str(dfile), "--data", "digits", "--student", "lenet300-quarter", "--weight", "x",
+    assert main(["distill", str(dfile), "--data", "digits", "--student", "lenet300-quarter", "--weights", "x",
                  "--out", str(out)]) == 2
 
 

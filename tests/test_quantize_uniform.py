@@ -63,8 +63,8 @@ def test_quantize_bad_input_leaves_model_unchanged():
     before = m.fc1.weight.clone()
     with pytest.raises(NetcompressError, match="bits"):
         quantize_(m, bits=9)
-    with pytest.raises(NetcompressError, match="calibration"):
-        quantize_(m, bits=4, calibration="entropy")
+    with pytest.raises(NetcompressError, match="observer"):
+        quantize_(m, bits=4, observer="entropy")
     assert torch.equal(before, m.fc1.weight)
 
 

@@ -15,6 +15,7 @@ from pydantic import Field, ValidationError, field_validator
 from netcompress.core.config import Config
 from netcompress.core.errors import NetcompressError
 from netcompress.train.loop import TrainConfig
+from netcompress.train.stage import STAGES
 
 DEFAULT_RECIPE = Path(__file__).with_name("default.yaml")
 
@@ -137,8 +138,6 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 
 def _validate_stage_items(items: list, prefix: tuple, lines: dict, where: str) -> None:
-    from netcompress.recipe.stages import STAGES
-
     for i, item in enumerate(items):
         loc = prefix + (i,)
         line = _line_for(lines, loc)
@@ -165,9 +164,6 @@ def _validate_stage_items(items: list, prefix: tuple, lines: dict, where: str) -
 
 def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
     """Read and validate a recipe file (the built-in default when `path` is None)."""
-    from netcompress.plugins import load_stages
-
-    load_stages()
     p = Path(path) if path is not None else DEFAULT_RECIPE
     if not p.is_file():
         raise NetcompressError(f"recipe file {p} does not exist")

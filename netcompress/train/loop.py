@@ -35,12 +35,12 @@ class TrainConfig(Config):
     """Training settings shared by `fit`, recipes (`train:`) and every fine-tuning stage."""
 
     epochs: float = Field(10, ge=0, description="epochs; fractions train that share of one epoch")
-    lr: float = Field(0.05, gt=0)
+    lr: float = Field(0.05, gt=0, description="peak learning rate")
     batch_size: int = Field(64, ge=1, description="global batch size (split across DDP ranks)")
-    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0)
-    schedule: Literal["constant", "cosine", "step"] = "cosine"
+    optimizer: Literal["sgd", "adam", "adamw"] = Field("sgd", description="optimizer")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    weight_decay: float = Field(5e-4, ge=0, description="weight decay")
+    schedule: Literal["constant", "cosine", "step"] = Field("cosine", description="learning-rate schedule over the epochs")
     step_size: int = Field(5, ge=1, description="epochs between x0.1 decays for schedule=step")
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps (tiny budgets)")
     amp: bool = Field(True, description="bf16 autocast on CUDA; ignored on CPU")
