@@ -180,7 +180,7 @@ def test_hf_text_classifier_on_dict_batches_measure_fit_evaluate_kd(one_thread):
     met = nc.measure(teacher, data, min_run_time=0.01)
     assert met.accuracy == pytest.approx(acc) and met.macs > 0 and met.bytes > 0 and met.latency_ms_b64 > 0
     student = _text_bert(hidden=16, layers=1)
-    res = nc.distill.kd(teacher, student, data, T=2.0, epochs=2, lr=3e-3)
+    res = nc.distill.kd(teacher, student, data, temperature=2.0, epochs=2, lr=3e-3)
     assert 0.0 <= res.accuracy <= 1.0 and any("kd" in h[-1] for h in res.histories.values())
     assert res.accuracy == pytest.approx(nc.train.evaluate(res.student, data))
 
