@@ -22,7 +22,7 @@ reshape-by-`-1` that its timm example uses). A prune counts when the pruned mode
 output shape, gives finite outputs, has fewer MACs, and the original model's outputs and weights are
 unchanged. Then netcompress's transforms: low-rank (`design.lowrank`, budget 0.5 of the parameters),
 weight pruning 50 % + k-means 4 bits + `.ncz` archive round trip (identical outputs), save / load of
-the low-rank model (identical outputs). Every failure is recorded with its reason; the script never
+the low-rank model and of netcompress's 50 % channel-pruned model (identical outputs). Every failure is recorded with its reason; the script never
 stops on one.
 
 Latency part: at 50 % of the dense MACs (the channel ratio found by bisection for each tool),
@@ -312,6 +312,7 @@ def run_model(name: str, size: int) -> dict[str, Any]:
     row["input"] = "x".join(map(str, x.shape[1:])) if isinstance(x, torch.Tensor) else f"{x['input_ids'].shape[1]} tokens"
     y0, state0 = out(model, x), snapshot(model)
     row["macs"] = macs0 = count_macs(model, x)
+    pruned = None
     for tool, fn in TOOLS.items():
         for ratio in (0.3, 0.5):
             key = f"{tool}@{ratio}"
@@ -327,6 +328,8 @@ def run_model(name: str, size: int) -> dict[str, Any]:
                 model.load_state_dict(state0)
                 err += " (and the original model was changed)"
             row[key] = err or "ok"
+            if key == "netcompress@0.5" and err is None:
+                pruned = small
             del small
             gc.collect()
     with tempfile.TemporaryDirectory() as d:
@@ -348,11 +351,13 @@ def run_model(name: str, size: int) -> dict[str, Any]:
         row["archive"] = err or "ok"
         row["archive_ratio"] = 4 * row["params"] / nbytes if nbytes else None
 
-        def save_load():
-            m = thin if thin is not None else model
-            nc.models.save(m, Path(d) / "m.pt")
-            if not torch.equal(out(m, x), out(nc.models.load(Path(d) / "m.pt"), x)):
-                raise AssertionError("loaded outputs differ")
+        def save_load():  # the low-rank model and netcompress's 50 % pruned model (when they exist)
+            for what, m in (("low-rank", thin if thin is not None else model), ("pruned", pruned)):
+                if m is None:
+                    continue
+                nc.models.save(m, Path(d) / "m.pt")
+                if not torch.equal(out(m, x), out(nc.models.load(Path(d) / "m.pt"), x)):
+                    raise AssertionError(f"loaded outputs of the {what} model differ")
         _, err = guarded(save_load)
         row["save_load"] = err or "ok"
     if not unchanged(model, x, y0, state0):
