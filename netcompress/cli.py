@@ -81,7 +81,11 @@ def cmd_list(args) -> int:
             if count:
                 d = f"{d}; {count}" if d else count
             print(f"  {n:24s} {d}" if d else f"  {n}")
-    print("  (also: torchvision:NAME, python:module:factory, imagefolder:PATH, a saved model file)")
+    from netcompress.models.sources import SOURCES_HELP
+
+    print("model sources:")
+    for line in SOURCES_HELP:
+        print(f"  {line}")
     return 0
 
 

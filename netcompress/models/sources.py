@@ -69,6 +69,16 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
+SOURCES_HELP = [
+    "timm:NAME[?k=v&...]       any timm model (timm.list_models()), pretrained=false unless ?pretrained=true",
+    "hf:MODEL_TYPE[?k=v&...]   a Hugging Face model from config fields (task=sequence-classification|"
+    "image-classification|causal-lm|masked-lm|token-classification|base)",
+    "hf:CONFIG_DIR|FILE.json   a Hugging Face model from a local config; hf:HUB_ID needs internet",
+    f"  tested Hugging Face architectures: {', '.join(TINY_CONFIGS)}",
+    "torchvision:NAME, python:module:factory (needs trust), imagefolder:PATH data, a saved model file",
+]
+
+
 def _value(v: str) -> Any:
     try:
         return json.loads(v)
