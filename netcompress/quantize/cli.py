@@ -39,9 +39,14 @@ def cmd_quantize(args) -> int:
 
         if data is None:
             raise NetcompressError("quantize --method int8 needs --data for activation calibration")
-        q = int8_quantize(model, data.calibration(256))
-        save_int8(q, args.out, data.example)
-        print(f"{int8_layers(q)} int8 layers; saved {args.out} (TorchScript)")
+        from netcompress.quantize.deploy import SUFFIX
+
+        runtime = "executorch" if str(args.out).endswith(".pte") else "onnxruntime"
+        if not str(args.out).endswith(SUFFIX[runtime]):
+            raise NetcompressError(f"--out {args.out}: an int8 program is a .onnx (ONNX Runtime) or .pte (ExecuTorch) file")
+        q = int8_quantize(model, data.calibration(256), runtime=runtime, example=data.example)
+        save_int8(q, args.out)
+        print(f"{int8_layers(q)} int8 layers; saved {args.out} ({runtime})")
         return 0
     save_output(model, args.out)
     print(f"saved {args.out}")
@@ -59,5 +64,5 @@ def add_commands(sub) -> None:
     p.add_argument("--bits", default="5", help="bits, or per layer type: Conv2d=8,Linear=5")
     p.add_argument("--init", default="linear", choices=["linear", "density", "random", "best"])
     p.add_argument("--calibration", default="mse", choices=["minmax", "mse", "percentile"])
-    p.add_argument("--out", required=True, help="output model file (.pt; int8: TorchScript file)")
+    p.add_argument("--out", required=True, help="output model file (.pt; int8: .onnx for ONNX Runtime or .pte for ExecuTorch)")
     p.set_defaults(func=cmd_quantize)
