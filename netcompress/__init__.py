@@ -1,7 +1,7 @@
 """netcompress: make neural networks smaller and faster without losing accuracy, and prove it.
 
 Every technique family is a subpackage: `prune`, `distill`, `quantize`, `archive`, `design`,
-`dynamic`; `data`, `models`, `train`, `measure` and `recipe` are the ground they stand on.
+`dynamic`; `export` writes models for ONNX Runtime and ExecuTorch; `data`, `models`, `train`, `measure` and `recipe` are the ground they stand on.
 Importing netcompress never initialises CUDA.
 
 Example:
@@ -13,6 +13,7 @@ Example:
     >>> print(nc.measure(small, data))                                        # doctest: +SKIP
 """
 from netcompress import archive, data, design, distill, dynamic, models, prune, quantize, recipe, report, train
+from netcompress.export import export
 from netcompress.core import Config, Method, NetcompressError, Registry, Taps
 from netcompress.measure import Metrics, measure
 
@@ -25,4 +26,6 @@ __all__ = [
     "Config", "Method", "NetcompressError", "Registry", "Taps",
     # technique families
     "prune", "distill", "quantize", "archive", "design", "dynamic",
+    # deployment
+    "export",
 ]

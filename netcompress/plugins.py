@@ -12,6 +12,7 @@ FAMILIES: tuple[str, ...] = (
     "archive",
     "design",
     "dynamic",
+    "export",
 )
 
 _loaded = False

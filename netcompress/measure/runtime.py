@@ -98,8 +98,32 @@ def _dynamic_shapes(example: Inputs) -> Any:
 
 
 def _op_of(msg: str) -> str | None:
-    m = re.search(r"(aten[:.]{1,2}[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)?)", msg)
+    m = re.search(r"op='([A-Za-z0-9_.]+)'", msg) or re.search(r"target=torch\.ops\.([A-Za-z0-9_.]+)", msg) \
+        or re.search(r"((?:aten|prims)[:.]{1,2}[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)?)", msg)
     return m.group(1) if m else None
+
+
+def _module_of(ep: torch.export.ExportedProgram, op: str) -> str | None:
+    """'name (Type)' of the module whose forward called `op`, from the graph's nn_module_stack."""
+    base = op.split(".")[1] if op.count(".") >= 1 and op.split(".")[0] in ("aten", "prims") else op
+    for node in ep.graph.nodes:
+        if node.op == "call_function" and base in str(node.target):
+            stack = node.meta.get("nn_module_stack") or {}
+            if stack:
+                path, typ = list(stack.values())[-1]
+                path = re.sub(r"^L\['self'\]\.?", "", str(path))
+                path = re.sub(r"^model\.?", "", path)  # the _Logits wrapper
+                tname = typ.__name__ if isinstance(typ, type) else str(typ).rsplit(".", 1)[-1].strip("'>")
+                return f"{path or '(root)'} ({tname})"
+    return None
+
+
+def _first_line(e: BaseException) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
+    for line in text.splitlines():
+        if "No ONNX function found" in line or "DispatchError" in line:
+            return line.split(">: ", 1)[-1][:200]
+    return text.splitlines()[0][:200] if text else type(e).__name__
 
 
 def locate_failure(model: nn.Module, example: Inputs, attempt: Callable[[nn.Module, tuple, dict], Any]) -> str | None:
@@ -151,7 +175,7 @@ def _raise_export_error(model: nn.Module, example: Inputs, e: BaseException, wha
     inner = model.model if isinstance(model, _Logits) else model
     where = locate_failure(inner, example, lambda m, a, k: torch.export.export(m, a, k))
     op = _op_of(str(e))
-    first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    first = _first_line(e)
     raise NetcompressError(f"{what}: cannot export {type(inner).__name__}"
                            + (f": module {where!r} ({type(dict(inner.named_modules())[where]).__name__})" if where else "")
                            + (f", op {op}" if op else "") + f" ({type(e).__name__}: {first})") from None
@@ -168,16 +192,11 @@ def onnx_program(model: nn.Module, example: Inputs, opset: int | None = None) ->
         prog = torch.onnx.export(ep, (), kwargs=None, dynamo=True, verbose=False, external_data=False,
                                  input_names=None, output_names=["output"], opset_version=opset)
     except Exception as e:
-        op = _op_of(str(e))
-        where = None
-        if op:
-            inner = m.model
-            where = locate_failure(inner, example, lambda mm, a, k: torch.onnx.export(
-                torch.export.export(mm, a, k), (), dynamo=True, verbose=False, external_data=False))
-        first = str(e).strip().splitlines()[0][:200]
+        op = _op_of(str(e)) or _op_of(str(e.__cause__ or ""))
+        where = _module_of(ep, op) if op else None
         raise NetcompressError(f"onnx: cannot translate {type(model).__name__} to ONNX"
-                               + (f": module {where!r}" if where else "") + (f", op {op}" if op else "")
-                               + f" ({type(e).__name__}: {first})") from None
+                               + (f": module {where}" if where else "") + (f", op {op}" if op else "")
+                               + f" ({type(e).__name__}: {_first_line(e)})") from None
     proto = prog.model_proto
     names = input_names(example)
     graph_inputs = [i.name for i in proto.graph.input]
@@ -228,9 +247,10 @@ def pte_program(model: nn.Module | dict[str, tuple[nn.Module, Inputs]], example:
         return edge.to_executorch().buffer
     except Exception as e:
         op = _op_of(str(e))
-        first = str(e).strip().splitlines()[0][:200]
-        raise NetcompressError(f"executorch: cannot lower {type(model).__name__} to XNNPACK"
-                               + (f", op {op}" if op else "") + f" ({type(e).__name__}: {first})") from None
+        where = next((w for w in (_module_of(ep, op) for ep in eps.values()) if w), None) if op else None
+        raise NetcompressError(f"executorch: cannot lower {type(model).__name__}"
+                               + (f": module {where}" if where else "") + (f", op {op}" if op else "")
+                               + f" ({type(e).__name__}: {_first_line(e)})") from None
 
 
 class OrtModule(nn.Module):
@@ -262,6 +282,7 @@ class OrtModule(nn.Module):
         self.threads = threads
         self.names = [i.name for i in self.session.get_inputs()]
         self.runtime = "onnxruntime"
+        self.eval()
 
     def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor:
         feed = dict(kwargs) if kwargs else dict(zip(self.names, args))
@@ -294,6 +315,7 @@ class PteModule(nn.Module):
         self.threads = threads
         self.prefix = prefix
         self.runtime = "executorch"
+        self.eval()
         if not self.sizes(prefix):
             raise NetcompressError(f"executorch program has no graph {prefix or 'b1'!r}; methods: {', '.join(sorted(self.methods))}")
 
@@ -366,6 +388,7 @@ def compare_outputs(reference: nn.Module, candidate: nn.Module, inputs: Sequence
     """Max |difference| of the prediction tensors, the reference's max |value|, and top-1 agreement."""
     diff, scale, agree, n = 0.0, 0.0, 0, 0
     reference.eval()
+    candidate.eval()
     with torch.no_grad():
         for x in inputs:
             args, kwargs = split_inputs(x)
