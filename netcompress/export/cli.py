@@ -26,7 +26,7 @@ def cmd_export(args) -> int:
         raise NetcompressError("export needs --data: the export is checked on its held-out inputs (and int8 calibrated on its training inputs)")
     out = Path(args.out)
     if out.suffix != SUFFIX[cfg.format] and out.suffix != ".zip":
-        raise NetcompressError(f"--out {out}: a {cfg.format} export is a {SUFFIX[cfg.format]} file")
+        raise NetcompressError(f"--out {out}: {cfg.format} exports are {SUFFIX[cfg.format]} files")
     data = load_data(args)
     model = load_model(args, data)
     with tempfile.TemporaryDirectory(prefix="nc-export-") as d:
@@ -45,6 +45,8 @@ def cmd_export(args) -> int:
 
 
 def add_commands(sub) -> None:
+    import argparse
+
     from netcompress.cli import add_data_args, add_model_args
     from netcompress.export.stages import ExportConfig
 
@@ -55,7 +57,7 @@ def add_commands(sub) -> None:
     for name, f in ExportConfig.model_fields.items():
         flag = "--" + name.replace("_", "-")
         if f.annotation is bool:
-            p.add_argument(flag, action="store_true", default=None, help=f.description)
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f"{f.description} (default {f.default})")
         elif name == "format":
             p.add_argument(flag, choices=["onnx", "executorch"], default=None, help=f"{f.description} (default {f.default})")
         else:

@@ -78,14 +78,28 @@ def first_output(y: Any) -> torch.Tensor:
 
 
 class _Logits(nn.Module):
-    """Wraps a model so the exported graph returns the prediction tensor only."""
+    """Wraps a model so the exported graph returns the prediction tensor only. Named (dict) inputs
+    become positional graph inputs in the dict's order (`names`): torch.export of keyword inputs
+    leaves a guard node that ONNX translation cannot run."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, names: Sequence[str] | None = None) -> None:
         super().__init__()
         self.model = model
+        self.names = list(names) if names else None
 
     def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor:
+        if self.names:
+            args, kwargs = (), dict(zip(self.names, args))
         return first_output(self.model(*args, **kwargs))
+
+
+def positional(model: "_Logits", example: Inputs) -> tuple[torch.Tensor, ...]:
+    """The example as positional inputs of `model` (setting its `names` for a dict example)."""
+    args, kwargs = split_inputs(example)
+    if kwargs:
+        model.names = list(kwargs)
+        return tuple(kwargs.values())
+    return args
 
 
 def _dynamic_shapes(example: Inputs) -> Any:
@@ -159,13 +173,13 @@ def locate_failure(model: nn.Module, example: Inputs, attempt: Callable[[nn.Modu
     return None
 
 
-def _export(model: nn.Module, example: Inputs, what: str) -> torch.export.ExportedProgram:
-    args, kwargs = split_inputs(example)
+def _export(model: "_Logits", example: Inputs, what: str) -> torch.export.ExportedProgram:
+    args = positional(model, example)
     try:
-        return torch.export.export(model, args, kwargs, dynamic_shapes=_dynamic_shapes(example))
+        return torch.export.export(model, args, dynamic_shapes=_dynamic_shapes(args))
     except Exception as e:  # retry with a static batch: some graphs specialise the batch size
         try:
-            return torch.export.export(model, args, kwargs)
+            return torch.export.export(model, args)
         except Exception:
             pass
         _raise_export_error(model, example, e, what)
@@ -234,13 +248,17 @@ def pte_program(model: nn.Module | dict[str, tuple[nn.Module, Inputs]], example:
     items = model if isinstance(model, dict) else {"": (model, example)}
     eps = {}
     for prefix, (mod, ex) in items.items():
-        mod = mod if isinstance(mod, torch.fx.GraphModule) else copy.deepcopy(mod).cpu().eval()
+        if isinstance(mod, torch.fx.GraphModule):  # a PT2E graph takes the inputs positionally
+            ex = tuple(split_inputs(ex)[1].values()) or ex
+        else:
+            mod = copy.deepcopy(mod).cpu().eval()
         for n in batches:
-            args, kwargs = split_inputs(at_batch(ex, n))
+            wrapped = _Logits(mod)
+            args = positional(wrapped, at_batch(ex, n))
             try:
-                ep = torch.export.export(_Logits(mod), args, kwargs)
+                ep = torch.export.export(wrapped, args)
             except Exception as e:
-                _raise_export_error(_Logits(mod), at_batch(ex, n), e, "executorch")
+                _raise_export_error(wrapped, at_batch(ex, n), e, "executorch")
             eps[f"{prefix}_b{n}" if prefix else f"b{n}"] = ep
     try:
         edge = to_edge_transform_and_lower(eps, partitioner=[XnnpackPartitioner()])

@@ -119,14 +119,14 @@ def pt2e_int8(model: nn.Module, calibration: Any, example: Inputs | None = None)
                                                                          get_symmetric_quantization_config)
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    from netcompress.measure.runtime import _Logits, _dynamic_shapes, _raise_export_error
+    from netcompress.measure.runtime import _Logits, _dynamic_shapes, _raise_export_error, positional
 
     batches = calibration_inputs(calibration)
     ex = at_batch(batches[0] if example is None else example, 2)
     m = _Logits(copy.deepcopy(model).cpu().eval())
-    args, kwargs = split_inputs(ex)
+    args = positional(m, ex)
     try:
-        captured = torch.export.export(m, args, kwargs, dynamic_shapes=_dynamic_shapes(ex)).module()
+        captured = torch.export.export(m, args, dynamic_shapes=_dynamic_shapes(args)).module()
     except Exception as e:
         _raise_export_error(m, ex, e, "int8 (PT2E)")
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
@@ -134,7 +134,7 @@ def pt2e_int8(model: nn.Module, calibration: Any, example: Inputs | None = None)
     with torch.no_grad():
         for x in batches:
             a, k = split_inputs(x)
-            prepared(*a, **k)
+            prepared(*(tuple(k.values()) if k else a))
     return convert_pt2e(prepared)
 
 
