@@ -1,7 +1,7 @@
 """netcompress: make neural networks smaller and faster without losing accuracy, and prove it.
 
 Every technique family is a subpackage: `prune`, `distill`, `quantize`, `archive`, `design`,
-`dynamic`; `data`, `models`, `train`, `measure` and `recipe` are the ground they stand on.
+`dynamic`; `export` writes models for ONNX Runtime and ExecuTorch; `data`, `models`, `train`, `measure` and `recipe` are the ground they stand on.
 Importing netcompress never initialises CUDA.
 
 Example:
@@ -18,6 +18,7 @@ recipe stage and the CLI command of that name.
 """
 from netcompress import (archive, data, design, distill, dynamic, measure, models, prune, quantize, recipe, report,
                          train)
+from netcompress.export import export
 from netcompress.core import Config, Method, NetcompressError, Registry, Taps
 from netcompress.measure import Metrics
 from netcompress.recipe import apply
@@ -31,4 +32,6 @@ __all__ = [
     "Config", "Method", "NetcompressError", "Registry", "Taps",
     # technique families
     "prune", "distill", "quantize", "archive", "design", "dynamic",
+    # deployment
+    "export",
 ]

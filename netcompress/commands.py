@@ -32,6 +32,7 @@ from netcompress.core.errors import NetcompressError
 from netcompress.data import load as load_data
 from netcompress.measure import count_macs, count_params, measure
 from netcompress.models import create_for, load as load_model_file, save
+from netcompress.models.io import atomic_write
 from netcompress.recipe.stages import STAGES, StageKind, apply
 from netcompress.train.loop import TrainConfig
 from netcompress.train.distributed import is_main
@@ -158,6 +159,11 @@ def check_output_file(out: str | None) -> None:
         raise NetcompressError(f"--out {out}: is an existing directory; give a file name such as {Path(out) / 'model.pt'}")
 
 
+def _copy_into(src: Path, f: Any) -> None:
+    with src.open("rb") as s:
+        shutil.copyfileobj(s, f)
+
+
 def add_stage_command(sub: argparse._SubParsersAction, kind: str, sk: StageKind) -> None:
     """The command `netcompress KIND`, generated from the stage kind's config."""
     p = sub.add_parser(kind, help=sk.help.replace("%", "%%"), description=f"{sk.help.replace('%', '%%')}. Same config, defaults and handler as the "
@@ -196,6 +202,9 @@ def run_stage_command(kind: str, args: argparse.Namespace) -> int:
     if not dry and not args.out:
         raise NetcompressError(f"netcompress {kind}: --out is required" + (" (or --dry-run)" if sk.dry_run else ""))
     check_output_file(args.out)
+    if args.out and sk.artifact_suffix is not None and Path(args.out).suffix != (suffix := sk.artifact_suffix(cfg)):
+        raise NetcompressError(f"netcompress {kind}: --out {args.out}: with these settings the stage writes a {suffix} file; "
+                               f"name it {Path(args.out).with_suffix(suffix)}")
     if args.resume and not args.work_dir:
         raise NetcompressError(f"netcompress {kind}: --resume needs --work-dir (where the checkpoints are)")
     data, train, model = _context_parts(args)
@@ -213,7 +222,7 @@ def run_stage_command(kind: str, args: argparse.Namespace) -> int:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         if res.file is not None:
-            shutil.copyfile(res.file, out)
+            atomic_write(out, lambda f, src=Path(res.file): _copy_into(src, f))
         else:
             save(res.model, out)
         digest = sk.summary(res.extra) if sk.summary is not None and not args.json else None

@@ -28,6 +28,8 @@ CASES = {
     "pack": [("pack", {"coding": "huffman"})],
     "design": [("lowrank", {"op": "lowrank", "budget": 0.5, "conv": "channel"})],
     "dynamic": [("exits", {"exits": ["features.2"], "holdout": 100, "latency": False, "budget": 0.5})],
+    "export": [("onnx-int8", {"format": "onnx", "int8": True, "calibration_samples": 32, "check_samples": 32,
+                              "latency": False})],
 }
 TRAIN = {"epochs": 0, "max_steps": 2, "batch_size": 32}
 
