@@ -1,4 +1,4 @@
-"""B8: low-rank and depthwise-separable transforms (BENCHMARKS.md).
+"""B8: low-rank and depthwise-separable transforms.
 
 1. SVD halves LeNet-300-100's parameters (global budget 0.5), then fine-tune; 3 seeds on mnist-5k.
    Control (--full): the same factorised architecture trained from scratch for the same total epochs.
@@ -102,7 +102,7 @@ def separable_study(data, seeds, full, log, model_name, epochs, lr):
         torch.manual_seed(seed)
         base = nc.models.create(model_name, in_channels=1, input_size=28)
         acc = train(base, data, 10, 0.05, seed)
-        sep, layers = transform(base, DesignConfig(op="separable", calibration=256), data)
+        sep, layers = transform(base, DesignConfig(op="separable", calibration_samples=256), data)
         if not layer_table:
             layer_table = _separable_costs(base, sep, layers, data)
         a0 = nc.train.evaluate(sep, data)

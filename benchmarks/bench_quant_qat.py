@@ -50,7 +50,7 @@ def main() -> None:
             archive_bytes("float32", base)
             for bits in (8, 4, 2):
                 ptq = copy.deepcopy(base)
-                quantize_(ptq, bits, calibration="mse")
+                quantize_(ptq, bits, observer="mse")
                 res.setdefault(f"{bits}-bit PTQ (MSE clip)", []).append(nc.train.evaluate(ptq, data))
                 m = copy.deepcopy(base)
                 qat = UniformQAT(bits=bits, per_channel=True)

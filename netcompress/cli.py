@@ -1,10 +1,9 @@
 """The `netcompress` command.
 
 Every bad input raises `NetcompressError`; `main` prints it as one line `netcompress: error: ...`
-and exits with code 2 (a traceback only with --debug). Families add commands through
-`netcompress.plugins.add_commands`; each command is `set_defaults(func=handler)` with
-`handler(args) -> int`. Shared argument helpers live here: `add_model_args`, `add_data_args`,
-`load_model`, `load_data`, `save_output`.
+and exits with code 2 (a traceback only with --debug). Besides `run`, `measure`, `list`, `unpack`
+and `inspect`, every stage kind has a command generated from its config (`netcompress.commands`):
+`netcompress prune`, `distill`, `quantize`, `pack`, `design`, `dynamic`, `train`, `finetune`, ...
 """
 from __future__ import annotations
 
@@ -14,46 +13,21 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from pydantic import ValidationError
+
+from netcompress.archive import format_table, inspect, unpack
+from netcompress.commands import add_stage_commands, check_output_file, load_model
+from netcompress.core.config import format_validation_error
 from netcompress.core.errors import NetcompressError
-
-
-def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--data", required=required, default=None if required else "mnist-5k",
-                   help="dataset name (see `netcompress list`), e.g. mnist-5k")
-    p.add_argument("--data-dir", default=None, help="where online datasets are cached")
-    p.add_argument("--batch-size", type=int, default=64)
-
-
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="a saved model file (.pt, .ncz), a zoo name, torchvision:NAME or python:mod:fn")
-    p.add_argument("--trust-python", action="store_true", help="allow model files that name python code")
-
-
-def load_data(args):
-    from netcompress.data import load
-
-    return load(args.data, batch_size=args.batch_size, data_dir=args.data_dir)
-
-
-def load_model(args, data=None):
-    """The model named by `args.model`: a file is loaded, a name is built for `data`'s shape."""
-    from netcompress.models import create, create_for, load
-
-    ref = args.model
-    p = Path(ref)
-    if p.suffix == ".ncz":
-        from netcompress.archive import unpack
-
-        return unpack(p)
-    if p.suffix in (".pt", ".ncm") or p.exists():
-        return load(p, trust_python=getattr(args, "trust_python", False))
-    return create(ref) if data is None else create_for(ref, data)
-
-
-def save_output(model, out: str) -> Path:
-    from netcompress.models import save
-
-    return save(model, out)
+from netcompress.data import DATASETS, load as load_data
+from netcompress.distill.protocols import DISTILLERS
+from netcompress.measure import measure
+from netcompress.models import MODELS, save
+from netcompress.prune.importance import CRITERIA
+from netcompress.recipe.runner import run_recipe
+from netcompress.report import markdown_table, summary_rows
+from netcompress.train import is_main
+from netcompress.train.stage import STAGES
 
 
 def _print_metrics(m, as_json: bool) -> None:
@@ -63,68 +37,86 @@ def _print_metrics(m, as_json: bool) -> None:
         print(m)
 
 
+class torch_seeded:
+    """Seed torch's global RNG for one command and restore the previous state afterwards, so a
+    command's models, data order and results are a function of its seed alone (`--seed`, else 0)."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def __enter__(self) -> None:
+        import torch
+
+        self._state = torch.get_rng_state()
+        torch.manual_seed(self.seed)
+
+    def __exit__(self, *exc) -> None:
+        import torch
+
+        torch.set_rng_state(self._state)
+
+
+def _param_count(name: str) -> str:
+    """'431K params' for a zoo model at its default input shape (built on the meta device: no memory)."""
+    import torch
+
+    from netcompress.models import create
+
+    try:
+        with torch.device("meta"):
+            n = sum(p.numel() for p in create(name).parameters())
+    except Exception:  # noqa: BLE001 - a wrapper built by a stage, or a source that needs a download
+        return ""
+    return f"{n / 1e6:.2f}M params" if n >= 1e6 else f"{n / 1e3:.0f}K params"
+
+
 def cmd_list(args) -> int:
-    from netcompress.data import DATASETS
-    from netcompress.models import MODELS
-    from netcompress.plugins import load_stages
-    from netcompress.recipe.stages import STAGES
-
-    load_stages()
-    sections = [("models", MODELS), ("datasets", DATASETS), ("stage kinds", STAGES)]
-    try:
-        from netcompress.prune.importance import CRITERIA
-
-        sections.append(("pruning criteria", CRITERIA))
-    except ImportError:
-        pass
-    try:
-        from netcompress.distill.methods import DISTILLERS
-
-        sections.append(("distillation methods", DISTILLERS))
-    except ImportError:
-        pass
+    sections = [("models", MODELS), ("datasets", DATASETS), ("stage kinds (each is also a command)", STAGES),
+                ("pruning criteria", CRITERIA), ("distillation methods", DISTILLERS)]
     for title, reg in sections:
         print(f"{title}:")
         for n in reg.list():
             d = reg.describe(n)
+            count = _param_count(n) if reg is MODELS else ""
+            if count:
+                d = f"{d}; {count}" if d else count
             print(f"  {n:24s} {d}" if d else f"  {n}")
-    print("  (also: torchvision:NAME, python:module:factory, imagefolder:PATH, a saved model file)")
+    from netcompress.models.sources import SOURCES_HELP
+
+    print("model sources:")
+    for line in SOURCES_HELP:
+        print(f"  {line}")
     return 0
 
 
 def cmd_measure(args) -> int:
-    from netcompress.measure import measure
-
-    data = load_data(args)
-    model = load_model(args, data)
+    if args.threads < 1:
+        raise NetcompressError(f"--threads {args.threads}: must be at least 1")
+    data = load_data(args.data, batch_size=args.batch_size, data_dir=args.data_dir)
+    model = load_model(args.model, data, trust_python=args.trust_python)
     file = args.model if Path(args.model).is_file() else None
     m = measure(model, data, file=file, latency=not args.no_latency, threads=args.threads)
     _print_metrics(m, args.json)
     return 0
 
 
-def cmd_train(args) -> int:
-    from netcompress.measure import measure
-    from netcompress.train import TrainConfig, fit, is_main
+def cmd_unpack(args) -> int:
+    check_output_file(args.out)
+    model = unpack(args.archive)
+    save(model, args.out)
+    print(f"saved {args.out}")
+    return 0
 
-    data = load_data(args)
-    model = load_model(args, data)
-    cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer)
-    fit(model, data, cfg, seed=args.seed, checkpoint=args.checkpoint, resume=args.resume)
-    if is_main():
-        save_output(model, args.out)
-        print(measure(model, data, file=args.out, latency=False))
-        print(f"saved {args.out}")
+
+def cmd_inspect(args) -> int:
+    info = inspect(args.archive)
+    print(json.dumps(info, indent=2) if args.json else format_table(info))
     return 0
 
 
 def cmd_run(args) -> int:
-    from netcompress.recipe.runner import run_recipe
-    from netcompress.report import markdown_table, summary_rows
-    from netcompress.train import is_main
-
     res = run_recipe(args.recipe, out=args.out, overrides=args.set or [], resume=args.resume,
-                     progress=None if not args.quiet else False)
+                     progress=None if not args.quiet else False, trust_python=args.trust_python)
     if is_main():
         print(markdown_table(summary_rows(res.entries)))
         print(f"report: {res.out / 'report.html'}")
@@ -132,8 +124,6 @@ def cmd_run(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from netcompress.plugins import add_commands
-
     p = argparse.ArgumentParser(prog="netcompress", description="Compress neural networks and measure the result.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
@@ -144,31 +134,34 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe field, e.g. train.epochs=2")
     r.add_argument("--resume", action="store_true", help="continue a stopped run in --out")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--trust-python", action="store_true",
+                   help="allow model files of the run folder (on --resume) that name python code")
     r.set_defaults(func=cmd_run)
 
     m = sub.add_parser("measure", help="accuracy, parameters, MACs, bytes, latency of a model")
-    add_model_args(m)
-    add_data_args(m)
+    m.add_argument("model", help="a saved model file (.pt, .ncz) or a zoo name")
+    m.add_argument("--data", required=True, help="dataset name (see `netcompress list`), e.g. mnist-5k")
+    m.add_argument("--data-dir", default=None, help="where online datasets are cached")
+    m.add_argument("--batch-size", type=int, default=64)
+    m.add_argument("--trust-python", action="store_true", help="allow model files that name python code")
     m.add_argument("--json", action="store_true")
-    m.add_argument("--threads", type=int, default=1)
+    m.add_argument("--threads", type=int, default=1, help="CPU threads for latency (>= 1)")
     m.add_argument("--no-latency", action="store_true")
     m.set_defaults(func=cmd_measure)
 
-    t = sub.add_parser("train", help="train a model and save it")
-    add_model_args(t)
-    add_data_args(t)
-    t.add_argument("--epochs", type=float, default=10)
-    t.add_argument("--lr", type=float, default=0.05)
-    t.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "adamw"])
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--checkpoint", default=None)
-    t.add_argument("--resume", action="store_true")
-    t.add_argument("--out", required=True, help="output model file (.pt)")
-    t.set_defaults(func=cmd_train)
+    u = sub.add_parser("unpack", help="rebuild the model in a .ncz archive and save it as a model file")
+    u.add_argument("archive")
+    u.add_argument("--out", required=True, help="model file to write (.pt)")
+    u.set_defaults(func=cmd_unpack)
+
+    i = sub.add_parser("inspect", help="per-layer table of a .ncz archive: params, nonzeros, bits/weight, entropy bound")
+    i.add_argument("archive")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=cmd_inspect)
 
     ls = sub.add_parser("list", help="models, datasets, stage kinds, criteria")
     ls.set_defaults(func=cmd_list)
-    add_commands(sub)
+    add_stage_commands(sub)
     return p
 
 
@@ -178,7 +171,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
-        return int(args.func(args) or 0)
+        with torch_seeded(getattr(args, "seed", None) or 0):
+            return int(args.func(args) or 0)
+    except ValidationError as e:  # a config a command built from its flags
+        if debug:
+            raise
+        print(f"netcompress: error: {format_validation_error(e, argv[0] if argv else 'netcompress')}", file=sys.stderr)
+        return 2
     except NetcompressError as e:
         if debug:
             raise

@@ -1,9 +1,11 @@
-"""Explicit list of technique families. Each `netcompress.<family>.stages` module has a
-`register(stages)` function adding its recipe stage kinds; each `netcompress.<family>.cli` module
-has `add_commands(subparsers)` adding its CLI commands. One line per family; no import magic."""
-from __future__ import annotations
+"""The explicit list of technique families: one line per family, no import magic.
 
-import importlib
+Each `netcompress.<family>.stages` module has a `register(stages)` function adding its stage kinds;
+`netcompress.recipe.stages` registers them all when `netcompress` is imported. Every stage kind
+gets its CLI command generated from its config (`netcompress.commands`), so a new technique adds one
+folder, one config, one handler and, for a new family, one line here.
+"""
+from __future__ import annotations
 
 FAMILIES: tuple[str, ...] = (
     "prune",
@@ -12,23 +14,5 @@ FAMILIES: tuple[str, ...] = (
     "archive",
     "design",
     "dynamic",
+    "export",
 )
-
-_loaded = False
-
-
-def load_stages() -> None:
-    """Register every family's stage kinds in `netcompress.recipe.stages.STAGES` (once)."""
-    global _loaded
-    if _loaded:
-        return
-    from netcompress.recipe.stages import STAGES
-
-    for fam in FAMILIES:
-        importlib.import_module(f"netcompress.{fam}.stages").register(STAGES)
-    _loaded = True
-
-
-def add_commands(subparsers) -> None:
-    for fam in FAMILIES:
-        importlib.import_module(f"netcompress.{fam}.cli").add_commands(subparsers)

@@ -213,7 +213,7 @@ def test_pack_refuses_models_without_spec(tmp_path):
 def test_cli_pack_inspect_unpack(tmp_path, capsys):
     m = pruned_clustered("lenet300", density=0.05)
     nc.models.save(m, tmp_path / "m.pt")
-    assert main(["pack", str(tmp_path / "m.pt"), "--out", str(tmp_path / "m.ncz")]) == 0
+    assert main(["pack", str(tmp_path / "m.pt"), "--data", "mnist-5k", "--out", str(tmp_path / "m.ncz")]) == 0
     out = capsys.readouterr().out
     assert "fc1.weight" in out and "ratio" in out
     assert main(["inspect", str(tmp_path / "m.ncz"), "--json"]) == 0
@@ -231,7 +231,7 @@ def test_per_channel_uniform_weights_take_about_b_bits(tmp_path, bits, symmetric
     from netcompress.quantize import quantize_
 
     m = nc.models.create("lenet300", num_classes=10)
-    quantize_(m, bits, symmetric=symmetric, per_channel=True, calibration="minmax")
+    quantize_(m, bits, symmetric=symmetric, per_channel=True, observer="minmax")
     pack(m, tmp_path / "u.ncz")
     fc1 = next(r for r in inspect(tmp_path / "u.ncz")["layers"] if r["name"] == "fc1.weight")
     assert "grid" in fc1["encoding"] and fc1["bits_per_weight"] <= bits + 0.2

@@ -9,7 +9,6 @@ from torch import nn
 import netcompress as nc
 from netcompress.cli import main
 from netcompress.design.run import DesignConfig, cost_report, format_report, transform
-from netcompress.plugins import load_stages
 from netcompress.recipe.stages import STAGES, StageContext
 from netcompress.train import TrainConfig
 
@@ -23,7 +22,6 @@ def _ctx(data, tmp_path, models):
 
 
 def test_stage_is_registered():
-    load_stages()
     assert "design" in STAGES.list()
     assert STAGES.get("design").config is DesignConfig
 
@@ -46,7 +44,6 @@ def test_config_round_trips():
 
 
 def test_lowrank_stage_finetunes_and_reports(mnist_small, tmp_path):
-    load_stages()
     model = nc.models.create("lenet300")
     ctx = _ctx(mnist_small, tmp_path, {"baseline": model})
     cfg = DesignConfig.from_dict({"op": "lowrank", "budget": 0.5, "recover": "finetune", "epochs": 1})
@@ -64,10 +61,9 @@ def test_lowrank_stage_finetunes_and_reports(mnist_small, tmp_path):
 
 
 def test_separable_stage_distills_from_the_original(mnist_small, tmp_path):
-    load_stages()
     model = nc.models.create("lenet5")
     ctx = _ctx(mnist_small, tmp_path, {"baseline": model})
-    cfg = DesignConfig.from_dict({"op": "separable", "recover": "distill", "epochs": 1, "calibration": 32})
+    cfg = DesignConfig.from_dict({"op": "separable", "recover": "distill", "epochs": 1, "calibration_samples": 32})
     seen = {}
     orig_fit = StageContext.fit
 
@@ -131,7 +127,7 @@ def test_recipe_with_design_variants(tmp_path):
 def test_cli_design_writes_a_model_that_reloads(tmp_path, capsys, digits):
     out = tmp_path / "lr.pt"
     rc = main(["design", "lenet300", "--data", "digits", "--op", "lowrank", "--rank", "8", "--recover", "none",
-               "--no-latency", "--out", str(out)])
+               "--out", str(out)])
     assert rc == 0
     text = capsys.readouterr().out
     assert "fc1" in text and "saved" in text

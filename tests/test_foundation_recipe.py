@@ -177,10 +177,13 @@ def test_stage_can_replace_misleading_generic_metrics(tmp_path):
     class NoConfig(Config):
         pass
 
-    if "test-average-cost" not in STAGES:
-        STAGES.register("test-average-cost", StageKind(NoConfig, lambda ctx, m, cfg: StageResult(m, metrics={"macs": 123})))
-    text = TINY.replace("  - finetune: {epochs: 1}\n", "  - test-average-cost: {}\n", 1)
-    res = run_recipe(write(tmp_path, text), out=tmp_path / "run", progress=False)
+    STAGES.register("test-average-cost", StageKind(NoConfig, lambda ctx, m, cfg: StageResult(m, metrics={"macs": 123}),
+                                                   "a test stage reporting its own MACs"))
+    try:
+        text = TINY.replace("  - finetune: {epochs: 1}\n", "  - test-average-cost: {}\n", 1)
+        res = run_recipe(write(tmp_path, text), out=tmp_path / "run", progress=False)
+    finally:
+        STAGES.unregister("test-average-cost")
     e = res.entries[1]
     assert e["macs"] == 123 and e["extra"]["measured_by_stage"] == ["macs"]
     assert res.entries[0]["macs"] == 50_200

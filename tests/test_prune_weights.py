@@ -129,13 +129,11 @@ def _ctx(data, tmp_path):
 
 
 def test_prune_stage_channels_with_finetune(mnist_small, tmp_path):
-    from netcompress.plugins import load_stages
 
-    load_stages()
     kind = STAGES.get("prune")
     m = nc.models.create("lenet5")
     nc.train.fit(m, mnist_small, epochs=1, max_steps=5, progress=False)
-    cfg = kind.config.from_dict({"criterion": "taylor", "ratio": 0.5, "epochs": 1, "max_steps": 3, "calibration": 64})
+    cfg = kind.config.from_dict({"criterion": "taylor", "ratio": 0.5, "epochs": 1, "max_steps": 3, "calibration_samples": 64})
     ctx = _ctx(mnist_small, tmp_path)
     res = kind.run(ctx, m, cfg)
     per = res.extra["per_layer"]
@@ -175,11 +173,11 @@ def test_cli_prune_dry_run_and_out(tmp_path, capsys):
     assert main(["prune", "lenet300", "--data", "digits", "--ratio", "0.5", "--dry-run"]) == 0
     text = capsys.readouterr().out
     assert "group" in text and "MACs" in text and not out.exists()
-    assert main(["prune", "lenet300", "--data", "digits", "--ratio", "0.5", "--finetune-epochs", "0.2",
+    assert main(["prune", "lenet300", "--data", "digits", "--ratio", "0.5", "--epochs", "0.2",
                  "--out", str(out)]) == 0
     small = nc.models.load(out)
     assert small.fc1.out_features == 150 and small.fc3.out_features == 10
     assert main(["prune", "lenet300", "--data", "digits", "--sparsity", "0.9", "--out", str(tmp_path / "w.pt")]) == 0
     assert _zeros(nc.models.load(tmp_path / "w.pt")) == pytest.approx(0.9, abs=1e-3)
     assert main(["prune", "lenet300", "--data", "digits", "--ratio", "0.5", "--sparsity", "0.5", "--out", "x.pt"]) == 2
-    assert "exactly one" in capsys.readouterr().err
+    assert "sparsity is for granularity weight" in capsys.readouterr().err

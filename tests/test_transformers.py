@@ -102,7 +102,7 @@ def test_lm_fit_evaluate_measure(text_small, one_thread):
     torch.manual_seed(0)
     m = nc.models.create_for("gpt-tiny-half", text_small)
     before = evaluate_lm(m, text_small)["perplexity"]
-    assert 200 < before < 320  # untrained: about uniform over 256 bytes
+    assert 180 < before < 400  # untrained: near uniform over 256 bytes (perplexity 256), by init
     h = nc.train.fit(m, text_small, epochs=1, max_steps=12, lr=3e-3, optimizer="adamw", batch_size=8, progress=False)
     after = evaluate_lm(m, text_small)
     assert after["perplexity"] < before / 3 and h.epochs[-1]["test_ppl"] == pytest.approx(after["perplexity"])

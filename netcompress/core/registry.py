@@ -1,4 +1,4 @@
-"""One small generic registry (STYLE.md #1): register, get, list; errors list the valid names."""
+"""One small generic registry: register, get, list; errors list the valid names."""
 from __future__ import annotations
 
 import fnmatch
@@ -37,6 +37,11 @@ class Registry(Generic[T]):
             return o
 
         return add(obj) if obj is not None else add
+
+    def unregister(self, name: str) -> T:
+        """Remove and return `name` (tests that register a temporary entry)."""
+        self._help.pop(name, None)
+        return self._items.pop(name)
 
     def get(self, name: str) -> T:
         try:

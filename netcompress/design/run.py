@@ -25,21 +25,23 @@ class DesignConfig(Config):
     Hinton et al. 2015, through `netcompress.distill.KD`).
     """
 
-    op: Literal["lowrank", "separable"]
+    op: Literal["lowrank", "separable"] = Field(description="lowrank (SVD factorisation) or separable (depthwise + pointwise)")
     rank: int | dict[str, int] | None = Field(None, description="lowrank: K for every layer, or per layer name")
     energy: float | None = Field(None, gt=0, le=1, description="lowrank: kept singular-value energy")
     budget: float | None = Field(None, gt=0, lt=1, description="lowrank: fraction of params/MACs to keep")
-    budget_metric: Literal["params", "macs"] = "params"
-    conv: Literal["spatial", "channel"] = "spatial"
-    include: list[str] | None = None
-    exclude: list[str] = Field(default_factory=list)
-    calibration: int = Field(256, ge=0, description="separable: samples for the pointwise least-squares fit")
-    recover: Literal["none", "finetune", "distill"] = "finetune"
+    budget_metric: Literal["params", "macs"] = Field("params", description="lowrank: what budget counts")
+    conv: Literal["spatial", "channel"] = Field("spatial", description="conv decomposition: spatial (kx1 + 1xk, "
+                                                "Jaderberg et al.) or channel (k x k to K, then 1x1)")
+    include: list[str] | None = Field(None, description="only layers matching these fnmatch patterns (default all)")
+    exclude: list[str] = Field(default_factory=list, description="skip layers matching these fnmatch patterns")
+    calibration_samples: int = Field(256, ge=0, description="separable: training samples for the pointwise least-squares fit")
+    recover: Literal["none", "finetune", "distill"] = Field("finetune", description="recovery: none, fine-tuning "
+                                                           "or KD from the untransformed model")
     epochs: float | None = Field(None, ge=0, description="recovery epochs (default 30% of train.epochs, >= 1)")
     lr: float | None = Field(None, gt=0, description="recovery learning rate (default train.lr x 0.1; x 0.04 for "
                              "distill, whose T^2-scaled term has up to T times larger gradients)")
-    temperature: float = Field(4.0, gt=0)
-    alpha: float = Field(0.9, ge=0, le=1)
+    temperature: float = Field(4.0, gt=0, description="distill: KD temperature")
+    alpha: float = Field(0.9, ge=0, le=1, description="distill: KD weight (CE gets 1 - alpha)")
     teacher: str | None = Field(None, description="distill: model name in the run (default: the stage input)")
 
     @model_validator(mode="after")
@@ -81,8 +83,8 @@ def transform(model: nn.Module, cfg: DesignConfig, data: Any = None) -> tuple[nn
         return new, {p.name: (p.kind, p.rank) for p in plans if p.rank is not None}
     filt = lambda m, n: is_standard_conv(m) and names_ok(n)  # noqa: E731
     calib = None
-    if data is not None and cfg.calibration > 0:
-        calib = torch.cat([x for x, _ in data.calibration(cfg.calibration)])
+    if data is not None and cfg.calibration_samples > 0:
+        calib = torch.cat([x for x, _ in data.calibration(cfg.calibration_samples)])
     new = separable(model, filt, calibration=calib)
     names = [n for n, m in model.named_modules() if n and filt(m, n)]
     return new, {n: ("separable", None) for n in names}

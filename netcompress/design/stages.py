@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from torch import nn
 
-from netcompress.design.run import DesignConfig, cost_report, recovery, transform
+from netcompress.design.run import DesignConfig, cost_report, format_report, recovery, transform
+from netcompress.train.stage import StageKind, StageResult
 
 
 def _run_design(ctx, model: nn.Module, cfg: DesignConfig):
-    from netcompress.recipe.stages import StageResult
     from netcompress.train.loop import evaluate
 
     original = model
@@ -25,9 +25,8 @@ def _run_design(ctx, model: nn.Module, cfg: DesignConfig):
     if cfg.recover != "none":
         teacher = ctx.model(cfg.teacher) if cfg.teacher else original
         methods, loss_fn = recovery(cfg, teacher)
-        epochs = cfg.epochs if cfg.epochs is not None else max(1.0, ctx.train.epochs * 0.3)
-        lr = cfg.lr if cfg.lr is not None else ctx.train.lr * (0.04 if cfg.recover == "distill" else 0.1)
-        hist = ctx.fit(new, {"epochs": epochs, "lr": lr}, methods=methods, loss_fn=loss_fn, tag=cfg.recover)
+        budget = ctx.budget(cfg.epochs, cfg.lr, lr_factor=0.04 if cfg.recover == "distill" else 0.1)
+        hist = ctx.fit(new, budget, methods=methods, loss_fn=loss_fn, tag=cfg.recover)
         for m in methods:
             new = m.finalize(new) or new
         history = hist.to_list()
@@ -56,7 +55,5 @@ def _figure(ctx, rep: dict, op: str) -> None:
 
 def register(stages) -> None:
     """Add the `design` stage kind to the STAGES registry."""
-    from netcompress.recipe.stages import StageKind
-
-    stages.register("design", StageKind(DesignConfig, _run_design,
+    stages.register("design", StageKind(DesignConfig, _run_design, summary=lambda ex: format_report(ex["design"]), help=
                                         "low-rank (SVD) or depthwise-separable transform, then fine-tune / distill"))

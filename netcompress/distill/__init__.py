@@ -8,39 +8,46 @@ Example:
     >>> train_student(student, kd, make_fit(data, epochs=5))                     # doctest: +SKIP
 """
 from netcompress.distill import losses
+from netcompress.train.loop import TrainConfig
 from netcompress.distill.features import Adapter, make_adapter
 from netcompress.distill.losses import at_loss, hint_loss, kd_loss, rkd_loss, sp_loss
 from netcompress.distill.methods import AT, DML, KD, RKD, SP, Ensemble, Hint, Peers, TeacherMethod
 from netcompress.distill.protocols import (DISTILLERS, DistillConfig, DistillResult, ModelRef, assistant_for,
-                                           build_student, fresh_copy, make_fit, run_distill, train_student)
+                                           build_student, default_lr, fresh_copy, make_fit, run_distill,
+                                           train_student)
 
 __all__ = [
     "losses", "kd_loss", "hint_loss", "at_loss", "rkd_loss", "sp_loss", "Adapter", "make_adapter",
     "TeacherMethod", "KD", "Hint", "AT", "RKD", "SP", "DML", "Peers", "Ensemble",
     "DISTILLERS", "DistillConfig", "DistillResult", "ModelRef", "make_fit", "train_student", "fresh_copy",
-    "build_student", "assistant_for", "run_distill", "distill", "kd",
+    "build_student", "assistant_for", "run_distill", "default_lr", "distill", "kd",
 ]
 
 
 def distill(method: str, teacher, student, data, *, seed: int = 0, progress: bool | None = False,
-            **config) -> DistillResult:
+            train: TrainConfig | None = None, **config) -> DistillResult:
     """Run one distillation protocol end to end with `netcompress.train.fit`.
 
     Args:
         method: a name in `DISTILLERS` (kd, fitnet, at, rkd, sp, dml, born-again, takd).
         teacher, student: models (student: a model, or None for born-again).
         data: a DataBundle.
-        config: `DistillConfig` fields (temperature, alpha, weights, layers, epochs, lr, ...).
+        train: the training defaults (like a recipe's ``train:``; default `TrainConfig()`).
+        config: `DistillConfig` fields (temperature, alpha, weights, layers, epochs, lr, ...); the
+            same defaults as the recipe stage and `netcompress distill`, lr included (`default_lr`).
     """
     cfg = DistillConfig.from_dict({"method": method, **config}, "distill")
-    return run_distill(cfg, teacher, student, data, make_fit(data, seed=seed, progress=progress))
+    train = train or TrainConfig()
+    return run_distill(cfg, teacher, student, data, make_fit(data, train, seed=seed, progress=progress),
+                       train_lr=train.lr)
 
 
-def kd(teacher, student, data, T: float = 4.0, alpha: float = 0.9, **config) -> DistillResult:
-    """Hinton et al. 2015 knowledge distillation of `teacher` into `student` (trained in place).
+def kd(teacher, student, data, **config) -> DistillResult:
+    """Hinton et al. 2015 knowledge distillation of `teacher` into `student` (trained in place);
+    `config` as in `distill` (temperature 4, alpha 0.9, lr train.lr / T unless given).
 
     Example:
-        >>> res = kd(teacher, nc.models.create("lenet5-quarter"), data, T=4.0, epochs=3)  # doctest: +SKIP
-        >>> res.accuracy, res.extra["teacher_acc"]                                       # doctest: +SKIP
+        >>> res = kd(teacher, nc.models.create("lenet5-quarter"), data, epochs=3)  # doctest: +SKIP
+        >>> res.accuracy, res.extra["teacher_acc"]                                # doctest: +SKIP
     """
-    return distill("kd", teacher, student, data, temperature=T, alpha=alpha, **config)
+    return distill("kd", teacher, student, data, **config)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from netcompress.core.batch import call, head, to_device
 from netcompress.core.errors import NetcompressError
 
 __all__ = ["Adapter", "make_adapter", "probe", "embedding_layer", "spatial_layers", "example_for", "pair_layers"]
@@ -62,7 +63,7 @@ def make_adapter(student_shape: Sequence[int], teacher_shape: Sequence[int], alw
 def example_for(model: nn.Module, example_inputs: torch.Tensor | None = None) -> torch.Tensor:
     """`example_inputs`, or two zero images shaped from the model's `netcompress_spec`."""
     if example_inputs is not None:
-        return example_inputs[:2]
+        return head(example_inputs, 2)
     kw = getattr(model, "netcompress_spec", {}).get("kwargs", {})
     if "in_channels" in kw and "input_size" in kw:
         return torch.zeros(2, kw["in_channels"], kw["input_size"], kw["input_size"])
@@ -83,7 +84,7 @@ def probe(model: nn.Module, example_inputs: torch.Tensor, leaves_only: bool = Tr
     model.eval()
     try:
         dev = next((p.device for p in model.parameters()), torch.device("cpu"))
-        model(example_inputs.to(dev))
+        call(model, to_device(example_inputs, dev))
     finally:
         model.train(was)
         for h in handles:

@@ -15,13 +15,14 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from netcompress.core.batch import call, head, logits_of, to_device
 from netcompress.core.config import Config
 from netcompress.core.errors import NetcompressError
 from netcompress.core.registry import Registry
 from netcompress.train.loop import History, TrainConfig, evaluate, fit
 
 __all__ = ["ModelRef", "DistillConfig", "DistillResult", "DISTILLERS", "make_fit", "train_student",
-           "fresh_copy", "build_student", "assistant_for", "run_distill"]
+           "fresh_copy", "build_student", "assistant_for", "run_distill", "default_lr"]
 
 FitFn = Callable[..., History]
 """``fit_fn(model, methods=(), loss_fn=None, tag="train", **train_overrides) -> History``."""
@@ -59,23 +60,30 @@ class DistillConfig(Config):
         compare_direct: TAKD also trains the student by direct KD from the teacher.
     """
 
-    method: str
-    teacher: str = "baseline"
-    student: str | ModelRef | None = None
-    temperature: float = Field(4.0, gt=0)
-    alpha: float | None = Field(None, ge=0, le=1)
-    weights: dict[str, float] = Field(default_factory=dict)
-    layers: list[str | list[str]] | None = None
-    at_mode: Literal["code", "paper"] = "code"
-    epochs: float | None = Field(None, ge=0)
-    lr: float | None = Field(None, gt=0)
-    max_steps: int | None = Field(None, ge=1)
-    hint_epochs: float | None = Field(None, ge=0)
-    peers: int = Field(2, ge=2)
-    generations: int = Field(2, ge=1)
-    assistant: str | ModelRef | None = None
-    compare_scratch: bool = False
-    compare_direct: bool = True
+    method: str = Field("kd", description="kd, fitnet, at, rkd, sp, dml, born-again or takd")
+    teacher: str = Field("baseline", description="the teacher: a model of the run ('baseline' is the input "
+                         "model) or a saved model file")
+    student: str | ModelRef | None = Field(None, description="zoo name, {name, kwargs} or a model file "
+                                           "(born-again: the teacher's architecture; dml: the input's)")
+    temperature: float = Field(4.0, gt=0, description="KD softening temperature T")
+    alpha: float | None = Field(None, ge=0, le=1, description="KD weight, CE gets 1 - alpha (0.9 for kd, fitnet, "
+                                "born-again, takd; 0 for at, rkd, sp)")
+    weights: dict[str, float] = Field(default_factory=dict, description="loss weights over the paper defaults: "
+                                      "fitnet {hint}, at {at}, rkd {distance, angle}, sp {sp}, dml {kl}")
+    layers: list[str | list[str]] | None = Field(None, description="feature modules, or [student, teacher] pairs "
+                                                 "(default: matched automatically)")
+    at_mode: Literal["code", "paper"] = Field("code", description="AT normalisation: the authors' code or the paper's")
+    epochs: float | None = Field(None, ge=0, description="epochs of each training phase (default train.epochs)")
+    lr: float | None = Field(None, gt=0, description="learning rate (default train.lr / T for the methods whose "
+                             "loss has a T^2-scaled KD term, train.lr otherwise)")
+    max_steps: int | None = Field(None, ge=1, description="stop each phase after this many steps")
+    hint_epochs: float | None = Field(None, ge=0, description="FitNet stage-1 (hint) epochs (default: epochs)")
+    peers: int = Field(2, ge=2, description="DML: number of peers N")
+    generations: int = Field(2, ge=1, description="Born-Again: number of generations K")
+    assistant: str | ModelRef | None = Field(None, description="TAKD assistant (default: the teacher's architecture "
+                                             "at the geometric-mean size)")
+    compare_scratch: bool = Field(False, description="also train the student alone (CE, same budget) and report it")
+    compare_direct: bool = Field(True, description="TAKD: also distil the student directly from the teacher")
 
     def validate_method(self, where: str = "distill") -> None:
         """Raise `NetcompressError` for an unknown method or weight key (before any training)."""
@@ -327,22 +335,44 @@ def _check_runs(model: nn.Module, data, who: str) -> None:
     was = model.training
     model.eval()
     try:
-        out = model(data.example[:2].to(next((p.device for p in model.parameters()), torch.device("cpu"))))
+        out = call(model, to_device(head(data.example, 2), next((p.device for p in model.parameters()), torch.device("cpu"))))
     except RuntimeError as e:
         raise NetcompressError(f"distill: the {who} cannot run on {tuple(data.input_shape)} inputs: "
                                f"{str(e).splitlines()[0]}") from None
     finally:
         model.train(was)
-    logits = out if isinstance(out, torch.Tensor) else out[-1]
+    logits = logits_of(out)
     if logits.shape[-1] != data.num_classes:
         raise NetcompressError(f"distill: the {who} has {logits.shape[-1]} outputs but the data has "
                                f"{data.num_classes} classes")
 
 
+_KD_ALPHA = {"kd": 0.9, "fitnet": 0.9, "born-again": 0.9, "takd": 0.9, "at": 0.0, "rkd": 0.0, "sp": 0.0, "dml": 0.0}
+
+
+def default_lr(cfg: DistillConfig, train_lr: float) -> float:
+    """The distillation learning rate when `cfg.lr` is not given: ``train_lr / T`` for the methods
+    whose loss has Hinton's T^2-scaled KD term (kd, fitnet, born-again, takd, and at / rkd / sp with
+    alpha > 0), `train_lr` otherwise. The gradient of T^2 KL(p_t^T || p_s^T) with respect to the
+    student's logits is T (p_s^T - p_t^T) (Hinton et al. 2015), up to T times a cross-entropy
+    gradient, so the same step size overshoots: at lr 0.05 KD does not beat the student trained
+    alone; at 0.05 / 4 it does (benchmarks/results/defaults_kd.md)."""
+    if cfg.lr is not None:
+        return cfg.lr
+    kd_term = _alpha(cfg, _KD_ALPHA.get(cfg.method, 0.0)) > 0
+    return train_lr / cfg.temperature if kd_term else train_lr
+
+
 def run_distill(cfg: DistillConfig, teacher: nn.Module | None, student: nn.Module | None, data,
-                fit_fn: FitFn) -> DistillResult:
+                fit_fn: FitFn, train_lr: float | None = None) -> DistillResult:
     """Run `cfg.method`; adds teacher accuracy and, with `compare_scratch`, the student trained alone
-    (same architecture, same budget, CE only) and the share of the teacher-scratch gap recovered."""
+    (same architecture and epochs, CE only, at the plain training lr) and the share of the
+    teacher-scratch gap recovered.
+
+    Args:
+        train_lr: the learning rate `fit_fn` trains with by default (a recipe's ``train.lr``);
+            when given and `cfg.lr` is not, the distillation trains at `default_lr`.
+    """
     cfg.validate_method()
     if teacher is None and cfg.method != "dml":
         raise NetcompressError(f"distill: method {cfg.method!r} needs a teacher")
@@ -352,14 +382,17 @@ def run_distill(cfg: DistillConfig, teacher: nn.Module | None, student: nn.Modul
         if m is not None:
             _check_runs(m, data, who)
     scratch = fresh_copy(student if student is not None else teacher) if cfg.compare_scratch else None
+    scratch_budget = _budget(cfg)
+    if train_lr is not None and cfg.lr is None:
+        cfg = cfg.model_copy(update={"lr": default_lr(cfg, train_lr)})
     if teacher is not None:
         teacher.eval()
     res = DISTILLERS.get(cfg.method)(teacher, student, data, cfg, fit_fn)
-    res.extra = {"method": cfg.method, "student_acc": res.accuracy, **res.extra}
+    res.extra = {"method": cfg.method, "student_acc": res.accuracy, "lr": cfg.lr, **res.extra}
     if teacher is not None:
         res.extra["teacher_acc"] = _acc(teacher, data)
     if scratch is not None:
-        res.histories["scratch"] = fit_fn(scratch, tag="scratch", **_budget(cfg)).to_list()
+        res.histories["scratch"] = fit_fn(scratch, tag="scratch", **scratch_budget).to_list()
         s_acc = _acc(scratch, data)
         res.extra["scratch_acc"] = s_acc
         if teacher is not None and res.extra["teacher_acc"] > s_acc:  # only meaningful with a real gap

@@ -19,7 +19,7 @@ from torch import nn
 
 from netcompress.core.errors import NetcompressError
 from netcompress.distill.protocols import DistillConfig, build_student, fresh_copy, run_distill
-from netcompress.recipe.stages import StageContext, StageKind, StageResult
+from netcompress.train.stage import StageContext, StageKind, StageResult
 
 
 def resolve_teacher(ctx: StageContext, ref: str) -> nn.Module:
@@ -74,12 +74,20 @@ def run_stage(ctx: StageContext, model: nn.Module, cfg: DistillConfig) -> StageR
     def fit_fn(m, methods=(), loss_fn=None, tag="train", **over):
         return ctx.fit(m, over, methods=methods, loss_fn=loss_fn, tag=tag)
 
-    res = run_distill(cfg, teacher, student, ctx.data, fit_fn)
+    res = run_distill(cfg, teacher, student, ctx.data, fit_fn, train_lr=ctx.train.lr)
     _plot(ctx, res.extra)
     history = next(reversed(res.histories.values())) if res.histories else []
     return StageResult(res.student, extra=res.extra, history=history)
 
 
+def summary(extra: dict) -> str:
+    """The accuracies of a `distill` stage's extra, one line."""
+    keys = ("student_acc", "teacher_acc", "scratch_acc", "assistant_acc", "direct_kd_acc", "ensemble_acc")
+    parts = [f"{k[:-4]} {100 * extra[k]:.2f}%" for k in keys if k in extra]
+    return f"{extra['method']} (lr {extra.get('lr')}): " + ", ".join(parts)
+
+
 def register(stages) -> None:
     stages.register("distill", StageKind(DistillConfig, run_stage,
-                                         "knowledge distillation: kd, fitnet, at, rkd, sp, dml, born-again, takd"))
+                                         "knowledge distillation: kd, fitnet, at, rkd, sp, dml, born-again, takd",
+                                         summary=summary))

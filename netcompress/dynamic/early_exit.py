@@ -33,8 +33,8 @@ class HeadConfig(Config):
     hidden layer of `hidden` units (0: a single Linear). Shallow-Deep Networks use a similar
     pooled linear head."""
 
-    pool: int = Field(6, ge=1)
-    hidden: int = Field(128, ge=0)
+    pool: int = Field(6, ge=1, description="average-pool the features to pool x pool")
+    hidden: int = Field(128, ge=0, description="hidden units of the head (0: one Linear)")
     tokens: Literal["cls", "flatten"] = Field("cls", description="token features (T, D) of a transformer: "
                                              "a LayerNorm + classifier on the class token, or flatten all")
 

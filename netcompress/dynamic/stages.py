@@ -21,6 +21,7 @@ from netcompress.dynamic.early_exit import HeadConfig, MultiExitModel, early_exi
 from netcompress.dynamic.policy import (calibrate_budget, compare_latency, exit_macs, exit_outputs, full_macs,
                                         plot_curve, policy_report, tradeoff_curve)
 from netcompress.dynamic.training import ExitTraining, FrozenBackbone, sdn_weights
+from netcompress.train.stage import StageKind, StageResult
 
 
 class DynamicConfig(Config):
@@ -31,23 +32,24 @@ class DynamicConfig(Config):
     """
 
     exits: list[str] = Field(default_factory=list, description="backbone module names; empty: the model has exits")
-    head: HeadConfig = HeadConfig()
+    head: HeadConfig = Field(HeadConfig(), description="exit head: {pool, hidden}")
     weights: Literal["auto", "sdn", "uniform"] | list[float] = Field(
         "auto", description="auto: sdn when the backbone trains, uniform (independent heads) when frozen")
     ramp_epochs: int = Field(0, ge=0, description="SDN weight ramp over this many epochs (0: fixed weights)")
     distill: float = Field(0.0, ge=0, le=1, description="self-distillation share from the last exit")
-    temperature: float = Field(3.0, gt=0)
+    temperature: float = Field(3.0, gt=0, description="self-distillation temperature")
     train_backbone: bool = Field(False, description="false: train only the heads (the final exit stays the input)")
-    epochs: float | None = Field(2.0, ge=0)
-    lr: float | None = None
-    max_steps: int | None = Field(None, ge=1)
-    policy: Literal["max_softmax", "entropy"] = "max_softmax"
-    threshold: float | list[float] | None = None
-    budget: float | None = Field(None, gt=0)
+    epochs: float | None = Field(2.0, ge=0, description="exit-training epochs")
+    lr: float | None = Field(None, gt=0, description="exit-training learning rate (default train.lr)")
+    max_steps: int | None = Field(None, ge=1, description="stop the exit training after this many steps")
+    policy: Literal["max_softmax", "entropy"] = Field("max_softmax", description="confidence measure of the exits")
+    threshold: float | list[float] | None = Field(None, description="fixed exit threshold(s) instead of a budget")
+    budget: float | None = Field(None, gt=0, description="average MACs as a fraction of the full network "
+                                 "(default 0.5 when no threshold)")
     holdout: int = Field(500, ge=1, description="training samples held out for calibration")
-    latency: bool = True
-    latency_batch: int = Field(64, ge=1)
-    latency_samples: int = Field(512, ge=1)
+    latency: bool = Field(True, description="measure full vs early-exit CPU time")
+    latency_batch: int = Field(64, ge=1, description="batch size of the latency measurement")
+    latency_samples: int = Field(512, ge=1, description="test samples timed")
 
     @model_validator(mode="after")
     def _one_of(self) -> "DynamicConfig":
@@ -90,8 +92,6 @@ def _weights(cfg: DynamicConfig, cum: list[int], full: int, k: int) -> list[floa
 def run_dynamic(ctx, model: nn.Module, cfg: DynamicConfig):
     """The `dynamic` stage: exits -> joint training -> policy (threshold or calibrated budget) ->
     per-exit report, accuracy-MACs curve (figure), measured latency."""
-    from netcompress.recipe.stages import StageResult
-
     data = ctx.data
     example = data.example
     if isinstance(model, MultiExitBase):
@@ -161,8 +161,23 @@ def run_dynamic(ctx, model: nn.Module, cfg: DynamicConfig):
     return StageResult(mx, extra=extra, history=history, metrics=metrics)
 
 
-def register(stages) -> None:
-    from netcompress.recipe.stages import StageKind
+def summary(ex: dict[str, Any]) -> str:
+    """The per-exit table, accuracy and average MACs of a `dynamic` stage's extra."""
+    lines = [f"policy {ex['policy']} thresholds {[round(t, 4) for t in ex['thresholds']]}",
+             f"{'exit':>14s} {'MACs':>12s} {'acc(all)':>9s} {'share':>7s} {'acc(exited)':>11s}"]
+    for e in ex["exits"]:
+        acc_ex = f"{100 * e['accuracy_exited']:.2f}" if e["accuracy_exited"] is not None else "-"
+        lines.append(f"{e['name']:>14s} {e['macs']:>12,d} {100 * e['accuracy_all']:>9.2f} {100 * e['share']:>6.1f}% "
+                     f"{acc_ex:>11s}")
+    lines.append(f"accuracy {100 * ex['accuracy']:.2f}% (full network {100 * ex['full_accuracy']:.2f}%), average MACs "
+                 f"{ex['avg_macs']:,.0f} = {100 * ex['avg_macs_fraction']:.1f}% of {ex['full_macs']:,}")
+    if "latency" in ex:
+        lat = ex["latency"]
+        lines.append(f"CPU time for {lat['samples']} samples in batches of {lat['batch_size']}: full "
+                     f"{lat['full_ms']:.2f} ms, early exit {lat['early_exit_ms']:.2f} ms ({lat['speedup']:.2f}x)")
+    return "\n".join(lines)
 
+
+def register(stages) -> None:
     text = "early exits: heads + exit training + threshold / MACs-budget policy (BranchyNet, SDN, MSDNet)"
-    stages.register("dynamic", StageKind(DynamicConfig, run_dynamic, text), help=text)
+    stages.register("dynamic", StageKind(DynamicConfig, run_dynamic, text, summary=summary))

@@ -12,6 +12,7 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from netcompress.core.config import Config
+from netcompress.train.stage import StageKind, StageResult
 
 
 class SparsifyConfig(Config):
@@ -27,7 +28,7 @@ class SparsifyConfig(Config):
     ignore: list[str] = Field(default_factory=list, description="Linear layers left dense (qualified names)")
     epochs: float = Field(0, ge=0, description="fine-tune epochs with the masks held (0: one-shot, no retraining)")
     lr: float | None = Field(None, gt=0, description="fine-tune learning rate; default train.lr x 0.1")
-    max_steps: int | None = Field(None, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="fine-tune: stop after this many optimizer steps")
 
     @field_validator("pattern")
     @classmethod
@@ -45,7 +46,6 @@ def run_sparsify(ctx, model: nn.Module, cfg: SparsifyConfig):
     """Prune, fine-tune if asked, make the masks permanent; extra['per_layer'] = {layer: sparsity}."""
     from netcompress.prune.llm import prune_
     from netcompress.prune.unstructured import MaskMethod, finalize_
-    from netcompress.recipe.stages import StageResult
 
     per = prune_(model, cfg.criterion, None if cfg.criterion == "magnitude" else ctx.data, cfg.sparsity, cfg.pattern,
                  cfg.samples, cfg.blocksize, cfg.damp, cfg.sequential, cfg.ignore)
@@ -60,7 +60,5 @@ def run_sparsify(ctx, model: nn.Module, cfg: SparsifyConfig):
 
 
 def register(stages) -> None:
-    from netcompress.recipe.stages import StageKind
-
     help = "one-shot unstructured / N:M pruning of transformer Linears: magnitude, Wanda, SparseGPT"
-    stages.register("sparsify", StageKind(SparsifyConfig, run_sparsify, help), help=help)
+    stages.register("sparsify", StageKind(SparsifyConfig, run_sparsify, help))

@@ -2,6 +2,7 @@
 with fine-tuning through the recipe's training loop (`ctx.fit`)."""
 from __future__ import annotations
 
+import copy
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -11,28 +12,40 @@ from netcompress.core.config import Config
 from netcompress.core.errors import NetcompressError
 from netcompress.prune.importance import CRITERIA
 from netcompress.prune.schedule import SlimmingMethod
-from netcompress.prune.structured import channels, per_layer
+from netcompress.prune.structured import channels, per_layer, plan
 from netcompress.prune.unstructured import AGPMethod, MaskMethod, finalize_, weights_
+from netcompress.train.stage import StageKind, StageResult
 
 
 class PruneConfig(Config):
     """`prune:` stage. Channel granularity removes channels physically (`ratio` of each group);
     weight granularity masks single weights (`sparsity`, a number or {layer type or name: s})."""
 
-    granularity: Literal["weight", "channel"] = "channel"
-    criterion: str = "l1"
+    granularity: Literal["weight", "channel"] = Field(
+        "channel", description="channel: remove channels (ratio); weight: mask single weights (sparsity); "
+        "default: weight when only sparsity is given")
+    criterion: str = Field("l1", description="l1, l2, fpgm, slimming, apoz, taylor, random (weight: l1, random)")
     ratio: float | None = Field(None, ge=0, lt=1, description="channel: fraction of channels removed")
     sparsity: float | dict[str, float] | None = Field(None, description="weight: fraction of zero weights")
     scope: Literal["layer", "global"] | None = Field(None, description="default: layer (channel), global (weight)")
-    schedule: Literal["oneshot", "iterative", "agp"] = "oneshot"
+    schedule: Literal["oneshot", "iterative", "agp"] = Field(
+        "oneshot", description="oneshot, iterative (steps rounds) or agp (gradual, weight only)")
     steps: int = Field(3, ge=1, description="iterative: prune / fine-tune rounds")
     epochs: float | None = Field(None, ge=0, description="fine-tune epochs (per round when iterative); default 30% of train.epochs")
     lr: float | None = Field(None, gt=0, description="fine-tune learning rate; default train.lr x 0.1")
-    max_steps: int | None = Field(None, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="stop each fine-tuning after this many steps")
     ignore: list[str] = Field(default_factory=list, description="module names left unpruned")
     slimming_lambda: float = Field(1e-4, ge=0, description="lambda of Network Slimming's L1 on BN gammas")
     slimming_epochs: float = Field(0, ge=0, description="sparsity-training epochs before pruning (criterion slimming)")
-    calibration: int = Field(256, ge=1, description="samples for apoz / taylor")
+    calibration_samples: int = Field(256, ge=1, description="training samples scored by apoz / taylor")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _granularity(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "granularity" not in data and data.get("sparsity") is not None \
+                and data.get("ratio") is None:
+            return {**data, "granularity": "weight"}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> "PruneConfig":
@@ -89,10 +102,7 @@ def _chart(ctx, per: dict[str, dict[str, int]], what: str) -> None:
 
 def run_prune(ctx, model: nn.Module, cfg: PruneConfig):
     """Run one `prune` stage; returns a StageResult with extra['per_layer'] = {layer: {kept, total}}."""
-    from netcompress.recipe.stages import StageResult
-
-    over: dict[str, Any] = {"epochs": cfg.epochs if cfg.epochs is not None else max(1.0, ctx.train.epochs * 0.3),
-                            "lr": cfg.lr if cfg.lr is not None else ctx.train.lr * 0.1, "max_steps": cfg.max_steps}
+    over: dict[str, Any] = {**ctx.budget(cfg.epochs, cfg.lr), "max_steps": cfg.max_steps}
     history: list[dict[str, float]] = []
 
     def finetune(m: nn.Module, methods, tag: str) -> None:
@@ -110,7 +120,7 @@ def run_prune(ctx, model: nn.Module, cfg: PruneConfig):
         cur = model
         for k in range(steps):
             cur = channels(cur, cfg.criterion, r, example_inputs=ctx.data.example, data=ctx.data, scope=scope,
-                           ignore=cfg.ignore, seed=ctx.seed, calibration=cfg.calibration)
+                           ignore=cfg.ignore, seed=ctx.seed, calibration=cfg.calibration_samples)
             finetune(cur, [], f"finetune{k}" if steps > 1 else "finetune")
         per = per_layer(before, cur)
         what = "channels"
@@ -149,11 +159,20 @@ def run_prune(ctx, model: nn.Module, cfg: PruneConfig):
     return StageResult(cur, extra=extra, history=history)
 
 
-def register(stages) -> None:
-    from netcompress.recipe.stages import StageKind
+def dry_run_prune(ctx, model: nn.Module, cfg: PruneConfig) -> str:
+    """What `cfg` would remove, without changing `model` (the CLI's --dry-run)."""
+    model = copy.deepcopy(model).eval()
+    if cfg.granularity == "channel":
+        return str(plan(model, cfg.criterion, cfg.ratio, example_inputs=ctx.data.example, data=ctx.data,
+                        scope=cfg.scope or "layer", ignore=cfg.ignore, seed=ctx.seed,
+                        calibration=cfg.calibration_samples))
+    masks = weights_(model, cfg.criterion, cfg.sparsity, cfg.scope or "global", seed=ctx.seed)
+    return "\n".join(f"{name:40s} keeps {int(m.sum())} of {m.numel()} weights" for name, m in masks.items())
 
+
+def register(stages) -> None:
     help = "prune weights (masks) or channels (physical removal), then fine-tune"
-    stages.register("prune", StageKind(PruneConfig, run_prune, help), help=help)
+    stages.register("prune", StageKind(PruneConfig, run_prune, help, dry_run=dry_run_prune))
     from netcompress.prune import llm_stages
 
     llm_stages.register(stages)

@@ -4,7 +4,7 @@ BinaryConnect, or real int8 deployment.
     - quantize: {method: kmeans, bits: {Conv2d: 8, Linear: 5}, epochs: 1}
     - quantize: {method: uniform, bits: 4, epochs: 2}        # QAT; epochs 0 = post-training
     - quantize: {method: binary, epochs: 5}
-    - quantize: {method: int8}                                # measured as the int8 model
+    - quantize: {method: int8}                                # measured as the int8 program in ONNX Runtime
 """
 from __future__ import annotations
 
@@ -15,34 +15,40 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from netcompress.core.config import Config
+from netcompress.train.stage import StageKind, StageResult
 
 
 class QuantizeConfig(Config):
     """`quantize:` stage. Fields not used by the chosen method must stay at their defaults."""
 
-    method: Literal["uniform", "kmeans", "binary", "int8"] = "kmeans"
+    method: Literal["uniform", "kmeans", "binary", "int8"] = Field(
+        "kmeans", description="uniform n-bit (PTQ, or QAT with epochs), kmeans weight sharing, binary "
+        "(BinaryConnect), int8 deployment")
     bits: int | dict[str, int] = Field(8, description="uniform: 2..8; kmeans: int or {layer type or name: bits}")
     epochs: float | None = Field(None, ge=0, description="QAT / centroid fine-tune / BinaryConnect epochs "
                                  "(default: kmeans 1, uniform 0 = PTQ, binary train.epochs)")
     lr: float | None = Field(None, gt=0, description="default: train.lr x 0.1 (binary: train.lr)")
-    max_steps: int | None = Field(None, ge=1)
-    init: Literal["linear", "density", "random", "best"] = "linear"
+    max_steps: int | None = Field(None, ge=1, description="stop the training after this many steps")
+    init: Literal["linear", "density", "random", "best"] = Field("linear", description="kmeans: centroid initialisation")
     reduce: Literal["sum", "mean"] = Field("mean", description="kmeans fine-tune: centroid gradient = sum or mean")
     codebook: Literal["float16", "float32"] = Field("float16", description="kmeans: precision of the shared values")
     biases: Literal["float16", "float32"] = Field("float32", description="kmeans: round the clustered layers' biases")
-    per_channel: bool = True
-    symmetric: bool = True
-    calibration: Literal["minmax", "mse", "percentile"] = "mse"
-    stochastic: bool = False
+    per_channel: bool = Field(True, description="uniform: one scale per output channel")
+    symmetric: bool = Field(True, description="uniform: symmetric range (no zero point)")
+    observer: Literal["minmax", "mse", "percentile"] = Field("mse", description="uniform: how each weight range is "
+                                                             "chosen (min/max, MSE-optimal clip, percentile)")
+    stochastic: bool = Field(False, description="binary: stochastic binarisation")
     calibration_samples: int = Field(256, ge=1, description="int8: activation calibration samples")
-    backend: Literal["x86", "fbgemm", "qnnpack", "onednn"] = "x86"
+    runtime: Literal["onnxruntime", "executorch"] = Field(
+        "onnxruntime", description="int8: ONNX QDQ run by ONNX Runtime, or PT2E + XNNPACK run by ExecuTorch")
+    threads: int = Field(1, ge=1, description="int8: the runtime's thread count when measured")
 
     @model_validator(mode="after")
     def _check(self) -> "QuantizeConfig":
         allowed = {"kmeans": {"bits", "epochs", "lr", "max_steps", "init", "reduce", "codebook", "biases"},
-                   "uniform": {"bits", "epochs", "lr", "max_steps", "per_channel", "symmetric", "calibration"},
+                   "uniform": {"bits", "epochs", "lr", "max_steps", "per_channel", "symmetric", "observer"},
                    "binary": {"epochs", "lr", "max_steps", "stochastic"},
-                   "int8": {"calibration_samples", "backend"}}[self.method]
+                   "int8": {"calibration_samples", "runtime", "threads"}}[self.method]
         extra = sorted(self.model_fields_set - allowed - {"method"})
         if extra:
             raise ValueError(f"{', '.join(extra)}: not used by method {self.method} (it takes {', '.join(sorted(allowed))})")
@@ -78,19 +84,18 @@ def _histogram(ctx, model: nn.Module, info: dict[str, Any]) -> None:
 
 
 def run_quantize(ctx, model: nn.Module, cfg: QuantizeConfig):
-    from netcompress.recipe.stages import StageResult
-
-    lr_default = ctx.train.lr * (1.0 if cfg.method == "binary" else 0.1)
-    over = {"lr": cfg.lr or lr_default, "max_steps": cfg.max_steps}
+    default_epochs = {"kmeans": 1.0, "uniform": 0.0, "binary": ctx.train.epochs}.get(cfg.method, 0.0)
+    over = {**ctx.budget(default_epochs if cfg.epochs is None else cfg.epochs, cfg.lr,
+                         lr_factor=1.0 if cfg.method == "binary" else 0.1), "max_steps": cfg.max_steps}
+    epochs = over["epochs"]
     history: list[dict[str, float]] = []
     if cfg.method == "kmeans":
         from netcompress.quantize.cluster import CentroidFineTune, cluster_
 
         info = cluster_(model, bits=cfg.bits, init=cfg.init, seed=ctx.seed, codebook_dtype=cfg.codebook)
-        epochs = 1.0 if cfg.epochs is None else cfg.epochs
         if epochs > 0:
             ft = CentroidFineTune(cfg.reduce, codebook_dtype=cfg.codebook)
-            history = ctx.fit(model, {**over, "epochs": epochs}, methods=[ft], tag="centroids").to_list()
+            history = ctx.fit(model, over, methods=[ft], tag="centroids").to_list()
             ft.finalize(model)
             _refresh_centroids(model, info)
         if cfg.biases == "float16":
@@ -106,22 +111,20 @@ def run_quantize(ctx, model: nn.Module, cfg: QuantizeConfig):
     if cfg.method == "uniform":
         from netcompress.quantize.uniform import UniformQAT, quantize_
 
-        epochs = 0.0 if cfg.epochs is None else cfg.epochs
         if epochs > 0:
-            qat = UniformQAT(cfg.bits, cfg.symmetric, cfg.per_channel, "minmax" if cfg.calibration == "mse" else cfg.calibration)
-            history = ctx.fit(model, {**over, "epochs": epochs}, methods=[qat], tag="qat").to_list()
+            qat = UniformQAT(cfg.bits, cfg.symmetric, cfg.per_channel, "minmax" if cfg.observer == "mse" else cfg.observer)
+            history = ctx.fit(model, over, methods=[qat], tag="qat").to_list()
             qat.finalize(model)
             info = {"qat_epochs": epochs}
         else:
-            info = quantize_(model, cfg.bits, cfg.symmetric, cfg.per_channel, cfg.calibration)
+            info = quantize_(model, cfg.bits, cfg.symmetric, cfg.per_channel, cfg.observer)
         return StageResult(model, extra={"method": "uniform", "bits": cfg.bits, "layers": info}, history=history)
     if cfg.method == "binary":
         from netcompress.quantize.binary import BinaryConnect
 
-        epochs = ctx.train.epochs if cfg.epochs is None else cfg.epochs
         bc = BinaryConnect(stochastic=cfg.stochastic, seed=ctx.seed)
         if epochs > 0:
-            history = ctx.fit(model, {**over, "epochs": epochs}, methods=[bc], tag="binary").to_list()
+            history = ctx.fit(model, over, methods=[bc], tag="binary").to_list()
         else:
             bc.prepare(model)
         bc.finalize(model)
@@ -131,13 +134,15 @@ def run_quantize(ctx, model: nn.Module, cfg: QuantizeConfig):
     # int8
     from netcompress.quantize.deploy import int8_layers, int8_params, int8_quantize, save_int8
 
-    backend = cfg.backend
-    q = int8_quantize(model, ctx.data.calibration(cfg.calibration_samples), backend=backend)
+    from netcompress.quantize.deploy import SUFFIX
+
+    q = int8_quantize(model, ctx.data.calibration(cfg.calibration_samples), runtime=cfg.runtime, threads=cfg.threads,
+                      example=ctx.data.example)
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
-    path = save_int8(q, ctx.out_dir / "model.int8.pt", ctx.data.example)
+    path = save_int8(q, ctx.out_dir / f"model.int8{SUFFIX[cfg.runtime]}")
     return StageResult(model, file=path, measure_model=q,
-                       extra={"method": "int8", "backend": backend, "int8_layers": int8_layers(q), "int8_file": str(path),
-                              "int8_params": int8_params(q)})
+                       extra={"method": "int8", "runtime": cfg.runtime, "threads": cfg.threads, "int8_layers": int8_layers(q),
+                              "int8_file": str(path), "int8_params": int8_params(q)})
 
 
 def _refresh_centroids(model: nn.Module, info: dict[str, Any]) -> None:
@@ -150,10 +155,8 @@ def _refresh_centroids(model: nn.Module, info: dict[str, Any]) -> None:
 
 
 def register(stages) -> None:
-    from netcompress.recipe.stages import StageKind
-
     help = "quantize weights: uniform n-bit (PTQ/QAT), kmeans sharing, binary (BinaryConnect), int8 deployment"
-    stages.register("quantize", StageKind(QuantizeConfig, run_quantize, help), help=help)
+    stages.register("quantize", StageKind(QuantizeConfig, run_quantize, help))
     from netcompress.quantize import weight_only_stages
 
     weight_only_stages.register(stages)

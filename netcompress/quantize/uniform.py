@@ -25,7 +25,8 @@ from torch import nn
 from netcompress.core.errors import NetcompressError
 from netcompress.core.method import Method
 
-Calibration = Literal["minmax", "mse", "percentile"]
+Observer = Literal["minmax", "mse", "percentile"]
+"""How a weight range is chosen (the *observer*; `calibration` always means data in netcompress)."""
 FilterFn = Callable[[nn.Module, str], bool]
 
 
@@ -33,11 +34,11 @@ def _default_filter(module: nn.Module, name: str) -> bool:
     return isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) and getattr(module, "weight", None) is not None
 
 
-def _check(bits: int, calibration: str = "minmax") -> None:
+def _check(bits: int, observer: str = "minmax") -> None:
     if not isinstance(bits, int) or not 2 <= bits <= 8:
         raise NetcompressError(f"uniform quantization: bits must be an integer in 2..8, got {bits!r}")
-    if calibration not in ("minmax", "mse", "percentile"):
-        raise NetcompressError(f"uniform quantization: calibration {calibration!r}; valid: minmax, mse, percentile")
+    if observer not in ("minmax", "mse", "percentile"):
+        raise NetcompressError(f"uniform quantization: observer {observer!r}; valid: minmax, mse, percentile")
 
 
 def _levels(bits: int, symmetric: bool) -> tuple[int, int]:
@@ -75,7 +76,7 @@ def quantize_dequantize(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor
 
 
 def calibrate(w: torch.Tensor, bits: int, symmetric: bool = True, per_channel: bool = False,
-              method: Calibration = "minmax", percentile: float = 99.9) -> tuple[torch.Tensor, torch.Tensor]:
+              method: Observer = "minmax", percentile: float = 99.9) -> tuple[torch.Tensor, torch.Tensor]:
     """Post-training range calibration: scale and zero point of `w`.
 
     'minmax' uses the full range; 'percentile' clips to the given percentile of |w| (or of w for
@@ -126,19 +127,19 @@ class _STEQuant(torch.autograd.Function):
 
 
 def fake_quantize(w: torch.Tensor, bits: int = 8, symmetric: bool = True, per_channel: bool = False,
-                  calibration: Calibration = "minmax") -> torch.Tensor:
+                  observer: Observer = "minmax") -> torch.Tensor:
     """Quantize-dequantize `w` with a straight-through gradient (clipped values get none)."""
-    scale, zero = calibrate(w, bits, symmetric, per_channel, calibration)
+    scale, zero = calibrate(w, bits, symmetric, per_channel, observer)
     return _STEQuant.apply(w, scale, zero, bits, symmetric, per_channel)
 
 
 def quantize_(model: nn.Module, bits: int = 8, symmetric: bool = True, per_channel: bool = True,
-              calibration: Calibration = "mse", filter_fn: FilterFn | None = None) -> dict[str, dict[str, Any]]:
+              observer: Observer = "mse", filter_fn: FilterFn | None = None) -> dict[str, dict[str, Any]]:
     """Post-training quantization in place: each selected weight becomes its dequantized b-bit value.
 
     Returns per-layer `{"bits", "scale_mean", "mse"}`.
     """
-    _check(bits, calibration)
+    _check(bits, observer)
     select = filter_fn or _default_filter
     plan = [(n, m) for n, m in model.named_modules() if select(m, n)]
     if not plan:
@@ -146,7 +147,7 @@ def quantize_(model: nn.Module, bits: int = 8, symmetric: bool = True, per_chann
     new, info = [], {}
     for name, m in plan:
         w = m.weight.detach()
-        s, z = calibrate(w, bits, symmetric, per_channel, calibration)
+        s, z = calibrate(w, bits, symmetric, per_channel, observer)
         q = quantize_dequantize(w, s, z, bits, symmetric, per_channel)
         new.append((m, q))
         info[name] = {"bits": bits, "scale_mean": float(s.mean()), "mse": float((q - w).pow(2).mean())}
@@ -238,11 +239,11 @@ class UniformQAT(WeightSwap):
     name = "uniform-qat"
 
     def __init__(self, bits: int = 4, symmetric: bool = True, per_channel: bool = True,
-                 calibration: Calibration = "minmax", filter_fn: FilterFn | None = None) -> None:
-        _check(bits, calibration)
+                 observer: Observer = "minmax", filter_fn: FilterFn | None = None) -> None:
+        _check(bits, observer)
         super().__init__(filter_fn)
-        self.bits, self.symmetric, self.per_channel, self.calibration = bits, symmetric, per_channel, calibration
+        self.bits, self.symmetric, self.per_channel, self.observer = bits, symmetric, per_channel, observer
 
     def transform(self, module: nn.Module, w: torch.Tensor) -> torch.Tensor:
-        s, z = calibrate(w, self.bits, self.symmetric, self.per_channel, self.calibration)
+        s, z = calibrate(w, self.bits, self.symmetric, self.per_channel, self.observer)
         return quantize_dequantize(w, s, z, self.bits, self.symmetric, self.per_channel)

@@ -11,6 +11,7 @@ from pydantic import Field
 from torch import nn
 
 from netcompress.core.config import Config
+from netcompress.train.stage import StageKind, StageResult
 
 
 class WeightOnlyConfig(Config):
@@ -29,7 +30,6 @@ class WeightOnlyConfig(Config):
 def run_weight_only(ctx, model: nn.Module, cfg: WeightOnlyConfig):
     """Quantize; extra holds the bits, group size and packed bytes of every layer."""
     from netcompress.quantize.weight_only import quantize_weights_
-    from netcompress.recipe.stages import StageResult
 
     info = quantize_weights_(model, cfg.method, cfg.bits, cfg.group_size, ctx.data if cfg.method == "gptq" else None,
                              cfg.samples, cfg.blocksize, cfg.damp, cfg.sequential, cfg.ignore)
@@ -39,7 +39,5 @@ def run_weight_only(ctx, model: nn.Module, cfg: WeightOnlyConfig):
 
 
 def register(stages) -> None:
-    from netcompress.recipe.stages import StageKind
-
     help = "weight-only int8 / int4 per group of transformer Linears: round-to-nearest or GPTQ"
-    stages.register("weight-only", StageKind(WeightOnlyConfig, run_weight_only, help), help=help)
+    stages.register("weight-only", StageKind(WeightOnlyConfig, run_weight_only, help))
