@@ -17,7 +17,7 @@ def result_warnings(accuracy: float | None, num_classes: int | None, extra: dict
         >>> result_warnings(0.074, 10)
         ['accuracy 7.40% is below chance (10.00% for 10 classes): the model has collapsed']
         >>> result_warnings(0.636, 10, {"scratch_acc": 0.941})[0][:60]
-        'accuracy 63.60% is below its control, the same student trai'
+        'accuracy 63.60% is below its control, the same student train'
     """
     out: list[str] = []
     if accuracy is None:

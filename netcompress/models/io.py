@@ -254,10 +254,39 @@ def build_checked(arch: dict[str, Any], state: dict[str, torch.Tensor], trust_py
         raise
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError, NotImplementedError) as e:
         raise NetcompressError(f"architecture cannot be rebuilt ({type(e).__name__}: {e})") from None
+    _undeclared_shapes_from_file(model, arch, state)
     computed = check_against(model, {k: (tuple(v.shape), v.dtype) for k, v in state.items()}, tied)
     model = materialize(model, arch, computed, state, trust_python)
     load_state_exact(model, state, tied)
     return model
+
+
+def _undeclared_shapes_from_file(meta_model: nn.Module, arch: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
+    """Tensors whose size the architecture table does not declare take the file's shape.
+
+    A registered module type (Linear, Conv2d, ...) declares its sizes in the table's ``args``, and
+    those must match the file exactly (`check_against`). The tensors of an opaque module (a class
+    token, an embedding, anything a constructor made) are not declared: a pruned model's file holds
+    them at their new width, and the meta model takes that shape (still on the meta device; what is
+    allocated later is exactly the file's tensors)."""
+    table = arch.get("modules", {}) if isinstance(arch, dict) else {}
+    for k, v in state.items():
+        mod_name, _, leaf = k.rpartition(".")
+        entry = table.get(mod_name)
+        if not isinstance(entry, dict) or "args" in entry:
+            continue
+        mod = _get(meta_model, mod_name)
+        if mod is None:
+            continue
+        if leaf in mod._parameters and mod._parameters[leaf] is not None:
+            cur = mod._parameters[leaf]
+            if tuple(cur.shape) != tuple(v.shape) and cur.dim() == v.dim() and cur.dtype == v.dtype:
+                mod._parameters[leaf] = nn.Parameter(torch.empty(v.shape, dtype=v.dtype, device="meta"),
+                                                     requires_grad=cur.requires_grad)
+        elif leaf in mod._buffers and mod._buffers[leaf] is not None:
+            cur = mod._buffers[leaf]
+            if tuple(cur.shape) != tuple(v.shape) and cur.dim() == v.dim() and cur.dtype == v.dtype:
+                mod._buffers[leaf] = torch.empty(v.shape, dtype=v.dtype, device="meta")
 
 
 def materialize(meta_model: nn.Module, arch: dict[str, Any], computed: list[str], state: dict[str, torch.Tensor],
