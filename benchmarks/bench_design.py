@@ -1,4 +1,4 @@
-"""B8: low-rank and depthwise-separable transforms (BENCHMARKS.md).
+"""B8: low-rank and depthwise-separable transforms.
 
 1. SVD halves LeNet-300-100's parameters (global budget 0.5), then fine-tune; 3 seeds on mnist-5k.
    Control (--full): the same factorised architecture trained from scratch for the same total epochs.

@@ -13,8 +13,11 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from pydantic import ValidationError
+
 from netcompress.archive import format_table, inspect, unpack
-from netcompress.commands import add_stage_commands, load_model
+from netcompress.commands import add_stage_commands, check_output_file, load_model
+from netcompress.core.config import format_validation_error
 from netcompress.core.errors import NetcompressError
 from netcompress.data import DATASETS, load as load_data
 from netcompress.distill.protocols import DISTILLERS
@@ -34,6 +37,39 @@ def _print_metrics(m, as_json: bool) -> None:
         print(m)
 
 
+class torch_seeded:
+    """Seed torch's global RNG for one command and restore the previous state afterwards, so a
+    command's models, data order and results are a function of its seed alone (`--seed`, else 0)."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def __enter__(self) -> None:
+        import torch
+
+        self._state = torch.get_rng_state()
+        torch.manual_seed(self.seed)
+
+    def __exit__(self, *exc) -> None:
+        import torch
+
+        torch.set_rng_state(self._state)
+
+
+def _param_count(name: str) -> str:
+    """'431K params' for a zoo model at its default input shape (built on the meta device: no memory)."""
+    import torch
+
+    from netcompress.models import create
+
+    try:
+        with torch.device("meta"):
+            n = sum(p.numel() for p in create(name).parameters())
+    except Exception:  # noqa: BLE001 - a wrapper built by a stage, or a source that needs a download
+        return ""
+    return f"{n / 1e6:.2f}M params" if n >= 1e6 else f"{n / 1e3:.0f}K params"
+
+
 def cmd_list(args) -> int:
     sections = [("models", MODELS), ("datasets", DATASETS), ("stage kinds (each is also a command)", STAGES),
                 ("pruning criteria", CRITERIA), ("distillation methods", DISTILLERS)]
@@ -41,12 +77,21 @@ def cmd_list(args) -> int:
         print(f"{title}:")
         for n in reg.list():
             d = reg.describe(n)
+            count = _param_count(n) if reg is MODELS else ""
+            if count:
+                d = f"{d}; {count}" if d else count
             print(f"  {n:24s} {d}" if d else f"  {n}")
-    print("  (also: torchvision:NAME, python:module:factory, imagefolder:PATH, a saved model file)")
+    from netcompress.models.sources import SOURCES_HELP
+
+    print("model sources:")
+    for line in SOURCES_HELP:
+        print(f"  {line}")
     return 0
 
 
 def cmd_measure(args) -> int:
+    if args.threads < 1:
+        raise NetcompressError(f"--threads {args.threads}: must be at least 1")
     data = load_data(args.data, batch_size=args.batch_size, data_dir=args.data_dir)
     model = load_model(args.model, data, trust_python=args.trust_python)
     file = args.model if Path(args.model).is_file() else None
@@ -56,6 +101,7 @@ def cmd_measure(args) -> int:
 
 
 def cmd_unpack(args) -> int:
+    check_output_file(args.out)
     model = unpack(args.archive)
     save(model, args.out)
     print(f"saved {args.out}")
@@ -70,7 +116,7 @@ def cmd_inspect(args) -> int:
 
 def cmd_run(args) -> int:
     res = run_recipe(args.recipe, out=args.out, overrides=args.set or [], resume=args.resume,
-                     progress=None if not args.quiet else False)
+                     progress=None if not args.quiet else False, trust_python=args.trust_python)
     if is_main():
         print(markdown_table(summary_rows(res.entries)))
         print(f"report: {res.out / 'report.html'}")
@@ -88,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe field, e.g. train.epochs=2")
     r.add_argument("--resume", action="store_true", help="continue a stopped run in --out")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--trust-python", action="store_true",
+                   help="allow model files of the run folder (on --resume) that name python code")
     r.set_defaults(func=cmd_run)
 
     m = sub.add_parser("measure", help="accuracy, parameters, MACs, bytes, latency of a model")
@@ -97,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--batch-size", type=int, default=64)
     m.add_argument("--trust-python", action="store_true", help="allow model files that name python code")
     m.add_argument("--json", action="store_true")
-    m.add_argument("--threads", type=int, default=1)
+    m.add_argument("--threads", type=int, default=1, help="CPU threads for latency (>= 1)")
     m.add_argument("--no-latency", action="store_true")
     m.set_defaults(func=cmd_measure)
 
@@ -123,7 +171,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
-        return int(args.func(args) or 0)
+        with torch_seeded(getattr(args, "seed", None) or 0):
+            return int(args.func(args) or 0)
+    except ValidationError as e:  # a config a command built from its flags
+        if debug:
+            raise
+        print(f"netcompress: error: {format_validation_error(e, argv[0] if argv else 'netcompress')}", file=sys.stderr)
+        return 2
     except NetcompressError as e:
         if debug:
             raise

@@ -32,6 +32,7 @@ from netcompress.core.errors import NetcompressError
 from netcompress.data import load as load_data
 from netcompress.measure import count_macs, count_params, measure
 from netcompress.models import create_for, load as load_model_file, save
+from netcompress.models.io import atomic_write
 from netcompress.recipe.stages import STAGES, StageKind, apply
 from netcompress.train.loop import TrainConfig
 from netcompress.train.distributed import is_main
@@ -149,8 +150,18 @@ def load_model(ref: str, data: Any, seed: int = 0, trust_python: bool = False) -
         return unpack(p)
     if p.suffix in (".pt", ".ncm") or p.exists():
         return load_model_file(p, trust_python=trust_python)
-    torch.manual_seed(seed)
-    return create_for(ref, data)
+    return create_for(ref, data, seed=seed)
+
+
+def check_output_file(out: str | None) -> None:
+    """Refuse, before any work, an output path that cannot become a file (an existing folder)."""
+    if out is not None and Path(out).is_dir():
+        raise NetcompressError(f"--out {out}: is an existing directory; give a file name such as {Path(out) / 'model.pt'}")
+
+
+def _copy_into(src: Path, f: Any) -> None:
+    with src.open("rb") as s:
+        shutil.copyfileobj(s, f)
 
 
 def add_stage_command(sub: argparse._SubParsersAction, kind: str, sk: StageKind) -> None:
@@ -190,6 +201,10 @@ def run_stage_command(kind: str, args: argparse.Namespace) -> int:
     dry = getattr(args, "dry_run", False)
     if not dry and not args.out:
         raise NetcompressError(f"netcompress {kind}: --out is required" + (" (or --dry-run)" if sk.dry_run else ""))
+    check_output_file(args.out)
+    if args.out and sk.artifact_suffix is not None and Path(args.out).suffix != (suffix := sk.artifact_suffix(cfg)):
+        raise NetcompressError(f"netcompress {kind}: --out {args.out}: with these settings the stage writes a {suffix} file; "
+                               f"name it {Path(args.out).with_suffix(suffix)}")
     if args.resume and not args.work_dir:
         raise NetcompressError(f"netcompress {kind}: --resume needs --work-dir (where the checkpoints are)")
     data, train, model = _context_parts(args)
@@ -207,7 +222,7 @@ def run_stage_command(kind: str, args: argparse.Namespace) -> int:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         if res.file is not None:
-            shutil.copyfile(res.file, out)
+            atomic_write(out, lambda f, src=Path(res.file): _copy_into(src, f))
         else:
             save(res.model, out)
         digest = sk.summary(res.extra) if sk.summary is not None and not args.json else None

@@ -14,4 +14,5 @@ FAMILIES: tuple[str, ...] = (
     "archive",
     "design",
     "dynamic",
+    "export",
 )

@@ -3,6 +3,9 @@ import os
 import pytest
 import torch
 
+# scripts run by the DDP tests (not test modules: importing them would start training)
+collect_ignore = ["ddp_worker.py", "ddp_methods_worker.py"]
+
 os.environ.setdefault("NETCOMPRESS_DATA", os.path.join(os.path.dirname(__file__), "..", ".pytest_cache", "data"))
 
 

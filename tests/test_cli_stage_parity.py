@@ -29,6 +29,10 @@ CASES = {
     "design": [("lowrank", {"op": "lowrank", "budget": 0.5, "conv": "channel"})],
     "sparse-vd": [("sparse-vd", {"epochs": 1, "max_steps": 3, "finetune_epochs": 1})],
     "dynamic": [("exits", {"exits": ["features.2"], "holdout": 100, "latency": False, "budget": 0.5})],
+    "sparsify": [("sparsegpt", {"criterion": "sparsegpt", "sparsity": 0.5, "samples": 16})],
+    "weight-only": [("gptq-int4", {"method": "gptq", "bits": 4, "group_size": 16, "samples": 16})],
+    "export": [("onnx-int8", {"format": "onnx", "int8": True, "calibration_samples": 32, "check_samples": 32,
+                              "latency": False})],
 }
 TRAIN = {"epochs": 0, "max_steps": 2, "batch_size": 32}
 
@@ -95,7 +99,7 @@ def test_cli_and_recipe_stage_give_the_same_model(tmp_path, kind, case, cfg, one
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     res = nc.recipe.run_recipe(tmp_path / "r.yaml", out=tmp_path / "run", progress=False)
     stage_dir = next((tmp_path / "run" / "stages").glob("01-*"))
-    artifacts = [p for p in stage_dir.iterdir() if p.name not in ("model.pt", "done.json") and p.suffix != ".ckpt"]
+    artifacts = [p for p in stage_dir.iterdir() if p.name not in ("model.pt", "done.json", "key.txt", "figures") and p.suffix != ".ckpt"]
     out = tmp_path / ("cli" + (artifacts[0].suffix if artifacts else ".pt"))
     argv = [kind, MODEL, "--data", "digits", "--seed", "3", *flags(cfg), "--train-epochs", "0",
             "--train-max-steps", "2", "--train-batch-size", "32", "--out", str(out)]

@@ -1,4 +1,4 @@
-"""Golden values for every distillation loss, computed by hand on tiny tensors (STYLE.md #11)."""
+"""Golden values for every distillation loss, computed by hand on tiny tensors."""
 import math
 
 import pytest

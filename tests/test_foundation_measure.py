@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 import netcompress as nc
@@ -23,7 +24,7 @@ def test_nonzero_counts_and_bytes(digits):
     met = nc.measure(m, digits, latency=False)
     assert met.params - met.nonzero_params == 300 * 10
     assert met.bytes > 4 * met.params  # a real file: fp32 weights plus the description
-    assert 0.0 <= met.accuracy <= 1.0
+    assert met.accuracy == pytest.approx(nc.train.evaluate(m, digits), abs=1e-6)
 
 
 def test_latency_is_measured_and_mode_restored():

@@ -2,7 +2,10 @@
 no console errors, no network requests, every variant shown, a screenshot that is not blank.
 Chromium is Debian's package (installed by .ci/run)."""
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,6 +19,25 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 FAMILY_VARIANTS = ["prune-weights", "prune-channels", "kd-student", "student-alone", "int8", "kmeans-huffman",
                    "low-rank", "separable", "early-exit", "deep-compression", "prune-channels-int8"]
 BUDGET_S = 600  # issue 8: at most 10 minutes on this 2-core machine
+
+
+def find_or_install_chromium() -> str | None:
+    """Debian's chromium if installed, else Playwright's own (installed now when the network allows).
+    Without either: under CI (CI=true, as .ci/run sets) the test fails; elsewhere it is reported as
+    not run, with the reason and the command that makes it run (never a silent pass)."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found:
+        return found
+    done = subprocess.run([sys.executable, "-m", "playwright", "install", "chromium"], capture_output=True,
+                          text=True, timeout=600)
+    if done.returncode == 0:
+        return None  # Playwright's bundled chromium
+    reason = ("the report's browser check could NOT run: no chromium on this machine and `playwright install "
+              f"chromium` failed ({(done.stderr or done.stdout).strip().splitlines()[-1:]}); install one with "
+              "`apt-get install chromium` or `python -m playwright install chromium` and rerun")
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(reason)
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +77,7 @@ def test_report_renders_in_chromium(default_run):
     from playwright.sync_api import sync_playwright
 
     out, _ = default_run
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert chromium, "Debian's chromium is required for this test (apt-get install chromium; .ci/run does it)"
+    chromium = find_or_install_chromium()
     page_url = (out / "report.html").resolve().as_uri()
 
     errors, requests = [], []

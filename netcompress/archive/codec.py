@@ -51,9 +51,16 @@ def _huff_bits(symbols: np.ndarray, nsym: int) -> int:
     return int((counts * lengths).sum()) + 8 * 21 + table + max(0, nchunks - 1) * 12
 
 
-def _sparse_entries(pos: np.ndarray, gap_bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stored gaps (jump - 1) and the index in `pos` of each entry (-1 for a filler zero)."""
+def _sparse_entries(pos: np.ndarray, gap_bits: int, numel: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Stored gaps (jump - 1) and the index in `pos` of each entry (-1 for a filler zero).
+
+    With `numel`, filler zeros also cover the tail after the last stored entry, so that fewer than
+    2**gap_bits trailing zeros stay implicit: the stream then bounds the tensor's size."""
     span = 1 << gap_bits
+    if numel is not None:
+        last = int(pos[-1]) if len(pos) else -1
+        tail = (numel - 1 - last) // span
+        pos = np.concatenate([pos, last + span * np.arange(1, tail + 1, dtype=np.int64)]) if tail else pos
     d = np.diff(pos, prepend=-1)
     fill = (d - 1) // span
     total = len(pos) + int(fill.sum())
@@ -163,8 +170,10 @@ def encode_tensor(t: torch.Tensor, coding: str = "huffman", info: dict[str, floa
         best = cand if best is None or cand[0] < best[0] else best
     if len(nz) < 0.6 * n:
         for gb in range(1, 13):
-            gaps, src = _sparse_entries(nz, gb)
-            vals = np.where(src >= 0, flat[nz[np.maximum(src, 0)]], np.float32(0)).astype(np.float32)
+            gaps, src = _sparse_entries(nz, gb, n)
+            src = np.where(src < len(nz), src, -1)  # tail fillers are zeros
+            picked = flat[nz[np.maximum(src, 0)]] if len(nz) else np.zeros(len(src), np.float32)
+            vals = np.where(src >= 0, picked, np.float32(0)).astype(np.float32)
             gap_opts = [(gb * len(gaps), "fixed")]
             if coding == "huffman":
                 gap_opts.append((_huff_bits(gaps, 1 << gb), "huffman"))
@@ -246,12 +255,26 @@ def _decode_ints(buf: bytes, code: str, width: int, n: int, nsym: int, where: st
     return x
 
 
-def decode_tensor(desc: dict[str, Any], blob: bytes, dtype: str, shape: list[int], where: str) -> torch.Tensor:
-    """Inverse of `encode_tensor`; every inconsistency raises NetcompressError naming `where`."""
-    _need(dtype in DTYPES, where, f"unknown dtype {dtype!r}")
-    _need(isinstance(shape, list) and all(isinstance(s, int) and 0 <= s < MAX_NUMEL for s in shape), where, "bad shape")
+def declared_numel(shape: Any, where: str) -> int:
+    """The element count of a manifest shape, refused when malformed or beyond `MAX_NUMEL`."""
+    _need(isinstance(shape, list) and all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < MAX_NUMEL
+                                          for s in shape) and len(shape) <= 8, where, "bad shape")
     numel = math.prod(shape)
     _need(numel < MAX_NUMEL, where, "tensor too large")
+    return numel
+
+
+def decode_tensor(desc: dict[str, Any], blob: bytes, dtype: str, shape: list[int], where: str,
+                  legacy_tail: list[int] | None = None) -> torch.Tensor:
+    """Inverse of `encode_tensor`; every inconsistency raises NetcompressError naming `where`.
+
+    Every size is checked against the bytes present before memory is allocated: raw data must be
+    exactly its section, a coded stream holds at least one bit per value, and a sparse stream must
+    reach the tensor's end (fewer than 2**gap_bits implicit trailing zeros). `legacy_tail` (a
+    one-element budget) allows the longer implicit tails of version-1 archives, up to that many
+    zeros in all."""
+    _need(dtype in DTYPES, where, f"unknown dtype {dtype!r}")
+    numel = declared_numel(shape, where)
     if desc.get("val") == "raw":
         if dtype == "bfloat16":
             _need(len(blob) == 2 * numel, where, "raw data has the wrong size")
@@ -275,6 +298,12 @@ def decode_tensor(desc: dict[str, Any], blob: bytes, dtype: str, shape: list[int
         gaps = _decode_ints(parts.pop(0), desc.get("gap_code"), gb, m, 1 << gb, where + " (gaps)")
         idx = np.cumsum(gaps + 1) - 1
         _need(m == 0 or int(idx[-1]) < numel, where, "sparse index beyond the tensor")
+        tail = numel - 1 - (int(idx[-1]) if m else -1)
+        if tail >= 1 << gb:  # more implicit zeros than a gap can say: size not backed by the stream
+            ok = legacy_tail is not None and tail <= legacy_tail[0]
+            _need(ok, where, f"declares {numel} values but its sparse stream describes only "
+                             f"{numel - tail} (the size is not backed by the data)")
+            legacy_tail[0] -= tail
         count = m
     elif pos == "dense":
         idx, count = None, numel

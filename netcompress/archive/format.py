@@ -10,6 +10,13 @@ SHA-256 of the payload, and per tensor: name, dtype, shape, its encoding (`archi
 length and CRC-32. Reading checks the magic, version, both digests and every field before any
 tensor is decoded; any problem raises `NetcompressError`. Files are written atomically.
 
+Memory is bounded by the file: every declared size must be backed by the bytes present (see
+`codec.decode_tensor`); the architecture is built on the meta device and compared with the declared
+tensors before any weight is allocated; the total number of values is capped (`max_params`, default
+`NETCOMPRESS_MAX_PARAMS` or 2**30). `inspect` never rebuilds the model and decodes one tensor at a
+time. Version 2 (written now) makes sparse streams reach the end of their tensor; version-1 files
+still load, with at most 2**24 implicit trailing zeros in all.
+
 Example:
     >>> nc.archive.pack(model, "lenet5.ncz")                 # doctest: +SKIP
     >>> same = nc.archive.unpack("lenet5.ncz")                # doctest: +SKIP
@@ -32,13 +39,19 @@ from netcompress.core.errors import NetcompressError
 
 MAGIC = b"NCZ\x00"
 FORMAT = "netcompress-archive"
-VERSION = 1
+VERSION = 2
 _PRE = struct.Struct("<4sHI32s")
 MAX_HEADER = 64 << 20
+LEGACY_TAIL = 1 << 24  # version 1: implicit trailing zeros allowed in all
 
 
-def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach() for k, v in model.state_dict(keep_vars=True).items()}
+def max_params_default() -> int:
+    """The cap on values rebuilt from one file: `NETCOMPRESS_MAX_PARAMS`, else 2**30."""
+    env = os.environ.get("NETCOMPRESS_MAX_PARAMS")
+    try:
+        return int(env) if env else 1 << 30
+    except ValueError:
+        raise NetcompressError(f"NETCOMPRESS_MAX_PARAMS={env!r}: expected an integer") from None
 
 
 def pack(model: nn.Module, path: str | os.PathLike, coding: str = "huffman") -> dict[str, Any]:
@@ -57,12 +70,12 @@ def pack(model: nn.Module, path: str | os.PathLike, coding: str = "huffman") -> 
     """
     if coding not in ("huffman", "fixed"):
         raise NetcompressError(f"pack: coding {coding!r}; valid: huffman, fixed")
-    from netcompress.models.io import atomic_write, describe
+    from netcompress.models.io import atomic_write, describe, model_tensors
 
     arch = _compact_arch(describe(model))
     params = {n for n, _ in model.named_parameters(remove_duplicate=False)}
     entries, blobs, off = [], [], 0
-    for name, t in _tensors(model).items():
+    for name, t in model_tensors(model)[0].items():  # tied tensors once (the `tied` table of arch)
         desc, blob = codec.encode_tensor(t, coding)
         entries.append({"name": name, "dtype": codec.dtype_name(t), "shape": list(t.shape), "enc": desc,
                         "offset": off, "length": len(blob), "crc32": zlib.crc32(blob)})
@@ -87,7 +100,8 @@ def _zoo_modules(spec: dict[str, Any]) -> dict[str, Any] | None:
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or spec["name"].startswith("python:"):
         return None
     try:
-        return describe(create(spec["name"], **dict(spec.get("kwargs", {}))))["modules"]
+        with torch.device("meta"):  # a description only: no weights are allocated
+            return describe(create(spec["name"], **dict(spec.get("kwargs", {}))))["modules"]
     except Exception:  # noqa: BLE001 - any failure just means "store the full table"
         return None
 
@@ -147,71 +161,93 @@ def _read(path: str | os.PathLike) -> tuple[dict[str, Any], bytes, int]:
     return manifest, payload, len(data)
 
 
-def _decode_all(manifest: dict[str, Any], payload: bytes, where: str) -> dict[str, torch.Tensor]:
-    out = {}
+def _check_entries(manifest: dict[str, Any], payload: bytes, where: str, max_params: int | None) -> list[dict[str, Any]]:
+    """Every tensor entry well formed and inside the payload, and the total declared size under the cap."""
+    names, total = set(), 0
     for i, e in enumerate(manifest["tensors"]):
         if not isinstance(e, dict):
             raise NetcompressError(f"{where}: tensor entry {i} is not an object")
         name = e.get("name")
-        off, ln = e.get("offset"), e.get("length")
-        w = f"{where}: tensor {name!r}"
-        if not isinstance(name, str) or name in out:
+        if not isinstance(name, str) or name in names:
             raise NetcompressError(f"{where}: tensor entry {i} has a bad or duplicate name")
+        names.add(name)
+        w = f"{where}: tensor {name!r}"
+        off, ln = e.get("offset"), e.get("length")
         if not (isinstance(off, int) and isinstance(ln, int) and 0 <= off and 0 <= ln and off + ln <= len(payload)):
             raise NetcompressError(f"{w}: data range outside the payload")
-        blob = payload[off:off + ln]
-        if zlib.crc32(blob) != e.get("crc32"):
-            raise NetcompressError(f"{w}: CRC mismatch")
         if not isinstance(e.get("enc"), dict):
             raise NetcompressError(f"{w}: missing encoding")
-        try:
-            out[name] = codec.decode_tensor(e["enc"], blob, e.get("dtype"), e.get("shape"), w)
-        except NetcompressError:
-            raise
-        except (ValueError, TypeError, KeyError, IndexError, OverflowError, RuntimeError) as ex:
-            raise NetcompressError(f"{w}: undecodable ({type(ex).__name__}: {ex})") from None
-    return out
+        total += codec.declared_numel(e.get("shape"), w)
+    cap = max_params_default() if max_params is None else max_params
+    if total > cap:
+        raise NetcompressError(f"{where}: declares {total:,} values, more than the limit of {cap:,} "
+                               "(raise it with max_params= or NETCOMPRESS_MAX_PARAMS if you trust this file)")
+    return manifest["tensors"]
 
 
-def unpack(path: str | os.PathLike) -> nn.Module:
+def _decode_one(e: dict[str, Any], payload: bytes, where: str, legacy_tail: list[int] | None) -> torch.Tensor:
+    w = f"{where}: tensor {e['name']!r}"
+    blob = payload[e["offset"]:e["offset"] + e["length"]]
+    if zlib.crc32(blob) != e.get("crc32"):
+        raise NetcompressError(f"{w}: CRC mismatch")
+    try:
+        return codec.decode_tensor(e["enc"], blob, e.get("dtype"), e.get("shape"), w, legacy_tail)
+    except NetcompressError:
+        raise
+    except MemoryError:
+        raise NetcompressError(f"{w}: not enough memory to decode it") from None
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError, RuntimeError) as ex:
+        raise NetcompressError(f"{w}: undecodable ({type(ex).__name__}: {ex})") from None
+
+
+def unpack(path: str | os.PathLike, max_params: int | None = None) -> nn.Module:
     """Rebuild the model stored in an archive (eval mode, CPU); outputs are bit-identical to the packed model.
 
-    Architectures naming python code (`python:` specs) are refused: an archive never runs code.
+    Architectures naming python code (`python:` specs) are refused: an archive never runs code. The
+    architecture is built on the meta device and checked against the declared tensors before any
+    memory is allocated; at most `max_params` values are rebuilt (see module docstring).
     """
-    from netcompress.models.io import build, load_state_exact
+    from netcompress.models.io import build, check_against, load_state_exact, materialize
 
     manifest, payload, _ = _read(path)
     where = str(path)
-    state = _decode_all(manifest, payload, where)
+    entries = _check_entries(manifest, payload, where, max_params)
     try:
-        model = build(_full_arch(manifest["arch"], where), trust_python=False)
+        with torch.device("meta"):
+            model = build(_full_arch(manifest["arch"], where), trust_python=False)
     except NetcompressError as e:
         raise NetcompressError(f"{where}: {e}") from None
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError, NotImplementedError) as e:
         raise NetcompressError(f"{where}: architecture cannot be rebuilt ({type(e).__name__}: {e})") from None
-    own = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers(remove_duplicate=False))
-    for k, t in state.items():
-        if k in own and own[k].numel() and (own[k].shape != t.shape or own[k].dtype != t.dtype):
-            raise NetcompressError(f"{where}: tensor {k!r} has shape {tuple(t.shape)} {t.dtype}, "
-                                   f"the architecture expects {tuple(own[k].shape)} {own[k].dtype}")
+    declared = {e["name"]: (tuple(e["shape"]), codec.DTYPES.get(e.get("dtype"))) for e in entries}
+    tied = manifest["arch"].get("tied")
     try:
-        load_state_exact(model, state)
+        computed = check_against(model, declared, tied)
+    except NetcompressError as e:
+        raise NetcompressError(f"{where}: {e}") from None
+    legacy = [LEGACY_TAIL] if manifest.get("version") == 1 else None
+    state = {e["name"]: _decode_one(e, payload, where, legacy) for e in entries}
+    try:
+        model = materialize(model, _full_arch(manifest["arch"], where), computed, state)
+        load_state_exact(model, state, tied)
     except NetcompressError as e:
         raise NetcompressError(f"{where}: {e}") from None
     return model.eval()
 
 
-def inspect(path: str | os.PathLike) -> dict[str, Any]:
+def inspect(path: str | os.PathLike, max_params: int | None = None) -> dict[str, Any]:
     """Per-tensor table of an archive: params, nonzeros, encoding, bytes, bits/weight, entropy bound, ratio.
 
     Returns `{"file_bytes", "params", "dense_fp32_bytes", "ratio", "entropy_bytes", "coded_stream_bytes",
-    "layers": [...]}`; decoding every tensor also verifies the archive.
+    "layers": [...]}`; decoding every tensor also verifies the archive. The model is never rebuilt
+    and one tensor at a time is decoded (its size bounded by its bytes, see module docstring).
     """
     manifest, payload, size = _read(path)
-    state = _decode_all(manifest, payload, str(path))
+    entries = _check_entries(manifest, payload, str(path), max_params)
+    legacy = [LEGACY_TAIL] if manifest.get("version") == 1 else None
     rows = []
-    for e in manifest["tensors"]:
-        t = state[e["name"]]
+    for e in entries:
+        t = _decode_one(e, payload, str(path), legacy)
         enc = dict(e["enc"])
         if t.dtype == torch.float32 and enc.get("val") != "raw":  # re-derive the streams' entropy bound
             codec.encode_tensor(t, "huffman" if "huffman" in (enc.get("gap_code"), enc.get("idx_code")) else "fixed", enc)

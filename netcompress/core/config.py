@@ -1,4 +1,4 @@
-"""Frozen, strict configs (STYLE.md #2): unknown keys are errors, every config round-trips."""
+"""Frozen, strict configs: unknown keys are errors, every config round-trips."""
 from __future__ import annotations
 
 from typing import Any

@@ -1,15 +1,22 @@
-"""Channel dependency graph on torch.fx, for structured pruning and architecture transforms.
+"""Channel dependency graph, for structured pruning and architecture transforms.
 
-Idea (after Torch-Pruning's DepGraph, Fang et al. 2023, built differently): trace the model with
-`torch.fx`, then run it once on an example input while propagating, next to every real tensor, a
-*label tensor* of the same shape whose entries name the channel each element belongs to. Every
-conv / linear output gets fresh labels; data-movement ops (view, flatten, transpose, cat, chunk,
-getitem, ...) are executed on the label tensors themselves, so channel shuffles, concatenations at
-offsets and flatten-into-linear blocks come out exactly; element-wise ops (residual additions,
-squeeze-excitation multiplications, parameters broadcast into activations) *unite* the labels they
-combine (union-find). After the pass, each union-find class is one prunable channel: removing it
-removes every position carrying one of its labels, in every layer that touches it. Classes reaching
-the model input or output, literal sizes, or ignored layers are frozen (never removed).
+Idea (after Torch-Pruning's DepGraph, Fang et al. 2023, built differently): trace the model, then run
+it once on an example input while propagating, next to every real tensor, a *label tensor* of the
+same shape whose entries name the channel each element belongs to. Every conv / linear output gets
+fresh labels; data-movement ops (view, flatten, transpose, cat, chunk, getitem, ...) are executed on
+the label tensors themselves, so channel shuffles, concatenations at offsets and flatten-into-linear
+blocks come out exactly; element-wise ops (residual additions, squeeze-excitation multiplications,
+parameters broadcast into activations) *unite* the labels they combine (union-find); contractions
+(matmul, einsum, attention) unite the contracted positions. After the pass, each union-find class is
+one prunable channel: removing it removes every position carrying one of its labels, in every layer
+that touches it. Classes reaching the model input or output, literal sizes, or ignored layers are
+frozen (never removed). Label -1 (*neutral*) marks values that carry no channel identity (a mean
+over channels, a constant built from computed sizes): they combine with anything.
+
+Tracing: `torch.fx.symbolic_trace` first; a model fx cannot trace (data-dependent control flow,
+Hugging Face models, dict inputs) is recorded by running it eagerly under a `TorchFunctionMode`
+(`netcompress.core.graph_trace`). Attention blocks and user layers with a registered rule
+(`netcompress.core.graph_layers.register_layer`) are leaves with their own coupling rules.
 
 A `ChannelGraph` lists `Group`s (classes touching the same set of layers), prints them for a dry run,
 and `prune(removed)` returns a physically smaller deep copy made of the original module classes.
@@ -19,18 +26,19 @@ from __future__ import annotations
 import copy
 import fnmatch
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
-import torch.fx as fx
 from torch import nn
 
 from netcompress.core.errors import NetcompressError
 
 FROZEN = 0  # the class of channels that may never be removed
+NEUTRAL = -1  # a position with no channel identity
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+OUTPUT_KINDS = ("out", "dw", "emb", "norm", "param")  # kinds whose positions are a channel's own weights
 
 
 def _compact(t: torch.Tensor) -> torch.Tensor:
@@ -38,16 +46,25 @@ def _compact(t: torch.Tensor) -> torch.Tensor:
     return t[tuple(slice(0, 1) if t.stride(d) == 0 else slice(None) for d in range(t.dim()))]
 
 
+def is_conv1d_t(mod: nn.Module) -> bool:
+    """Hugging Face's GPT-2 `Conv1D`: a linear layer with its weight stored as [in, out]."""
+    return type(mod).__name__ == "Conv1D" and hasattr(mod, "nf") and hasattr(mod, "nx")
+
+
 @dataclass
 class Member:
     """One place whose size follows channel classes: `kind` in out (conv/linear filters), in
     (conv/linear inputs), in_grouped (grouped conv inputs, per-group positions), dw (depthwise conv),
-    norm (BatchNorm / LayerNorm), param (a parameter used directly in forward)."""
+    emb (embedding vectors), norm (BatchNorm / LayerNorm / RMSNorm), param (a parameter used directly
+    in forward, indexed along `dim`), param_in (the input side of a parameter used as a weight)."""
 
     module: str
     kind: str
     labels: torch.Tensor  # label per position along the pruned dim
     dim: int = 0
+
+    def __post_init__(self) -> None:
+        self.labels = self.labels.clamp_min(FROZEN)  # neutral inputs are a fixed size: frozen
 
 
 @dataclass
@@ -67,10 +84,12 @@ class Group:
 class _UnionFind:
     def __init__(self) -> None:
         self.parent = [FROZEN]
+        self._table: torch.Tensor | None = None  # root of every label, rebuilt after a change
 
     def new(self, n: int) -> torch.Tensor:
         start = len(self.parent)
         self.parent.extend(range(start, start + n))
+        self._table = None
         return torch.arange(start, start + n)
 
     def find(self, a: int) -> int:
@@ -89,6 +108,7 @@ class _UnionFind:
         if rb == FROZEN or (ra != FROZEN and rb < ra):
             ra, rb = rb, ra
         self.parent[rb] = ra  # the frozen class (0) always stays the root
+        self._table = None
 
     def union_tensors(self, a: torch.Tensor, b: torch.Tensor) -> None:
         a, b = torch.broadcast_tensors(a, b)
@@ -96,18 +116,63 @@ class _UnionFind:
         a, b = a[both], b[both]
         if torch.equal(a, b):
             return
+        ok = (a >= 0) & (b >= 0)  # neutral positions combine with anything
+        a, b = (a, b) if bool(ok.all()) else (a[ok], b[ok])
         keys = torch.unique((a.reshape(-1) << 32) | b.reshape(-1))
         for x, y in zip((keys >> 32).tolist(), (keys & 0xFFFFFFFF).tolist()):
             if x != y:
                 self.union(x, y)
 
+    def union_all(self, t: torch.Tensor) -> None:
+        """Unite every (non-neutral) label of `t` into one class."""
+        u = torch.unique(_compact(t))
+        u = u[u >= 0].tolist()
+        for x in u[1:]:
+            self.union(u[0], x)
+
     def freeze(self, t: torch.Tensor) -> None:
         for x in torch.unique(_compact(t)).tolist():
-            self.union(FROZEN, x)
+            if x >= 0:
+                self.union(FROZEN, x)
 
     def roots(self, t: torch.Tensor) -> torch.Tensor:
-        u, inv = torch.unique(t, return_inverse=True)
-        return torch.tensor([self.find(x) for x in u.tolist()], dtype=torch.long)[inv]
+        if self._table is None:
+            p = torch.tensor(self.parent, dtype=torch.long)
+            while True:  # pointer jumping: every label points at its root
+                q = p[p]
+                if torch.equal(q, p):
+                    break
+                p = q
+            self._table = p
+        return torch.where(t < 0, NEUTRAL, self._table[t.clamp_min(0)])
+
+
+def weight_dims(mod: nn.Module) -> tuple[int, int]:
+    """(output dim, input dim) of `mod.weight`."""
+    return (1, 0) if is_conv1d_t(mod) else (0, 1)
+
+
+def member_slices(model: nn.Module, mem: Member) -> list[tuple[str, str, int, bool]]:
+    """(module, tensor name, dim, output side) of every tensor `mem`'s positions index."""
+    if mem.kind in ("param", "param_in"):
+        mod_name, _, pname = mem.module.rpartition(".")
+        return [(mod_name, pname, mem.dim, mem.kind == "param")]
+    mod = model.get_submodule(mem.module)
+    out_d, in_d = weight_dims(mod)
+    if mem.kind == "out":
+        return [(mem.module, "weight", out_d, True), (mem.module, "bias", 0, True)]
+    if mem.kind == "dw":
+        return [(mem.module, "weight", 0, True), (mem.module, "bias", 0, True)]
+    if mem.kind == "emb":
+        return [(mem.module, "weight", 1, True)]
+    if mem.kind == "norm":
+        return [(mem.module, p, 0, True) for p in ("weight", "bias", "running_mean", "running_var")]
+    return [(mem.module, "weight", in_d, False)]  # in, in_grouped
+
+
+def _tensor(model: nn.Module, mod_name: str, pname: str) -> torch.Tensor | None:
+    t = getattr(model.get_submodule(mod_name), pname, None)
+    return t if isinstance(t, torch.Tensor) else None
 
 
 class ChannelGraph:
@@ -118,43 +183,45 @@ class ChannelGraph:
         self.uf = _UnionFind()
         self.members: list[Member] = []
         self.groups: list[Group] = []
+        self.fixers: list[Callable[[nn.Module, "ChannelGraph", set[int]], None]] = []
+        self.tracer = "fx"
 
     @classmethod
-    def build(cls, model: nn.Module, example_inputs: torch.Tensor, ignore: Iterable[str] = ()) -> "ChannelGraph":
+    def build(cls, model: nn.Module, example_inputs: Any, ignore: Iterable[str] = (), *,
+              attention: str = "heads", width: bool = True) -> "ChannelGraph":
         """Trace `model` (unchanged) and find its channel groups.
 
         Args:
-            model: a plain nn.Module, traceable by `torch.fx.symbolic_trace`.
-            example_inputs: a real input batch (only the first sample is used).
+            model: any nn.Module (fx-traceable or not; see the module docstring).
+            example_inputs: a real input: a tensor, a tuple of tensors or a dict of named tensors
+                (e.g. Hugging Face `input_ids`); only the first sample is used.
             ignore: qualified module names (or fnmatch patterns, or prefixes) to leave unpruned.
+            attention: 'heads' (remove whole attention heads / key-value groups), 'head_dim'
+                (remove the same dimensions of every head) or 'none' (attention stays).
+            width: also prune channels normalised by LayerNorm / RMSNorm / GroupNorm(1) (the
+                embedding width of a transformer, coupled through every block).
 
         Example:
             >>> g = ChannelGraph.build(nc.models.create("resnet8"), torch.randn(1, 3, 32, 32))  # doctest: +SKIP
             >>> print(g.describe())                                                          # doctest: +SKIP
         """
+        from netcompress.core.graph_trace import first_sample, run_labels
+
+        if attention not in ("heads", "head_dim", "none"):
+            raise NetcompressError(f"attention must be 'heads', 'head_dim' or 'none', got {attention!r}")
         ignore = list(ignore)
         names = {n for n, _ in model.named_modules()}
         for p in ignore:
             if p not in names and not any(fnmatch.fnmatch(n, p) or n.startswith(p + ".") for n in names):
                 raise NetcompressError(f"ignore: no module named {p!r} in {type(model).__name__}")
-        try:
-            gm = fx.symbolic_trace(model)
-        except Exception as e:
-            raise NetcompressError(f"cannot trace {type(model).__name__} with torch.fx ({type(e).__name__}: "
-                                   f"{str(e).splitlines()[0] if str(e) else ''}); structured pruning needs a traceable "
-                                   "forward (no data-dependent control flow)") from None
-        from netcompress.core.graph_rules import _LabelInterpreter
-
         g = cls(model)
-        x = example_inputs[:1] if isinstance(example_inputs, torch.Tensor) else example_inputs
-        dev = next((p.device for p in model.parameters()), None)
-        if dev is not None and isinstance(x, torch.Tensor):
-            x = x.to(dev)
+        g.attention, g.width = attention, width
+        x = first_sample(example_inputs, next((p.device for p in model.parameters()), None))
         was = model.training
         model.eval()
         try:
             with torch.no_grad():
-                _LabelInterpreter(gm, g, ignore).run(x)
+                run_labels(g, x, ignore)
         finally:
             model.train(was)
         g._make_groups()
@@ -169,7 +236,9 @@ class ChannelGraph:
         by_sig: dict[tuple, list[int]] = {}
         for c, sig in by_class.items():
             by_sig.setdefault(tuple(sorted(sig)), []).append(c)
-        order = {m.module: i for i, m in enumerate(self.members)}
+        order: dict[str, int] = {}
+        for i, m in enumerate(self.members):
+            order.setdefault(m.module, i)
         sigs = sorted(by_sig, key=lambda s: min(order[m] for m, _ in s))
         self.groups = [Group(i, sorted(by_sig[s]), sorted(s, key=lambda mk: order[mk[0]])) for i, s in enumerate(sigs)]
 
@@ -200,20 +269,14 @@ class ChannelGraph:
         new = copy.deepcopy(self.model)
         with torch.no_grad():
             for mem in self.members:
-                if mem.kind in ("in", "in_grouped"):
-                    continue
                 drop = ~self.keep_mask(mem, removed)
-                if not bool(drop.any()):
+                if mem.kind not in OUTPUT_KINDS or not bool(drop.any()):
                     continue
-                if mem.kind == "param":
-                    mod_name, _, pname = mem.module.rpartition(".")
-                    getattr(new.get_submodule(mod_name), pname).movedim(mem.dim, 0)[drop] = 0
-                    continue
-                mod = new.get_submodule(mem.module)
-                for pname in ("weight", "bias"):
-                    t = getattr(mod, pname, None)
-                    if isinstance(t, torch.Tensor):
-                        t[drop] = 0
+                for mod_name, pname, dim, _ in member_slices(self.model, mem):
+                    t = _tensor(new, mod_name, pname)
+                    if t is not None and t.dim() > dim and t.shape[dim] == len(drop) and not (
+                            pname in ("running_mean", "running_var")):
+                        t.movedim(dim, 0)[drop] = 0
         return new
 
     def keep_mask(self, member: Member, removed: set[int]) -> torch.Tensor:
@@ -228,53 +291,51 @@ class ChannelGraph:
         removed = set(removed)
         if FROZEN in removed:
             raise NetcompressError("cannot remove frozen channels")
-        plan: dict[tuple[str, str], dict[int, torch.Tensor]] = {}  # (module, tensor) -> {dim: kept idx}
+        plan: dict[int, tuple[torch.Tensor, str, dict[int, torch.Tensor]]] = {}  # id(tensor) -> (t, name, {dim: kept})
+        touched: set[str] = set()
         dw: set[str] = set()
-        done: set[tuple[str, str]] = set()
         for mem in self.members:
-            key = (mem.module, mem.kind)
-            if key in done:
-                continue
-            done.add(key)
             keep = self.keep_mask(mem, removed)
             if bool(keep.all()):
                 continue
             idx = torch.nonzero(keep).flatten()
-            if mem.kind == "param":
-                mod_name, _, pname = mem.module.rpartition(".")
-                plan.setdefault((mod_name, pname), {})[mem.dim] = idx
-            elif mem.kind in ("out", "dw"):
-                plan.setdefault((mem.module, "weight"), {})[0] = idx
-                plan.setdefault((mem.module, "bias"), {})[0] = idx
-                if mem.kind == "dw":
-                    dw.add(mem.module)
-            elif mem.kind in ("in", "in_grouped"):
-                plan.setdefault((mem.module, "weight"), {})[1] = idx
-            elif mem.kind == "norm":
-                for pname in ("weight", "bias", "running_mean", "running_var"):
-                    plan.setdefault((mem.module, pname), {})[0] = idx
+            if mem.kind == "dw":
+                dw.add(mem.module)
+            for mod_name, pname, dim, _ in member_slices(self.model, mem):
+                t = _tensor(self.model, mod_name, pname)
+                if t is None or t.dim() <= dim or t.shape[dim] != len(keep):
+                    continue
+                touched.add(mod_name)
+                _, _, dims = plan.setdefault(id(t), (t, f"{mod_name}.{pname}", {}))
+                if dim in dims and not torch.equal(dims[dim], idx):
+                    raise NetcompressError(f"tensor {mod_name}.{pname} would be pruned two different ways along dim "
+                                           f"{dim} (a tied or shared weight used with different channels)")
+                dims[dim] = idx
         memo: dict[int, Any] = {}
         with torch.no_grad():
-            for (mod_name, pname), dims in plan.items():
-                t = getattr(self.model.get_submodule(mod_name), pname, None)
-                if not isinstance(t, torch.Tensor) or (pname in ("running_mean", "running_var", "bias") and t.dim() != 1):
-                    continue
+            for key, (t, _, dims) in plan.items():
                 v = t.detach()
                 for d, idx in dims.items():
                     v = v.index_select(d, idx.to(v.device))
                 v = v.clone()
-                memo[id(t)] = nn.Parameter(v, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else v
+                memo[key] = nn.Parameter(v, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else v
         new = copy.deepcopy(self.model, memo)
-        for mod_name in {m for m, _ in plan}:
+        for mod_name in touched:
             mod = new.get_submodule(mod_name)
             if mod_name in dw:
                 mult = mod.out_channels // mod.groups
                 mod.groups = mod.weight.shape[0] // mult
-            _fix_attributes(mod)
+            fix_attributes(mod)
+        for fix in self.fixers:
+            fix(new, self, removed)
+        from netcompress.core.graph_layers import fix_hf_config
+
+        fix_hf_config(new)
         return new
 
 
-def _fix_attributes(mod: nn.Module) -> None:
+def fix_attributes(mod: nn.Module) -> None:
+    """Make a module's size attributes agree with its (pruned) tensors."""
     if isinstance(mod, _CONV):
         mod.out_channels = mod.weight.shape[0]
         mod.in_channels = mod.weight.shape[1] * mod.groups
@@ -283,5 +344,14 @@ def _fix_attributes(mod: nn.Module) -> None:
     elif isinstance(mod, _NORM):
         ref = mod.weight if mod.weight is not None else mod.running_mean
         mod.num_features = ref.shape[0]
-    elif isinstance(mod, nn.LayerNorm) and mod.weight is not None:
-        mod.normalized_shape = (mod.weight.shape[0],)
+    elif isinstance(mod, nn.GroupNorm) and mod.weight is not None:
+        mod.num_channels = mod.weight.shape[0]
+    elif isinstance(mod, nn.Embedding):
+        mod.embedding_dim = mod.weight.shape[1]
+    elif is_conv1d_t(mod):
+        mod.nx, mod.nf = mod.weight.shape
+    elif getattr(mod, "weight", None) is not None and isinstance(getattr(mod, "normalized_shape", None), (tuple, list)) \
+            and len(mod.normalized_shape) == 1:
+        mod.normalized_shape = (mod.weight.shape[0],)  # LayerNorm, RMSNorm and their subclasses
+    elif getattr(mod, "weight", None) is not None and isinstance(getattr(mod, "num_features", None), int):
+        mod.num_features = mod.weight.shape[0]

@@ -1,8 +1,10 @@
 """Label-propagation rules of the channel graph (see `netcompress.core.graph`).
 
-A `torch.fx.Interpreter` runs the traced model once and computes, next to every real value, a label
-tensor naming the channel class of each element: fresh labels at conv / linear outputs, the op itself
-for data movement, unions for element-wise combinations, freezing where sizes are literal."""
+A `torch.fx.Interpreter` runs the traced (or recorded) model once and computes, next to every real
+value, a label tensor naming the channel class of each element: fresh labels at conv / linear /
+embedding outputs, the op itself for data movement, unions for element-wise combinations and
+contractions, freezing where sizes are literal. Ops are matched by name, so a module, its functional
+form (`F.batch_norm`, `F.linear`, ...) and its tensor method (`x.norm`, `x.matmul`) share one rule."""
 from __future__ import annotations
 
 import fnmatch
@@ -11,42 +13,52 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import nn
 
 from netcompress.core.errors import NetcompressError
-from netcompress.core.graph import _CONV, _NORM, Member, _compact
+from netcompress.core.graph import _CONV, _NORM, FROZEN, Member, _compact
+from netcompress.core.graph_ops import (contract, einsum_letters, frozen, matmul_letters, merge, neutral, reduce, resize,
+                                        squash)
 
 if TYPE_CHECKING:
     from netcompress.core.graph import ChannelGraph
 
 _UNARY_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish,
                   nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
-                  nn.Dropout3d, nn.AlphaDropout, nn.Identity, nn.Softmax, nn.LogSoftmax, nn.Hardtanh)
-_CHANNELWISE_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-                        nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
-                        nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample, nn.UpsamplingNearest2d,
-                        nn.UpsamplingBilinear2d, nn.LocalResponseNorm, nn.ZeroPad2d, nn.ConstantPad2d,
-                        nn.ReflectionPad2d, nn.ReplicationPad2d)
-_ELEMENTWISE_FUNCS = {
-    operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.imul, operator.neg,
-    torch.add, torch.sub, torch.mul, torch.div, torch.relu, torch.sigmoid, torch.tanh, torch.clamp, torch.neg,
-    torch.exp, torch.abs, torch.where, torch.maximum, torch.minimum,
-    F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid,
-    F.sigmoid, F.tanh, F.hardtanh, F.softplus, F.dropout, F.dropout2d, F.softmax, F.log_softmax,
-}
-_ELEMENTWISE_METHODS = {"add", "sub", "mul", "div", "add_", "mul_", "sub_", "div_", "relu", "relu_", "sigmoid",
-                        "sigmoid_", "tanh", "clamp", "clamp_", "clamp_min", "contiguous", "clone", "float",
-                        "to", "type_as", "neg", "exp", "abs", "softmax", "detach", "hardtanh_", "masked_fill"}
-_MOVE_FUNCS = {torch.flatten, torch.cat, torch.concat, torch.chunk, torch.split, torch.transpose, torch.permute,
-               torch.reshape, torch.squeeze, torch.unsqueeze, operator.getitem, torch.stack}
-_MOVE_METHODS = {"view", "reshape", "flatten", "transpose", "permute", "chunk", "split", "squeeze",
-                 "unsqueeze", "expand", "expand_as", "view_as", "t", "repeat"}
-_CHANNELWISE_FUNCS = {F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.max_pool2d, F.avg_pool2d, F.interpolate,
-                      F.adaptive_avg_pool1d, F.max_pool1d, F.avg_pool1d, F.pad, torch.nn.functional.upsample}
-_REDUCE = {"mean", "sum", "amax", "amin"}
-_REDUCE_FUNCS = {torch.mean, torch.sum, torch.amax, torch.amin}
-_ELEMENTWISE_NAMES = {"stochastic_depth"}  # torchvision's fx-wrapped leaf functions (identity in eval)
+                  nn.Dropout3d, nn.AlphaDropout, nn.Identity, nn.Softmax, nn.LogSoftmax, nn.Hardtanh, nn.CELU,
+                  nn.Softsign, nn.Tanhshrink, nn.LogSigmoid)
+_RESIZE_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+                   nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
+                   nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample, nn.UpsamplingNearest2d,
+                   nn.UpsamplingBilinear2d, nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d,
+                   nn.ReplicationPad2d, nn.ZeroPad1d, nn.ConstantPad1d)
+ELEMENTWISE = set("""add sub mul truediv div iadd imul isub itruediv neg relu sigmoid tanh clamp exp abs where
+maximum minimum relu6 leaky_relu elu selu celu gelu silu mish hardswish hardsigmoid hardtanh softplus softsign
+dropout dropout1d dropout2d dropout3d alpha_dropout feature_alpha_dropout softmax log_softmax stochastic_depth
+contiguous clone float double half bfloat16 bool int long to type type_as detach masked_fill add_ mul_ sub_ div_
+relu_ sigmoid_ clamp_ clamp_min clamp_max clamp_min_ hardtanh_ rsqrt sqrt pow square addcmul addcdiv erf log log1p
+sin cos reciprocal sign floor ceil round lt le gt ge eq ne and_ or_ xor invert logical_not logical_and logical_or
+lerp tanh_ exp_ gelu_ silu_ hardswish_ leaky_relu_ elu_ logsigmoid threshold nan_to_num fill_ zero_ cumsum cumprod
+requires_grad_ neg_ abs_ masked_fill_ mod floordiv fmod remainder sigmoid_ pow_ sqrt_ rsqrt_ copy_ cpu cuda
+softmin erfinv tan atan log2 exp2 expm1 sinh cosh asinh trunc frac signbit isnan isinf isfinite float_power
+hypot atan2 copysign xlogy normalize sub_ rsub mul_ true_divide heaviside relu6_ square_ mish_ celu_ selu_ identity
+""".split())
+MOVES = set("""view reshape flatten transpose swapaxes swapdims permute chunk split tensor_split unbind squeeze
+unsqueeze expand expand_as view_as reshape_as t repeat stack cat concat concatenate getitem movedim moveaxis
+narrow unflatten roll flip select tile broadcast_to split_with_sizes hstack vstack gather index_select
+take_along_dim""".split())
+REDUCE = {"mean": 1, "sum": 1, "amax": 1, "amin": 1, "std": 1, "var": 1, "prod": 1, "logsumexp": 1, "max": 1,
+          "min": 1, "argmax": 1, "argmin": 1, "norm": 2, "vector_norm": 2, "nansum": 1, "nanmean": 1, "all": 1,
+          "any": 1, "count_nonzero": 1}
+RESIZE = set("""adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d adaptive_max_pool1d adaptive_max_pool2d
+adaptive_max_pool3d max_pool1d max_pool2d max_pool3d avg_pool1d avg_pool2d avg_pool3d interpolate upsample pad
+_pad upsample_nearest upsample_bilinear lp_pool2d local_response_norm pixel_shuffle_free""".split())
+CREATE = set("""zeros ones full empty arange rand randn randint linspace logspace eye tensor as_tensor new_zeros
+new_ones new_full new_empty new_tensor _constant zeros_like_free""".split())
+LIKE = {"zeros_like", "ones_like", "full_like", "empty_like", "rand_like", "randn_like", "randint_like"}
+NORMS = {"batch_norm", "instance_norm", "layer_norm", "group_norm", "rms_norm"}
+MATMUL = {"matmul", "bmm", "mm", "einsum", "scaled_dot_product_attention", "baddbmm", "addmm"}
+LINEAR = {"linear", "conv1d", "conv2d", "conv3d", "embedding"}
 
 
 def _module_of(node: fx.Node) -> str:
@@ -59,27 +71,34 @@ def _module_of(node: fx.Node) -> str:
 
 def _op_name(node: fx.Node) -> str:
     t = node.target
-    return t if isinstance(t, str) else getattr(t, "__name__", str(t))
+    name = t if isinstance(t, str) else getattr(t, "__name__", str(t))
+    return name.lstrip("_") if name.startswith("_") and name not in ("_constant", "_pad") else name
 
 
-def _along(labels: torch.Tensor, dim: int, where: str) -> torch.Tensor:
-    """The labels along `dim`, checked constant along every other dim (batch excluded)."""
+def _along(labels: torch.Tensor, dim: int, where: str, uf: Any = None) -> torch.Tensor:
+    """The labels along `dim`, checked constant (up to unions in `uf`) along every other dim."""
     dim = dim % labels.dim()
     labels = labels[tuple(slice(0, 1) if labels.stride(d) == 0 and d != dim else slice(None) for d in range(labels.dim()))]
     moved = labels.movedim(dim, -1).reshape(-1, labels.shape[dim])
     if not bool((moved == moved[:1]).all()):
-        raise NetcompressError(f"{where}: channels are mixed with other dimensions; cannot prune its inputs")
+        roots = uf.roots(moved) if uf is not None else moved
+        if not bool((roots == roots[:1]).all()):
+            raise NetcompressError(f"{where}: channels are mixed with other dimensions; cannot prune its inputs")
+        return roots[0].clone()
     return moved[0].clone()
 
 
 class _LabelInterpreter(fx.Interpreter):
-    def __init__(self, gm: fx.GraphModule, graph: "ChannelGraph", ignore: Sequence[str]) -> None:
-        super().__init__(gm)
+    def __init__(self, gm: nn.Module, graph: "ChannelGraph", ignore: Sequence[str], fx_graph: fx.Graph | None = None) -> None:
+        super().__init__(gm, graph=fx_graph) if fx_graph is not None else super().__init__(gm)
         self.g = graph
         self.uf = graph.uf
         self.ignore = ignore
         self.labels: dict[fx.Node, Any] = {}
         self.seen_out: dict[str, torch.Tensor] = {}
+        self.seen_in: dict[tuple[str, str, int], torch.Tensor] = {}
+        self.size_src: dict[fx.Node, tuple[fx.Node, int | None]] = {}
+        self.size_fixed: set[tuple[str, str]] = set()
 
     # -- helpers ---------------------------------------------------------------------------
     def _lab(self, a: Any) -> Any:
@@ -91,14 +110,18 @@ class _LabelInterpreter(fx.Interpreter):
             return lab if lab is not None else self.env.get(x)
         return fx.node.map_aggregate(a, one)
 
+    def _val(self, a: Any) -> Any:
+        return fx.node.map_aggregate(a, lambda x: self.env.get(x) if isinstance(x, fx.Node) else x)
+
     def _ignored(self, name: str) -> bool:
         return any(name == p or name.startswith(p + ".") or fnmatch.fnmatch(name, p) for p in self.ignore)
 
     def _frozen_like(self, value: Any) -> Any:
         if isinstance(value, torch.Tensor):
-            return torch.zeros(1, dtype=torch.long).expand(value.shape)
+            return frozen(value.shape)
         if isinstance(value, (tuple, list)):
-            return type(value)(self._frozen_like(v) for v in value)
+            return type(value)(self._frozen_like(v) for v in value) if not hasattr(value, "_fields") else \
+                tuple(self._frozen_like(v) for v in value)
         return None
 
     def _freeze_all(self, a: Any) -> None:
@@ -106,6 +129,9 @@ class _LabelInterpreter(fx.Interpreter):
             self.uf.freeze(a)
         elif isinstance(a, (tuple, list)):
             for x in a:
+                self._freeze_all(x)
+        elif isinstance(a, dict):
+            for x in a.values():
                 self._freeze_all(x)
 
     def _tensor_labels(self, node: fx.Node) -> list[torch.Tensor]:
@@ -116,9 +142,32 @@ class _LabelInterpreter(fx.Interpreter):
                 out.append(lab)
         return out
 
+    def _arg(self, n: fx.Node, i: int, name: str, default: Any = None) -> Any:
+        return n.kwargs[name] if name in n.kwargs else (n.args[i] if len(n.args) > i else default)
+
+    def _param_name(self, a: Any) -> str | None:
+        return a.target if isinstance(a, fx.Node) and a.op == "get_attr" else None
+
+    def _out_ids(self, name: str, n: int) -> torch.Tensor:
+        if name not in self.seen_out:  # a module called twice shares its filters
+            self.seen_out[name] = self.uf.new(n)
+        return self.seen_out[name]
+
+    def add(self, module: str, kind: str, labels: torch.Tensor, dim: int = 0) -> None:
+        if kind in ("in", "in_grouped", "param_in"):  # a layer called again: its inputs must agree
+            key = (module, kind, dim)
+            seen = self.seen_in.setdefault(key, labels)
+            if seen is not labels and seen.shape == labels.shape:
+                self.uf.union_tensors(seen, labels)
+                return
+        self.g.members.append(Member(module, kind, labels, dim))
+
     # -- node rules ------------------------------------------------------------------------
+    def _value(self, n: fx.Node) -> Any:
+        return super().run_node(n)
+
     def run_node(self, n: fx.Node) -> Any:
-        value = super().run_node(n)
+        value = self._value(n)
         try:
             self.labels[n] = self._label(n, value)
         except NetcompressError:
@@ -136,31 +185,120 @@ class _LabelInterpreter(fx.Interpreter):
             return None
         if n.op == "get_attr":
             return self._param_labels(n, value)
+        name = _op_name(n)
+        if name == "setitem":
+            return self._setitem(n)
+        self._note_size(n, name, value)
         if not isinstance(value, (torch.Tensor, tuple, list)) or (
                 isinstance(value, (tuple, list)) and not any(isinstance(v, torch.Tensor) for v in value)):
             return None  # sizes, shapes, python numbers
         if n.op == "call_module":
-            return self._module_rule(n, self.g.model.get_submodule(n.target), value)
-        if n.op == "call_function" and (n.target in _ELEMENTWISE_FUNCS or _op_name(n) in _ELEMENTWISE_NAMES) or \
-                n.op == "call_method" and n.target in _ELEMENTWISE_METHODS:
+            from netcompress.core.graph_layers import leaf_rule
+
+            m = self.g.model.get_submodule(n.target)
+            rule = leaf_rule(m)
+            if rule is not None:
+                return rule(self, n, m, value)
+            return self._module_rule(n, m, value)
+        if name in CREATE or name == "constant":
+            return self._create(n, value)
+        if name in LIKE:
+            lab = self._lab(n.args[0])
+            return lab if isinstance(lab, torch.Tensor) else neutral(value.shape)
+        if name in ELEMENTWISE:
             return self._elementwise(n, value)
-        if n.op == "call_function" and n.target in _MOVE_FUNCS or n.op == "call_method" and n.target in _MOVE_METHODS:
+        if name in MOVES:
             return self._move(n, value)
-        if n.op == "call_function" and n.target in _CHANNELWISE_FUNCS:
-            return self._channelwise(n, value)
-        if (n.op == "call_method" and n.target in _REDUCE) or (n.op == "call_function" and n.target in _REDUCE_FUNCS):
-            return self._reduce(n, value)
-        if n.op == "call_function" and n.target is F.layer_norm:
-            return self._layer_norm(n, value)
+        if name in RESIZE:
+            lab = self._lab(n.args[0])
+            return resize(lab, value.shape, self.uf) if isinstance(lab, torch.Tensor) else neutral(value.shape)
+        if name in REDUCE:
+            return self._reduce(n, name, value)
+        if name in NORMS:
+            return self._norm(n, name, value)
+        if name in MATMUL:
+            return self._matmul(n, name, value)
+        if name in LINEAR:
+            return self._linear(n, name, value)
         return self._unknown(n, value)
 
+    def _note_size(self, n: fx.Node, name: str, value: Any) -> None:
+        """Remember which tensor dimension a size was read from (x.shape[i], x.size(i), unpacking)."""
+        if isinstance(value, torch.Size) and n.args and isinstance(n.args[0], fx.Node):
+            if name == "size" and len(n.args) == 1 or name == "getattr" and n.args[1:] == ("shape",):
+                self.size_src[n] = (n.args[0], None)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            if name == "size" and len(n.args) == 2 and isinstance(n.args[1], int):
+                self.size_src[n] = (n.args[0], n.args[1])
+            elif name == "getitem" and n.args[0] in self.size_src and isinstance(n.args[1], int):
+                self.size_src[n] = (self.size_src[n.args[0]][0], n.args[1])
+            elif "size_of" in n.meta:
+                self.size_src[n] = n.meta["size_of"]
+
+    def _size_ties(self, sizes: Sequence[Any], out: torch.Tensor) -> None:
+        """A reshape to a size read from another tensor's dimension: that dimension and this reshaped
+        one must hold the same channels, else both stay (their counts are tied by the code)."""
+        for d, s in enumerate(sizes):
+            src = self.size_src.get(s) if isinstance(s, fx.Node) else None
+            if src is None or src[1] is None or out.shape[d] <= 1:
+                continue
+            slab = self.labels.get(src[0])
+            if not isinstance(slab, torch.Tensor) or slab.dim() == 0:
+                continue
+            a, b = self._dim_classes(slab, src[1]), self._dim_classes(out, d)
+            if a != b and (a | b) - {FROZEN}:
+                self.uf.freeze(slab)
+                self.uf.freeze(out)
+
+    def _size_attr(self, n: fx.Node, s: int) -> bool:
+        """Whether literal `s` is a known size attribute of the module running `n` (reset after pruning)."""
+        from netcompress.core.graph_layers import SIZE_ATTRS, size_attr
+
+        owner = _module_of(n)
+        try:
+            mod = self.g.model.get_submodule(owner) if owner else self.g.model
+        except AttributeError:
+            return False
+        attr = size_attr(mod, s) if type(mod).__name__ in SIZE_ATTRS else None
+        if attr is None:
+            return False
+        if (owner, attr) not in self.size_fixed:
+            self.size_fixed.add((owner, attr))
+            get = SIZE_ATTRS[type(mod).__name__][attr]
+            self.g.fixers.append(lambda new, g, removed: setattr(new.get_submodule(owner), attr,
+                                                                 get(new.get_submodule(owner))))
+        return True
+
+    def _dim_classes(self, t: torch.Tensor, d: int) -> set[int]:
+        """The channel classes laid along dim `d` of labels `t` (empty: none vary along it)."""
+        sq = squash(t)
+        if sq.shape[d] == 1:
+            return set()
+        return set(self.uf.roots(torch.unique(sq)).tolist()) - {-1}
+
+    def _channel_free(self, n: fx.Node) -> bool | None:
+        """True: no tensor input carries prunable channels (neutral only); False: frozen ones only;
+        None: some input has prunable channels."""
+        labs = [lab for lab in self._tensor_labels(n)]
+        if not labs:
+            return True
+        roots = torch.cat([self.uf.roots(torch.unique(_compact(lab))) for lab in labs])
+        if bool((roots > FROZEN).any()):
+            return None
+        return bool((roots < 0).all())
+
     def _unknown(self, n: fx.Node, value: Any) -> Any:
+        free = self._channel_free(n)
+        if free is not None:  # an op on masks, positions or frozen data: nothing to follow
+            return fx.node.map_aggregate(value, lambda v: (neutral(v.shape) if free else frozen(v.shape))
+                                         if isinstance(v, torch.Tensor) else None)
         mod = _module_of(n)
         if self._ignored(mod):
             for lab in self._tensor_labels(n):
                 self.uf.freeze(lab)
             return self._frozen_like(value)
-        hint = (f"pass ignore=[{mod!r}] to leave that module unpruned" if mod else
+        hint = (f"pass ignore=[{mod!r}] to leave that module unpruned, or register a rule for it with "
+                "netcompress.prune.register_layer" if mod else
                 "it is in the model's own forward, so the model cannot be pruned structurally")
         err = NetcompressError(f"op {_op_name(n)!r} ({n.op}) in module {mod or '<top>'!r} is not understood by the "
                                f"channel graph; {hint}")
@@ -170,9 +308,13 @@ class _LabelInterpreter(fx.Interpreter):
     def _param_labels(self, n: fx.Node, value: Any) -> Any:
         if not isinstance(value, torch.Tensor):
             return None
+        if not value.is_floating_point():
+            return frozen(value.shape)  # indices, ids, masks
         big = [d for d, s in enumerate(value.shape) if s > 1]
+        if len(big) > 1 and value.dim() >= 2 and value.shape[0] == 1:
+            big = [value.dim() - 1]  # [1, ..., D]: positional embeddings, class tokens
         if len(big) != 1:
-            return torch.zeros(1, dtype=torch.long).expand(value.shape)
+            return frozen(value.shape)
         d = big[0]
         ids = self.uf.new(value.shape[d])
         shape = [1] * value.dim()
@@ -181,70 +323,183 @@ class _LabelInterpreter(fx.Interpreter):
         mod = n.target.rpartition(".")[0]
         if self._ignored(mod):
             self.uf.freeze(ids)
-        self.g.members.append(Member(n.target, "param", ids, d))
+        self.add(n.target, "param", ids, d)
         return lab
+
+    def _create(self, n: fx.Node, value: Any) -> Any:
+        sizes = [a for a in fx.node.map_aggregate(n.args[1:] if n.target in ("new_zeros", "new_ones", "new_full",
+                 "new_empty") else n.args, lambda x: x) if not isinstance(a, torch.Tensor)]
+        flat: list[Any] = []
+        fx.node.map_aggregate(sizes, lambda x: flat.append(x))
+        literal = any(isinstance(s, int) and not isinstance(s, bool) and s > 1 for s in flat)
+        if not isinstance(value, torch.Tensor):
+            return None
+        return frozen(value.shape) if literal and value.numel() > 1 else neutral(value.shape)
+
+    def _setitem(self, n: fx.Node) -> Any:
+        dst, src = self._lab(n.args[0]), self._lab(n.args[2])
+        if isinstance(dst, torch.Tensor):
+            self._index_ties(dst, self._val(n.args[1]))
+            if isinstance(src, torch.Tensor):
+                self.uf.freeze(src)
+        return dst
 
     def _elementwise(self, n: fx.Node, value: Any) -> Any:
         labs = self._tensor_labels(n)
         if not isinstance(value, torch.Tensor):
             return self._unknown(n, value)
         if not labs:
-            return torch.zeros(1, dtype=torch.long).expand(value.shape)
+            return neutral(value.shape)
         base = None
         for lab in labs:
             if lab.shape != value.shape and lab.numel() == value.numel() and lab.dim() != value.dim():
                 lab = lab.reshape(value.shape)
             lab = lab.expand(value.shape) if lab.dim() <= value.dim() else lab
-            if base is None:
-                base = lab
-            else:
-                self.uf.union_tensors(base, lab)
+            base = lab if base is None else merge(base, lab, self.uf)
         return base
 
-    def _channelwise(self, n: fx.Node, value: Any) -> torch.Tensor:
-        labs = self._lab(n.args[0])
-        ch = _along(labs, 1, f"op {_op_name(n)!r} in {_module_of(n) or '<top>'!r}")
-        shape = [1] * value.dim()
-        shape[1] = -1
-        return ch.view(shape).expand(value.shape)
-
-    def _reduce(self, n: fx.Node, value: Any) -> torch.Tensor:
+    def _reduce(self, n: fx.Node, name: str, value: Any) -> Any:
         lab = self._lab(n.args[0])
-        dims = n.kwargs.get("dim", n.args[1] if len(n.args) > 1 else None)
-        keep = n.kwargs.get("keepdim", n.args[2] if len(n.args) > 2 else False)
-        if dims is None:
-            return torch.zeros(1, dtype=torch.long).expand(value.shape)
-        dims = sorted({d % lab.dim() for d in ([dims] if isinstance(dims, int) else dims)})
-        lab_c = _compact(lab)
-        idx = tuple(slice(0, 1) if d in dims else slice(None) for d in range(lab.dim()))
-        first = lab_c[idx]
-        if not bool((lab_c == first).all()):
-            return torch.zeros(1, dtype=torch.long).expand(value.shape)  # a sum over channels: no identity
-        out = first
-        if not keep:
-            for d in reversed(dims):
-                out = out.squeeze(d)
-        return out.expand(value.shape)
+        if not isinstance(lab, torch.Tensor):
+            return self._unknown(n, value)
+        pos = REDUCE[name]
+        dims = self._arg(n, pos, "dim")
+        keep = bool(self._arg(n, pos + 1, "keepdim", False))
+        if isinstance(dims, fx.Node):
+            dims = self.env.get(dims)
+        shapes = [v.shape for v in (value if isinstance(value, tuple) else (value,))]
+        if dims is None or (isinstance(dims, (list, tuple)) and not dims):
+            out = [neutral(s) for s in shapes]
+        else:
+            dims = [dims] if isinstance(dims, int) else list(dims)
+            out = [reduce(lab, dims, keep, s, self.uf) for s in shapes]
+        return tuple(out) if isinstance(value, tuple) else out[0]
 
-    def _layer_norm(self, n: fx.Node, value: torch.Tensor) -> torch.Tensor:
+    def _norm(self, n: fx.Node, name: str, value: torch.Tensor) -> torch.Tensor:
         lab = self._lab(n.args[0])
-        for a in list(n.args[2:4]) + [n.kwargs.get("weight"), n.kwargs.get("bias")]:
-            la = self._lab(a) if isinstance(a, fx.Node) else None
-            if isinstance(la, torch.Tensor):
-                self.uf.union_tensors(lab, la)
+        dim = -1 if name in ("layer_norm", "rms_norm") else 1
+        ch = _along(lab, dim, f"op {name!r} in {_module_of(n) or '<top>'!r}", uf=self.uf)
+        params = [self._lab(a) for a in list(n.args[1:]) + list(n.kwargs.values()) if isinstance(a, fx.Node)]
+        params = [p for p in params if isinstance(p, torch.Tensor) and p.dim() == 1]
+        shape = self._val(self._arg(n, 1, "normalized_shape")) if dim == -1 else None
+        groups = self._val(self._arg(n, 1, "num_groups")) if name == "group_norm" else 1
+        fixed = (name in ("layer_norm", "rms_norm", "group_norm") and not self.g.width) or groups != 1 or (
+            isinstance(shape, (list, tuple)) and len(shape) != 1) or self._ignored(_module_of(n))
+        for p in params:
+            self.uf.union_tensors(ch, _compact(p).reshape(-1))
+        if fixed:
+            self.uf.freeze(ch)
         return lab
 
+    def _matmul(self, n: fx.Node, name: str, value: torch.Tensor) -> torch.Tensor:
+        if name == "einsum":
+            ops = [self._lab(a) for a in (n.args[1] if len(n.args) == 2 and isinstance(n.args[1], (list, tuple))
+                                          else n.args[1:])]
+            letters, out = einsum_letters(n.args[0], [o.dim() for o in ops])
+            return contract(list(zip(ops, letters)), out, value.shape, self.uf)
+        if name == "scaled_dot_product_attention":
+            q, k, v = (self._lab(a) for a in n.args[:3])
+            mask = self._lab(self._arg(n, 3, "attn_mask"))
+            if isinstance(mask, torch.Tensor):
+                self.uf.freeze(mask)
+            if k.dim() >= 3 and q.shape[-3] != k.shape[-3]:  # grouped-query attention
+                rep = q.shape[-3] // k.shape[-3]
+                k, v = k.repeat_interleave(rep, -3), v.repeat_interleave(rep, -3)
+            b = "ABCDEFGH"[:q.dim() - 2]
+            s = contract([(q, b + "le"), (k, b + "se")], b + "ls", q.shape[:-1] + k.shape[-2:-1], self.uf)
+            return contract([(s, b + "ls"), (v, b + "sv")], b + "lv", value.shape, self.uf)
+        if name in ("addmm", "baddbmm"):
+            bias, a, b = (self._lab(x) for x in n.args[:3])
+            la, lb, lo = matmul_letters(a.dim(), b.dim())
+            out = contract([(a, la), (b, lb)], lo, value.shape, self.uf)
+            return merge(out, bias.expand(value.shape), self.uf) if isinstance(bias, torch.Tensor) else out
+        a, b = self._lab(n.args[0]), self._lab(n.args[1])
+        la, lb, lo = matmul_letters(a.dim(), b.dim())
+        return contract([(a, la), (b, lb)], lo, value.shape, self.uf)
+
+    def _linear(self, n: fx.Node, name: str, value: torch.Tensor) -> torch.Tensor:
+        """F.linear / F.conv* / F.embedding: members on the module owning the weight when it is a
+        torch layer, else on the parameters themselves."""
+        x, w = self._lab(n.args[0]), self._arg(n, 1, "weight")
+        wname = self._param_name(w)
+        mod_name = wname.rpartition(".")[0] if wname else ""
+        mod = self.g.model.get_submodule(mod_name) if wname and wname.endswith(".weight") else None
+        if name == "embedding":
+            if wname is None:
+                return self._unknown(n, value)
+            ids = self._out_ids(wname, self.env[w].shape[1])
+            if isinstance(mod, nn.Embedding):
+                self.add(mod_name, "emb", ids)
+            else:
+                self.add(wname, "param", ids, 1)
+            if self._ignored(mod_name):
+                self.uf.freeze(ids)
+            self.uf.freeze(x)
+            return ids.expand(value.shape)
+        if wname is None or not isinstance(x, torch.Tensor):
+            if isinstance(x, torch.Tensor):
+                self.uf.freeze(x)
+            self._freeze_all(self._lab(n.args[1:]))
+            return frozen(value.shape)
+        b = self._lab(self._arg(n, 2, "bias"))
+        if isinstance(mod, (nn.Linear, *_CONV)) and type(mod).forward in (nn.Linear.forward, nn.Conv1d.forward,
+                                                                           nn.Conv2d.forward, nn.Conv3d.forward):
+            out = self._layer(mod_name, mod, x, value)
+            if isinstance(b, torch.Tensor):
+                self.uf.union_tensors(_along(out, -1 if name == "linear" else 1, mod_name, uf=self.uf), _compact(b).reshape(-1))
+            return out
+        wv = self.env[w]
+        groups = self._val(self._arg(n, 6, "groups", 1)) if name != "linear" else 1
+        dim = -1 if name == "linear" else 1
+        in_lab = _along(x, dim, f"op {name!r} in {_module_of(n) or '<top>'!r}", uf=self.uf)
+        ignored = self._ignored(mod_name)
+        if groups == 1:
+            out_ids = self._out_ids(wname, wv.shape[0])
+            self.add(wname, "param", out_ids, 0)
+            self.add(wname, "param_in", in_lab, 1)
+        elif groups == wv.shape[0] == len(in_lab) * wv.shape[0] // max(len(in_lab), 1) and wv.shape[1] == 1:
+            out_ids = in_lab.repeat_interleave(wv.shape[0] // len(in_lab))
+            self.add(wname, "param", out_ids, 0)
+        else:
+            self.uf.freeze(in_lab)
+            out_ids = self._out_ids(wname, wv.shape[0])
+            self.uf.freeze(out_ids)
+        if isinstance(b, torch.Tensor):
+            self.uf.union_tensors(out_ids, _compact(b).reshape(-1))
+        if ignored:
+            self.uf.freeze(in_lab)
+            self.uf.freeze(out_ids)
+        shape = [1] * value.dim()
+        shape[dim] = -1
+        return out_ids.view(shape).expand(value.shape)
+
     def _move(self, n: fx.Node, value: Any) -> Any:
-        args, kwargs = self._lab(n.args), {k: self._lab(v) for k, v in n.kwargs.items()}
         name = _op_name(n)
+        if name == "getitem":
+            args, kwargs = (self._lab(n.args[0]), self._val(n.args[1])), {}
+        elif name in ("gather", "index_select", "take_along_dim"):
+            src, dim = self._lab(n.args[0]), self._val(self._arg(n, 1, "dim"))
+            if not isinstance(src, torch.Tensor) or not isinstance(dim, int):
+                return self._unknown(n, value)
+            sq = _compact(src)
+            if sq.dim() and sq.shape[dim] > 1 and not bool((sq == sq.narrow(dim, 0, 1)).all()):
+                self.uf.freeze(src)  # picking channels by index: they stay
+            return src.narrow(dim, 0, 1).expand(value.shape) if src.shape[dim] != value.shape[dim] or src.dim() != \
+                value.dim() else src.expand(value.shape) if src.dim() == value.dim() else frozen(value.shape)
+        elif name in ("view_as", "reshape_as", "expand_as"):
+            src, other = self._lab(n.args[0]), self._val(n.args[1])
+            out = src.expand(other.shape) if name == "expand_as" else src.reshape(other.shape)
+            return out
+        else:
+            args, kwargs = self._lab(n.args), {k: self._lab(v) for k, v in n.kwargs.items()}
         src = args[0] if not isinstance(args[0], (list, tuple)) else None
         if name in ("view", "reshape"):
             self._reshape_ties(n, src, value)
-        elif name in ("chunk", "split") and isinstance(src, torch.Tensor):
+        elif name in ("chunk", "split", "unbind") and isinstance(src, torch.Tensor):
             self._split_ties(n, src, value, args)
         elif name == "getitem" and isinstance(src, torch.Tensor):
             self._index_ties(src, args[1])
-        if name in ("cat", "concat") and isinstance(args[0], (list, tuple)) and isinstance(value, torch.Tensor):
+        if name in ("cat", "concat", "concatenate") and isinstance(args[0], (list, tuple)) and isinstance(value, torch.Tensor):
             dim = kwargs.get("dim", args[1] if len(args) > 1 else 0) % value.dim()
             parts = list(args[0])
             flat = tuple(slice(0, 1) if d != dim and all(p.stride(d) == 0 for p in parts) else slice(None)
@@ -253,16 +508,19 @@ class _LabelInterpreter(fx.Interpreter):
         if n.op == "call_method":
             method = "reshape" if n.target == "view" else n.target  # label tensors may be non-contiguous
             return getattr(src, method)(*args[1:], **kwargs)
+        if name == "getitem":
+            return operator.getitem(*args)
         return n.target(*args, **kwargs)
 
     def _reshape_ties(self, n: fx.Node, src: torch.Tensor, value: torch.Tensor) -> None:
-        sizes = n.args[1:] if n.op == "call_method" else n.args[1:]
-        if len(sizes) == 1 and isinstance(sizes[0], (list, tuple)):
+        sizes = n.args[1:]
+        if len(sizes) == 1 and isinstance(sizes[0], (list, tuple, torch.Size)):
             sizes = sizes[0]
         if any(isinstance(s, str) for s in sizes) or len(sizes) != value.dim():
             return
-        literal = [isinstance(s, int) and s != -1 for s in sizes]
+        literal = [isinstance(s, int) and s != -1 and not self._size_attr(n, s) for s in sizes]
         out = src.reshape(value.shape)
+        self._size_ties(sizes, out)
         i = j = 0  # walk matching blocks of equal products
         ins, outs = list(src.shape), list(value.shape)
         while i < len(ins) and j < len(outs):
@@ -276,9 +534,9 @@ class _LabelInterpreter(fx.Interpreter):
                     pj *= outs[j]
             block = range(j0, j + 1)
             varying = any(not bool((out.select(d, 0).unsqueeze(d) == out).all()) for d in block if outs[d] > 1)
-            if varying and j0 > 0:
+            if varying:
                 if all(literal[d] for d in block if outs[d] > 1):
-                    self.uf.freeze(out.narrow(0, 0, 1))  # a literal size: these channels cannot change
+                    self.uf.freeze(out)  # a literal size: these channels cannot change
                 elif len(block) > 1:
                     for d in block:
                         if literal[d] and outs[d] > 1:
@@ -287,16 +545,23 @@ class _LabelInterpreter(fx.Interpreter):
             i, j = i + 1, j + 1
 
     def _split_ties(self, n: fx.Node, src: torch.Tensor, value: Any, args: Sequence[Any]) -> None:
-        dim = n.kwargs.get("dim", args[2] if len(args) > 2 else 0) % src.dim()
+        name = _op_name(n)
+        dim = self._val(self._arg(n, 1 if name == "unbind" else 2, "dim", 0)) % src.dim()
         if dim == 0 or src.shape[dim] == 1:
             return
         parts = list(value)
-        if _op_name(n) == "chunk" and len({p.shape[dim] for p in parts}) == 1:
+        if name == "unbind":
+            return self.uf.freeze(src) if not bool((_compact(src) == _compact(src).narrow(dim, 0, 1)).all()) else None
+        if name == "chunk" and len({p.shape[dim] for p in parts}) == 1:
             k = parts[0].shape[dim]
             for p in range(1, len(parts)):
                 self.uf.union_tensors(src.narrow(dim, 0, k), src.narrow(dim, p * k, k))
-        elif _op_name(n) == "split" and isinstance(n.args[1], (list, tuple)) and all(isinstance(s, fx.Node) for s in n.args[1]):
+        elif name == "split" and isinstance(n.args[1], (list, tuple)) and all(isinstance(s, fx.Node) for s in n.args[1]):
             pass  # sizes computed in forward follow the pruned shapes
+        elif name == "split" and isinstance(n.args[1], fx.Node) and len({p.shape[dim] for p in parts}) == 1:
+            k = parts[0].shape[dim]  # equal parts of a computed size
+            for p in range(1, len(parts)):
+                self.uf.union_tensors(src.narrow(dim, 0, k), src.narrow(dim, p * k, k))
         else:
             self.uf.freeze(src)
 
@@ -307,68 +572,92 @@ class _LabelInterpreter(fx.Interpreter):
                 return
             if d == 0 or (isinstance(s, slice) and s == slice(None)) or s is None:
                 continue
+            if d < src.dim() and bool((_compact(src) == _compact(src).narrow(d, 0, 1)).all()):
+                continue  # no channels along this dim
             self.uf.freeze(src)  # a literal index or slice over channels
             return
 
-    def _module_rule(self, n: fx.Node, m: nn.Module, value: Any) -> Any:
-        name = n.target
-        inp = self._lab(n.args[0]) if n.args else None
+    def _layer(self, name: str, m: nn.Module, inp: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """Members of a conv / linear layer `m` called on labels `inp`."""
         ignored = self._ignored(name)
-        if isinstance(m, _CONV) and isinstance(inp, torch.Tensor):
-            in_lab = _along(inp, 1, f"module {name!r}")
+        if isinstance(m, _CONV):
+            in_lab = _along(inp, 1, f"module {name!r}", uf=self.uf)
             if ignored:
                 self.uf.freeze(in_lab)
             g = m.groups
             if g == 1:
-                self.g.members.append(Member(name, "in", in_lab))
+                self.add(name, "in", in_lab)
                 out_ids = self._out_ids(name, m.out_channels)
-                self.g.members.append(Member(name, "out", out_ids))
+                self.add(name, "out", out_ids)
             elif g == m.in_channels:
                 out_ids = in_lab.repeat_interleave(m.out_channels // m.in_channels)
-                self.g.members.append(Member(name, "dw", out_ids))
+                self.add(name, "dw", out_ids)
             else:
                 per_in = in_lab.view(g, -1)
                 self.uf.union_tensors(per_in[:1], per_in)
                 out_ids = self._out_ids(name, m.out_channels)
                 per_out = out_ids.view(g, -1)
                 self.uf.union_tensors(per_out[:1], per_out)
-                self.g.members.append(Member(name, "in_grouped", per_in[0].clone(), 1))
-                self.g.members.append(Member(name, "out", out_ids))
+                self.add(name, "in_grouped", per_in[0].clone(), 1)
+                self.add(name, "out", out_ids)
             if ignored:
                 self.uf.freeze(out_ids)
             shape = [1] * value.dim()
             shape[1] = -1
             return out_ids.view(shape).expand(value.shape)
-        if isinstance(m, nn.Linear) and isinstance(inp, torch.Tensor):
-            in_lab = _along(inp, -1, f"module {name!r}")
-            out_ids = self._out_ids(name, m.out_features)
+        in_lab = _along(inp, -1, f"module {name!r}", uf=self.uf)
+        out_ids = self._out_ids(name, m.weight.shape[0] if isinstance(m, nn.Linear) else m.nf)
+        if ignored:
+            self.uf.freeze(in_lab)
+            self.uf.freeze(out_ids)
+        self.add(name, "in", in_lab, 1)
+        self.add(name, "out", out_ids)
+        return out_ids.expand(value.shape)
+
+    def _module_rule(self, n: fx.Node, m: nn.Module, value: Any) -> Any:
+        name = n.target
+        inp = self._lab(n.args[0]) if n.args else None
+        ignored = self._ignored(name)
+        if isinstance(m, (*_CONV, nn.Linear)) and isinstance(inp, torch.Tensor):
+            return self._layer(name, m, inp, value)
+        if isinstance(m, nn.Embedding):
+            ids = self._out_ids(name, m.embedding_dim)
+            self.add(name, "emb", ids)
             if ignored:
-                self.uf.freeze(in_lab)
-                self.uf.freeze(out_ids)
-            self.g.members.append(Member(name, "in", in_lab, 1))
-            self.g.members.append(Member(name, "out", out_ids))
-            return out_ids.expand(value.shape)
-        if isinstance(m, _NORM) or isinstance(m, nn.LayerNorm) and len(m.normalized_shape) == 1:
-            dim = -1 if isinstance(m, nn.LayerNorm) else 1
-            ch = _along(inp, dim, f"module {name!r}")
-            if ignored:
+                self.uf.freeze(ids)
+            return ids.expand(value.shape)
+        one_d = isinstance(m, (nn.LayerNorm, nn.RMSNorm)) and len(m.normalized_shape) == 1
+        gn1 = isinstance(m, nn.GroupNorm) and m.num_groups == 1
+        if isinstance(m, _NORM) or one_d or gn1:
+            dim = -1 if one_d else 1
+            ch = _along(inp, dim, f"module {name!r}", uf=self.uf)
+            if ignored or ((one_d or gn1) and not self.g.width):
                 self.uf.freeze(ch)
             has_params = any(p is not None for p in m._parameters.values()) or any(b is not None and b.dim() == 1 for b in m._buffers.values())
             if has_params:
-                self.g.members.append(Member(name, "norm", ch))
+                self.add(name, "norm", ch)
             return inp
-        if isinstance(m, nn.GroupNorm) and isinstance(inp, torch.Tensor):
-            self.uf.freeze(_along(inp, 1, f"module {name!r}"))  # groups must stay equal: its channels stay
+        if isinstance(m, (nn.GroupNorm, nn.LayerNorm, nn.RMSNorm)) and isinstance(inp, torch.Tensor):
+            self.uf.freeze(inp)  # groups must stay equal / multi-dim shapes are literal: its channels stay
             return inp
         if isinstance(m, _UNARY_MODULES) or isinstance(m, nn.PReLU) and m.num_parameters == 1:
             return inp if isinstance(inp, torch.Tensor) else self._frozen_like(value)
         if isinstance(m, nn.Flatten):
             return inp.flatten(m.start_dim, m.end_dim)
-        if isinstance(m, _CHANNELWISE_MODULES) and isinstance(value, torch.Tensor):
-            return self._channelwise(n, value)
+        if isinstance(m, _RESIZE_MODULES) and isinstance(value, torch.Tensor) and isinstance(inp, torch.Tensor):
+            return resize(inp, value.shape, self.uf)
         return self._unknown(n, value)
 
-    def _out_ids(self, name: str, n: int) -> torch.Tensor:
-        if name not in self.seen_out:  # a module called twice shares its filters
-            self.seen_out[name] = self.uf.new(n)
-        return self.seen_out[name]
+
+class _RecordedInterpreter(_LabelInterpreter):
+    """Runs the label rules over a graph recorded eagerly (values stored on the nodes)."""
+
+    def __init__(self, model: nn.Module, fx_graph: fx.Graph, graph: "ChannelGraph", ignore: Sequence[str]) -> None:
+        super().__init__(model, graph, ignore, fx_graph=fx_graph)
+
+    def _value(self, n: fx.Node) -> Any:
+        if n.op == "placeholder":
+            return next(self.args_iter)
+        if n.op == "output":
+            return None
+        return n.meta.get("val")

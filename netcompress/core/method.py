@@ -1,4 +1,4 @@
-"""The training-method protocol (ARCHITECTURE.md 'the four nouns').
+"""The training-method protocol.
 
 A Method is one technique with one frozen config. The single training loop (`netcompress.train.fit`)
 calls these hooks; a technique adds loss terms or adjusts weights, it never copies the loop.
@@ -12,7 +12,7 @@ from torch import nn
 
 
 class Method:
-    """Base class; every hook is optional. Lifecycle like an optimizer (STYLE.md #5).
+    """Base class; every hook is optional. Lifecycle like an optimizer.
 
     Order inside `fit`, per step: forward -> `loss_terms` -> backward -> `after_backward`
     -> optimizer.step -> `after_step`. Per epoch: `on_epoch_end`. Once: `prepare` before training,

@@ -1,4 +1,4 @@
-"""Capture intermediate features with forward hooks, by fully qualified module name (STYLE.md #6).
+"""Capture intermediate features with forward hooks, by fully qualified module name.
 
 Nobody edits a model: `Taps(model, ["layer2", "features.3"])` records each named module's output
 on every forward pass, and removes its hooks on `close()` or when the `with` block ends.

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from netcompress.core.batch import Batch, batch_len, check_batch, head, take
 from netcompress.core.errors import NetcompressError
 from netcompress.core.registry import Registry
 
@@ -46,6 +47,9 @@ class _IndexSet:
 class TensorLoader:
     """Batches from in-memory tensors; deterministic order from (seed, epoch).
 
+    The inputs `x` may be a tensor, a tuple of tensors or a dict of named tensors (see
+    `netcompress.core.batch`); each batch slices every one of them.
+
     `set_epoch(e)` picks the shuffle of epoch e (as DistributedSampler does). With `world_size > 1`
     each rank receives its shard of the same permutation, so the union of all ranks' k-th batches
     equals the single-process k-th batch of size `batch_size * world_size`.
@@ -53,7 +57,7 @@ class TensorLoader:
 
     def __init__(
         self,
-        x: torch.Tensor,
+        x: Batch,
         y: torch.Tensor,
         batch_size: int,
         shuffle: bool = False,
@@ -69,14 +73,16 @@ class TensorLoader:
         self.drop_last = drop_last
         self.epoch = 0
         self.sampler = (
-            DistributedSampler(_IndexSet(len(x)), world_size, rank, shuffle=shuffle, seed=seed)
+            DistributedSampler(_IndexSet(batch_len(x)), world_size, rank, shuffle=shuffle, seed=seed)
             if world_size > 1
             else None
         )
 
     @property
-    def dataset(self) -> torch.utils.data.TensorDataset:
-        return torch.utils.data.TensorDataset(self.x, self.y)
+    def dataset(self) -> Dataset:
+        if isinstance(self.x, torch.Tensor):
+            return torch.utils.data.TensorDataset(self.x, self.y)
+        return InputsDataset(self.x, self.y)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -88,8 +94,8 @@ class TensorLoader:
             return torch.tensor(list(iter(self.sampler)))
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed + self.epoch)
-            return torch.randperm(len(self.x), generator=g)
-        return torch.arange(len(self.x))
+            return torch.randperm(batch_len(self.x), generator=g)
+        return torch.arange(batch_len(self.x))
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         idx = self._indices()
@@ -97,11 +103,40 @@ class TensorLoader:
         stop = n - n % self.batch_size if self.drop_last else n
         for i in range(0, stop, self.batch_size):
             j = idx[i : i + self.batch_size]
-            yield self.x[j], self.y[j]
+            yield take(self.x, j), self.y[j]
 
     def __len__(self) -> int:
-        n = len(self.sampler) if self.sampler is not None else len(self.x)
+        n = len(self.sampler) if self.sampler is not None else batch_len(self.x)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+
+class InputsDataset(Dataset):
+    """An in-memory dataset whose inputs are a tuple or dict of tensors (e.g. ``input_ids`` and
+    ``attention_mask`` of tokenised text); served in whole batches like a TensorDataset."""
+
+    def __init__(self, x: Batch, y: torch.Tensor) -> None:
+        check_batch(x, "dataset inputs")
+        if batch_len(x) != len(y):
+            raise NetcompressError(f"dataset: {batch_len(x)} inputs but {len(y)} targets")
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int):
+        return take(self.x, i), self.y[i]
+
+
+def _in_memory(ds: Dataset) -> tuple[Batch, torch.Tensor] | None:
+    if isinstance(ds, torch.utils.data.TensorDataset):
+        return ds.tensors[0], ds.tensors[1]
+    if isinstance(ds, InputsDataset):
+        return ds.x, ds.y
+    return None
+
+
+def _dataset(x: Batch, y: torch.Tensor) -> Dataset:
+    return torch.utils.data.TensorDataset(x, y) if isinstance(x, torch.Tensor) else InputsDataset(x, y)
 
 
 @dataclass
@@ -138,8 +173,9 @@ class DataBundle:
         bs = batch_size or self.batch_size
         shuffle = (split == "train") if shuffle is None else shuffle
         seed = self.seed if seed is None else seed
-        if isinstance(ds, torch.utils.data.TensorDataset):
-            x, y = ds.tensors
+        mem = _in_memory(ds)
+        if mem is not None:
+            x, y = mem
             return TensorLoader(x, y, bs, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size)
         sampler = DistributedSampler(ds, world_size, rank, shuffle=shuffle, seed=seed) if world_size > 1 else None
         g = torch.Generator().manual_seed(seed)
@@ -154,8 +190,9 @@ class DataBundle:
         return self.loader("test")
 
     @property
-    def example(self) -> torch.Tensor:
-        """A small batch of real training inputs (for tracing, MAC counting, calibration)."""
+    def example(self) -> Batch:
+        """A small batch of real training inputs (for tracing, MAC counting, calibration): a tensor,
+        or the tuple / dict of tensors the model takes."""
         x, _ = next(iter(self.loader("train", batch_size=8, shuffle=False)))
         return x
 
@@ -165,21 +202,40 @@ class DataBundle:
         for x, y in self.loader("train", batch_size=min(n, 64), shuffle=False):
             if seen >= n:
                 break
-            yield x[: n - seen], y[: n - seen]
+            yield head(x, n - seen), y[: n - seen]
             seen += len(x)
 
     def subset(self, n_train: int, n_test: int | None = None) -> "DataBundle":
         """A smaller in-memory bundle (first n samples), for tiny test budgets."""
-        if not isinstance(self.train_set, torch.utils.data.TensorDataset):
+        tr, te = _in_memory(self.train_set), _in_memory(self.test_set)
+        if tr is None or te is None:
             raise NetcompressError(f"subset() needs an in-memory dataset; {self.name!r} is not one")
-        tx, ty = self.train_set.tensors
-        vx, vy = self.test_set.tensors
-        m = n_test or len(vx)
+        (tx, ty), (vx, vy) = tr, te
+        m = n_test or len(vy)
         return DataBundle(
-            self.name, torch.utils.data.TensorDataset(tx[:n_train], ty[:n_train]),
-            torch.utils.data.TensorDataset(vx[:m], vy[:m]), self.num_classes, self.input_shape,
-            self.batch_size, self.seed, self.mean, self.std,
+            self.name, _dataset(head(tx, n_train), ty[:n_train]), _dataset(head(vx, m), vy[:m]),
+            self.num_classes, self.input_shape, self.batch_size, self.seed, self.mean, self.std,
         )
+
+    @classmethod
+    def from_tensors(cls, name: str, train: tuple[Batch, torch.Tensor], test: tuple[Batch, torch.Tensor],
+                     num_classes: int, batch_size: int = 64, seed: int = 0) -> "DataBundle":
+        """A bundle from in-memory (inputs, targets) pairs; inputs may be a tensor, a tuple or a dict
+        of tensors (e.g. a tokeniser's ``input_ids`` / ``attention_mask``).
+
+        Example:
+            >>> x = {"input_ids": torch.zeros(6, 4, dtype=torch.long)}
+            >>> b = DataBundle.from_tensors("toy", (x, torch.zeros(6, dtype=torch.long)), (x, torch.zeros(6, dtype=torch.long)), 2)
+            >>> b.input_shape, sorted(b.example)
+            ((4,), ['input_ids'])
+        """
+        for split, (x, y) in (("train", train), ("test", test)):
+            check_batch(x, f"{name}: {split} inputs")
+            if batch_len(x) != len(y):
+                raise NetcompressError(f"{name}: {split} has {batch_len(x)} inputs but {len(y)} targets")
+        x0 = train[0] if isinstance(train[0], torch.Tensor) else next(iter(
+            train[0].values() if isinstance(train[0], dict) else train[0]))
+        return cls(name, _dataset(*train), _dataset(*test), num_classes, tuple(x0.shape[1:]), batch_size, seed)
 
 
 def _split(n: int, n_test: int) -> tuple[np.ndarray, np.ndarray]:
@@ -275,6 +331,12 @@ def load(name: str, batch_size: int = 64, seed: int = 0, data_dir: str | os.Path
         >>> data.num_classes, data.input_shape
         (10, (1, 8, 8))
     """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise NetcompressError(f"data {name!r}: batch_size must be an integer >= 1, got {batch_size!r}")
     if name.startswith("imagefolder:"):
         return _imagefolder(name.split(":", 1)[1], batch_size=batch_size, seed=seed)
+    if name.startswith("hf-text:"):
+        from netcompress.data.text import hf_text
+
+        return hf_text(name.split(":", 1)[1], batch_size=batch_size, seed=seed, data_dir=str(data_dir) if data_dir else None)
     return DATASETS.get(name)(batch_size=batch_size, seed=seed, data_dir=str(data_dir) if data_dir else None)

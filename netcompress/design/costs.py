@@ -17,6 +17,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from netcompress.core.batch import call, head
+
 
 @dataclass(frozen=True)
 class Cost:
@@ -134,7 +136,7 @@ def input_sizes(model: nn.Module, example_inputs: torch.Tensor, names: Sequence[
     model.eval()
     try:
         with torch.no_grad():
-            model(example_inputs[:1])
+            call(model, head(example_inputs, 1))
     finally:
         model.train(was)
         for h in handles:

@@ -1,7 +1,10 @@
 """Low-rank factorisation of Linear and Conv2d layers by truncated SVD.
 
 * Linear (Denton et al. 2014, "Exploiting Linear Structure Within Convolutional Networks"): W (M x N)
-  ~ U_K S_K V_K^T becomes ``nn.Sequential(Linear(N, K, bias=False), Linear(K, M))``.
+  ~ U_K S_K V_K^T becomes ``nn.Sequential(Linear(N, K, bias=False), Linear(K, M))``. Hugging Face's
+  ``Conv1D`` (GPT-2's projections: a Linear storing its weight transposed) is factorised the same way.
+  A Linear whose weight is shared with another module (an LM head tied to the embedding) is left out
+  by default: factorising it would add parameters, not remove them.
 * Conv2d, ``conv="spatial"`` (Jaderberg, Vedaldi & Zisserman 2014, "Speeding up Convolutional Neural
   Networks with Low Rank Expansions", scheme 2): the kernel reshaped to a (N kh) x (M kw) matrix is
   truncated to rank K and becomes a kh x 1 conv (N -> K) then a 1 x kw conv (K -> M). We compute the
@@ -27,6 +30,7 @@ import torch
 from torch import nn
 
 from netcompress.core.errors import NetcompressError
+from netcompress.core.layers import is_linear as _is_linear, linear_weight as _linear_weight, read_by_ancestor
 from netcompress.design.costs import break_even_rank, conv_output_hw, input_sizes
 
 FilterFn = Callable[[nn.Module, str], bool]
@@ -72,14 +76,14 @@ def _conv_pad(conv: nn.Conv2d) -> tuple[int, int] | None:
 
 
 def default_filter(module: nn.Module, name: str) -> bool:
-    """Linear layers and ungrouped Conv2d layers."""
-    return isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1)
+    """Linear layers (Hugging Face Conv1D included) and ungrouped Conv2d layers."""
+    return _is_linear(module) or (isinstance(module, nn.Conv2d) and module.groups == 1)
 
 
 def _matrix(module: nn.Module, conv: ConvMethod) -> tuple[str, torch.Tensor]:
+    if _is_linear(module):
+        return "linear", _linear_weight(module).detach().double()
     w = module.weight.detach().double()
-    if isinstance(module, nn.Linear):
-        return "linear", w
     o, c, kh, kw = w.shape
     if conv == "spatial" and kh > 1 and kw > 1:
         return "conv-spatial", w.permute(1, 2, 0, 3).reshape(c * kh, o * kw)  # (N kh) x (M kw)
@@ -87,7 +91,7 @@ def _matrix(module: nn.Module, conv: ConvMethod) -> tuple[str, torch.Tensor]:
 
 
 def _check_layer(name: str, module: nn.Module) -> None:
-    if isinstance(module, nn.Linear):
+    if _is_linear(module):
         return
     if not isinstance(module, nn.Conv2d):
         raise NetcompressError(f"lowrank: layer {name!r} is a {type(module).__name__}; only Linear and Conv2d "
@@ -117,7 +121,14 @@ def plan_lowrank(model: nn.Module, rank: int | Mapping[str, int] | None = None, 
     if budget_metric not in ("params", "macs"):
         raise NetcompressError(f"lowrank: budget_metric must be 'params' or 'macs', not {budget_metric!r}")
     select = filter_fn or default_filter
-    named = [(n, m) for n, m in model.named_modules() if n and isinstance(m, (nn.Linear, nn.Conv2d)) and select(m, n)]
+    counts: dict[int, int] = {}
+    for _, prm in model.named_parameters(remove_duplicate=False):
+        counts[id(prm)] = counts.get(id(prm), 0) + 1
+    shared = {n for n, m in model.named_modules() if getattr(m, "weight", None) is not None
+              and counts.get(id(m.weight), 0) > 1}
+    named = [(n, m) for n, m in model.named_modules()
+             if n and (_is_linear(m) or isinstance(m, nn.Conv2d)) and select(m, n) and (filter_fn or n not in shared)
+             and (filter_fn or read_by_ancestor(model, n) is None)]
     if isinstance(rank, Mapping):
         unknown = sorted(set(rank) - {n for n, _ in model.named_modules()})
         if unknown:
@@ -127,6 +138,10 @@ def plan_lowrank(model: nn.Module, rank: int | Mapping[str, int] | None = None, 
         raise NetcompressError("lowrank: no layer selected (filter_fn matched no Linear / Conv2d)")
     for n, m in named:
         _check_layer(n, m)
+        reader = read_by_ancestor(model, n)
+        if reader is not None:
+            raise NetcompressError(f"lowrank: layer {n!r} cannot be replaced: the forward code of {reader!r} reads its "
+                                   "attributes (e.g. .weight); leave it out with filter_fn")
 
     shapes: dict[str, tuple[int, ...]] = {}
     if any(isinstance(m, nn.Conv2d) for _, m in named) and (budget is not None and budget_metric == "macs"):
@@ -139,8 +154,8 @@ def plan_lowrank(model: nn.Module, rank: int | Mapping[str, int] | None = None, 
         kind, mat = _matrix(m, conv)
         s = torch.linalg.svdvals(mat).float()
         p = RankChoice(n, kind, mat.shape[0], mat.shape[1], s, dense_params=m.weight.numel())
-        if isinstance(m, nn.Linear):
-            p.unit_params = p.unit_macs = m.in_features + m.out_features
+        if _is_linear(m):
+            p.unit_params = p.unit_macs = p.m + p.n
             p.dense_macs = m.weight.numel()
         else:
             o, c, kh, kw = m.weight.shape
@@ -231,13 +246,15 @@ def _allocate_budget(model: nn.Module, plans: list[RankChoice], budget: float, m
 
 
 @torch.no_grad()
-def factorize_linear(layer: nn.Linear, rank: int) -> nn.Sequential:
-    """Linear(N, M) -> Sequential(Linear(N, K, bias=False), Linear(K, M)) by truncated SVD."""
-    w = layer.weight.detach().double()
+def factorize_linear(layer: nn.Module, rank: int) -> nn.Sequential:
+    """Linear(N, M) (or a Hugging Face Conv1D) -> Sequential(Linear(N, K, bias=False), Linear(K, M))
+    by truncated SVD."""
+    w = _linear_weight(layer).detach().double()
+    out_f, in_f = w.shape
     u, s, vh = torch.linalg.svd(w, full_matrices=False)
     r = s[:rank].sqrt()
-    first = nn.Linear(layer.in_features, rank, bias=False)
-    second = nn.Linear(rank, layer.out_features, bias=layer.bias is not None)
+    first = nn.Linear(in_f, rank, bias=False)
+    second = nn.Linear(rank, out_f, bias=layer.bias is not None)
     dt, dev = layer.weight.dtype, layer.weight.device
     first.weight.copy_((r[:, None] * vh[:rank]).to(dt))
     second.weight.copy_((u[:, :rank] * r[None, :]).to(dt))
@@ -291,7 +308,7 @@ def apply_plan(model: nn.Module, plans: list[RankChoice], conv: ConvMethod = "sp
         if p.rank is None:
             continue
         m = mods[p.name]
-        rep = factorize_linear(m, p.rank) if isinstance(m, nn.Linear) else factorize_conv(m, p.rank, conv)
+        rep = factorize_linear(m, p.rank) if _is_linear(m) else factorize_conv(m, p.rank, conv)
         rep.train(m.training)
         _set_module(new, p.name, rep)
     return new
@@ -315,8 +332,9 @@ def lowrank(model: nn.Module, rank: int | Mapping[str, int] | None = None, energ
             layers where that rank would not make them smaller stay dense.
         budget: fraction in (0, 1) of the whole model's parameters (or MACs, `budget_metric="macs"`,
             which needs `example_inputs`) to keep; ranks allocated globally (Zhang et al. 2016).
-        filter_fn: `filter_fn(module, name) -> bool` selects layers; default all Linear and
-            ungrouped Conv2d.
+        filter_fn: `filter_fn(module, name) -> bool` selects layers; default all Linear (and
+            Hugging Face Conv1D) and ungrouped Conv2d layers, except those whose weight is tied to
+            another module's and those whose attributes the model's forward code reads.
         conv: "spatial" (Jaderberg et al. 2014: kh x 1 then 1 x kw) or "channel" (kh x kw to K
             channels then 1 x 1).
 

@@ -25,7 +25,9 @@ from typing import Callable
 import torch
 from torch import nn
 
+from netcompress.core.batch import call, to_device
 from netcompress.core.errors import NetcompressError
+from netcompress.core.layers import read_by_ancestor
 
 FilterFn = Callable[[nn.Module, str], bool]
 
@@ -45,13 +47,17 @@ def _selected(model: nn.Module, filter_fn: FilterFn | None) -> list[str]:
         if not n or not isinstance(m, nn.Conv2d):
             continue
         if filter_fn is None:
-            if is_standard_conv(m):
+            if is_standard_conv(m) and read_by_ancestor(model, n) is None:
                 names.append(n)
         elif filter_fn(m, n):
             if not is_standard_conv(m):
                 raise NetcompressError(
                     f"separable: layer {n!r} (Conv2d {m.in_channels}->{m.out_channels}, kernel {tuple(m.kernel_size)}, "
                     f"groups {m.groups}) is not a standard k x k conv with several input channels; leave it out with filter_fn")
+            reader = read_by_ancestor(model, n)
+            if reader is not None:
+                raise NetcompressError(f"separable: layer {n!r} cannot be replaced: the forward code of {reader!r} "
+                                       "reads its attributes (e.g. .weight); leave it out with filter_fn")
             names.append(n)
     if not names:
         raise NetcompressError("separable: no standard k x k Conv2d (groups=1, in_channels > 1) selected")
@@ -148,7 +154,7 @@ def separable(model: nn.Module, filter_fn: FilterFn | None = None, *, calibratio
         try:
             with torch.no_grad():
                 dev = next(model.parameters()).device
-                model(calibration.to(dev))
+                call(model, to_device(calibration, dev))
         finally:
             model.train(was)
             for h in hooks:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from netcompress.core.batch import call, head, to_device
 from netcompress.core.errors import NetcompressError
 
 __all__ = ["Adapter", "make_adapter", "probe", "embedding_layer", "spatial_layers", "example_for", "pair_layers"]
@@ -32,6 +33,9 @@ class Adapter(nn.Module):
         if len(t) == 4 and len(s) == 4:
             self.proj: nn.Module = nn.Conv2d(s[1], t[1], kernel_size=1, bias=False)
             self.size: tuple[int, int] | None = (t[2], t[3]) if s[2:] != t[2:] else None
+        elif len(t) == 3 and len(s) == 3 and s[1] == t[1]:  # transformer tokens: project the width
+            self.proj = nn.Linear(s[2], t[2], bias=False)
+            self.size = None
         elif len(t) == 2:
             self.proj = nn.Sequential(nn.Flatten(), nn.Linear(int(torch.tensor(s[1:]).prod()), t[1]))
             self.size = None
@@ -59,7 +63,7 @@ def make_adapter(student_shape: Sequence[int], teacher_shape: Sequence[int], alw
 def example_for(model: nn.Module, example_inputs: torch.Tensor | None = None) -> torch.Tensor:
     """`example_inputs`, or two zero images shaped from the model's `netcompress_spec`."""
     if example_inputs is not None:
-        return example_inputs[:2]
+        return head(example_inputs, 2)
     kw = getattr(model, "netcompress_spec", {}).get("kwargs", {})
     if "in_channels" in kw and "input_size" in kw:
         return torch.zeros(2, kw["in_channels"], kw["input_size"], kw["input_size"])
@@ -80,7 +84,7 @@ def probe(model: nn.Module, example_inputs: torch.Tensor, leaves_only: bool = Tr
     model.eval()
     try:
         dev = next((p.device for p in model.parameters()), torch.device("cpu"))
-        model(example_inputs.to(dev))
+        call(model, to_device(example_inputs, dev))
     finally:
         model.train(was)
         for h in handles:

@@ -55,6 +55,9 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     if student_logits.shape != teacher_logits.shape:
         raise NetcompressError(f"kd_loss: student logits {tuple(student_logits.shape)} vs teacher {tuple(teacher_logits.shape)}")
     t = temperature
+    if student_logits.dim() == 3:  # (batch, seq, vocab): per-token KL, mean over every position
+        student_logits = student_logits.reshape(-1, student_logits.shape[-1])
+        teacher_logits = teacher_logits.reshape(-1, teacher_logits.shape[-1])
     log_p_s = F.log_softmax(student_logits.float() / t, dim=1)
     log_p_t = F.log_softmax(teacher_logits.detach().float() / t, dim=1)
     return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * (t * t)
@@ -107,6 +110,8 @@ def attention_map(feature: torch.Tensor, p: float = 2.0, mode: Literal["code", "
     """
     if feature.dim() < 3:
         raise NetcompressError(f"attention_map: needs a (N, C, H, W) feature map, got shape {tuple(feature.shape)}")
+    if feature.dim() == 3:  # transformer tokens (N, T, D): the map is over tokens, channels last
+        feature = feature.transpose(1, 2)
     a = feature.float().abs().pow(p)
     a = a.sum(1) if mode == "paper" else a.mean(1)
     return F.normalize(a.flatten(1), dim=1)
@@ -115,6 +120,10 @@ def attention_map(feature: torch.Tensor, p: float = 2.0, mode: Literal["code", "
 def _match_spatial(s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Pool the larger of two (N, C, H, W) maps down to the smaller one's spatial size."""
     hs, ht = s.shape[-2:], t.shape[-2:]
+    if s.dim() == 3:  # token features (N, T, D): same tokens, any width
+        if s.shape[1] != t.shape[1]:
+            raise NetcompressError(f"at_loss: student has {s.shape[1]} tokens, teacher {t.shape[1]}")
+        return s, t
     if hs == ht:
         return s, t
     size = (min(hs[0], ht[0]), min(hs[1], ht[1]))

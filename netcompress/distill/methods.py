@@ -23,13 +23,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from netcompress.core.batch import Batch, call, head, logits_of, to_device
 from netcompress.core.errors import NetcompressError
 from netcompress.core.method import Method
 from netcompress.core.taps import Taps
 from netcompress.distill import losses
 from netcompress.distill.features import (embedding_layer, example_for, make_adapter, pair_layers, probe,
                                           spatial_layers)
-from netcompress.train.loop import _logits
+from netcompress.train.distributed import gather_batch
+from netcompress.train.loop import default_loss
 
 __all__ = ["TeacherMethod", "KD", "Hint", "AT", "RKD", "SP", "DML", "Peers", "Ensemble", "DISTILLERS"]
 
@@ -70,19 +72,19 @@ class TeacherMethod(Method):
         return model
 
     @torch.no_grad()
-    def teacher_outputs(self, inputs: torch.Tensor) -> torch.Tensor:
+    def teacher_outputs(self, inputs: Batch) -> torch.Tensor:
         """The teacher's logits in eval mode, without gradients (features land in its taps)."""
         self.teacher.eval()
-        return _logits(self.teacher(inputs))
+        return logits_of(call(self.teacher, inputs))
 
     def task_loss(self, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
         """``(1 - alpha) * cross_entropy``: pass as `fit(..., loss_fn=method.task_loss)`."""
-        return (1.0 - self.alpha) * F.cross_entropy(_logits(outputs), targets)
+        return (1.0 - self.alpha) * default_loss(outputs, targets)
 
     def kd_terms(self, outputs: Any, teacher_logits: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.alpha == 0:
             return {}
-        return {"kd": self.alpha * losses.kd_loss(_logits(outputs), teacher_logits, self.temperature)}
+        return {"kd": self.alpha * losses.kd_loss(logits_of(outputs), teacher_logits, self.temperature)}
 
     def finalize(self, model: nn.Module) -> nn.Module:
         self.teacher.train(self._teacher_was_training)
@@ -111,6 +113,7 @@ class _FeatureMethod(TeacherMethod):
 
     adapters_always = False
     default_layers = "spatial"  # or "embedding"
+    relational = False  # the loss relates the samples of a batch to each other (RKD, SP)
 
     def __init__(self, teacher: nn.Module, layers: Sequence[str | Sequence[str]] | None = None,
                  weight: float = 1.0, temperature: float = 4.0, alpha: float = 0.0,
@@ -134,7 +137,7 @@ class _FeatureMethod(TeacherMethod):
 
     def prepare(self, model: nn.Module) -> nn.Module:
         super().prepare(model)
-        x = example_for(model, self.example_inputs).to(_device_of(model))
+        x = to_device(example_for(model, self.example_inputs), _device_of(model))
         if not self.pairs:
             defaults = ([], []) if self.layers else self._defaults(model, x)
             self.pairs = pair_layers(self.layers, *defaults)
@@ -170,7 +173,10 @@ class _FeatureMethod(TeacherMethod):
     def loss_terms(self, model, inputs, targets, outputs) -> dict[str, torch.Tensor]:
         t_logits = self.teacher_outputs(inputs)
         terms = self.kd_terms(outputs, t_logits)
-        terms.update(self.feature_loss(*self.features()))
+        s, t = self.features()
+        if self.relational:  # relations between the samples of the whole (global) batch, not of one shard
+            s, t = [gather_batch(f) for f in s], [gather_batch(f) for f in t]
+        terms.update(self.feature_loss(s, t))
         return terms
 
     def close(self) -> None:
@@ -211,6 +217,30 @@ class Hint(_FeatureMethod):
             return [embedding_layer(model, x)], [embedding_layer(self.teacher, x)]
         return [s[len(s) // 2]], [t[len(t) // 2]]
 
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Also freezes the student's parameters the hint cannot reach (the layers above the guided
+        one): stage 1 trains only the lower part, and under DDP every trained parameter gets a gradient."""
+        model = super().prepare(model)
+        x = to_device(example_for(model, self.example_inputs), _device_of(model))
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        was = model.training
+        model.eval()
+        with torch.enable_grad():
+            call(model, head(x, 2))
+            s = [self._s_taps[n] for n, _ in self.pairs]
+            grads = torch.autograd.grad(sum(f.float().sum() for f in s), trainable, allow_unused=True)
+        model.train(was)
+        self._frozen = [p for p, g in zip(trainable, grads) if g is None]
+        for p in self._frozen:
+            p.requires_grad_(False)
+        return model
+
+    def finalize(self, model: nn.Module) -> nn.Module:
+        for p in getattr(self, "_frozen", []):
+            p.requires_grad_(True)
+        self._frozen = []
+        return super().finalize(model)
+
     def loss_terms(self, model, inputs, targets, outputs) -> dict[str, torch.Tensor]:
         self.teacher_outputs(inputs)
         s, t = self.features()
@@ -245,6 +275,7 @@ class RKD(_FeatureMethod):
 
     name = "rkd"
     default_layers = "embedding"
+    relational = True
 
     def __init__(self, teacher, layers=None, distance_weight: float = 25.0, angle_weight: float = 50.0,
                  temperature: float = 4.0, alpha: float = 0.0, example_inputs=None) -> None:
@@ -266,6 +297,7 @@ class SP(_FeatureMethod):
 
     name = "sp"
     default_layers = "embedding"
+    relational = True
 
     def __init__(self, teacher, layers=None, weight: float = 3000.0, temperature: float = 4.0,
                  alpha: float = 0.0, example_inputs=None) -> None:
@@ -284,8 +316,8 @@ class Peers(nn.Module):
             raise NetcompressError(f"Peers: needs at least 2 models, got {len(peers)}")
         self.peers = nn.ModuleList(peers)
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return [_logits(p(x)) for p in self.peers]
+    def forward(self, *args: Any, **kwargs: Any) -> list[torch.Tensor]:
+        return [logits_of(p(*args, **kwargs)) for p in self.peers]
 
 
 class Ensemble(nn.Module):
@@ -297,13 +329,13 @@ class Ensemble(nn.Module):
             raise NetcompressError("Ensemble: needs at least one member")
         self.members = nn.ModuleList(members)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([_logits(m(x)) for m in self.members]).mean(0)
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return torch.stack([logits_of(m(*args, **kwargs)) for m in self.members]).mean(0)
 
 
 def peers_ce(outputs: Sequence[torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
     """Sum of every peer's cross-entropy: the task loss of a `Peers` model."""
-    return sum(F.cross_entropy(o, targets) for o in outputs)
+    return sum(default_loss(o, targets) for o in outputs)
 
 
 class DML(Method):
@@ -334,7 +366,7 @@ class DML(Method):
 
 def zero_task_loss(outputs: Any, targets: torch.Tensor) -> torch.Tensor:
     """A task loss of 0 (no gradient): FitNet stage 1 trains only through the hint term."""
-    return _logits(outputs).new_zeros(())
+    return logits_of(outputs).new_zeros(())
 
 
 from netcompress.distill.protocols import DISTILLERS  # noqa: E402  (the registry of whole protocols)

@@ -15,6 +15,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from netcompress.core.batch import call, head, logits_of, to_device
 from netcompress.core.config import Config
 from netcompress.core.errors import NetcompressError
 from netcompress.core.registry import Registry
@@ -35,7 +36,7 @@ class ModelRef(Config):
 
 
 _WEIGHT_KEYS = {"kd": set(), "fitnet": {"hint"}, "at": {"at"}, "rkd": {"distance", "angle"}, "sp": {"sp"},
-                "dml": {"kl"}, "born-again": set(), "takd": set()}
+                "dml": {"kl"}, "born-again": set(), "takd": set(), "hidden": {"hidden", "attention"}}
 
 
 class DistillConfig(Config):
@@ -317,19 +318,30 @@ DISTILLERS.register("born-again", _run_born_again, help="Furlanello et al. 2018:
 DISTILLERS.register("takd", _run_takd, help="Mirzadeh et al. 2020: teacher -> assistant -> student")
 
 
+def _run_hidden(teacher, student, data, cfg: DistillConfig, fit_fn: FitFn) -> DistillResult:
+    """TinyBERT / MiniLM-style: per-token KD + hidden states through projections + attention relations."""
+    from netcompress.distill.transformer import _run_hidden as run
+
+    return run(teacher, student, data, cfg, fit_fn)
+
+
+DISTILLERS.register("hidden", _run_hidden, help="Jiao et al. 2020 / Wang et al. 2021: transformer KD of logits, "
+                    "hidden states (layer map + projections) and attention relations")
+
+
 @torch.no_grad()
 def _check_runs(model: nn.Module, data, who: str) -> None:
     """Fail early, with a clear message, when `model` cannot classify `data`'s inputs."""
     was = model.training
     model.eval()
     try:
-        out = model(data.example[:2].to(next((p.device for p in model.parameters()), torch.device("cpu"))))
+        out = call(model, to_device(head(data.example, 2), next((p.device for p in model.parameters()), torch.device("cpu"))))
     except RuntimeError as e:
         raise NetcompressError(f"distill: the {who} cannot run on {tuple(data.input_shape)} inputs: "
                                f"{str(e).splitlines()[0]}") from None
     finally:
         model.train(was)
-    logits = out if isinstance(out, torch.Tensor) else out[-1]
+    logits = logits_of(out)
     if logits.shape[-1] != data.num_classes:
         raise NetcompressError(f"distill: the {who} has {logits.shape[-1]} outputs but the data has "
                                f"{data.num_classes} classes")

@@ -18,7 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from netcompress.core.batch import Batch, call, head, repeat_to, to_device
 from netcompress.core.errors import NetcompressError
+from netcompress.models.io import save
+from netcompress.train.loop import evaluate
 
 
 @dataclass
@@ -73,24 +76,24 @@ def _with_mode(model: nn.Module):
 
 
 @torch.no_grad()
-def count_macs(model: nn.Module, example_inputs: torch.Tensor) -> int:
-    """Multiply-accumulates of one forward pass of one sample (batch 1)."""
+def count_macs(model: nn.Module, example_inputs: Batch) -> int:
+    """Multiply-accumulates of one forward pass of one sample (batch 1); inputs as in `core.batch`."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    x = example_inputs[:1]
+    x = head(example_inputs, 1)
     counter = FlopCounterMode(display=False)
     with _with_mode(model), counter:
-        model(x)
+        call(model, x)
     return int(counter.get_total_flops() // 2)
 
 
 @torch.no_grad()
-def macs_by_module(model: nn.Module, example_inputs: torch.Tensor) -> dict[str, int]:
+def macs_by_module(model: nn.Module, example_inputs: Batch) -> dict[str, int]:
     """MACs per leaf module with weights (qualified name -> MACs at batch 1)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     out: dict[str, int] = {}
-    x = example_inputs[:1]
+    x = head(example_inputs, 1)
     handles = []
     for name, mod in model.named_modules():
         if len(list(mod.children())) == 0 and any(True for _ in mod.parameters(recurse=False)):
@@ -106,14 +109,14 @@ def macs_by_module(model: nn.Module, example_inputs: torch.Tensor) -> dict[str, 
             handles += [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)]
     try:
         with _with_mode(model):
-            model(x)
+            call(model, x)
     finally:
         for h in handles:
             h.remove()
     return out
 
 
-def latency_ms(model: nn.Module, example_inputs: torch.Tensor, batch_size: int = 1, threads: int = 1,
+def latency_ms(model: nn.Module, example_inputs: Batch, batch_size: int = 1, threads: int = 1,
                min_run_time: float = 0.2) -> float:
     """Median CPU latency in milliseconds of one forward pass at `batch_size`."""
     import logging
@@ -122,10 +125,9 @@ def latency_ms(model: nn.Module, example_inputs: torch.Tensor, batch_size: int =
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from torch.utils import benchmark
 
-    x = example_inputs[:1].cpu()
-    x = x.expand(batch_size, *x.shape[1:]).contiguous()
+    x = repeat_to(to_device(example_inputs, "cpu"), batch_size)
     with _with_mode(model), torch.inference_mode():
-        t = benchmark.Timer(stmt="model(x)", globals={"model": model, "x": x}, num_threads=threads)
+        t = benchmark.Timer(stmt="call(model, x)", globals={"model": model, "x": x, "call": call}, num_threads=threads)
         return t.blocked_autorange(min_run_time=min_run_time).median * 1e3
 
 
@@ -136,7 +138,7 @@ def file_bytes(path: str | os.PathLike) -> int:
 def measure(
     model: nn.Module,
     data=None,
-    example_inputs: torch.Tensor | None = None,
+    example_inputs: Batch | None = None,
     file: str | os.PathLike | None = None,
     latency: bool = True,
     threads: int = 1,
@@ -151,16 +153,29 @@ def measure(
         >>> m.params
         50610
     """
-    from netcompress.models.io import save
-    from netcompress.train.loop import evaluate
-
+    if not isinstance(threads, int) or threads < 1:
+        raise NetcompressError(f"measure: threads must be an integer >= 1, got {threads!r}")
     if example_inputs is None and data is not None:
         example_inputs = data.example
-    model = model.cpu()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    model.cpu()  # CPU figures; the caller's model goes back to its device afterwards
+    try:
+        return _measure_cpu(model, data, example_inputs, file, latency, threads, min_run_time)
+    finally:
+        if device.type != "cpu":
+            model.to(device)
+
+
+def _measure_cpu(model: nn.Module, data, example_inputs, file, latency: bool, threads: int,
+                 min_run_time: float) -> Metrics:
     total, nonzero = count_params(model)
     m = Metrics(params=total, nonzero_params=nonzero, threads=threads)
     if data is not None:
         m.accuracy = evaluate(model, data, device="cpu")
+        if getattr(data, "task", None) == "lm":  # language model: accuracy is per token
+            from netcompress.train.lm import evaluate_lm
+
+            m.extra.update(evaluate_lm(model, data, device="cpu"))
     if example_inputs is not None:
         m.macs = count_macs(model, example_inputs)
         if latency:

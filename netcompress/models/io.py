@@ -9,6 +9,12 @@ of two Linears, an added exit head), and finally loads the tensors with `strict=
 
 Nothing is unpickled: `torch.load(..., weights_only=True)` reads the file, and only allow-listed
 module types can be constructed from it.
+
+Every parameter and buffer is stored once, non-persistent buffers included (a rotary embedding's
+`inv_freq`, position ids), so the reloaded model computes exactly what the saved one did; a tensor
+shared by several modules (an LM head tied to the embedding) is stored under its first name and the
+description's `tied` table ({alias: source}) makes the reloaded model share it again. Files written
+before these two rules (every state-dict key, no `tied`) load as before.
 """
 from __future__ import annotations
 
@@ -106,6 +112,21 @@ def _describe_module(m: nn.Module) -> dict[str, Any]:
     return entry
 
 
+def model_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Every parameter and buffer of `model` once (non-persistent buffers included), and the
+    {alias: source name} table of tensors shared between modules (tied weights)."""
+    first: dict[int, str] = {}
+    tensors: dict[str, torch.Tensor] = {}
+    tied: dict[str, str] = {}
+    for name, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
+        if id(t) in first:
+            tied[name] = first[id(t)]
+        else:
+            first[id(t)] = name
+            tensors[name] = t.detach()
+    return tensors, tied
+
+
 def describe(model: nn.Module) -> dict[str, Any]:
     """The JSON-able architecture description of `model` (see module docstring)."""
     spec = getattr(model, "netcompress_spec", None)
@@ -114,8 +135,12 @@ def describe(model: nn.Module) -> dict[str, Any]:
             f"cannot describe a {type(model).__name__} that was not built by netcompress.models.create; "
             "build it with create('python:your.module:factory') so it can be rebuilt without pickling"
         )
-    return {"format": FORMAT, "version": VERSION, "spec": spec,
+    arch = {"format": FORMAT, "version": VERSION, "spec": spec,
             "modules": {name: _describe_module(m) for name, m in model.named_modules()}}
+    tied = model_tensors(model)[1]
+    if tied:
+        arch["tied"] = tied
+    return arch
 
 
 def _get(model: nn.Module, name: str) -> nn.Module | None:
@@ -183,26 +208,136 @@ def build(arch: dict[str, Any], trust_python: bool = False) -> nn.Module:
     return model
 
 
-def load_state_exact(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load tensors whose shapes may differ from the freshly built placeholders (strict keys)."""
+def check_against(model: nn.Module, declared: dict[str, tuple[tuple[int, ...], torch.dtype | None]],
+                  tied: dict[str, str] | None = None) -> list[str]:
+    """Compare a model built on the meta device with the tensors a file declares (name -> shape,
+    dtype; `tied` aliases share their source's entry). Returns the non-persistent buffers the file
+    does not hold (older files); anything else missing, unexpected or of another shape is an error.
+
+    Run before any weight is allocated, so an architecture table declaring layers larger than the
+    file's tensors costs no memory."""
+    tied = dict(tied or {})
     own = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers(remove_duplicate=False))
-    missing = sorted(set(own) - set(state))
-    extra = sorted(set(state) - set(own))
+    full = dict(declared)
+    for alias, src in tied.items():
+        if src in declared:
+            full[alias] = declared[src]
+    required = set(model.state_dict(keep_vars=True))
+    missing = sorted((required - set(full)))
+    extra = sorted(set(full) - set(own))
     if missing or extra:
         raise NetcompressError(f"weights do not match the architecture: missing {missing[:5]}, unexpected {extra[:5]}")
+    for k, t in own.items():
+        if k not in full:
+            continue
+        shape, dtype = full[k]
+        placeholder = t.dim() == 1 and t.numel() == 0  # a tensor the table adds to a module: any shape
+        if not placeholder and (tuple(t.shape) != tuple(shape) or (dtype is not None and t.dtype != dtype)):
+            raise NetcompressError(f"tensor {k!r} has shape {tuple(shape)} {dtype}, "
+                                   f"the architecture expects {tuple(t.shape)} {t.dtype}")
+    return sorted(set(own) - set(full))
+
+
+def build_checked(arch: dict[str, Any], state: dict[str, torch.Tensor], trust_python: bool = False) -> nn.Module:
+    """`build` on the meta device, `check_against` the file's tensors, then materialise and load.
+
+    Only when a file of an older version lacks non-persistent buffers (whose values the rebuilt
+    model computes) is the model built for real, and only if those buffers are not larger than the
+    tensors the file holds."""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise NetcompressError("the state holds something other than tensors")
+    tied = arch.get("tied") if isinstance(arch, dict) else None
+    try:
+        with torch.device("meta"):
+            model = build(arch, trust_python=trust_python)
+    except NetcompressError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError, NotImplementedError) as e:
+        raise NetcompressError(f"architecture cannot be rebuilt ({type(e).__name__}: {e})") from None
+    _undeclared_shapes_from_file(model, arch, state)
+    computed = check_against(model, {k: (tuple(v.shape), v.dtype) for k, v in state.items()}, tied)
+    model = materialize(model, arch, computed, state, trust_python)
+    load_state_exact(model, state, tied)
+    return model
+
+
+def _undeclared_shapes_from_file(meta_model: nn.Module, arch: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
+    """Tensors whose size the architecture table does not declare take the file's shape.
+
+    A registered module type (Linear, Conv2d, ...) declares its sizes in the table's ``args``, and
+    those must match the file exactly (`check_against`). The tensors of an opaque module (a class
+    token, an embedding, anything a constructor made) are not declared: a pruned model's file holds
+    them at their new width, and the meta model takes that shape (still on the meta device; what is
+    allocated later is exactly the file's tensors)."""
+    table = arch.get("modules", {}) if isinstance(arch, dict) else {}
+    for k, v in state.items():
+        mod_name, _, leaf = k.rpartition(".")
+        entry = table.get(mod_name)
+        if not isinstance(entry, dict) or "args" in entry:
+            continue
+        mod = _get(meta_model, mod_name)
+        if mod is None:
+            continue
+        if leaf in mod._parameters and mod._parameters[leaf] is not None:
+            cur = mod._parameters[leaf]
+            if tuple(cur.shape) != tuple(v.shape) and cur.dim() == v.dim() and cur.dtype == v.dtype:
+                mod._parameters[leaf] = nn.Parameter(torch.empty(v.shape, dtype=v.dtype, device="meta"),
+                                                     requires_grad=cur.requires_grad)
+        elif leaf in mod._buffers and mod._buffers[leaf] is not None:
+            cur = mod._buffers[leaf]
+            if tuple(cur.shape) != tuple(v.shape) and cur.dim() == v.dim() and cur.dtype == v.dtype:
+                mod._buffers[leaf] = torch.empty(v.shape, dtype=v.dtype, device="meta")
+
+
+def materialize(meta_model: nn.Module, arch: dict[str, Any], computed: list[str], state: dict[str, torch.Tensor],
+                trust_python: bool = False) -> nn.Module:
+    """The checked meta model on the CPU, ready for `load_state_exact`. When the file lacks
+    non-persistent buffers (`computed`, older files) the model is built for real so they get their
+    computed values, and only if they are not larger than the tensors the file holds."""
+    if not computed:
+        return meta_model.to_empty(device="cpu")
+    own = dict(meta_model.named_buffers(remove_duplicate=False))
+    if sum(own[k].numel() for k in computed) > max(1 << 20, sum(v.numel() for v in state.values())):
+        raise NetcompressError(f"buffers {computed[:3]} are not stored and larger than the file's tensors")
+    return build(arch, trust_python=trust_python)
+
+
+def load_state_exact(model: nn.Module, state: dict[str, torch.Tensor], tied: dict[str, str] | None = None) -> None:
+    """Load tensors whose shapes may differ from the freshly built placeholders (strict keys), then
+    share the `tied` ones ({alias: source}) again. Non-persistent buffers missing from `state`
+    (files of older versions) keep the values the rebuilt model computed."""
+    tied = dict(tied or {})
+    own = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers(remove_duplicate=False))
+    required = set(model.state_dict(keep_vars=True)) - set(tied)
+    missing = sorted(required - set(state))
+    extra = sorted(set(state) - (set(own) - set(tied)))
+    bad_tie = sorted(a for a, src in tied.items() if a not in own or src not in state)
+    if missing or extra or bad_tie:
+        raise NetcompressError(f"weights do not match the architecture: missing {missing[:5]}, unexpected {extra[:5]}"
+                               + (f", bad tied entries {bad_tie[:5]}" if bad_tie else ""))
+    new: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for k, t in state.items():
             mod_name, _, leaf = k.rpartition(".")
             mod = _get(model, mod_name)
             if leaf in mod._parameters:
-                mod._parameters[leaf] = nn.Parameter(t.clone(), requires_grad=mod._parameters[leaf].requires_grad)
+                new[k] = mod._parameters[leaf] = nn.Parameter(t.clone(), requires_grad=mod._parameters[leaf].requires_grad)
             else:
-                mod._buffers[leaf] = t.clone()
+                new[k] = mod._buffers[leaf] = t.clone()
+        for alias, src in tied.items():
+            mod_name, _, leaf = alias.rpartition(".")
+            mod = _get(model, mod_name)
+            if leaf in mod._parameters:
+                mod._parameters[leaf] = new[src]
+            else:
+                mod._buffers[leaf] = new[src]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> None:
     """Write through a temporary file in the same folder and rename: never a half file."""
     path = Path(path)
+    if path.is_dir():
+        raise NetcompressError(f"cannot write {path}: it is an existing directory; give a file name")
     if path.parent and not path.parent.exists():
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -232,7 +367,7 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
         >>> m = create("lenet300"); save(m, "/tmp/m.pt"); load("/tmp/m.pt")  # doctest: +SKIP
     """
     arch = describe(model)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict(keep_vars=True).items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in model_tensors(model)[0].items()}
     atomic_write(path, lambda f: torch.save({"format": FORMAT, "version": VERSION, "arch": json.dumps(arch), "state": state}, f))
     return Path(path)
 
@@ -250,6 +385,14 @@ def load(path: str | os.PathLike, trust_python: bool = False) -> nn.Module:
         raise NetcompressError(f"{p}: not a netcompress model file")
     if blob.get("version", 0) > VERSION:
         raise NetcompressError(f"{p}: format version {blob['version']} is newer than this netcompress ({VERSION})")
-    model = build(json.loads(blob["arch"]), trust_python=trust_python)
-    load_state_exact(model, blob["state"])
+    try:
+        arch, state = json.loads(blob["arch"]), blob["state"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise NetcompressError(f"{p}: not a netcompress model file ({type(e).__name__})") from None
+    if not isinstance(state, dict):
+        raise NetcompressError(f"{p}: not a netcompress model file (no state)")
+    try:
+        model = build_checked(arch, state, trust_python=trust_python)
+    except NetcompressError as e:
+        raise NetcompressError(f"{p}: {e}") from None
     return model.eval()

@@ -8,6 +8,7 @@ pruning can shrink any layer and the model still runs.
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any, Callable
 
 import torch
@@ -15,6 +16,7 @@ from torch import nn
 
 from netcompress.core.errors import NetcompressError
 from netcompress.core.registry import Registry
+from netcompress.models.transformers import GPT, ViT
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
@@ -167,18 +169,25 @@ def _reg(name: str, fn: Callable[..., nn.Module], help: str) -> None:
 
 
 for _base, _cls, _help in [
-    ("lenet300", LeNet300, "LeNet-300-100, 266K params"),
-    ("lenet5", LeNet5, "LeNet-5 (Caffe variant), 431K params"),
+    ("lenet300", LeNet300, "LeNet-300-100"),
+    ("lenet5", LeNet5, "LeNet-5 (Caffe variant)"),
     ("vgg-small", VGGSmall, "6-conv VGG with BatchNorm"),
     ("mobilenet-small", MobileNetSmall, "MobileNet-v1-style, depthwise separable"),
 ]:
     _reg(_base, _cls, _help)
     _reg(f"{_base}-half", (lambda c: lambda **kw: c(**{"width": 0.5, **kw}))(_cls), f"{_help}, half width")
     _reg(f"{_base}-quarter", (lambda c: lambda **kw: c(**{"width": 0.25, **kw}))(_cls), f"{_help}, quarter width")
-_reg("resnet20", lambda **kw: CifarResNet(20, **kw), "CIFAR ResNet-20, 0.27M params")
-_reg("resnet56", lambda **kw: CifarResNet(56, **kw), "CIFAR ResNet-56, 0.85M params")
+_reg("resnet20", lambda **kw: CifarResNet(20, **kw), "CIFAR ResNet-20")
+_reg("resnet56", lambda **kw: CifarResNet(56, **kw), "CIFAR ResNet-56")
 _reg("resnet8", lambda **kw: CifarResNet(8, **kw), "CIFAR ResNet-8 (a small student)")
-
+_reg("vit-tiny", ViT,
+     "Vision Transformer, patch 7, dim 64, 4 blocks x 4 heads, class token (~0.1M params)")
+_reg("vit-tiny-half", lambda **kw: ViT(**{"dim": 32, "depth": 2, "num_heads": 2, **kw}),
+     "vit-tiny at half width and half depth (a student)")
+_reg("gpt-tiny", GPT,
+     "LLaMA-style decoder: RMSNorm, rotary, SwiGLU, optional GQA (n_kv_heads) and tied head; dim 128, 4 blocks (~0.9M params)")
+_reg("gpt-tiny-half", lambda **kw: GPT(**{"dim": 64, "depth": 2, "n_heads": 2, **kw}),
+     "gpt-tiny at half width and half depth (a student)")
 
 # entries that wrap another model (rebuilt from a saved spec), not buildable from a name alone
 COMPOSITE = {"early-exit"}
@@ -208,17 +217,41 @@ def _python_factory(ref: str, **kwargs: Any) -> nn.Module:
         fn = getattr(importlib.import_module(mod_name), fn_name)
     except (ValueError, ImportError, AttributeError) as e:
         raise NetcompressError(f"python:{ref}: cannot import factory ({e}); use python:package.module:function") from None
-    return fn(**kwargs)
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        sig = None
+    if sig is not None and not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        # shape arguments filled in from the data are offered, not imposed: drop those it does not take
+        kwargs = {k: v for k, v in kwargs.items() if k in sig.parameters or k not in _SHAPE_KEYS}
+        try:
+            sig.bind(**kwargs)
+        except TypeError as e:
+            raise NetcompressError(f"python:{ref}: the factory cannot be called with {sorted(kwargs)} ({e})") from None
+    model = fn(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise NetcompressError(f"python:{ref}: the factory returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+_SHAPE_KEYS = ("num_classes", "in_channels", "input_size")
 
 
 def _is_file_ref(name: str) -> bool:
     """Whether `name` names a saved model file rather than an architecture."""
-    return name.endswith((".pt", ".ncm", ".ncz")) or "/" in name and not name.startswith(("python:", "torchvision:"))
+    if name.startswith(("python:", "torchvision:", "timm:", "hf:")):
+        return False
+    return name.endswith((".pt", ".ncm", ".ncz")) or "/" in name
 
 
-def create_for(name: str, data: Any, **kwargs: Any) -> nn.Module:
+FILE_LOADERS: dict[str, Callable[[str], nn.Module]] = {}
+"""Model file formats of the layers above, by file suffix (``.ncz``: `netcompress.archive` adds
+its `unpack` when imported), so `create` reads them without this package importing theirs."""
+
+
+def create_for(name: str, data: Any, *, seed: int | None = None, **kwargs: Any) -> nn.Module:
     """`create(name)` shaped for a dataset: num_classes, in_channels and input_size default to the
-    data's; explicit `kwargs` win. A saved file is loaded as it is.
+    data's; explicit `kwargs` win. A saved file is loaded as it is. `seed`: see `create`.
 
     Example:
         >>> import netcompress as nc
@@ -230,11 +263,16 @@ def create_for(name: str, data: Any, **kwargs: Any) -> nn.Module:
     kwargs.setdefault("num_classes", data.num_classes)
     kwargs.setdefault("in_channels", data.input_shape[0])
     kwargs.setdefault("input_size", data.input_shape[-1])
-    return create(name, **kwargs)
+    return create(name, seed=seed, **kwargs)
 
 
-def create(name: str, num_classes: int = 10, in_channels: int | None = None, input_size: int | None = None, **kwargs: Any) -> nn.Module:
-    """Build a model by name: a zoo name, ``torchvision:NAME``, ``python:module:factory`` or a saved file.
+def create(name: str, num_classes: int = 10, in_channels: int | None = None, input_size: int | None = None,
+           *, seed: int | None = None, **kwargs: Any) -> nn.Module:
+    """Build a model by name: a zoo name, ``torchvision:NAME``, ``timm:NAME``, ``hf:NAME_OR_CONFIG``
+    (see `netcompress.models.sources`), ``python:module:factory`` or a saved file.
+
+    With `seed`, the initial weights are a function of the seed alone (torch's global RNG is used
+    under that seed and restored afterwards); without it they come from the global RNG.
 
     Example:
         >>> m = create("lenet5", num_classes=10)
@@ -243,17 +281,25 @@ def create(name: str, num_classes: int = 10, in_channels: int | None = None, inp
     """
     from netcompress.models import io
 
-    if _is_file_ref(name) and not name.endswith(".ncz"):
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return create(name, num_classes, in_channels, input_size, **kwargs)
+    if name in COMPOSITE and "backbone" not in kwargs:
+        raise NetcompressError(f"model {name!r} wraps another model and cannot be built from its name; "
+                               "it is made by a stage (e.g. `netcompress dynamic`); pass its saved file instead")
+    loader = next((fn for suffix, fn in FILE_LOADERS.items() if name.endswith(suffix)), None)
+    if loader is not None:
+        return loader(name)
+    if _is_file_ref(name):
         return io.load(name)
-    if name.endswith(".ncz"):
-        from netcompress.archive import unpack
-
-        return unpack(name)
     kw = dict(kwargs, num_classes=num_classes)
     if in_channels is not None:
         kw["in_channels"] = in_channels
     if input_size is not None:
         kw["input_size"] = input_size
+    if name.startswith(("timm:", "hf:")):
+        return _named_source(name, kw)
     if name.startswith("torchvision:"):
         model = _torchvision_model(name.split(":", 1)[1], **dict(kw))
     elif name.startswith("python:"):
@@ -261,6 +307,24 @@ def create(name: str, num_classes: int = 10, in_channels: int | None = None, inp
     else:
         model = MODELS.get(name)(**kw)
     model.netcompress_spec = {"name": name, "kwargs": kw}
+    return model
+
+
+def _named_source(name: str, kw: dict[str, Any]) -> nn.Module:
+    """``timm:`` / ``hf:`` models; the spec names the source and every setting, never code."""
+    from netcompress.models import sources
+
+    prefix, _, rest = name.partition(":")
+    ref, query = sources.parse_ref(rest)
+    if not ref:
+        raise NetcompressError(f"{name!r}: name the model after '{prefix}:'")
+    kw = {**kw, **query}
+    if prefix == "timm":
+        model, spec_kw = sources.build_timm(ref, kw)
+        model.netcompress_spec = {"name": f"timm:{ref}", "kwargs": spec_kw}
+    else:
+        model, spec_kw, model_type = sources.build_hf(ref, kw)
+        model.netcompress_spec = {"name": f"hf:{model_type}", "kwargs": spec_kw}
     return model
 
 

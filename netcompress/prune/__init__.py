@@ -7,14 +7,17 @@ Example:
     >>> prune.weights_(model, "l1", 0.9)                                            # doctest: +SKIP
 """
 from netcompress.core.graph import ChannelGraph
+from netcompress.core.graph_layers import LayerContext, register_layer, unregister_layer
 from netcompress.prune.importance import CRITERIA
+from netcompress.prune.llm import magnitude_, prune_ as sparsify_, sparsegpt_, wanda_
 from netcompress.prune.schedule import SlimmingMethod, iterative_channels, iterative_weights_, step_sparsities
 from netcompress.prune.structured import PrunePlan, channels, per_layer, plan
 from netcompress.prune.unstructured import (AGPMethod, MaskMethod, agp_sparsity, finalize_, masks_of, sparsity_of,
                                             weights_)
 from netcompress.prune.variational import SparseVDConfig, SparseVDMethod, kl_approx, variational_dropout_
 
-__all__ = ["CRITERIA", "ChannelGraph", "channels", "plan", "PrunePlan", "per_layer", "weights_", "finalize_",
+__all__ = ["CRITERIA", "ChannelGraph", "register_layer", "unregister_layer", "LayerContext", "channels", "plan", "PrunePlan", "per_layer", "weights_", "finalize_",
            "masks_of", "sparsity_of", "MaskMethod", "AGPMethod", "agp_sparsity", "SlimmingMethod",
            "iterative_weights_", "iterative_channels", "step_sparsities",
-           "variational_dropout_", "SparseVDConfig", "SparseVDMethod", "kl_approx"]
+           "variational_dropout_", "SparseVDConfig", "SparseVDMethod", "kl_approx",
+           "sparsify_", "magnitude_", "wanda_", "sparsegpt_"]

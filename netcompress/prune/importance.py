@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from netcompress.core.errors import NetcompressError
-from netcompress.core.graph import ChannelGraph, Group, Member
+from netcompress.core.graph import ChannelGraph, Group, Member, is_conv1d_t, member_slices
 from netcompress.core.registry import Registry
 
 
@@ -68,15 +68,17 @@ def _members(g: ChannelGraph, group: Group, kinds: tuple[str, ...]) -> list[Memb
 
 
 def _param(model: nn.Module, mem: Member, name: str = "weight") -> torch.Tensor | None:
-    if mem.kind == "param":
-        mod, _, p = mem.module.rpartition(".")
-        return getattr(model.get_submodule(mod), p).detach().movedim(mem.dim, 0).cpu()
-    t = getattr(model.get_submodule(mem.module), name, None)
-    return t.detach().cpu() if isinstance(t, torch.Tensor) else None
+    """The member's `name` tensor (its only tensor for kind 'param') with the pruned dim first."""
+    for mod_name, pname, dim, _ in member_slices(model, mem):
+        if mem.kind == "param" or pname == name:
+            t = getattr(model.get_submodule(mod_name), pname, None)
+            if isinstance(t, torch.Tensor) and t.dim() > dim:
+                return t.detach().movedim(dim, 0).cpu()
+    return None
 
 
 def _per_class(ctx: ScoreContext, group: Group, rowscore: Callable[[torch.Tensor], torch.Tensor],
-               kinds: tuple[str, ...] = ("out", "dw")) -> torch.Tensor:
+               kinds: tuple[str, ...] = ("out", "dw", "emb")) -> torch.Tensor:
     """Sum over the group's filter tensors of `rowscore(rows)` at the positions of each channel.
     Groups without filters (only norms / parameters) score their norm / parameter rows."""
     mems = _members(ctx.graph, group, kinds) or _members(ctx.graph, group, ("norm", "param"))
@@ -144,7 +146,7 @@ def apoz(ctx: ScoreContext) -> list[torch.Tensor]:
     counts: dict[str, int] = {}
 
     def hook(name: str, mod: nn.Module):
-        dim = -1 if isinstance(mod, (nn.Linear, nn.LayerNorm)) else 1
+        dim = -1 if isinstance(mod, (nn.Linear, nn.LayerNorm, nn.Embedding, nn.RMSNorm)) or is_conv1d_t(mod) else 1
 
         def fn(_m, _i, out):
             pos = (out > 0).float().movedim(dim, -1).reshape(-1, out.shape[dim]).sum(0).cpu()
@@ -202,12 +204,12 @@ def taylor(ctx: ScoreContext) -> list[torch.Tensor]:
     scores = []
     for gr in ctx.graph.groups:
         total = torch.zeros(len(gr.classes))
-        for mem in _members(ctx.graph, gr, ("out", "dw", "norm", "param")):
-            names = [mem.module] if mem.kind == "param" else [f"{mem.module}.weight", f"{mem.module}.bias"]
-            for pn in names:
-                if pn not in acc:
+        for mem in _members(ctx.graph, gr, ("out", "dw", "emb", "norm", "param")):
+            for mod_name, pname, dim, _ in member_slices(ctx.model, mem):
+                pn = f"{mod_name}.{pname}" if mod_name else pname
+                if pn not in acc or acc[pn].dim() <= dim:
                     continue
-                t = (acc[pn].movedim(mem.dim, 0) if mem.kind == "param" else acc[pn]).cpu()
+                t = acc[pn].movedim(dim, 0).cpu()
                 rows = t.reshape(t.shape[0], -1).sum(1)
                 total += _scatter(ctx.graph.class_index(mem, gr.classes), rows, len(gr.classes))
         scores.append(total)

@@ -177,3 +177,6 @@ def register(stages) -> None:
 
     help = "Sparse Variational Dropout (Molchanov et al. 2017): learn log alpha per weight, drop log alpha > 3"
     stages.register("sparse-vd", StageKind(SparseVDConfig, run_sparse_vd, help))
+    from netcompress.prune import llm_stages
+
+    llm_stages.register(stages)

@@ -49,8 +49,9 @@ def _validate(criterion: str, ratio: float, scope: str, example_inputs: Any) -> 
         raise NetcompressError(f"ratio must be in [0, 1), got {ratio!r}")
     if scope not in ("layer", "global"):
         raise NetcompressError(f"scope must be 'layer' or 'global', got {scope!r}")
-    if not isinstance(example_inputs, torch.Tensor):
-        raise NetcompressError("example_inputs must be a tensor batch of real inputs (e.g. data.example)")
+    from netcompress.core.graph_trace import first_sample
+
+    first_sample(example_inputs, None)  # a tensor, a tuple of tensors or a dict of named tensors
 
 
 def select(scores: list[torch.Tensor], graph: ChannelGraph, ratio: float, scope: str = "layer",
@@ -85,41 +86,50 @@ def select(scores: list[torch.Tensor], graph: ChannelGraph, ratio: float, scope:
     return removed
 
 
-def _analyse(model: nn.Module, criterion: str, ratio: float, example_inputs: torch.Tensor, data: Any,
-             scope: str, ignore: Iterable[str], seed: int, calibration: int):
+def _analyse(model: nn.Module, criterion: str, ratio: float, example_inputs: Any, data: Any,
+             scope: str, ignore: Iterable[str], seed: int, calibration: int, attention: str = "heads",
+             width: bool = True):
     _validate(criterion, ratio, scope, example_inputs)
     batches = calibration_batches(data, calibration)
     if criterion in NEEDS_DATA and not batches:
         raise NetcompressError(f"criterion {criterion!r} needs calibration data: pass data=")
-    graph = ChannelGraph.build(model, example_inputs, ignore)
+    graph = ChannelGraph.build(model, example_inputs, ignore, attention=attention, width=width)
     scores = CRITERIA.get(criterion)(ScoreContext(model, graph, batches, seed))
     return graph, select(scores, graph, ratio, scope)
 
 
-def channels(model: nn.Module, criterion: str = "l1", ratio: float = 0.5, *, example_inputs: torch.Tensor,
+def channels(model: nn.Module, criterion: str = "l1", ratio: float = 0.5, *, example_inputs: Any,
              data: Any = None, scope: Literal["layer", "global"] = "layer", ignore: Iterable[str] = (),
-             seed: int = 0, calibration: int = 256) -> nn.Module:
+             seed: int = 0, calibration: int = 256, attention: Literal["heads", "head_dim", "none"] = "heads",
+             width: bool = True) -> nn.Module:
     """Remove the least important `ratio` of channels; returns a new, smaller model.
 
     Coupled channels (conv outputs, their BatchNorm, every consumer's inputs, residual partners,
     concatenation slices, depthwise groups, flatten blocks, channel shuffles) are removed together.
+    Attention is pruned by whole heads (q, k, v and output-projection slices together; a key/value
+    group with its query heads under grouped-query attention), MLP hidden widths and the embedding
+    width of transformers through every block, norm, positional embedding and tied head.
     The model's outputs and inputs keep their size. The result is made of the original module
     classes and runs without netcompress. Filter pruning after Li et al. 2017; other criteria:
     see `netcompress.prune.importance`.
 
     Args:
-        model: a torch.fx-traceable model (unchanged by this call).
+        model: any model (traced with torch.fx, or recorded eagerly when fx cannot); unchanged.
         criterion: a name in `CRITERIA` (l1, l2, fpgm, slimming, apoz, taylor, random).
         ratio: fraction of each group's channels to remove, in [0, 1).
-        example_inputs: a real input batch (the first sample is traced).
+        example_inputs: a real input batch (the first sample is traced): a tensor, a tuple of
+            tensors or a dict of named tensors (e.g. {'input_ids': ...}).
         data: calibration data for apoz / taylor (a DataBundle or (x, y) batches).
         scope: 'layer' removes `ratio` of every group; 'global' ranks all channels together.
         ignore: module names (prefixes or fnmatch patterns) whose channels stay.
+        attention: 'heads' (whole heads), 'head_dim' (the same dimensions of every head) or 'none'.
+        width: also prune the LayerNorm / RMSNorm-normalised width (a transformer's embedding width).
 
     Example:
         >>> small = channels(model, "l1", 0.5, example_inputs=data.example)  # doctest: +SKIP
     """
-    graph, removed = _analyse(model, criterion, ratio, example_inputs, data, scope, ignore, seed, calibration)
+    graph, removed = _analyse(model, criterion, ratio, example_inputs, data, scope, ignore, seed, calibration,
+                              attention, width)
     new = graph.prune(removed)
     if hasattr(model, "netcompress_spec"):
         new.netcompress_spec = model.netcompress_spec
@@ -139,21 +149,23 @@ def per_layer(before: nn.Module, after: nn.Module) -> dict[str, dict[str, int]]:
     return out
 
 
-def plan(model: nn.Module, criterion: str = "l1", ratio: float = 0.5, *, example_inputs: torch.Tensor,
+def plan(model: nn.Module, criterion: str = "l1", ratio: float = 0.5, *, example_inputs: Any,
          data: Any = None, scope: Literal["layer", "global"] = "layer", ignore: Iterable[str] = (),
-         seed: int = 0, calibration: int = 256) -> PrunePlan:
+         seed: int = 0, calibration: int = 256, attention: Literal["heads", "head_dim", "none"] = "heads",
+         width: bool = True) -> PrunePlan:
     """Dry run of `channels` with the same arguments: the groups, the channels each would lose, and
     parameters / MACs before and after. The model is not changed.
 
     Example:
         >>> print(plan(model, "fpgm", 0.5, example_inputs=data.example))  # doctest: +SKIP
     """
-    from netcompress.measure import count_macs, count_params
+    from netcompress.measure import count_params
 
     ignore, notes = list(ignore), []
     for _ in range(50):  # list what the graph cannot handle, leave it unpruned, and go on
         try:
-            graph, removed = _analyse(model, criterion, ratio, example_inputs, data, scope, ignore, seed, calibration)
+            graph, removed = _analyse(model, criterion, ratio, example_inputs, data, scope, ignore, seed,
+                                      calibration, attention, width)
             break
         except NetcompressError as e:
             mod = getattr(e, "module", None)
@@ -171,6 +183,26 @@ def plan(model: nn.Module, criterion: str = "l1", ratio: float = 0.5, *, example
               and bool((graph.uf.roots(m.labels) == 0).all())]
     if frozen:
         notes.append(f"layers whose outputs stay (model output, literal sizes or ignored): {', '.join(sorted(set(frozen)))}")
-    x = example_inputs[:1]
-    return PrunePlan(groups, removed, count_params(model)[0], count_params(small)[0], count_macs(model, x),
-                     count_macs(small, x), per_layer(model, small), notes)
+    return PrunePlan(groups, removed, count_params(model)[0], count_params(small)[0], _macs(model, example_inputs),
+                     _macs(small, example_inputs), per_layer(model, small), notes)
+
+
+def _macs(model: nn.Module, x: Any) -> int:
+    """MACs at batch 1 for any example input (a tensor, a tuple or a dict of tensors)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from netcompress.core.graph_trace import first_sample
+    from netcompress.measure import count_macs
+
+    if isinstance(x, torch.Tensor):
+        return count_macs(model, x)
+    x = first_sample(x, next((p.device for p in model.parameters()), None))
+    counter = FlopCounterMode(display=False)
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), counter:
+            model(**x) if isinstance(x, dict) else model(*x)
+    finally:
+        model.train(was)
+    return int(counter.get_total_flops() // 2)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from netcompress.core.errors import NetcompressError
+from netcompress.core.layers import is_hf_conv1d
 from netcompress.core.method import Method
 
 FilterFn = Callable[[nn.Module, str], bool]
@@ -21,7 +22,7 @@ MASK = "weight_mask"
 
 def default_filter(module: nn.Module, name: str) -> bool:
     """Conv and Linear layers (the weights Deep Compression prunes)."""
-    return isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
+    return isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) or is_hf_conv1d(module)
 
 
 def _targets(model: nn.Module, sparsity: float | Mapping[str, float], filter_fn: FilterFn | None) -> dict[str, tuple[nn.Module, float]]:

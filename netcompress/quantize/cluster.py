@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from netcompress.core.errors import NetcompressError
+from netcompress.core.layers import is_hf_conv1d
 from netcompress.core.method import Method
 
 Init = Literal["linear", "density", "random", "k-means++", "optimal", "best"]
@@ -205,12 +206,12 @@ def _bits_for(module: nn.Module, name: str, bits: int | Mapping[str, int]) -> in
 
 
 def _default_filter(module: nn.Module, name: str) -> bool:
-    return isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) and getattr(module, "weight", None) is not None
+    return (isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) or is_hf_conv1d(module)) and getattr(module, "weight", None) is not None
 
 
 def cluster_(model: nn.Module, bits: int | Mapping[str, int] = 5, init: Init = "linear",
              filter_fn: FilterFn | None = None, max_iter: int = 1000, seed: int = 0,
-             codebook_dtype: Literal["float32", "float16"] = "float32") -> dict[str, dict[str, Any]]:
+             codebook_dtype: Literal["float32", "float16"] = "float16") -> dict[str, dict[str, Any]]:
     """Share weights by per-layer 1-D k-means, in place (Han et al. 2016, section 3).
 
     Args:
@@ -296,8 +297,8 @@ class CentroidFineTune(Method):
 
     name = "centroid-finetune"
 
-    def __init__(self, reduce: Literal["sum", "mean"] = "sum", filter_fn: FilterFn | None = None,
-                 codebook_dtype: Literal["float32", "float16"] = "float32") -> None:
+    def __init__(self, reduce: Literal["sum", "mean"] = "mean", filter_fn: FilterFn | None = None,
+                 codebook_dtype: Literal["float32", "float16"] = "float16") -> None:
         if reduce not in ("sum", "mean"):
             raise NetcompressError(f"CentroidFineTune: reduce {reduce!r}; valid: sum, mean")
         self.reduce = reduce

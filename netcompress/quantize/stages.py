@@ -4,7 +4,7 @@ BinaryConnect, or real int8 deployment.
     - quantize: {method: kmeans, bits: {Conv2d: 8, Linear: 5}, epochs: 1}
     - quantize: {method: uniform, bits: 4, epochs: 2}        # QAT; epochs 0 = post-training
     - quantize: {method: binary, epochs: 5}
-    - quantize: {method: int8}                                # measured as the int8 model
+    - quantize: {method: int8}                                # measured as the int8 program in ONNX Runtime
 """
 from __future__ import annotations
 
@@ -39,14 +39,16 @@ class QuantizeConfig(Config):
                                                              "chosen (min/max, MSE-optimal clip, percentile)")
     stochastic: bool = Field(False, description="binary: stochastic binarisation")
     calibration_samples: int = Field(256, ge=1, description="int8: activation calibration samples")
-    backend: Literal["x86", "fbgemm", "qnnpack", "onednn"] = Field("x86", description="int8: quantized engine")
+    runtime: Literal["onnxruntime", "executorch"] = Field(
+        "onnxruntime", description="int8: ONNX QDQ run by ONNX Runtime, or PT2E + XNNPACK run by ExecuTorch")
+    threads: int = Field(1, ge=1, description="int8: the runtime's thread count when measured")
 
     @model_validator(mode="after")
     def _check(self) -> "QuantizeConfig":
         allowed = {"kmeans": {"bits", "epochs", "lr", "max_steps", "init", "reduce", "codebook", "biases"},
                    "uniform": {"bits", "epochs", "lr", "max_steps", "per_channel", "symmetric", "observer"},
                    "binary": {"epochs", "lr", "max_steps", "stochastic"},
-                   "int8": {"calibration_samples", "backend"}}[self.method]
+                   "int8": {"calibration_samples", "runtime", "threads"}}[self.method]
         extra = sorted(self.model_fields_set - allowed - {"method"})
         if extra:
             raise ValueError(f"{', '.join(extra)}: not used by method {self.method} (it takes {', '.join(sorted(allowed))})")
@@ -132,13 +134,15 @@ def run_quantize(ctx, model: nn.Module, cfg: QuantizeConfig):
     # int8
     from netcompress.quantize.deploy import int8_layers, int8_params, int8_quantize, save_int8
 
-    backend = cfg.backend
-    q = int8_quantize(model, ctx.data.calibration(cfg.calibration_samples), backend=backend)
+    from netcompress.quantize.deploy import SUFFIX
+
+    q = int8_quantize(model, ctx.data.calibration(cfg.calibration_samples), runtime=cfg.runtime, threads=cfg.threads,
+                      example=ctx.data.example)
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
-    path = save_int8(q, ctx.out_dir / "model.int8.pt", ctx.data.example)
+    path = save_int8(q, ctx.out_dir / f"model.int8{SUFFIX[cfg.runtime]}")
     return StageResult(model, file=path, measure_model=q,
-                       extra={"method": "int8", "backend": backend, "int8_layers": int8_layers(q), "int8_file": str(path),
-                              "int8_params": int8_params(q)})
+                       extra={"method": "int8", "runtime": cfg.runtime, "threads": cfg.threads, "int8_layers": int8_layers(q),
+                              "int8_file": str(path), "int8_params": int8_params(q)})
 
 
 def _refresh_centroids(model: nn.Module, info: dict[str, Any]) -> None:
@@ -153,3 +157,6 @@ def _refresh_centroids(model: nn.Module, info: dict[str, Any]) -> None:
 def register(stages) -> None:
     help = "quantize weights: uniform n-bit (PTQ/QAT), kmeans sharing, binary (BinaryConnect), int8 deployment"
     stages.register("quantize", StageKind(QuantizeConfig, run_quantize, help))
+    from netcompress.quantize import weight_only_stages
+
+    weight_only_stages.register(stages)

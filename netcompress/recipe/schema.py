@@ -1,6 +1,6 @@
 """Recipe schema and loading.
 
-A recipe is data (STYLE.md #2): YAML read with `yaml.SafeLoader` (no tags that build objects),
+A recipe is data: YAML read with `yaml.SafeLoader` (no tags that build objects),
 validated by frozen pydantic models with `extra="forbid"`. Every error names the file, the field
 path and its line: ``recipe.yaml:7: stages[0].prune.ratoi: unknown key``.
 """
@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator
 
 from netcompress.core.config import Config
 from netcompress.core.errors import NetcompressError
@@ -51,6 +51,15 @@ class Recipe(Config):
     stages: list[dict[str, Any]] = Field(default_factory=list)
     variants: list[Variant] = Field(default_factory=list)
     measure: MeasureConfig = Field(default_factory=MeasureConfig)
+    _source: tuple[str, dict] | None = PrivateAttr(None)  # (file, {field path: line}) when read from YAML
+
+    def line_of(self, *path: Any) -> str | None:
+        """'file:line' of a field path such as ('stages', 0, 'prune', 'ignore'), when known."""
+        if self._source is None:
+            return None
+        where, lines = self._source
+        line = _line_for(lines, tuple(path))
+        return f"{where}:{line}" if line else where
 
     @field_validator("model", mode="before")
     @classmethod
@@ -185,4 +194,5 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
     _validate_stage_items(data.get("stages") or [], ("stages",), lines, where)
     for j, v in enumerate(data.get("variants") or []):
         _validate_stage_items(v.get("stages") or [], ("variants", j, "stages"), lines, where)
+    recipe._source = (where, lines)
     return recipe

@@ -49,8 +49,7 @@ def _fresh_model(ctx: StageContext, ref: str | dict[str, Any]) -> nn.Module:
     name, kwargs = (ref, {}) if isinstance(ref, str) else (ref.get("name"), dict(ref.get("kwargs", {})))
     if not isinstance(name, str) or set(ref if isinstance(ref, dict) else {}) - {"name", "kwargs"}:
         raise NetcompressError(f"stage {ctx.name!r}: model must be a name or {{name, kwargs}}, got {ref!r}")
-    torch.manual_seed(ctx.seed)
-    return create_for(name, ctx.data, **kwargs)
+    return create_for(name, ctx.data, seed=ctx.seed, **kwargs)
 
 
 def _run_train(ctx: StageContext, model: nn.Module, cfg: TrainStageConfig) -> StageResult:

@@ -38,8 +38,24 @@ def summary_rows(entries: list[dict[str, Any]], all_stages: bool = False) -> lis
         rows.append({"row": label, "stage": e["stage"], "kind": e.get("kind"), "accuracy": e.get("accuracy"),
                      "params": e.get("params"), "nonzero": e.get("nonzero_params"), "macs": e.get("macs"),
                      "bytes": e.get("bytes"), "ratio": ratio, "b1": e.get("latency_ms_b1"), "b64": e.get("latency_ms_b64"),
-                     "speedup_b1": sp1, "speedup_b64": sp64})
+                     "speedup_b1": sp1, "speedup_b64": sp64,
+                     "perplexity": e.get("extra", {}).get("perplexity"), "bpb": e.get("extra", {}).get("bits_per_byte")})
     return rows
+
+
+LM_COLUMNS = ["perplexity", "bits/byte"]
+
+
+def _columns(rows: list[dict[str, Any]]) -> list[str]:
+    """The table's columns; language-model runs add perplexity and bits per byte."""
+    return COLUMNS + (LM_COLUMNS if any(r.get("perplexity") is not None for r in rows) else [])
+
+
+def _row_cells(r: dict[str, Any], columns: list[str]) -> list[str]:
+    cells = _cells(r)
+    if columns[-len(LM_COLUMNS):] == LM_COLUMNS:
+        cells += ["-" if r.get(k) is None else f"{r[k]:.3f}" for k in ("perplexity", "bpb")]
+    return cells
 
 
 def _cells(r: dict[str, Any]) -> list[str]:
@@ -52,8 +68,9 @@ def _cells(r: dict[str, Any]) -> list[str]:
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
+    cols = _columns(rows)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_row_cells(r, cols)) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -117,8 +134,9 @@ def _img(title: str, png: bytes) -> str:
 
 
 def _html_table(rows: list[dict[str, Any]]) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(r)) + "</tr>" for r in rows)
+    cols = _columns(rows)
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _row_cells(r, cols)) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 

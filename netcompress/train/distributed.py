@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.distributed.nn.functional import all_gather  # differentiable collectives
 
 
 @dataclass(frozen=True)
@@ -49,3 +50,13 @@ def is_main() -> bool:
 def barrier() -> None:
     if dist_info().enabled:
         dist.barrier()
+
+
+def gather_batch(t: torch.Tensor) -> torch.Tensor:
+    """The global batch of a per-rank tensor (concatenated over ranks, differentiable): losses that
+    relate the samples of a batch (RKD, SP) see the same batch as in one process. Each rank then
+    computes the same global loss; the gather's backward sums the ranks' gradients and DDP averages
+    them, which gives the one-process gradient."""
+    if not dist_info().enabled:
+        return t
+    return torch.cat(all_gather(t.contiguous()))

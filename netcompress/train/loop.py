@@ -23,6 +23,7 @@ from pydantic import Field
 from torch import nn
 
 from netcompress.core.config import Config
+from netcompress.core.batch import call, logits_of, to_device
 from netcompress.core.errors import NetcompressError
 from netcompress.core.method import Method
 from netcompress.train.distributed import barrier, dist_info, init_distributed
@@ -59,17 +60,15 @@ class History:
         return self.epochs[-1].get("test_acc") if self.epochs else None
 
 
-def _logits(outputs: Any) -> torch.Tensor:
-    """The prediction of a model output: a tensor, or the last of a list (multi-exit models)."""
-    if isinstance(outputs, torch.Tensor):
-        return outputs
-    if isinstance(outputs, (list, tuple)) and outputs and isinstance(outputs[-1], torch.Tensor):
-        return outputs[-1]
-    raise NetcompressError(f"model returned {type(outputs).__name__}; expected a tensor of logits or a list of them")
+_logits = logits_of  # the old private name, kept for callers outside this module
 
 
 def default_loss(outputs: Any, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(_logits(outputs), targets)
+    """Cross-entropy; per token (mean over every position) for sequence logits (N, T, V)."""
+    logits = logits_of(outputs)
+    if logits.dim() == 3 and targets.dim() == 2:
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+    return F.cross_entropy(logits, targets)
 
 
 def _device(device: str | torch.device | None) -> torch.device:
@@ -90,7 +89,7 @@ def predict(model: nn.Module, loader: Iterable, device: str | torch.device | Non
     outs, ys = [], []
     try:
         for x, y in loader:
-            outs.append(_logits(model(x.to(dev))).float().cpu())
+            outs.append(logits_of(call(model, to_device(x, dev))).float().cpu())
             ys.append(y)
     finally:
         model.train(was_training)
@@ -98,10 +97,22 @@ def predict(model: nn.Module, loader: Iterable, device: str | torch.device | Non
 
 
 def evaluate(model: nn.Module, data, split: str = "test", device: str | torch.device | None = None) -> float:
-    """Top-1 accuracy in [0, 1] of `model` on `data.test` (or any loader / split)."""
+    """Top-1 accuracy in [0, 1] of `model` on `data.test` (or any loader / split); per token for LMs."""
     loader = data if not hasattr(data, "loader") else data.loader(split, shuffle=False)
     logits, y = predict(model, loader, device)
-    return (logits.argmax(1) == y).float().mean().item()
+    return (logits.argmax(-1) == y).float().mean().item()
+
+
+class _WithExtras(nn.Module):
+    """The model plus the methods' extra parameters as one module (what DDP wraps); forward is the model's."""
+
+    def __init__(self, model: nn.Module, extra: list[nn.Parameter]) -> None:
+        super().__init__()
+        self.model = model
+        self.extra = nn.ParameterList(extra)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model(*args, **kwargs)
 
 
 def _lr_at(cfg: TrainConfig, epoch: int, total: int) -> float:
@@ -141,6 +152,20 @@ def _save_checkpoint(path: Path, model, opt, epoch, history, methods, step) -> N
     atomic_write(path, lambda f: torch.save(blob, f))
 
 
+def _read_checkpoint(path: Path, dev: torch.device, n_methods: int) -> dict[str, Any]:
+    """A training checkpoint written by `fit`, checked whole before anything is restored from it."""
+    try:
+        blob = torch.load(path, map_location=dev, weights_only=True)
+    except Exception as e:  # truncated or foreign file: torch raises several types
+        raise NetcompressError(f"checkpoint {path} is unreadable ({type(e).__name__}: "
+                               f"{str(e).splitlines()[0] if str(e) else 'truncated?'}); delete it to train from the start") from None
+    need = {"model", "optimizer", "epoch", "step", "history", "rng", "methods"}
+    if not isinstance(blob, dict) or need - set(blob) or not isinstance(blob.get("methods"), list) \
+            or len(blob["methods"]) != n_methods:
+        raise NetcompressError(f"checkpoint {path} is not a checkpoint of this training; delete it to train from the start")
+    return blob
+
+
 def fit(
     model: nn.Module,
     data,
@@ -176,7 +201,7 @@ def fit(
         >>> data = nc.data.load("digits")
         >>> model = nc.models.create("lenet300", in_channels=1, input_size=8)
         >>> h = nc.train.fit(model, data, epochs=1, progress=False)
-        >>> 0 <= h.final_test_acc <= 1
+        >>> h.final_test_acc > 0.5
         True
     """
     cfg = (config or TrainConfig()).model_copy(update=overrides) if overrides else (config or TrainConfig())
@@ -201,8 +226,12 @@ def fit(
     history, start_epoch, step = History(), 0, 0
     ckpt = Path(checkpoint) if checkpoint else None
     if resume and ckpt is not None and ckpt.exists():
-        blob = torch.load(ckpt, map_location=dev, weights_only=True)
-        model.load_state_dict(blob["model"])
+        blob = _read_checkpoint(ckpt, dev, len(methods))
+        try:
+            model.load_state_dict(blob["model"])
+        except RuntimeError as e:
+            raise NetcompressError(f"checkpoint {ckpt}: weights do not fit this model "
+                                   f"({str(e).splitlines()[0]}); delete it to train from the start") from None
         opt.load_state_dict(blob["optimizer"])
         for m, s in zip(methods, blob["methods"]):
             m.load_state_dict(s)
@@ -212,7 +241,10 @@ def fit(
 
     train_model: nn.Module = model
     if info.enabled:
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        # the methods' own parameters (regressors, adapters, heads) live inside the DDP module, so their
+        # gradients are averaged and their initial values broadcast like the model's
+        train_model = nn.parallel.DistributedDataParallel(_WithExtras(model, extra),
+                                                          device_ids=[dev.index] if dev.type == "cuda" else None)
     loader = data.loader("train", batch_size=cfg.batch_size // info.world_size, rank=info.rank,
                          world_size=info.world_size, seed=seed)
     total_epochs = math.ceil(cfg.epochs)
@@ -222,6 +254,8 @@ def fit(
         budget = min(budget, cfg.max_steps)
     amp = cfg.amp and dev.type == "cuda"
     show = (sys.stderr.isatty() if progress is None else progress) and info.rank == 0
+    # no terminal (a log file, CI, a pipe): one plain line per epoch instead of a progress bar
+    lines = progress is None and not show and info.rank == 0
     bar = None
     if show and budget > step:
         from tqdm.auto import tqdm
@@ -239,13 +273,13 @@ def fit(
             train_model.train()
             t0 = time.perf_counter()
             sums: dict[str, float] = {}
-            correct = seen = 0
+            correct = seen = seen_targets = 0
             for x, y in loader:
                 if step >= budget:
                     break
-                x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+                x, y = to_device(x, dev, non_blocking=True), y.to(dev, non_blocking=True)
                 with torch.autocast("cuda", dtype=torch.bfloat16) if amp else nullcontext():
-                    out = train_model(x)
+                    out = call(train_model, x)
                     parts = {"task": loss_fn(out, y)}
                     for m in methods:
                         parts.update(m.loss_terms(model, x, y, out))
@@ -264,19 +298,28 @@ def fit(
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + v.item() * n
                 sums["loss"] = sums.get("loss", 0.0) + loss.item() * n
-                correct += (_logits(out).argmax(1) == y).sum().item()
+                correct += (logits_of(out).argmax(-1) == y).sum().item()
                 seen += n
+                seen_targets += y.numel()
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{correct / seen:.3f}", refresh=False)
+                    bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{correct / seen_targets:.3f}", refresh=False)
             log = {"epoch": epoch + 1, "lr": lr, "seconds": time.perf_counter() - t0, "steps": step}
             log.update({k: v / max(seen, 1) for k, v in sums.items()})
-            log["train_acc"] = correct / max(seen, 1)
+            log["train_acc"] = correct / max(seen_targets, 1)
             if evaluate_each_epoch:
                 log["test_acc"] = evaluate(model, data, device=dev)
+                if getattr(data, "task", None) == "lm":
+                    from netcompress.train.lm import evaluate_lm
+
+                    log["test_ppl"] = evaluate_lm(model, data, device=dev)["perplexity"]
             history.epochs.append(log)
             for m in methods:
                 m.on_epoch_end(model, epoch)
+            if lines:
+                acc = f" test_acc {log['test_acc']:.4f}" if "test_acc" in log else ""
+                print(f"{desc}: epoch {epoch + 1}/{total_epochs} loss {log.get('loss', float('nan')):.4f} train_acc "
+                      f"{log['train_acc']:.4f}{acc} ({log['seconds']:.1f} s)", file=sys.stderr, flush=True)
             for cb in callbacks:
                 cb(log)
             if ckpt is not None and info.rank == 0:

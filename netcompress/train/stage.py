@@ -123,6 +123,9 @@ class StageKind:
             nothing (the CLI's ``--dry-run``).
         summary: optional ``summary(extra) -> str``: a readable digest of `StageResult.extra`,
             printed by the CLI command (``--json`` prints `extra` itself).
+        artifact_suffix: optional ``artifact_suffix(cfg) -> str``: the suffix of the file the stage
+            writes (`StageResult.file`) under these settings; the CLI refuses, before any work, an
+            ``--out`` with another suffix.
     """
 
     config: type[Config]
@@ -130,6 +133,7 @@ class StageKind:
     help: str = ""
     dry_run: Callable[[StageContext, nn.Module, Any], str] | None = None
     summary: Callable[[dict[str, Any]], str] | None = None
+    artifact_suffix: Callable[[Any], str] | None = None
 
     def __post_init__(self) -> None:
         if not self.help or "\n" in self.help:

@@ -1,0 +1,148 @@
+"""Early-exit models in a deployment runtime: one graph per stage, the exit policy outside the graph.
+
+A multi-exit model (`netcompress.dynamic`) runs stage by stage: stage k maps the live state to
+(next state, logits of exit k). Each stage is exported as its own graph (ONNX: one `.onnx` per
+stage; ExecuTorch: methods `stage{k}_b{n}` of one `.pte`), and the exit policy (confidence vs
+threshold, samples leaving the batch) runs in Python between the runtime calls, with the same code
+as the eager model (`early_exit_predict`). The policy stays outside the graph because ONNX `If` /
+`torch.cond` would keep the whole batch together and ExecuTorch plans static shapes; a stage call
+costs one runtime dispatch, which `benchmarks/bench_deploy.py` measures.
+
+The file is a zip (stored, not compressed) holding `policy.json` and the stage programs.
+"""
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from typing import Any
+
+import torch
+from torch import nn
+
+from netcompress.core.errors import NetcompressError
+from netcompress.dynamic.base import MultiExitBase
+from netcompress.measure.runtime import OrtModule, PteModule, onnx_program, pte_program
+
+
+class _Stage(nn.Module):
+    """Stage k of a multi-exit model as a plain forward: (*state) -> (*next state, logits)."""
+
+    def __init__(self, model: MultiExitBase, k: int) -> None:
+        super().__init__()
+        from netcompress.dynamic.early_exit import MultiExitModel, _segments
+
+        self.model, self.k = model, k
+        # the backbone's cut segments, held as submodules so a copy or an export sees them
+        segs = _segments(model) if isinstance(model, MultiExitModel) else None
+        self.segs = nn.ModuleList(segs) if segs is not None else None
+
+    def forward(self, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.segs is not None:
+            nxt, logits = self.model._step(list(self.segs), self.k, tuple(state))
+        else:
+            nxt, logits = self.model.step(self.k, tuple(state))
+        return (*tuple(nxt), logits)
+
+
+def _stage_inputs(model: MultiExitBase, x: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+    state, out = model.start(x), []
+    with torch.no_grad():
+        for k in range(model.num_exits):
+            st = tuple(state)
+            if not all(isinstance(t, torch.Tensor) for t in st):
+                raise NetcompressError(f"early-exit stage {k}: the state passed between stages is not a tuple of tensors")
+            out.append(st)
+            state, _ = model.step(k, st)
+    return out
+
+
+def export_early_exit(model: MultiExitBase, example: torch.Tensor, fmt: str) -> bytes:
+    """A zip with policy.json and one program per stage (ONNX) or one multi-method program (.pte)."""
+    if not isinstance(example, torch.Tensor):
+        raise NetcompressError("early-exit export takes one input tensor")
+    model = model.eval()
+    ins = _stage_inputs(model, example[:2] if example.shape[0] >= 2 else example.expand(2, *example.shape[1:]))
+    arity = [len(st) for st in ins]
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+        policy = {"policy": model.policy, "thresholds": model.thresholds, "num_exits": model.num_exits,
+                  "state_arity": arity, "format": fmt, "shapes": stage_shapes(model, example)}
+        z.writestr("policy.json", json.dumps(policy))
+        if fmt == "onnx":
+            for k, st in enumerate(ins):
+                z.writestr(f"stage{k}.onnx", onnx_program(_StageTuple(_Stage(model, k)), st))
+        else:
+            progs = {f"stage{k}": (_StageTuple(_Stage(model, k)), st) for k, st in enumerate(ins)}
+            z.writestr("program.pte", pte_program(progs))
+    return buf.getvalue()
+
+
+class _StageTuple(nn.Module):
+    """Flattens a stage's outputs into one tensor for ExecuTorch's single-output `PteModule.call`:
+    the state tensors and the logits are flattened per sample and concatenated."""
+
+    def __init__(self, stage: _Stage) -> None:
+        super().__init__()
+        self.stage = stage
+
+    def forward(self, *state: torch.Tensor) -> torch.Tensor:
+        outs = self.stage(*state)
+        return torch.cat([o.reshape(o.shape[0], -1) for o in outs], dim=1)
+
+
+class EarlyExitRuntime(MultiExitBase):
+    """Runs an exported early-exit model: stages in the runtime, the policy in Python.
+
+    Args:
+        blob: the zip written by `export_early_exit` (its policy.json records, per stage, the
+            per-sample shapes of the state tensors and logits that the flat stage output holds).
+        threads: the runtime's thread count.
+    """
+
+    def __init__(self, blob: bytes, threads: int = 1) -> None:
+        super().__init__()
+        with zipfile.ZipFile(io.BytesIO(blob)) as z:
+            info = json.loads(z.read("policy.json"))
+            self.fmt = info["format"]
+            if self.fmt == "onnx":
+                self.stages = [OrtModule(z.read(f"stage{k}.onnx"), threads) for k in range(info["num_exits"])]
+            else:
+                self.pte = PteModule(z.read("program.pte"), threads, prefix="stage0")
+        self.program, self.threads, self.shapes = blob, threads, info["shapes"]
+        self._n = info["num_exits"]
+        self.policy, self.thresholds = info["policy"], info["thresholds"]
+        self.runtime = "onnxruntime" if self.fmt == "onnx" else "executorch"
+        self.eval()  # a deployed program: inference mode, the policy applies
+
+    @property
+    def num_exits(self) -> int:
+        return self._n
+
+    def start(self, x: torch.Tensor) -> Any:
+        return (x,)
+
+    def head_modules(self) -> list[nn.Module]:
+        return []
+
+    def step(self, k: int, state: Any) -> tuple[Any, torch.Tensor]:
+        flat = self.stages[k](*state) if self.fmt == "onnx" else self.pte.call(f"stage{k}", *state)
+        n, outs, at = flat.shape[0], [], 0
+        for shp in self.shapes[k]:
+            size = int(torch.Size(shp).numel())
+            outs.append(flat[:, at:at + size].reshape(n, *shp))
+            at += size
+        return tuple(outs[:-1]), outs[-1]
+
+    def __deepcopy__(self, memo) -> "EarlyExitRuntime":
+        return type(self)(self.program, self.threads)
+
+
+def stage_shapes(model: MultiExitBase, example: torch.Tensor) -> list[list[tuple[int, ...]]]:
+    """Per stage, the per-sample shapes of (next state..., logits) of the eager model."""
+    out = []
+    with torch.no_grad():
+        for k, st in enumerate(_stage_inputs(model.eval(), example[:1])):
+            outs = _Stage(model, k)(*st)
+            out.append([tuple(o.shape[1:]) for o in outs])
+    return out

@@ -1,0 +1,197 @@
+"""One-shot unstructured pruning of transformers, calibrated layer by layer: magnitude, Wanda, SparseGPT.
+
+* magnitude: drop the smallest |W_ij| of each layer (Han et al. 2015), no data.
+* Wanda (Sun et al. 2023, "A Simple and Effective Pruning Approach for Large Language Models"):
+  score S_ij = |W_ij| * ||X_j||_2, where X_j is input feature j over all calibration tokens;
+  weights are compared within each output row; no weight update.
+* SparseGPT (Frantar & Alistarh 2023, "SparseGPT: Massive Language Models Can Be Accurately Pruned
+  in One-Shot"): with H = 2 X X^T (+ damping), columns are visited left to right; the mask of each
+  block of columns is chosen by w^2 / [H^-1]_jj^2, and every pruned weight's error is spread over
+  the not-yet-visited weights of its row with the OBS update
+  dW = -(w_j / [H^-1]_jj) [H^-1]_j,: (the upper Cholesky factor of H^-1 does it row by row).
+
+`pattern="N:M"` keeps N of every M consecutive input weights of each row (2:4 is the pattern of
+NVIDIA's sparse tensor cores). Only Linear layers inside the blocks are pruned (embeddings, the
+LM / classifier head and the patch embedding stay dense, as in both papers). Masks are kept as
+`weight_mask` buffers (see `netcompress.prune.unstructured`), so `MaskMethod` can fine-tune them.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable, Literal
+
+import torch
+from torch import nn
+
+from netcompress.core.errors import NetcompressError
+from netcompress.core.layerwise import calibration_inputs, sequential_
+from netcompress.prune.unstructured import MASK
+
+Criterion = Literal["magnitude", "wanda", "sparsegpt"]
+
+
+def parse_pattern(pattern: str | None) -> tuple[int, int] | None:
+    """'2:4' -> (2, 4): keep N of every M; None -> None (unstructured)."""
+    if pattern is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", str(pattern))
+    if not m or not 0 < int(m.group(1)) < int(m.group(2)):
+        raise NetcompressError(f"pattern must be 'N:M' with 0 < N < M (e.g. '2:4'), got {pattern!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def _check(sparsity: float, nm: tuple[int, int] | None, cols: int, name: str) -> None:
+    if nm is None and not 0 <= sparsity < 1:
+        raise NetcompressError(f"sparsity must be in [0, 1), got {sparsity!r}")
+    if nm is not None and cols % nm[1]:
+        raise NetcompressError(f"layer {name!r}: {cols} input features are not a multiple of M={nm[1]}")
+
+
+def mask_from_scores(score: torch.Tensor, sparsity: float, nm: tuple[int, int] | None = None,
+                     per_row: bool = True) -> torch.Tensor:
+    """Keep-mask removing the lowest scores: `sparsity` of each row (or of the whole matrix), or
+    M-N of every M consecutive entries of a row for `nm = (N, M)`."""
+    rows, cols = score.shape
+    if nm is not None:
+        n, m = nm
+        g = score.reshape(rows, cols // m, m)
+        drop = torch.topk(g, m - n, dim=-1, largest=False).indices
+        keep = torch.ones_like(g, dtype=torch.bool).scatter_(-1, drop, False)
+        return keep.reshape(rows, cols)
+    if per_row:
+        k = int(cols * sparsity)
+        keep = torch.ones_like(score, dtype=torch.bool)
+        if k:
+            keep.scatter_(1, torch.argsort(score, dim=1, stable=True)[:, :k], False)
+        return keep
+    flat = score.flatten()
+    keep = torch.ones_like(flat, dtype=torch.bool)
+    keep[torch.argsort(flat, stable=True)[: int(flat.numel() * sparsity)]] = False
+    return keep.view(rows, cols)
+
+
+def wanda_score(weight: torch.Tensor, sqnorm: torch.Tensor) -> torch.Tensor:
+    """Wanda's S_ij = |W_ij| * ||X_j||_2 from the per-feature sum of squares ||X_j||_2^2."""
+    return weight.abs().double() * sqnorm.double().clamp_min(0).sqrt().unsqueeze(0)
+
+
+def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float = 0.5,
+                    nm: tuple[int, int] | None = None, blocksize: int = 128, damp: float = 0.01,
+                    mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """SparseGPT on one layer: (new weight, keep-mask). A given `mask` (keep=True) is used as it is.
+
+    Args:
+        weight: (out, in). hessian: (in, in), H = 2 X X^T / N.
+        sparsity / nm: fraction pruned in each block of `blocksize` columns, or N:M.
+        damp: lambda = damp * mean(diag H) added to the diagonal (the paper uses 1 %).
+    """
+    w = weight.detach().double().clone()
+    h = hessian.detach().double().clone()
+    rows, cols = w.shape
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    h += torch.eye(cols, dtype=h.dtype, device=h.device) * damp * torch.diag(h).mean()
+    try:
+        hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    except torch.linalg.LinAlgError:
+        raise NetcompressError("sparsegpt: the calibration Hessian is not positive definite; raise damp") from None
+    keep = torch.ones_like(w, dtype=torch.bool) if mask is None else mask.to(w.device).bool().clone()
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        w1, hinv1 = w[:, i1:i2].clone(), hinv[i1:i2, i1:i2]
+        err1 = torch.zeros_like(w1)
+        d = torch.diag(hinv1)
+        if mask is None and nm is None:
+            keep[:, i1:i2] = mask_from_scores(w1 ** 2 / d.unsqueeze(0) ** 2, sparsity, None, per_row=False)
+        for i in range(i2 - i1):
+            if mask is None and nm is not None and i % nm[1] == 0:
+                j = slice(i, i + nm[1])
+                keep[:, i1 + i:i1 + i + nm[1]] = mask_from_scores(w1[:, j] ** 2 / d[j].unsqueeze(0) ** 2, 0.0, nm)
+            col = w1[:, i]
+            q = col * keep[:, i1 + i]
+            e = (col - q) / hinv1[i, i]
+            w1[:, i:] -= e.unsqueeze(1) * hinv1[i, i:].unsqueeze(0)
+            w1[:, i] = q
+            err1[:, i] = e
+        w[:, i1:i2] = w1
+        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+    keep &= ~dead.unsqueeze(0)
+    return (w * keep).to(weight.dtype), keep
+
+
+@torch.no_grad()
+def prune_(model: nn.Module, criterion: Criterion = "wanda", calibration: Any = None, sparsity: float = 0.5,
+           pattern: str | None = None, samples: int = 64, blocksize: int = 128, damp: float = 0.01,
+           sequential: bool = True, ignore: Iterable[str] = ()) -> dict[str, float]:
+    """Prune the Linear layers of a transformer's blocks in place; returns {layer: sparsity}.
+
+    Args:
+        model: changed in place (weights zeroed, `weight_mask` buffers added); unchanged on error.
+        criterion: 'magnitude' (per layer), 'wanda' (per output row) or 'sparsegpt' (OBS update).
+        calibration: a DataBundle (its first training samples), a tensor or batches; not needed
+            for magnitude.
+        sparsity: fraction of zeros per layer (ignored when `pattern` is given).
+        pattern: 'N:M' semi-structured sparsity, e.g. '2:4'.
+        samples: calibration samples (sequences or images).
+        sequential: calibrate block i on the output of the already pruned blocks 0..i-1.
+
+    Example:
+        >>> prune_(model, "wanda", data, sparsity=0.5)            # doctest: +SKIP
+        >>> prune_(model, "sparsegpt", data, pattern="2:4")       # doctest: +SKIP
+    """
+    if criterion not in ("magnitude", "wanda", "sparsegpt"):
+        raise NetcompressError(f"criterion must be magnitude, wanda or sparsegpt, got {criterion!r}")
+    nm = parse_pattern(pattern)
+    _check(sparsity, nm, 0 if nm is None else nm[1], "")
+    masks: dict[str, torch.Tensor] = {}
+
+    def apply(name: str, m: nn.Linear, stat: torch.Tensor | None) -> None:
+        _check(sparsity, nm, m.in_features, name)
+        if criterion == "sparsegpt":
+            w, keep = sparsegpt_prune(m.weight, stat, sparsity, nm, blocksize, damp)
+            m.weight.copy_(w)
+        else:
+            score = wanda_score(m.weight, stat) if criterion == "wanda" else m.weight.abs()
+            keep = mask_from_scores(score, sparsity, nm, per_row=criterion == "wanda")
+            m.weight.mul_(keep.to(m.weight.dtype))
+        masks[name] = keep
+
+    if criterion == "magnitude":
+        from netcompress.core.layerwise import block_linears
+
+        for _, lin in block_linears(model, ignore):
+            for n, m in lin.items():
+                apply(n, m, None)
+    else:
+        if calibration is None:
+            raise NetcompressError(f"{criterion} needs calibration data (a DataBundle or input batches)")
+        inputs = calibration_inputs(calibration, samples)
+        sequential_(model, inputs, "sqnorm" if criterion == "wanda" else "hessian", apply, ignore, sequential)
+    mods = dict(model.named_modules())
+    out = {}
+    for n, keep in masks.items():
+        m = mods[n]
+        buf = keep.to(device=m.weight.device, dtype=torch.uint8)
+        if isinstance(getattr(m, MASK, None), torch.Tensor):
+            setattr(m, MASK, buf & getattr(m, MASK).to(torch.uint8))
+        else:
+            m.register_buffer(MASK, buf)
+        m.weight.mul_(getattr(m, MASK).to(m.weight.dtype))
+        out[n] = 1.0 - float(getattr(m, MASK).float().mean())
+    return out
+
+
+def magnitude_(model: nn.Module, sparsity: float = 0.5, pattern: str | None = None, **kw: Any) -> dict[str, float]:
+    """Magnitude pruning of the block Linears (per layer; per row groups for N:M)."""
+    return prune_(model, "magnitude", None, sparsity, pattern, **kw)
+
+
+def wanda_(model: nn.Module, calibration: Any, sparsity: float = 0.5, pattern: str | None = None, **kw: Any) -> dict[str, float]:
+    """Wanda (Sun et al. 2023): |W| * ||X||_2 per output row, no update. See `prune_`."""
+    return prune_(model, "wanda", calibration, sparsity, pattern, **kw)
+
+
+def sparsegpt_(model: nn.Module, calibration: Any, sparsity: float = 0.5, pattern: str | None = None, **kw: Any) -> dict[str, float]:
+    """SparseGPT (Frantar & Alistarh 2023): OBS-updated one-shot pruning. See `prune_`."""
+    return prune_(model, "sparsegpt", calibration, sparsity, pattern, **kw)

@@ -1,0 +1,200 @@
+"""Export to ONNX Runtime and ExecuTorch: every family's output model, timm and Hugging Face models,
+int8 accuracy on held-out data, clear errors naming the module and op, no half-written file."""
+import copy
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import netcompress as nc
+from netcompress.export.api import export, load_exported
+from netcompress.recipe.stages import STAGES, StageContext
+from netcompress.train import TrainConfig
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def trained(mnist_small):
+    torch.manual_seed(0)
+    m = nc.models.create_for("lenet5", mnist_small)
+    nc.train.fit(m, mnist_small, epochs=1, lr=0.05, progress=False, evaluate_each_epoch=False)
+    return m.eval()
+
+
+def _held_out(data, n=128):
+    return next(iter(data.loader("test", batch_size=n, shuffle=False)))[0]
+
+
+def _families(model, data):
+    """Every family's output model, built from the same trained lenet5 (tiny budgets, no training)."""
+    x = data.example
+    pruned_w = copy.deepcopy(model)
+    nc.prune.weights_(pruned_w, sparsity=0.8)
+    clustered = copy.deepcopy(model)
+    nc.quantize.cluster_(clustered, bits=4)
+    ee = nc.dynamic.early_exit(copy.deepcopy(model), exits=["features.1"], example_inputs=x)
+    ee.set_policy_("max_softmax", 0.6)
+    return {
+        "prune-weights": pruned_w,
+        "prune-channels": nc.prune.channels(model, "l1", 0.5, example_inputs=x),
+        "low-rank": nc.design.lowrank(model, budget=0.5, example_inputs=x),
+        "separable": nc.design.separable(model),
+        "distilled student": nc.models.create_for("lenet5", data, width=0.25),
+        "clustered": clustered,
+        "early-exit": ee,
+    }
+
+
+def test_every_family_exports_to_onnx_and_matches(trained, mnist_small, tmp_path):
+    xs = _held_out(mnist_small)
+    for name, m in _families(trained, mnist_small).items():
+        out = tmp_path / f"{name}.onnx"
+        res = export(m.eval(), "onnx", example_inputs=mnist_small.example, check_inputs=[xs], out=out)
+        assert out.is_file() and out.stat().st_size == res.bytes, name
+        assert res.check["passed"] and res.check["top1_agreement"] >= 0.99, (name, res.check)
+        assert res.check["max_abs_diff"] <= 1e-4 * max(1.0, res.check["max_abs_ref"]), name
+        # the file alone runs in ONNX Runtime and gives PyTorch's predictions
+        ort = load_exported(out)
+        with torch.no_grad():
+            assert torch.equal(ort(xs).argmax(1), m.eval()(xs).argmax(1)), name
+        assert res.early_exit == (name == "early-exit")
+
+
+def test_early_exit_policy_runs_outside_the_graph(trained, mnist_small):
+    ee = nc.dynamic.early_exit(copy.deepcopy(trained), exits=["features.1"], example_inputs=mnist_small.example).eval()
+    xs = _held_out(mnist_small)
+    with torch.no_grad():  # threshold at the median confidence of the (untrained) first exit: half leave there
+        conf = ee.all_exits(xs)[0].softmax(1).max(1).values
+    ee.set_policy_("max_softmax", float(conf.median()))
+    res = export(ee, "onnx", example_inputs=mnist_small.example)
+    rt = res.module
+    from netcompress.dynamic.base import early_exit_predict
+
+    _, at_eager = early_exit_predict(ee.eval(), xs)
+    _, at_rt = early_exit_predict(rt, xs)
+    # the same samples leave at the same exit, except one whose confidence sits on the threshold (float rounding)
+    differ = at_eager != at_rt
+    assert torch.all((conf[differ] - float(conf.median())).abs() < 1e-5)
+    assert 0 < int((at_rt == 0).sum()) < len(xs)  # some leave early, some do not
+
+
+def test_executorch_fp32_and_int8(trained, mnist_small, tmp_path):
+    xs = _held_out(mnist_small, 64)
+    res = export(trained, "executorch", example_inputs=mnist_small.example, check_inputs=[xs], out=tmp_path / "m.pte")
+    assert res.check["passed"] and (tmp_path / "m.pte").read_bytes()[4:8] == b"ET12"
+    q = export(trained, "executorch", example_inputs=mnist_small.example, int8=True,
+               calibration=mnist_small.calibration(128), check_inputs=[xs], out=tmp_path / "q.pte")
+    assert q.check["passed"] and q.bytes < res.bytes / 2  # int8 weights
+    acc_f = nc.train.evaluate(trained, mnist_small)
+    acc_q = nc.train.evaluate(load_exported(tmp_path / "q.pte"), mnist_small)
+    assert abs(acc_f - acc_q) <= 0.02  # held-out accuracy kept (300 test images: 6 images)
+
+
+def test_onnx_int8_keeps_held_out_accuracy(trained, mnist_small, tmp_path):
+    from netcompress.quantize import int8_layers, int8_quantize, load_int8, save_int8
+
+    q = int8_quantize(trained, mnist_small.calibration(256))
+    assert int8_layers(q) == 4 and q.runtime == "onnxruntime"
+    acc_f, acc_q = nc.train.evaluate(trained, mnist_small), nc.train.evaluate(q, mnist_small)
+    assert abs(acc_f - acc_q) <= 0.02
+    path = save_int8(q, tmp_path / "q.onnx")
+    xs = _held_out(mnist_small)
+    assert torch.equal(load_int8(path)(xs), q(xs))
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # QDQ int8, run by ONNX Runtime's integer kernels
+
+
+def test_timm_cnn_and_transformer_export():
+    import timm as timm_lib
+
+    for name, kw in (("resnet10t", {}), ("vit_tiny_patch16_224", {"img_size": 32, "patch_size": 8, "depth": 2})):
+        m = timm_lib.create_model(name, pretrained=False, num_classes=10, **kw).eval()
+        x = torch.randn(4, 3, 32, 32)
+        res = export(m, "onnx", example_inputs=x)
+        assert res.check["passed"], (name, res.check)
+
+
+def test_hugging_face_dict_inputs():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                     max_position_embeddings=32, num_labels=3)
+    m = BertForSequenceClassification(cfg).eval()
+    ex = {"input_ids": torch.randint(0, 100, (4, 12)), "attention_mask": torch.ones(4, 12, dtype=torch.long)}
+    res = export(m, "onnx", example_inputs=ex)
+    assert res.check["passed"]
+    assert [i.name for i in res.module.session.get_inputs()] == ["input_ids", "attention_mask"]
+
+
+class _Weird(nn.Module):
+    def forward(self, x):
+        return torch.special.zeta(x.abs() + 2, torch.ones_like(x) * 2)  # no ONNX translation
+
+
+class _Bad(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.block = nn.Sequential(nn.ReLU(), _Weird())
+
+    def forward(self, x):
+        return self.block(self.conv(x)).flatten(1)
+
+
+def test_unsupported_op_names_module_and_op_and_writes_nothing(tmp_path):
+    out = tmp_path / "bad.onnx"
+    with pytest.raises(nc.NetcompressError, match=r"module block\.1 \(_Weird\), op prims\.zeta"):
+        export(_Bad(), "onnx", example_inputs=torch.randn(2, 1, 8, 8), out=out)
+    assert list(tmp_path.iterdir()) == []  # no half file, no temporary left
+    out.write_bytes(b"old")
+    with pytest.raises(nc.NetcompressError):
+        export(_Bad(), "onnx", example_inputs=torch.randn(2, 1, 8, 8), out=out)
+    assert out.read_bytes() == b"old"
+
+
+def test_failed_check_raises_and_writes_nothing(trained, mnist_small, tmp_path):
+    out = tmp_path / "m.onnx"
+    with pytest.raises(nc.NetcompressError, match="export check failed"):  # an impossible tolerance
+        export(trained, "onnx", example_inputs=mnist_small.example, out=out, fp32_tolerance=1e-12,
+               check_inputs=[_held_out(mnist_small)])
+    assert not out.exists()
+
+
+def test_untraceable_model_names_the_problem():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(x) if x.sum() > 0 else -self.fc(x)
+
+    with pytest.raises(nc.NetcompressError, match="cannot export Branchy"):
+        export(Branchy(), "executorch", example_inputs=torch.randn(4, 4))
+
+
+def test_stage_and_cli(trained, mnist_small, tmp_path, capsys):
+    kind = STAGES.get("export")
+    cfg = kind.config.from_dict({"format": "onnx", "int8": True, "calibration_samples": 128, "check_samples": 128}, "export")
+    ctx = StageContext(data=mnist_small, train=TrainConfig(), seed=0, out_dir=tmp_path / "s", name="export", progress=False)
+    res = kind.run(ctx, trained, cfg)
+    info = res.extra["export"]
+    assert res.model is trained and res.file.suffix == ".onnx" and info["int8"] and info["check"]["passed"]
+    assert info["latency"]["runtime_ms_b1"] > 0 and info["latency"]["eager_ms_b1"] > 0
+    with pytest.raises(nc.NetcompressError, match="int8_tolerance"):
+        kind.config.from_dict({"int8_tolerance": -1}, "export")
+
+    from netcompress.cli import main
+
+    nc.models.save(trained, tmp_path / "m.pt")
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(tmp_path / "m.pt"), "--format", "onnx", "--data", "mnist-5k", "--check-samples", "64",
+                 "--out", str(out), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)["extra"]["export"]
+    assert out.is_file() and printed["check"]["passed"] and printed["bytes"] == out.stat().st_size
+    assert main(["export", str(tmp_path / "m.pt"), "--format", "onnx", "--data", "mnist-5k", "--out", str(tmp_path / "m.pte")]) == 2
+    assert "the stage writes a .onnx file" in capsys.readouterr().err and not (tmp_path / "m.pte").exists()

@@ -1,0 +1,283 @@
+"""Structured pruning on any model: functional ops, attention heads, timm and Hugging Face models,
+the eager tracer, the register_layer extension point."""
+import copy
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+import transformers as T
+from torch import nn
+
+import netcompress as nc
+from netcompress.core.errors import NetcompressError
+from netcompress.core.graph import ChannelGraph
+from netcompress.prune import channels, register_layer, unregister_layer
+from netcompress.prune.importance import CRITERIA, ScoreContext
+from netcompress.prune.structured import _macs, select
+
+
+def _out(y):
+    if isinstance(y, torch.Tensor):
+        return y
+    return y.logits if getattr(y, "logits", None) is not None else y[0]
+
+
+def _call(m, x):
+    with torch.no_grad():
+        return _out(m(**x) if isinstance(x, dict) else m(x))
+
+
+def _state(m):
+    return {k: v.clone() for k, v in m.state_dict().items()}
+
+
+def _prune_checks(model, x, ratio=0.5, parity=True, atol=1e-4, **kw):
+    """Shape kept, MACs reduced, original unchanged; with parity, the pruned model equals the model
+    with the removed channels / heads zeroed (width=False keeps LayerNorm-normalised channels, where
+    zeroing is not removal)."""
+    model.eval()
+    before, structure = _state(model), str(model)
+    y = _call(model, x)
+    small = channels(model, "l1", ratio, example_inputs=x, **kw).eval()
+    assert _call(small, x).shape == y.shape
+    assert _macs(small, x) < _macs(model, x)
+    assert str(model) == structure and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    if parity:
+        g = ChannelGraph.build(model, x, attention=kw.get("attention", "heads"), width=False)
+        removed = select(CRITERIA.get("l1")(ScoreContext(model, g)), g, ratio)
+        assert removed
+        torch.testing.assert_close(_call(g.prune(removed).eval(), x), _call(g.masked(removed).eval(), x),
+                                   atol=atol, rtol=1e-4)
+    return small
+
+
+class _Functional(nn.Module):
+    """Every op in its functional or tensor-method form."""
+
+    def __init__(self):
+        super().__init__()
+        self.w1, self.b1 = nn.Parameter(torch.randn(8, 3, 3, 3) * 0.3), nn.Parameter(torch.randn(8) * 0.1)
+        self.bn_w, self.bn_b = nn.Parameter(torch.rand(8) + 0.5), nn.Parameter(torch.randn(8) * 0.1)
+        self.register_buffer("rm", torch.randn(8) * 0.1)
+        self.register_buffer("rv", torch.rand(8) + 0.5)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.gn_w, self.gn_b = nn.Parameter(torch.rand(8) + 0.5), nn.Parameter(torch.randn(8) * 0.1)
+        self.w3, self.b3 = nn.Parameter(torch.randn(12, 8) * 0.3), nn.Parameter(torch.randn(12) * 0.1)
+        self.head = nn.Linear(12, 5)
+
+    def forward(self, x):
+        x = F.conv2d(x, self.w1, self.b1, padding=1)
+        x = F.relu(F.batch_norm(x, self.rm, self.rv, self.bn_w, self.bn_b, False))
+        x = F.pad(x, (1, 1, 1, 1))
+        y = self.conv2(x)
+        x = x + F.group_norm(y, 1, self.gn_w, self.gn_b)  # GroupNorm(1): channels prune
+        x = x * (x.norm(p=2, dim=(2, 3), keepdim=True) / (x.norm(p=2, dim=(2, 3), keepdim=True).mean(1, keepdim=True) + 1))
+        x = x + torch.zeros_like(x)
+        t = x.flatten(2).transpose(1, 2)  # [B, HW, C]
+        attn = torch.softmax(t @ t.transpose(1, 2), -1)  # channels contracted
+        t = torch.einsum("bij,bjc->bic", attn, t)
+        t = F.layer_norm(t, (t.shape[-1],))
+        h = F.gelu(F.linear(t, self.w3, self.b3))
+        return self.head(h.mean(1)).reshape_as(torch.empty(x.shape[0], 5))
+
+
+def test_functional_forms_prune_with_parity():
+    m = _Functional()
+    x = torch.randn(2, 3, 8, 8)
+    small = _prune_checks(m, x, atol=1e-3)
+    assert small.w1.shape[0] == 4 and small.w3.shape == (6, 4) and small.conv2.out_channels == 4
+
+
+class _Untraceable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        if y.sum() > 0:  # data-dependent control flow: fx cannot trace it
+            y = y.relu()
+        return self.head(y).mean((2, 3))
+
+
+def test_control_flow_falls_back_to_the_eager_recorder():
+    m = _Untraceable()
+    x = torch.randn(1, 3, 12, 12)
+    assert ChannelGraph.build(m, x).tracer == "eager"
+    small = _prune_checks(m, x, parity=False)
+    assert small.conv.out_channels == 4
+
+
+class _Scale(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.g = nn.Parameter(torch.rand(c) + 0.5)
+
+    def forward(self, x):
+        return x * self.g.view(1, -1, 1, 1).square()  # a literal-free but unknown-to-us forward
+
+
+class _Odd(nn.Module):
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(cin, cout) * 0.3)
+
+    def forward(self, x):
+        return torch.tensordot(x, self.w, dims=([1], [0])).permute(0, 3, 1, 2)
+
+
+def test_register_layer_extension_point():
+    m = nn.Sequential(nn.Conv2d(3, 8, 3), _Scale(8), nn.ReLU(), _Odd(8, 6), nn.ReLU(), nn.Conv2d(6, 4, 1),
+                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    x = torch.randn(1, 3, 10, 10)
+    with pytest.raises(NetcompressError, match="tensordot.*register_layer"):
+        channels(m, "l1", 0.5, example_inputs=x)
+    register_layer(_Scale, "elementwise", params={"g": 0})
+    register_layer(_Odd, "linear", weight="w", weight_dims=(1, 0), bias=None)
+    try:
+        small = _prune_checks(m, x, atol=1e-4)
+    finally:
+        unregister_layer(_Scale)
+        unregister_layer(_Odd)
+    assert small[0].out_channels == 4 and small[1].g.shape == (4,) and small[3].w.shape == (4, 3)
+
+
+def test_unhandled_op_is_one_clear_error_and_the_model_is_unchanged():
+    m = nn.Sequential(nn.Conv2d(3, 8, 3), _Odd(8, 6), nn.Conv2d(6, 4, 1))
+    before = _state(m)
+    with pytest.raises(NetcompressError, match=r"op 'tensordot' .* module '1'"):
+        channels(m, "l1", 0.5, example_inputs=torch.randn(1, 3, 8, 8))
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+
+
+# -- transformers --------------------------------------------------------------------------------
+def tiny_torchvision_vit(num_classes=10):
+    from torchvision.models.vision_transformer import VisionTransformer
+    return VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=64, mlp_dim=128,
+                             num_classes=num_classes)
+
+
+def test_torchvision_vit_mha_heads_are_residual_blocks(tmp_path):
+    m = nc.models.create("python:test_prune_any_model:tiny_torchvision_vit")
+    x = torch.randn(2, 3, 32, 32)
+    small = _prune_checks(m, x, parity=True, atol=1e-4)  # parity: MLP only (heads are residual blocks)
+    attn = small.encoder.layers[0].self_attention
+    assert attn.embed_dim == 32 and attn.num_heads == 2 and attn.head_dim == 16
+    assert small.encoder.layers[0].mlp[0].out_features == 64
+    back = nc.models.load(nc.models.save(small, tmp_path / "v.pt"), trust_python=True)
+    torch.testing.assert_close(_call(back, x), _call(small, x))
+
+
+def test_timm_vit_heads_mlp_and_width(tmp_path):
+    m = nc.models.create("python:timm:create_model", model_name="vit_tiny_patch16_224", pretrained=False, img_size=32)
+    x = torch.randn(1, 3, 32, 32)
+    small = _prune_checks(m, x, atol=1e-3)
+    a = small.blocks[0].attn
+    assert (a.num_heads, a.head_dim, a.qkv.out_features, a.proj.in_features) == (2, 64, 384, 128)  # 3 heads: 1 removed
+    assert a.scale == 64 ** -0.5  # the original head_dim's scale: heads were removed, not shrunk
+    assert small.pos_embed.shape[-1] == small.cls_token.shape[-1] == 96 and small.blocks[0].mlp.fc1.out_features == 384
+    back = nc.models.load(nc.models.save(small, tmp_path / "t.pt"), trust_python=True)
+    torch.testing.assert_close(_call(back, x), _call(small, x))
+
+
+def test_timm_vit_head_dim_mode():
+    m = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, num_classes=10)
+    small = _prune_checks(m, torch.randn(1, 3, 32, 32), parity=False, attention="head_dim")
+    assert (small.blocks[0].attn.num_heads, small.blocks[0].attn.head_dim) == (3, 32)
+
+
+def _hf(name):
+    ids = {"input_ids": torch.randint(0, 100, (2, 12))}
+    small = dict(vocab_size=100, num_hidden_layers=2, max_position_embeddings=64)
+    if name == "bert":
+        return T.BertModel(T.BertConfig(hidden_size=64, num_attention_heads=4, intermediate_size=128, **small)), ids
+    if name == "roberta":
+        return T.RobertaForSequenceClassification(T.RobertaConfig(hidden_size=64, num_attention_heads=4,
+                                                                  intermediate_size=128, num_labels=3, **small)), ids
+    if name == "distilbert":
+        return T.DistilBertModel(T.DistilBertConfig(vocab_size=100, dim=64, n_layers=2, n_heads=4, hidden_dim=128,
+                                                    max_position_embeddings=64)), ids
+    if name == "gpt2":
+        return T.GPT2LMHeadModel(T.GPT2Config(vocab_size=100, n_embd=64, n_layer=2, n_head=4, n_positions=64,
+                                              bos_token_id=0, eos_token_id=0)), ids
+    if name == "vit":
+        return T.ViTForImageClassification(T.ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                                       intermediate_size=128, image_size=32, patch_size=8,
+                                                       num_labels=10)), {"pixel_values": torch.randn(2, 3, 32, 32)}
+    cfg = dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128, **small)
+    cls = {"llama": (T.LlamaForCausalLM, T.LlamaConfig), "qwen2": (T.Qwen2ForCausalLM, T.Qwen2Config),
+           "mistral": (T.MistralForCausalLM, T.MistralConfig)}[name]
+    return cls[0](cls[1](**cfg)), ids
+
+
+def hf_factory(arch="bert", num_classes=10):
+    return _hf(arch)[0]
+
+
+@pytest.mark.parametrize("arch", ["bert", "distilbert", "gpt2", "llama"])
+def test_hugging_face_heads_mlp_and_width(arch, tmp_path):
+    torch.manual_seed(0)
+    m = nc.models.create("python:test_prune_any_model:hf_factory", arch=arch)
+    _, x = _hf(arch)
+    small = _prune_checks(m, x, atol=1e-4)
+    cfg = small.config
+    assert cfg.num_attention_heads == 2
+    if arch == "llama":  # GQA: 2 key/value groups -> 1, each with its 2 query heads
+        a = small.model.layers[0].self_attn
+        assert (a.q_proj.out_features, a.k_proj.out_features, a.num_key_value_groups, cfg.num_key_value_heads) == (32, 16, 2, 1)
+        assert small.lm_head.weight is small.model.embed_tokens.weight or small.lm_head.in_features == 32
+        assert small.model.norm.weight.shape == (32,) and cfg.hidden_size == 32 and cfg.intermediate_size == 64
+    if arch == "gpt2":  # Conv1D, fused qkv, tied LM head
+        a = small.transformer.h[0].attn
+        assert (a.num_heads, a.split_size, a.c_attn.weight.shape) == (2, 32, (32, 96))
+        assert small.lm_head.weight is small.transformer.wte.weight and small.lm_head.weight.shape == (100, 32)
+    back = nc.models.load(nc.models.save(small, tmp_path / "h.pt"), trust_python=True)
+    torch.testing.assert_close(_call(back, x), _call(small, x))
+
+
+def test_bert_at_half_has_half_the_macs_and_half_size_linears():
+    """The encoder output (model output) keeps its width: heads and MLP widths halve, so do MACs."""
+    m, x = _hf("bert")
+    small = channels(m, "l1", 0.5, example_inputs=x)
+    att = small.encoder.layer[0].attention.self
+    assert att.query.weight.shape == (32, 64) and small.encoder.layer[0].intermediate.dense.out_features == 64
+    assert 0.45 < _macs(small, x) / _macs(m, x) < 0.55
+
+
+SLOW_HF = ["roberta", "vit", "qwen2", "mistral"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", SLOW_HF)
+def test_hugging_face_more(arch):
+    m, x = _hf(arch)
+    _prune_checks(m, x, atol=1e-4)
+
+
+FAST_TIMM = ["mobilenetv3_small_050", "convnextv2_atto"]
+SLOW_TIMM = ["efficientnet_b0", "mobilenetv3_small_100", "regnetx_002", "resnext26ts", "densenet121", "ghostnet_100",
+             "mixnet_s", "rexnet_100", "dpn68", "cspresnet50", "repvgg_a0", "mobileone_s0", "fastvit_t8",
+             "coatnet_0_rw_224", "poolformer_s12", "efficientformer_l1", "levit_128s", "edgenext_xx_small",
+             "swin_tiny_patch4_window7_224", "mobilevit_xxs", "deit_tiny_patch16_224", "resnet18", "convnext_atto"]
+_SIZE = {"coatnet_0_rw_224": 224, "efficientformer_l1": 224, "levit_128s": 224, "swin_tiny_patch4_window7_224": 224,
+         "deit_tiny_patch16_224": 32}
+
+
+def _timm(name, parity):
+    kw = {"img_size": 32} if name.startswith(("vit_", "deit_")) else {}
+    m = timm.create_model(name, pretrained=False, num_classes=10, **kw)
+    size = _SIZE.get(name, 64)
+    _prune_checks(m, torch.randn(1, 3, size, size), parity=parity, atol=1e-3)
+
+
+@pytest.mark.parametrize("name", FAST_TIMM)
+def test_timm_cnns(name):
+    _timm(name, parity=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SLOW_TIMM)
+def test_timm_families(name):
+    _timm(name, parity=False)

@@ -1,0 +1,199 @@
+"""vit-tiny / gpt-tiny, pydoc-text, LM training and measurement, transformer distillation."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import netcompress as nc
+from netcompress.core.errors import NetcompressError
+from netcompress.data.text import decode, encode, split_topics, windows
+from netcompress.distill import losses
+from netcompress.distill.transformer import HiddenKD, relation, relation_kl, uniform_layer_map
+from netcompress.train.lm import evaluate_lm
+
+
+@pytest.fixture(scope="module")
+def text():
+    return nc.data.load("pydoc-text")
+
+
+@pytest.fixture(scope="module")
+def text_small(text):
+    return text.subset(48, 16)
+
+
+def test_pydoc_text_split_by_topic_is_fixed_and_disjoint(text):
+    t = text.topics
+    assert set(t) == {"train", "val", "test"}
+    assert not (set(t["train"]) & set(t["test"])) and not (set(t["val"]) & set(t["test"]))
+    from pydoc_data.topics import topics
+
+    assert sorted(t["train"] + t["val"] + t["test"]) == sorted(topics)
+    assert nc.data.load("pydoc-text").topics == t  # seeded: the same split every time
+    sizes = {k: len(getattr(text, s).tensors[0]) for k, s in (("train", "train_set"), ("val", "val_set"), ("test", "test_set"))}
+    assert sizes["train"] > 4 * sizes["test"] > 0 and sizes["val"] > 0
+    x, y = next(iter(text.loader("test", shuffle=False)))
+    assert x.shape == (text.batch_size, 128) and torch.equal(x[0, 1:], y[0, :-1])
+    assert text.num_classes == 256 and text.input_shape == (128,)
+
+
+def test_split_and_windows_helpers():
+    parts = split_topics(list("abcdefghij"), [10] * 10, seed=1)
+    assert len(parts["test"]) == 1 and len(parts["val"]) == 1 and len(parts["train"]) == 8
+    ids = encode("héllo wörld")
+    assert decode(ids) == "héllo wörld" and len(ids) == 13
+    ds = windows(torch.arange(11), 5)
+    assert ds.tensors[0].tolist() == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+    assert ds.tensors[1].tolist() == [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]]
+    with pytest.raises(NetcompressError):
+        windows(torch.arange(3), 5)
+
+
+def test_hf_text_without_datasets_package_is_one_clear_error():
+    import importlib.util
+
+    if importlib.util.find_spec("datasets") is None:
+        with pytest.raises(NetcompressError, match="pip install datasets"):
+            nc.data.load("hf-text:wikitext-2-raw-v1")
+    else:  # installed: offline it must fail with the dataset named, not a traceback
+        import os
+
+        os.environ["HF_DATASETS_OFFLINE"] = "1"
+        with pytest.raises(NetcompressError, match="wikitext"):
+            nc.data.load("hf-text:wikitext-2-raw-v1")
+
+
+@pytest.mark.parametrize("kw", [{}, {"n_kv_heads": 2}, {"tie": True}])
+def test_gpt_tiny_shapes_causality_and_save_load(tmp_path, text_small, kw):
+    m = nc.models.create_for("gpt-tiny", text_small, **kw).eval()
+    n = sum(p.numel() for p in m.parameters())
+    assert 0.5e6 < n < 5e6
+    x = text_small.example
+    out = m(x)
+    assert out.shape == (8, 128, 256)
+    x2 = x.clone()
+    x2[:, 64:] = 0  # the future must not change the past
+    assert torch.allclose(m(x2)[:, :64], out[:, :64], atol=1e-5)
+    nc.models.save(m, tmp_path / "g.pt")
+    assert torch.equal(nc.models.load(tmp_path / "g.pt")(x), out)
+    assert m.generate(x[:1, :10], 5).shape == (1, 15)
+
+
+def test_vit_tiny_runs_after_removing_a_head(mnist_small, tmp_path):
+    m = nc.models.create_for("vit-tiny", mnist_small).eval()
+    assert m(mnist_small.example).shape == (8, 10)
+    nc.models.save(m, tmp_path / "v.pt")
+    assert torch.equal(nc.models.load(tmp_path / "v.pt")(mnist_small.example), m(mnist_small.example))
+    # head count comes from the projection width: dropping head 0 of block 0 keeps the model running
+    attn = m.blocks[0].attn
+    hd = attn.head_dim
+    keep = torch.cat([torch.arange(hd, 64) + 64 * i for i in range(3)])
+    q = torch.nn.Linear(64, len(keep))
+    q.weight.data, q.bias.data = attn.qkv.weight.data[keep], attn.qkv.bias.data[keep]
+    p = torch.nn.Linear(64 - hd, 64)
+    p.weight.data, p.bias.data = attn.proj.weight.data[:, hd:], attn.proj.bias.data
+    attn.qkv, attn.proj = q, p
+    assert m(mnist_small.example).shape == (8, 10)
+
+
+def test_lm_fit_evaluate_measure(text_small, one_thread):
+    torch.manual_seed(0)
+    m = nc.models.create_for("gpt-tiny-half", text_small)
+    before = evaluate_lm(m, text_small)["perplexity"]
+    assert 180 < before < 400  # untrained: near uniform over 256 bytes (perplexity 256), by init
+    h = nc.train.fit(m, text_small, epochs=1, max_steps=12, lr=3e-3, optimizer="adamw", batch_size=8, progress=False)
+    after = evaluate_lm(m, text_small)
+    assert after["perplexity"] < before / 3 and h.epochs[-1]["test_ppl"] == pytest.approx(after["perplexity"])
+    assert after["bits_per_byte"] == pytest.approx(math.log2(after["perplexity"]))
+    met = nc.measure(m, text_small, latency=False)
+    assert met.extra["perplexity"] == pytest.approx(after["perplexity"]) and met.extra["tokens_per_s"] > 0
+    assert met.accuracy == pytest.approx(after["token_accuracy"]) and met.macs > 0
+
+
+def test_huggingface_causal_lm_trains_through_the_same_fit(text_small, one_thread):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128)
+    torch.manual_seed(0)
+    m = LlamaForCausalLM(cfg)
+    before = evaluate_lm(m, text_small)["perplexity"]
+    nc.train.fit(m, text_small, epochs=1, max_steps=8, lr=3e-3, optimizer="adamw", batch_size=8, progress=False)
+    after = evaluate_lm(m, text_small)["perplexity"]
+    assert after < before / 2
+    assert nc.measure(m, text_small, latency=False).extra["perplexity"] == pytest.approx(after)
+    sp = nc.prune.wanda_(m, text_small, 0.5)  # the LLM pruners find HF's model.layers blocks
+    assert len(sp) == 2 * 7 and all(abs(v - 0.5) < 1e-6 for v in sp.values())
+
+
+def test_kd_loss_per_token_equals_flattened():
+    s, t = torch.randn(2, 3, 5), torch.randn(2, 3, 5)
+    assert torch.allclose(losses.kd_loss(s, t, 2.0), losses.kd_loss(s.reshape(6, 5), t.reshape(6, 5), 2.0))
+
+
+def test_layer_map_and_relation():
+    assert uniform_layer_map(2, 4) == [1, 3] and uniform_layer_map(3, 6) == [1, 3, 5] and uniform_layer_map(4, 4) == [0, 1, 2, 3]
+    a = torch.randn(2, 4, 8)
+    r = relation(a, 2, causal=True).exp()
+    assert torch.allclose(r.sum(-1), torch.ones(2, 2, 4)) and r[0, 0, 0, 1:].abs().max() == 0
+    # hand value: one head, two tokens [1, 0] and [0, 1] of width 2: softmax([1, 0] / sqrt 2) in row 0
+    e = torch.eye(2).unsqueeze(0)
+    p = relation(e, 1, causal=False).exp()[0, 0]
+    assert torch.allclose(p[0], torch.softmax(torch.tensor([1.0, 0.0]) / math.sqrt(2), 0))
+    assert relation_kl(a, a, 2, True).abs() < 1e-6 and relation_kl(a, torch.randn(2, 4, 8), 2, True) > 0
+
+
+def test_hidden_kd_between_widths_and_depths_lowers_its_terms(text_small, one_thread):
+    torch.manual_seed(0)
+    teacher = nc.models.create_for("gpt-tiny", text_small)
+    student = nc.models.create_for("gpt-tiny-half", text_small)
+    m = HiddenKD(teacher, student)
+    assert m.pairs == [("blocks.0", "blocks.1"), ("blocks.1", "blocks.3")]
+    logs = []
+    nc.train.fit(student, text_small, epochs=3, max_steps=15, lr=3e-3, optimizer="adamw", batch_size=16,
+                 methods=[m], loss_fn=m.task_loss, progress=False, callbacks=[logs.append])
+    m.finalize(student)
+    assert {"kd", "hidden", "attention"} <= set(logs[0])
+    assert logs[-1]["hidden"] < logs[0]["hidden"] and logs[-1]["attention"] < logs[0]["attention"]
+    assert not student._forward_hooks and not teacher.blocks[0]._forward_hooks
+
+
+@pytest.mark.parametrize("method,kw", [
+    ("kd", {}), ("fitnet", {}), ("at", {"layers": [["blocks.0", "blocks.1"], ["blocks.1", "blocks.3"]]}),
+    ("rkd", {}), ("sp", {}), ("dml", {}), ("born-again", {"generations": 1}), ("takd", {}), ("hidden", {})])
+def test_every_distillation_method_runs_on_vit(method, kw, mnist_small, one_thread):
+    data = mnist_small.subset(128, 64)
+    torch.manual_seed(0)
+    teacher = nc.models.create_for("vit-tiny", data)
+    student = None if method == "born-again" else nc.models.create_for("vit-tiny-half", data)
+    before = None if student is None else {k: v.clone() for k, v in student.state_dict().items()}
+    r = nc.distill.distill(method, teacher, student, data, max_steps=2, epochs=1, **kw)
+    assert 0 <= r.accuracy <= 1
+    if before is not None:  # the student was trained
+        assert any(not torch.equal(v, r.student.state_dict()[k]) for k, v in before.items())
+
+
+@pytest.mark.parametrize("recipe,extra", [("vit-mnist.yaml", []), ("gpt-pydoc.yaml", ["data=pydoc-text-tiny"])])
+def test_transformer_recipes_run_end_to_end_on_a_tiny_budget(recipe, extra, tmp_path, one_thread):
+    from pathlib import Path
+
+    from netcompress.recipe import run_recipe
+
+    path = Path(__file__).resolve().parents[1] / "recipes" / recipe
+    sets = ["train.max_steps=1", "measure.latency=false", *extra]
+    res = run_recipe(path, out=tmp_path / "run", overrides=sets, progress=False)
+    rows = {e["variant"] for e in res.entries}
+    assert {"student-hidden-kd", "student-alone", "int4-gptq", "kmeans-huffman", "low-rank", "qat-4bit"} <= rows
+    by = {e["variant"]: e for e in res.entries}
+    base = res.entries[0]
+    assert by["kmeans-huffman"]["bytes"] < base["bytes"] / 4  # Huffman-coded archive
+    assert by["int4-gptq"]["bytes"] < base["bytes"]           # int4 rows stored as codes + one scale
+    assert by["low-rank"]["params"] < 0.6 * base["params"]
+    if recipe.startswith("gpt"):
+        assert all("perplexity" in e["extra"] for e in res.entries)
+        assert by["sparsegpt-50"]["nonzero_params"] < 0.6 * base["nonzero_params"]
+        assert (tmp_path / "run" / "report.md").read_text().count("perplexity") >= 1
+    else:
+        assert by["early-exit"]["extra"]["avg_macs_fraction"] <= 0.65
