@@ -18,8 +18,8 @@ time. Version 2 (written now) makes sparse streams reach the end of their tensor
 still load, with at most 2**24 implicit trailing zeros in all.
 
 Example:
-    >>> nc.archive.pack(model, "lenet5.ncz")                 # doctest: +SKIP
-    >>> same = nc.archive.unpack("lenet5.ncz")                # doctest: +SKIP
+    nc.archive.pack(model, "lenet5.ncz")
+    same = nc.archive.unpack("lenet5.ncz")
 """
 from __future__ import annotations
 

@@ -68,10 +68,10 @@ def register_layer(cls: type, kind: str = "elementwise", *, channel_dim: int = 1
             `LayerContext` and `inputs` the input labels (see `LayerContext`).
 
     Example:
-        >>> class Scale(nn.Module):                                     # doctest: +SKIP
-        ...     def __init__(self, c): super().__init__(); self.g = nn.Parameter(torch.ones(c))
-        ...     def forward(self, x): return x * self.g.view(1, -1, 1, 1) ** 2
-        >>> register_layer(Scale, "elementwise", params={"g": 0})         # doctest: +SKIP
+        class Scale(nn.Module):
+            def __init__(self, c): super().__init__(); self.g = nn.Parameter(torch.ones(c))
+            def forward(self, x): return x * self.g.view(1, -1, 1, 1) ** 2
+        register_layer(Scale, "elementwise", params={"g": 0})
     """
     if kind not in ("elementwise", "linear", "fixed") and rule is None:
         raise NetcompressError(f"register_layer: kind must be 'elementwise', 'linear' or 'fixed', got {kind!r}")

@@ -1,11 +1,11 @@
 """Knowledge distillation: losses (pure functions), Methods for `netcompress.train.fit`, protocols.
 
 Example:
-    >>> import netcompress as nc
-    >>> from netcompress.distill import KD, train_student, make_fit
-    >>> data = nc.data.load("digits")                                           # doctest: +SKIP
-    >>> kd = KD(teacher, temperature=4.0, alpha=0.9)                             # doctest: +SKIP
-    >>> train_student(student, kd, make_fit(data, epochs=5))                     # doctest: +SKIP
+    import netcompress as nc
+    from netcompress.distill import KD, train_student, make_fit
+    data = nc.data.load("digits")
+    kd = KD(teacher, temperature=4.0, alpha=0.9)
+    train_student(student, kd, make_fit(data, epochs=5))
 """
 from netcompress.distill import losses
 from netcompress.train.loop import TrainConfig
@@ -47,7 +47,7 @@ def kd(teacher, student, data, **config) -> DistillResult:
     `config` as in `distill` (temperature 4, alpha 0.9, lr train.lr / T unless given).
 
     Example:
-        >>> res = kd(teacher, nc.models.create("lenet5-quarter"), data, epochs=3)  # doctest: +SKIP
-        >>> res.accuracy, res.extra["teacher_acc"]                                # doctest: +SKIP
+        res = kd(teacher, nc.models.create("lenet5-quarter"), data, epochs=3)
+        res.accuracy, res.extra["teacher_acc"]
     """
     return distill("kd", teacher, student, data, **config)

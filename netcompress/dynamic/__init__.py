@@ -3,11 +3,11 @@ compute budget (BranchyNet, Teerapittayanon et al. 2016; Shallow-Deep Networks, 
 and a small MSDNet (Huang et al. 2018).
 
 Example:
-    >>> mx = early_exit(model, exits=["features.1"], example_inputs=data.example)  # doctest: +SKIP
-    >>> fit(mx, data, methods=[FrozenBackbone(), ExitTraining([1.0])], epochs=3)    # doctest: +SKIP
-    >>> zs, _ = exit_outputs(mx, held_out); cum = exit_macs(mx, data.example)       # doctest: +SKIP
-    >>> t, _ = calibrate_budget(zs, cum, 0.5 * full_macs(mx, data.example))         # doctest: +SKIP
-    >>> mx.eval().set_policy_("max_softmax", t); mx(x)  # samples leave the batch   # doctest: +SKIP
+    mx = early_exit(model, exits=["features.1"], example_inputs=data.example)
+    fit(mx, data, methods=[FrozenBackbone(), ExitTraining([1.0])], epochs=3)
+    zs, _ = exit_outputs(mx, held_out); cum = exit_macs(mx, data.example)
+    t, _ = calibrate_budget(zs, cum, 0.5 * full_macs(mx, data.example))
+    mx.eval().set_policy_("max_softmax", t); mx(x)  # samples leave the batch
 """
 from netcompress.dynamic.base import MultiExitBase, confidence, early_exit_predict
 from netcompress.dynamic.early_exit import HeadConfig, MultiExitModel, early_exit, segment_mode, split_at_exits

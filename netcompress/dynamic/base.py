@@ -153,7 +153,7 @@ def early_exit_predict(model: MultiExitBase, x: torch.Tensor, thresholds: float 
     next stage (Shallow-Deep Networks, Kaya et al. 2019, 'early exit'; BranchyNet).
 
     Example:
-        >>> logits, exit_at = early_exit_predict(mx, x, thresholds=0.9)  # doctest: +SKIP
+        logits, exit_at = early_exit_predict(mx, x, thresholds=0.9)
     """
     policy = policy or model.policy
     thr = model.thresholds if thresholds is None else thresholds

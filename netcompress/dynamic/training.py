@@ -59,7 +59,7 @@ class ExitTraining(Method):
         temperature: distillation temperature.
 
     Example:
-        >>> fit(mx, data, methods=[ExitTraining([0.15, 0.3])], epochs=2)  # doctest: +SKIP
+        fit(mx, data, methods=[ExitTraining([0.15, 0.3])], epochs=2)
     """
 
     name = "exits"
@@ -101,7 +101,7 @@ class FrozenBackbone(Method):
     `finalize` undoes both. The final exit then stays exactly the original network.
 
     Example:
-        >>> fb = FrozenBackbone(); fit(mx, data, methods=[fb, ExitTraining([0.2])]); fb.finalize(mx)  # doctest: +SKIP
+        fb = FrozenBackbone(); fit(mx, data, methods=[fb, ExitTraining([0.2])]); fb.finalize(mx)
     """
 
     name = "frozen-backbone"

@@ -13,8 +13,8 @@ batch size (see `pte_program`). ExecuTorch's thread pool is process-wide: `PteMo
 before each call (`_unsafe_reset_threadpool`, the only thread control its Python runtime offers).
 
 Example:
-    >>> ort = OrtModule(onnx_program(model, x), threads=1)           # doctest: +SKIP
-    >>> runtime_latency_ms(ort, x, batch_size=1)                     # doctest: +SKIP
+    ort = OrtModule(onnx_program(model, x), threads=1)
+    runtime_latency_ms(ort, x, batch_size=1)
 """
 from __future__ import annotations
 

@@ -20,9 +20,9 @@ The spec stored on the model (``model.netcompress_spec``) always names the sourc
 ``pretrained=False``: a saved model brings its own weights, so reloading never downloads anything.
 
 Example:
-    >>> m = build_timm("resnet18", {"num_classes": 10})               # doctest: +SKIP
-    >>> m = build_hf("bert", {"task": "sequence-classification", "hidden_size": 32,
-    ...                       "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64})  # doctest: +SKIP
+    m = build_timm("resnet18", {"num_classes": 10})
+    m = build_hf("bert", {"task": "sequence-classification", "hidden_size": 32,
+                          "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64})
 """
 from __future__ import annotations
 

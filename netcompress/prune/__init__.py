@@ -1,10 +1,10 @@
 """Pruning: unstructured weight masks and structured channel removal.
 
 Example:
-    >>> import netcompress as nc
-    >>> from netcompress import prune
-    >>> small = prune.channels(model, "fpgm", 0.5, example_inputs=data.example)   # doctest: +SKIP
-    >>> prune.weights_(model, "l1", 0.9)                                            # doctest: +SKIP
+    import netcompress as nc
+    from netcompress import prune
+    small = prune.channels(model, "fpgm", 0.5, example_inputs=data.example)
+    prune.weights_(model, "l1", 0.9)
 """
 from netcompress.core.graph import ChannelGraph
 from netcompress.core.graph_layers import LayerContext, register_layer, unregister_layer

@@ -34,7 +34,7 @@ def iterative_weights_(model: nn.Module, finetune: Finetune | None, sparsity: fl
     `sparsity`, each followed by `finetune(model, [MaskMethod()])`; masks become permanent at the end.
 
     Example:
-        >>> iterative_weights_(model, lambda m, ms: nc.train.fit(m, data, epochs=1, methods=ms), 0.9, 3)  # doctest: +SKIP
+        iterative_weights_(model, lambda m, ms: nc.train.fit(m, data, epochs=1, methods=ms), 0.9, 3)
     """
     if isinstance(sparsity, Mapping):
         plans = [{k: s for k, s in zip(sparsity, vals)} for vals in zip(*(step_sparsities(v, steps) for v in sparsity.values()))]
@@ -71,7 +71,7 @@ class SlimmingMethod(Method):
     `slimming` criterion. `filter_fn(module, name)` picks the norm layers (default: all BatchNorm).
 
     Example:
-        >>> fit(model, data, epochs=5, methods=[SlimmingMethod(1e-4)])  # doctest: +SKIP
+        fit(model, data, epochs=5, methods=[SlimmingMethod(1e-4)])
     """
 
     name = "slimming"

@@ -81,7 +81,7 @@ def weights_(model: nn.Module, criterion: Literal["l1", "random"] = "l1", sparsi
         {layer name: bool mask} of the layers pruned.
 
     Example:
-        >>> masks = weights_(model, "l1", 0.9)   # doctest: +SKIP
+        masks = weights_(model, "l1", 0.9)
     """
     _validate(criterion, sparsity, scope)
     targets = _targets(model, sparsity, filter_fn)
@@ -185,7 +185,7 @@ class AGPMethod(MaskMethod):
     between `start` and `end` it raises the sparsity along the cubic schedule; masks hold between.
 
     Example:
-        >>> fit(model, data, epochs=3, methods=[AGPMethod(0.9, end=300)])  # doctest: +SKIP
+        fit(model, data, epochs=3, methods=[AGPMethod(0.9, end=300)])
     """
 
     name = "agp"

@@ -9,9 +9,9 @@ H = sqrt(1.5 / (fan_in + fan_out)) (the paper writes [-1, 1], i.e. units of H). 
 binary weights are written into the model, so the archive stores one bit per weight.
 
 Example:
-    >>> bc = BinaryConnect(stochastic=False)
-    >>> nc.train.fit(model, data, methods=[bc], epochs=5)   # doctest: +SKIP
-    >>> bc.finalize(model)                                    # doctest: +SKIP
+    bc = BinaryConnect(stochastic=False)
+    nc.train.fit(model, data, methods=[bc], epochs=5)
+    bc.finalize(model)
 """
 from __future__ import annotations
 

@@ -229,7 +229,7 @@ def cluster_(model: nn.Module, bits: int | Mapping[str, int] = 5, init: Init = "
         Per-layer info `{name: {"bits", "clusters", "nonzero", "inertia"}}`.
 
     Example:
-        >>> cluster_(model, bits={"Conv2d": 8, "Linear": 5})  # doctest: +SKIP
+        cluster_(model, bits={"Conv2d": 8, "Linear": 5})
     """
     if isinstance(bits, Mapping):
         bad = {k: v for k, v in bits.items() if not isinstance(v, int) or not 1 <= v <= 16}
@@ -291,8 +291,8 @@ class CentroidFineTune(Method):
     each step the weights are re-projected onto their cluster means, so sharing is exact.
 
     Example:
-        >>> ft = CentroidFineTune(reduce="mean")
-        >>> nc.train.fit(model, data, methods=[ft], epochs=1, lr=0.001)  # doctest: +SKIP
+        ft = CentroidFineTune(reduce="mean")
+        nc.train.fit(model, data, methods=[ft], epochs=1, lr=0.001)
     """
 
     name = "centroid-finetune"

@@ -22,8 +22,8 @@ whose forward runs the runtime, so accuracy and latency are measured where the m
 float model is left unchanged. `save_int8` writes the program (`.onnx` / `.pte`) atomically.
 
 Example:
-    >>> q = int8_quantize(model, data.calibration(256))     # doctest: +SKIP
-    >>> save_int8(q, "model.int8.onnx")                      # doctest: +SKIP
+    q = int8_quantize(model, data.calibration(256))
+    save_int8(q, "model.int8.onnx")
 """
 from __future__ import annotations
 

@@ -126,7 +126,7 @@ def quantize_weights_(model: nn.Module, method: Literal["rtn", "gptq"] = "gptq",
         sequential: calibrate block i on the output of the already quantized blocks 0..i-1.
 
     Example:
-        >>> info = quantize_weights_(model, "gptq", 4, 128, calibration=data)   # doctest: +SKIP
+        info = quantize_weights_(model, "gptq", 4, 128, calibration=data)
     """
     if method not in ("rtn", "gptq"):
         raise NetcompressError(f"weight-only method must be rtn or gptq, got {method!r}")

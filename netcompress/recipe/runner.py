@@ -120,8 +120,8 @@ def run_recipe(recipe: str | Path | Recipe | None = None, out: str | Path | None
         trust_python: allow model files of the run folder that name python code (resume).
 
     Example:
-        >>> from netcompress.recipe import run_recipe
-        >>> res = run_recipe("recipes/quick.yaml", out="runs/quick")   # doctest: +SKIP
+        from netcompress.recipe import run_recipe
+        res = run_recipe("recipes/quick.yaml", out="runs/quick")
     """
     from netcompress.data import load as load_data
     from netcompress.models import create_for
