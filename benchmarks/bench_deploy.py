@@ -38,7 +38,7 @@ from netcompress.measure.runtime import (OrtModule, PteModule, compare_outputs, 
 from netcompress.quantize.deploy import onnx_int8, pt2e_int8  # noqa: E402
 from netcompress.train import evaluate  # noqa: E402
 
-THREADS = (1, 2)
+THREADS = [1, 2]
 BATCHES = (1, 64)
 
 
@@ -222,7 +222,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="mnist models only, one seed")
     ap.add_argument("--epochs", type=float, default=2)
     ap.add_argument("--min-run", type=float, default=0.3)
+    ap.add_argument("--threads", type=int, nargs="+", default=list(THREADS),
+                    help="thread counts to time (default 1 2; on a shared machine 1 only: 2 threads then measure the load)")
     args = ap.parse_args()
+    THREADS[:] = args.threads
     t_all = time.perf_counter()
     load_start = load_line()
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731

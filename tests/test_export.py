@@ -198,3 +198,13 @@ def test_stage_and_cli(trained, mnist_small, tmp_path, capsys):
     assert out.is_file() and printed["check"]["passed"] and printed["bytes"] == out.stat().st_size
     assert main(["export", str(tmp_path / "m.pt"), "--format", "onnx", "--data", "mnist-5k", "--out", str(tmp_path / "m.pte")]) == 2
     assert "the stage writes a .onnx file" in capsys.readouterr().err and not (tmp_path / "m.pte").exists()
+
+
+def test_missing_optional_runtime_is_one_clear_line(monkeypatch):
+    """Without the deploy extra, an ExecuTorch export says which package and extra it needs."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "executorch", None)  # import executorch -> ImportError
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3)).eval()
+    with pytest.raises(nc.NetcompressError, match=r"needs the executorch package: pip install 'netcompress\[deploy\]'"):
+        export(model, "executorch", example_inputs=torch.randn(2, 4))

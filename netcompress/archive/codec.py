@@ -116,8 +116,9 @@ def _grid_plan(t: torch.Tensor) -> list[tuple[int, dict[str, Any]]]:
             s = c if ulp == 0 else np.nextafter(c, np.float32(np.inf) if ulp > 0 else np.float32(0)).astype(np.float32)
             if abs(ulp) == 2:
                 s = np.nextafter(s, np.float32(np.inf) if ulp > 0 else np.float32(0)).astype(np.float32)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                n = np.where(s[:, None] > 0, np.rint(v / s[:, None]), 0)
+            # float64 quotient: a denormal scale cannot overflow it; clipped so the float32 check cannot either
+            q = v.astype(np.float64) / np.where(s > 0, s, 1).astype(np.float64)[:, None]
+            n = np.clip(np.where(s[:, None] > 0, np.rint(q), 0), -4096, 4096)
             ok = (np.abs(n) < 2048).all(1) & ((n.astype(np.float32) * s[:, None]).astype(np.float32).view(np.uint32)
                                               == v.view(np.uint32)).all(1)
             span = np.where(ok, np.abs(n).max(1), np.iinfo(np.int64).max)

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from netcompress.core.errors import NetcompressError
+from netcompress.core.optional import need
 
 Inputs = Any  # torch.Tensor | tuple[torch.Tensor, ...] | dict[str, torch.Tensor]
 
@@ -242,6 +243,7 @@ def pte_program(model: nn.Module | dict[str, tuple[nn.Module, Inputs]], example:
     `model` may be a dict `{prefix: (module, example)}` for several graphs in one program (an
     early-exit model's stages, methods `PREFIX_b1`, ...). PT2E-converted graphs are fine.
     """
+    need("executorch", "deploy", "ExecuTorch export")
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
@@ -322,6 +324,7 @@ class PteModule(nn.Module):
 
     def __init__(self, program: bytes, threads: int = 1, prefix: str = "") -> None:
         super().__init__()
+        need("executorch", "deploy", "running a .pte program")
         from executorch.runtime import Runtime
 
         try:

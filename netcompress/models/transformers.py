@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from netcompress.core.errors import NetcompressError
 from netcompress.models.io import register_module_type
 
 
@@ -76,13 +77,15 @@ class ViTBlock(nn.Module):
 class ViT(nn.Module):
     """A small Vision Transformer; `forward` returns class logits from the class token."""
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, input_size: int = 28, patch: int = 7,
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, input_size: int = 28, patch: int | None = None,
                  dim: int = 64, depth: int = 4, num_heads: int = 4, mlp_ratio: float = 2.0, width: float = 1.0,
                  stem: int = 32) -> None:
         super().__init__()
         dim = _scaled(dim, width, num_heads)
+        if patch is None:  # the largest patch of at most 7 px that tiles the image (28 -> 7, 32 -> 4, 8 -> 4)
+            patch = next(p for p in range(min(7, input_size), 0, -1) if input_size % p == 0)
         if input_size % patch:
-            raise ValueError(f"input_size {input_size} is not a multiple of patch {patch}")
+            raise NetcompressError(f"vit: input_size {input_size} is not a multiple of patch {patch}")
         if stem > 0 and patch == 4:  # two stride-2 3x3 convolutions make the 4x4 patches (Xiao et al. 2021,
             # "Early convolutions help transformers see better"): what lets a ViT learn from 4,000 images
             self.patch_embed: nn.Module = nn.Sequential(nn.Conv2d(in_channels, stem, 3, 2, 1), nn.GELU(),

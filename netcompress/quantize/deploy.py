@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from netcompress.core.errors import NetcompressError
+from netcompress.core.optional import need
 from netcompress.measure.runtime import (Inputs, OrtModule, PteModule, at_batch, input_names, onnx_program,
                                          pte_program, split_inputs)
 
@@ -115,6 +116,8 @@ def onnx_int8(model: nn.Module, calibration: Any, example: Inputs | None = None,
 def pt2e_int8(model: nn.Module, calibration: Any, example: Inputs | None = None) -> torch.fx.GraphModule:
     """PT2E static int8 for XNNPACK: a converted graph with quantize/dequantize ops around each
     conv and linear (per-channel symmetric weights), ready for `pte_program`."""
+    need("executorch", "deploy", "ExecuTorch int8 (PT2E, XNNPACK)")
+    need("torchao", "deploy", "ExecuTorch int8 (PT2E, XNNPACK)")
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
                                                                          get_symmetric_quantization_config)
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
