@@ -32,3 +32,31 @@ def test_latency_is_measured_and_mode_restored():
     t1 = latency_ms(m, torch.zeros(1, 1, 28, 28), batch_size=1, min_run_time=0.05)
     t64 = latency_ms(m, torch.zeros(1, 1, 28, 28), batch_size=64, min_run_time=0.05)
     assert 0 < t1 < t64 and m.training
+
+
+def test_count_macs_when_a_parameter_is_passed_between_modules():
+    """torch's module tracker asserts on a grad-requiring leaf module input under no_grad (timm PiT
+    passes its class token between stages); counting freezes parameters and restores them."""
+    from torch import nn as _nn
+
+    class Stage(_nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = _nn.Linear(4, 4)
+
+        def forward(self, xt):
+            x, t = xt
+            return self.fc(x) + t, t
+
+    class M(_nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.token = _nn.Parameter(torch.zeros(1, 4))
+            self.stage = Stage()
+
+        def forward(self, x):
+            return self.stage((x, self.token.expand(x.shape[0], -1)))[0]  # a no_grad view still requires grad
+
+    m = M()
+    assert nc.measure.count_macs(m, torch.randn(2, 4)) == 16
+    assert all(p.requires_grad for p in m.parameters())

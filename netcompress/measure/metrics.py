@@ -75,6 +75,24 @@ def _with_mode(model: nn.Module):
     return _Ctx()
 
 
+class _Frozen:
+    """Parameters without requires_grad while counting: a view of a parameter made under no_grad
+    (timm PiT's expanded class token, passed between stages) still requires grad but has no
+    grad_fn, and torch's module tracker inside FlopCounterMode asserts on such a module input.
+    Restored on exit."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.params = [p for p in model.parameters() if p.requires_grad]
+
+    def __enter__(self) -> None:
+        for p in self.params:
+            p.requires_grad_(False)
+
+    def __exit__(self, *a: object) -> None:
+        for p in self.params:
+            p.requires_grad_(True)
+
+
 @torch.no_grad()
 def count_macs(model: nn.Module, example_inputs: Batch) -> int:
     """Multiply-accumulates of one forward pass of one sample (batch 1); inputs as in `core.batch`."""
@@ -82,7 +100,7 @@ def count_macs(model: nn.Module, example_inputs: Batch) -> int:
 
     x = head(example_inputs, 1)
     counter = FlopCounterMode(display=False)
-    with _with_mode(model), counter:
+    with _with_mode(model), _Frozen(model), counter:
         call(model, x)
     return int(counter.get_total_flops() // 2)
 
