@@ -17,7 +17,8 @@ from netcompress.cli import main
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 FAMILY_VARIANTS = ["prune-weights", "prune-channels", "kd-student", "student-alone", "int8", "kmeans-huffman",
-                   "low-rank", "separable", "early-exit", "deep-compression", "prune-channels-int8"]
+                   "low-rank", "separable", "early-exit", "deep-compression", "prune-channels-int8",
+                   "deploy-onnx-int8"]
 BUDGET_S = 600  # issue 8: at most 10 minutes on this 2-core machine
 
 
@@ -69,6 +70,13 @@ def test_default_run_meets_its_promises(default_run):
     md = (out / "report.md").read_text()
     assert all(v in md for v in FAMILY_VARIANTS)
     assert 'id="wall-time"' in (out / "report.html").read_text()
+    # issue 14: the shipped file, checked and timed in its runtime next to PyTorch eager
+    dep = by_variant["deploy-onnx-int8"]
+    info = dep["extra"]["export"]
+    assert info["check"]["passed"] and info["int8"] and Path(info["path"]).suffix == ".onnx"
+    assert info["latency"]["runtime_ms_b1"] > 0 and info["latency"]["eager_ms_b1"] > 0
+    assert abs(dep["accuracy"] - by_variant["prune-channels"]["accuracy"]) <= 0.01
+    assert "## Deployment" in md and 'id="deployment"' in (out / "report.html").read_text()
 
 
 @pytest.mark.timeout(300)

@@ -67,6 +67,28 @@ def _cells(r: dict[str, Any]) -> list[str]:
             "-" if r["speedup_b64"] is None else f"{r['speedup_b64']:.2f}x"]
 
 
+DEPLOY_COLUMNS = ["row", "runtime", "file bytes", "check: max abs diff / top-1", "runtime b1 ms", "eager b1 ms",
+                  "runtime b64 ms", "eager b64 ms", "speedup b1 / b64 (vs eager, same model)"]
+
+
+def deploy_rows(entries: list[dict[str, Any]]) -> list[list[str]]:
+    """One row per export stage: the file in its runtime beside PyTorch eager of the same model."""
+    out = []
+    for e in entries:
+        info = (e.get("extra") or {}).get("export")
+        if not isinstance(info, dict):
+            continue
+        lat, c = info.get("latency") or {}, info.get("check") or {}
+        f = lambda k: "-" if lat.get(k) is None else f"{lat[k]:.3f}"  # noqa: E731
+        sp = lambda b: (f"{lat[f'eager_ms_b{b}'] / lat[f'runtime_ms_b{b}']:.2f}x"  # noqa: E731
+                        if lat.get(f"runtime_ms_b{b}") and lat.get(f"eager_ms_b{b}") else "-")
+        label = e["stage"] if e.get("variant") in (None, "main") else e["variant"]
+        out.append([label, f"{info.get('runtime')}{' int8' if info.get('int8') else ''}", _fmt_int(info.get("bytes")),
+                    f"{c.get('max_abs_diff', float('nan')):.3g} / {100 * c.get('top1_agreement', float('nan')):.1f} %",
+                    f("runtime_ms_b1"), f("eager_ms_b1"), f("runtime_ms_b64"), f("eager_ms_b64"), f"{sp(1)} / {sp(64)}"])
+    return out
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     cols = _columns(rows)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -140,6 +162,15 @@ def _html_table(rows: list[dict[str, Any]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _deploy_html(rows: list[list[str]]) -> str:
+    if not rows:
+        return ""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in DEPLOY_COLUMNS)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return (f'<h2 id="deployment">Deployment (measured in the runtime that ships it)</h2>'
+            f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+
+
 _CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1150px;color:#222}
 table{border-collapse:collapse;font-size:13px;margin:1rem 0}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}figure{display:inline-block;margin:0.5rem;vertical-align:top}
@@ -159,6 +190,11 @@ def write_report(out_dir: Path, recipe, entries: list[dict[str, Any]], figures: 
           "## Summary (one row per variant)\n", markdown_table(rows)]
     if len(all_rows) > len(rows):
         md += ["## Every stage\n", markdown_table(all_rows)]
+    deploy = deploy_rows(entries)
+    if deploy:
+        md += ["## Deployment (measured in the runtime that ships it)\n",
+               "| " + " | ".join(DEPLOY_COLUMNS) + " |\n|" + "---|" * len(DEPLOY_COLUMNS) + "\n"
+               + "".join("| " + " | ".join(r) + " |\n" for r in deploy)]
     atomic_write(out_dir / "report.md", lambda f: f.write("\n".join(md)), mode="w")
 
     plots = _plots(entries)
@@ -171,6 +207,7 @@ Wall time <b id="wall-time">{seconds:.0f} s</b>. Latency: CPU, {recipe.measure.t
 Ratio = baseline bytes / bytes on disk; speedup = baseline latency / latency.</p>
 <h2>Summary (one row per variant)</h2>{_html_table(rows)}
 {"<h2>Every stage</h2>" + _html_table(all_rows) if len(all_rows) > len(rows) else ""}
+{_deploy_html(deploy)}
 <h2>Charts</h2>{figs}
 <h2>Recipe</h2><pre>{html.escape(recipe.to_yaml())}</pre>
 </body></html>"""
