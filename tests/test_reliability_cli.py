@@ -17,7 +17,19 @@ COMMANDS = {  # every command that writes a model, with a tiny budget
     "design": "design lenet300 --data digits --op lowrank --rank 4 --epochs 0.1 --seed {seed}",
     "dynamic": "dynamic lenet300 --data digits --exits fc1 --epochs 0.1 --holdout 100 --threshold 0.9 --no-latency --seed {seed}",
     "pack": "pack lenet300 --data digits --seed {seed}",
+    "finetune": "finetune lenet300 --data digits --epochs 0.1 --seed {seed}",
+    "sparse-vd": "sparse-vd lenet300 --data digits --epochs 0.1 --anneal-epochs 0 --seed {seed}",
+    "sparsify": "sparsify lenet300 --data digits --criterion sparsegpt --samples 16 --seed {seed}",
+    "weight-only": "weight-only lenet300 --data digits --method gptq --bits 4 --group-size 16 --samples 16 --seed {seed}",
+    "export": "export lenet300 --data digits --int8 --calibration-samples 32 --check-samples 32 --no-latency --seed {seed}",
 }
+SUFFIX = {"pack": ".ncz", "export": ".onnx"}
+
+
+def test_every_stage_command_is_checked_for_determinism():
+    from netcompress.recipe.stages import STAGES
+
+    assert set(STAGES.list()) <= set(COMMANDS), sorted(set(STAGES.list()) - set(COMMANDS))
 
 
 def sha(p: Path) -> str:
@@ -34,7 +46,7 @@ def run(cmd: str, out: Path, capsys, seed: int = 0) -> str:
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_same_seed_same_file(name, tmp_path, capsys, one_thread):
-    ext = ".ncz" if name == "pack" else ".pt"
+    ext = SUFFIX.get(name, ".pt")
     a = run(COMMANDS[name], tmp_path / f"a{ext}", capsys)
     b = run(COMMANDS[name], tmp_path / f"b{ext}", capsys)
     assert a == b, f"{name}: two runs with the same seed wrote different files"
