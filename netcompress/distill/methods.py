@@ -108,7 +108,33 @@ class KD(TeacherMethod):
         return self.kd_terms(outputs, self.teacher_outputs(inputs))
 
 
-class _FeatureMethod(TeacherMethod):
+class TappedMethod(TeacherMethod):
+    """A teacher method that taps layers of both models (`_s_taps`, `_t_taps`) and trains
+    `adapters` between them: closing the taps, finalizing, and checkpointing the adapters."""
+
+    adapters: nn.ModuleList
+    _s_taps: Taps | None = None
+    _t_taps: Taps | None = None
+
+    def close(self) -> None:
+        for taps in (self._s_taps, self._t_taps):
+            if taps is not None:
+                taps.close()
+        self._s_taps = self._t_taps = None
+
+    def finalize(self, model: nn.Module) -> nn.Module:
+        self.close()
+        return super().finalize(model)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"adapters": self.adapters.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("adapters"):
+            self.adapters.load_state_dict(state["adapters"])
+
+
+class _FeatureMethod(TappedMethod):
     """Shared machinery: taps on teacher and student layers, adapters built from one probe pass."""
 
     adapters_always = False
@@ -178,23 +204,6 @@ class _FeatureMethod(TeacherMethod):
             s, t = [gather_batch(f) for f in s], [gather_batch(f) for f in t]
         terms.update(self.feature_loss(s, t))
         return terms
-
-    def close(self) -> None:
-        for taps in (self._s_taps, self._t_taps):
-            if taps is not None:
-                taps.close()
-        self._s_taps = self._t_taps = None
-
-    def finalize(self, model: nn.Module) -> nn.Module:
-        self.close()
-        return super().finalize(model)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"adapters": self.adapters.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("adapters"):
-            self.adapters.load_state_dict(state["adapters"])
 
 
 class Hint(_FeatureMethod):

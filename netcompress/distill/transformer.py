@@ -15,7 +15,7 @@ The features are taken with `netcompress.core.Taps` by module name; nothing edit
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +24,7 @@ from torch import nn
 from netcompress.core.errors import NetcompressError
 from netcompress.core.layerwise import find_blocks
 from netcompress.core.taps import Taps
-from netcompress.distill.methods import TeacherMethod, _device_of
+from netcompress.distill.methods import TappedMethod, _device_of
 
 
 def uniform_layer_map(n_student: int, n_teacher: int) -> list[int]:
@@ -69,7 +69,7 @@ def _split(x: torch.Tensor, fused: bool) -> list[torch.Tensor]:
     return list(x.chunk(3, dim=-1)) if fused else [x]
 
 
-class HiddenKD(TeacherMethod):
+class HiddenKD(TappedMethod):
     """Per-token logit KD + hidden-state MSE through projections + attention relations (TinyBERT/MiniLM).
 
     Args:
@@ -105,8 +105,8 @@ class HiddenKD(TeacherMethod):
                                        "set attention_weight 0")
             self.att = (sa[0], ta[0], sa[1], len(sa[0]) == 1)
         self.adapters = nn.ModuleList()
-        self._s: Taps | None = None
-        self._t: Taps | None = None
+        self._s_taps: Taps | None = None
+        self._t_taps: Taps | None = None
         self._student = student
 
     def prepare(self, model: nn.Module) -> nn.Module:
@@ -114,7 +114,7 @@ class HiddenKD(TeacherMethod):
         s_names = [s for s, _ in self.pairs] + (self.att[0] if self.att else [])
         t_names = [t for _, t in self.pairs] + (self.att[1] if self.att else [])
         self.close()
-        self._s, self._t = Taps(model, s_names), Taps(self.teacher, t_names)
+        self._s_taps, self._t_taps = Taps(model, s_names), Taps(self.teacher, t_names)
         if not len(self.adapters) and self.hidden_weight > 0:
             dims = []
             for name, who in ((self.pairs[0][0], model), (self.pairs[0][1], self.teacher)):
@@ -134,37 +134,20 @@ class HiddenKD(TeacherMethod):
         return list(self.adapters.parameters())
 
     def loss_terms(self, model, inputs, targets, outputs) -> dict[str, torch.Tensor]:
-        assert self._s is not None and self._t is not None, "prepare() was not called"
+        assert self._s_taps is not None and self._t_taps is not None, "prepare() was not called"
         t_logits = self.teacher_outputs(inputs)
         terms = self.kd_terms(outputs, t_logits)
         if self.hidden_weight > 0:
-            mse = sum(F.mse_loss(a(self._s[s]).float(), self._t[t].detach().float())
+            mse = sum(F.mse_loss(a(self._s_taps[s]).float(), self._t_taps[t].detach().float())
                       for a, (s, t) in zip(self.adapters, self.pairs))
             terms["hidden"] = self.hidden_weight * mse
         if self.att is not None:
             s_names, t_names, causal, fused = self.att
-            s_parts = [p for n in s_names for p in _split(self._s[n], fused)]
-            t_parts = [p for n in t_names for p in _split(self._t[n], len(t_names) == 1)]
+            s_parts = [p for n in s_names for p in _split(self._s_taps[n], fused)]
+            t_parts = [p for n in t_names for p in _split(self._t_taps[n], len(t_names) == 1)]
             terms["attention"] = self.attention_weight * sum(
                 relation_kl(a, b, self.relation_heads, causal) for a, b in zip(s_parts, t_parts)) / len(s_parts)
         return terms
-
-    def close(self) -> None:
-        for t in (self._s, self._t):
-            if t is not None:
-                t.close()
-        self._s = self._t = None
-
-    def finalize(self, model: nn.Module) -> nn.Module:
-        self.close()
-        return super().finalize(model)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"adapters": self.adapters.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("adapters") and len(self.adapters):
-            self.adapters.load_state_dict(state["adapters"])
 
 
 def _run_hidden(teacher, student, data, cfg, fit_fn):
