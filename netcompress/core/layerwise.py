@@ -157,3 +157,48 @@ def sequential_(model: nn.Module, inputs: list[torch.Tensor], kind: Kind,
     finally:
         model.train(was)
     return done
+
+
+def damped_hessian_inverse(weight: torch.Tensor, hessian: torch.Tensor, damp: float,
+                           who: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The shared start of SparseGPT and GPTQ: (weight in float64 with dead inputs zeroed, the
+    upper Cholesky factor of the damped inverse Hessian, the dead-input mask).
+
+    Inputs never seen in calibration (zero diagonal) get H_ii = 1 and a zero weight column;
+    lambda = damp * mean(diag H) is added to the diagonal."""
+    w = weight.detach().double().clone()
+    h = hessian.detach().double().clone()
+    cols = w.shape[1]
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    h += torch.eye(cols, dtype=h.dtype, device=h.device) * damp * torch.diag(h).mean()
+    try:
+        hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    except torch.linalg.LinAlgError:
+        raise NetcompressError(f"{who}: the calibration Hessian is not positive definite; raise damp") from None
+    return w, hinv, dead
+
+
+def obs_sweep_(w: torch.Tensor, hinv: torch.Tensor, blocksize: int,
+               step: Callable[[int, int, torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+    """Optimal-brain-surgeon column sweep with lazy block updates (SparseGPT / GPTQ), in place.
+
+    For each block of `blocksize` columns, column i of the block is replaced by
+    ``step(i1, i, w1, hinv1)`` (its pruned or quantized value; `w1` is the block as updated so
+    far, `hinv1` its part of `hinv`); the error, scaled by the inverse Hessian, is spread over the
+    block's remaining columns at once and over later blocks after the block."""
+    cols = w.shape[1]
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        w1, hinv1 = w[:, i1:i2].clone(), hinv[i1:i2, i1:i2]
+        err1 = torch.zeros_like(w1)
+        for i in range(i2 - i1):
+            col = w1[:, i]
+            q = step(i1, i, w1, hinv1)
+            e = (col - q) / hinv1[i, i]
+            w1[:, i:] -= e.unsqueeze(1) * hinv1[i, i:].unsqueeze(0)
+            w1[:, i] = q
+            err1[:, i] = e
+        w[:, i1:i2] = w1
+        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]

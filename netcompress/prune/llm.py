@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from netcompress.core.errors import NetcompressError
-from netcompress.core.layerwise import calibration_inputs, sequential_
+from netcompress.core.layerwise import calibration_inputs, damped_hessian_inverse, obs_sweep_, sequential_
 from netcompress.prune.unstructured import MASK
 
 Criterion = Literal["magnitude", "wanda", "sparsegpt"]
@@ -85,37 +85,20 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
         sparsity / nm: fraction pruned in each block of `blocksize` columns, or N:M.
         damp: lambda = damp * mean(diag H) added to the diagonal (the paper uses 1 %).
     """
-    w = weight.detach().double().clone()
-    h = hessian.detach().double().clone()
-    rows, cols = w.shape
-    dead = torch.diag(h) == 0
-    h[dead, dead] = 1.0
-    w[:, dead] = 0.0
-    h += torch.eye(cols, dtype=h.dtype, device=h.device) * damp * torch.diag(h).mean()
-    try:
-        hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
-    except torch.linalg.LinAlgError:
-        raise NetcompressError("sparsegpt: the calibration Hessian is not positive definite; raise damp") from None
+    w, hinv, dead = damped_hessian_inverse(weight, hessian, damp, "sparsegpt")
     keep = torch.ones_like(w, dtype=torch.bool) if mask is None else mask.to(w.device).bool().clone()
-    for i1 in range(0, cols, blocksize):
-        i2 = min(i1 + blocksize, cols)
-        w1, hinv1 = w[:, i1:i2].clone(), hinv[i1:i2, i1:i2]
-        err1 = torch.zeros_like(w1)
-        d = torch.diag(hinv1)
-        if mask is None and nm is None:
-            keep[:, i1:i2] = mask_from_scores(w1 ** 2 / d.unsqueeze(0) ** 2, sparsity, None, per_row=False)
-        for i in range(i2 - i1):
-            if mask is None and nm is not None and i % nm[1] == 0:
-                j = slice(i, i + nm[1])
-                keep[:, i1 + i:i1 + i + nm[1]] = mask_from_scores(w1[:, j] ** 2 / d[j].unsqueeze(0) ** 2, 0.0, nm)
-            col = w1[:, i]
-            q = col * keep[:, i1 + i]
-            e = (col - q) / hinv1[i, i]
-            w1[:, i:] -= e.unsqueeze(1) * hinv1[i, i:].unsqueeze(0)
-            w1[:, i] = q
-            err1[:, i] = e
-        w[:, i1:i2] = w1
-        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+
+    def step(i1: int, i: int, w1: torch.Tensor, hinv1: torch.Tensor) -> torch.Tensor:
+        if mask is None and nm is None and i == 0:  # the block's mask, from its weights before any update
+            d = torch.diag(hinv1)
+            keep[:, i1:i1 + w1.shape[1]] = mask_from_scores(w1 ** 2 / d.unsqueeze(0) ** 2, sparsity, None, per_row=False)
+        if mask is None and nm is not None and i % nm[1] == 0:
+            j = slice(i, i + nm[1])
+            d = torch.diag(hinv1)[j]
+            keep[:, i1 + i:i1 + i + nm[1]] = mask_from_scores(w1[:, j] ** 2 / d.unsqueeze(0) ** 2, 0.0, nm)
+        return w1[:, i] * keep[:, i1 + i]
+
+    obs_sweep_(w, hinv, blocksize, step)
     keep &= ~dead.unsqueeze(0)
     return (w * keep).to(weight.dtype), keep
 

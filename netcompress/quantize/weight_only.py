@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from netcompress.core.errors import NetcompressError
-from netcompress.core.layerwise import block_linears, calibration_inputs, sequential_
+from netcompress.core.layerwise import (block_linears, calibration_inputs, damped_hessian_inverse, obs_sweep_,
+                                        sequential_)
 
 
 def group_params(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,36 +66,18 @@ def rtn(weight: torch.Tensor, bits: int = 4, group_size: int = 128) -> torch.Ten
 def gptq(weight: torch.Tensor, hessian: torch.Tensor, bits: int = 4, group_size: int = 128,
          blocksize: int = 128, damp: float = 0.01) -> torch.Tensor:
     """GPTQ on one layer: the dequantized weight. weight (out, in); hessian (in, in) = 2 X X^T / N."""
-    w = weight.detach().double().clone()
-    h = hessian.detach().double().clone()
-    cols = w.shape[1]
+    cols = weight.shape[1]
     g = min(group_size, cols)
     bs = max(g, -(-blocksize // g) * g)  # whole groups in a block: a group's scale sees updated weights
-    dead = torch.diag(h) == 0
-    h[dead, dead] = 1.0
-    w[:, dead] = 0.0
-    h += torch.eye(cols, dtype=h.dtype, device=h.device) * damp * torch.diag(h).mean()
-    try:
-        hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
-    except torch.linalg.LinAlgError:
-        raise NetcompressError("gptq: the calibration Hessian is not positive definite; raise damp") from None
-    scale = zero = None
-    for i1 in range(0, cols, bs):
-        i2 = min(i1 + bs, cols)
-        w1, hinv1 = w[:, i1:i2].clone(), hinv[i1:i2, i1:i2]
-        err1 = torch.zeros_like(w1)
-        for i in range(i2 - i1):
-            if (i1 + i) % g == 0:
-                s, z = group_params(w1[:, i:i + g], bits)
-                scale, zero = s, z
-            col = w1[:, i]
-            q = quantize_to(col, scale, zero, bits)
-            e = (col - q) / hinv1[i, i]
-            w1[:, i:] -= e.unsqueeze(1) * hinv1[i, i:].unsqueeze(0)
-            w1[:, i] = q
-            err1[:, i] = e
-        w[:, i1:i2] = w1
-        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+    w, hinv, _ = damped_hessian_inverse(weight, hessian, damp, "gptq")
+    grid: list[torch.Tensor] = []  # the current group's (scale, zero)
+
+    def step(i1: int, i: int, w1: torch.Tensor, hinv1: torch.Tensor) -> torch.Tensor:
+        if (i1 + i) % g == 0:
+            grid[:] = group_params(w1[:, i:i + g], bits)
+        return quantize_to(w1[:, i], grid[0], grid[1], bits)
+
+    obs_sweep_(w, hinv, bs, step)
     return w.to(weight.dtype)
 
 
