@@ -93,6 +93,18 @@ def _paired(accs: list[float], rnd: list[float]) -> tuple[str, str]:
     return (f"{statistics.mean(d):+.2f} ± {sd:.2f}", verdict)
 
 
+def train_base_and_slim(data, seed: int, epochs: float, slim_epochs: float, slim_lambda: float):
+    """The seed's vgg-small baseline (SGD lr 0.05) and its copy trained further with the slimming
+    penalty (the slimming criterion's input); returns (base, slim, baseline history)."""
+    torch.manual_seed(seed)
+    base = nc.models.create("vgg-small", in_channels=1, input_size=28)
+    h = nc.train.fit(base, data, epochs=epochs, lr=0.05, seed=seed, progress=False)
+    slim = copy.deepcopy(base)
+    nc.train.fit(slim, data, epochs=slim_epochs, lr=0.01, seed=seed, progress=False,
+                 methods=[SlimmingMethod(slim_lambda)])
+    return base, slim, h
+
+
 def hard(args) -> None:
     """Criteria at 75 / 90 / 95 % fewer MACs, accuracy right after pruning and after a short fine-tune."""
     seeds = args.seeds or 3
@@ -108,13 +120,8 @@ def hard(args) -> None:
     res: dict[tuple[str, str, str], list[float]] = {}
     base_acc, macs_kept = [], {}
     for seed in range(seeds):
-        torch.manual_seed(seed)
-        base = nc.models.create("vgg-small", in_channels=1, input_size=28)
-        h = nc.train.fit(base, data, epochs=epochs, lr=0.05, seed=seed, progress=False)
+        base, slim, h = train_base_and_slim(data, seed, epochs, args.slim_epochs, args.slim_lambda)
         base_acc.append(h.final_test_acc)
-        slim = copy.deepcopy(base)
-        nc.train.fit(slim, data, epochs=args.slim_epochs, lr=0.01, seed=seed, progress=False,
-                     methods=[SlimmingMethod(args.slim_lambda)])
         print(f"seed {seed}: baseline {h.final_test_acc:.4f} ({time.time() - t0:.0f}s)", flush=True)
         for level, r in ratios.items():
             for crit in CRITERIA:
@@ -186,13 +193,8 @@ def main() -> None:
     macs_dense = count_macs(probe, x)
     macs_kept, macs_by = {}, {}
     for seed in range(seeds):
-        torch.manual_seed(seed)
-        base = nc.models.create("vgg-small", in_channels=1, input_size=28)
-        h = nc.train.fit(base, data, epochs=epochs, lr=0.05, seed=seed, progress=False)
+        base, slim, h = train_base_and_slim(data, seed, epochs, args.slim_epochs, 1e-4)
         base_acc.append(h.final_test_acc)
-        slim = copy.deepcopy(base)
-        nc.train.fit(slim, data, epochs=args.slim_epochs, lr=0.01, seed=seed, progress=False,
-                     methods=[SlimmingMethod(1e-4)])
         print(f"seed {seed}: baseline {h.final_test_acc:.4f} ({time.time() - t0:.0f}s)", flush=True)
         for level, r in ratios.items():
             for crit in CRITERIA:
