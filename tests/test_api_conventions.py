@@ -66,3 +66,17 @@ def test_python_and_recipe_defaults_agree():
     assert inspect.signature(CentroidFineTune).parameters["reduce"].default == cfg.reduce
     assert inspect.signature(CentroidFineTune).parameters["codebook_dtype"].default == cfg.codebook
     assert inspect.signature(cluster_).parameters["codebook_dtype"].default == cfg.codebook
+
+
+def test_fit_leaves_the_callers_global_rng_as_it_was(digits):
+    """`fit` seeds on a fork of the global RNG: the caller's next random draw is the one it would
+    have been without the training (before, `fit(seed=0)` left the RNG at `manual_seed(0)`)."""
+    torch.manual_seed(123)
+    expected = torch.rand(4)
+    torch.manual_seed(123)
+    model = nc.models.create("lenet300", in_channels=1, input_size=8)
+    after_init = torch.get_rng_state()
+    nc.train.fit(model, digits, epochs=1, max_steps=2, progress=False, seed=0)
+    assert torch.equal(torch.get_rng_state(), after_init)
+    torch.manual_seed(123)
+    assert torch.equal(torch.rand(4), expected)

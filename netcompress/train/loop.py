@@ -11,6 +11,7 @@ import json
 import math
 import os
 import sys
+import functools
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -166,6 +167,22 @@ def _read_checkpoint(path: Path, dev: torch.device, n_methods: int) -> dict[str,
     return blob
 
 
+def _keeps_caller_rng(fn):
+    """Run `fn` on a fork of the global RNG (CPU and every CUDA device): `fit` seeds and draws from
+    it, and the caller's state is restored afterwards, so training leaves no trace on global state
+    (a model built after `fit` does not get the same initial weights as one built after
+    ``torch.manual_seed(seed)``, which made DML peers identical)."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=cuda):
+            return fn(*args, **kwargs)
+
+    return run
+
+
+@_keeps_caller_rng
 def fit(
     model: nn.Module,
     data,
@@ -194,7 +211,8 @@ def fit(
         callbacks: called with each epoch's log dict.
         checkpoint: file written after every epoch (rank 0); with `resume=True` training continues
             from it when it exists.
-        seed: seeds parameters' RNG use (dropout) and the data order.
+        seed: seeds parameters' RNG use (dropout) and the data order, on a fork of the global RNG:
+            the caller's RNG state is the same after `fit` as before.
 
     Example:
         >>> import netcompress as nc
