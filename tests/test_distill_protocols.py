@@ -127,6 +127,31 @@ def test_dml_returns_n_peers_and_ensemble(small):
     assert not torch.equal(peers[0].features[0].weight, peers[1].features[0].weight)  # different inits
 
 
+def test_dml_peers_differ_after_a_seeded_fit(small):
+    """Regression: a student built right after ``torch.manual_seed(0)`` and a `fit(seed=0)` of
+    another model used to get a peer with identical weights (fit left the RNG at manual_seed(0)),
+    so the KL terms were 0 and DML was the student trained alone."""
+    torch.manual_seed(0)
+    s = student()
+    nc.train.fit(copy.deepcopy(s), small, max_steps=1, progress=False, seed=0)
+    r = distill("dml", None, s, small, **TINY)
+    assert not torch.equal(r.models["peer0"].features[0].weight, r.models["peer1"].features[0].weight)
+    assert r.histories["dml"][-1]["kl0"] > 0
+
+
+def test_dml_refuses_peers_that_cannot_be_reinitialised(small):
+    class Frozen(torch.nn.Module):  # no submodule has reset_parameters
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(784, 10) * 0.01)
+
+        def forward(self, x):
+            return x.flatten(1) @ self.w
+
+    with pytest.raises(NetcompressError, match="dml: peer 1 starts from the same weights"):
+        distill("dml", None, Frozen(), small, **TINY)
+
+
 def test_dml_step_gives_each_peer_only_its_own_gradient(small):
     a, b = student(), student()
     x, y = next(iter(small.train))
@@ -248,3 +273,37 @@ variants:
     entry = next(e for e in res.entries if e["variant"] == "kd-student")
     assert {"student_acc", "teacher_acc", "scratch_acc"} <= set(entry["extra"])
     assert res.models[entry["stage"]].fc1.out_features == 75
+
+
+@pytest.fixture(scope="module")
+def trained_teacher(small):
+    torch.manual_seed(0)
+    t = nc.models.create("lenet5")
+    nc.train.fit(t, small, epochs=6, progress=False)
+    return t
+
+
+@pytest.mark.parametrize("method,key", [("at", "at"), ("sp", "sp")])
+def test_feature_weights_are_balanced_against_the_task_loss_unless_given(small, trained_teacher, method, key):
+    """At the papers' weights the AT / SP terms start at 5-9x the cross-entropy on LeNet-5 and a
+    BatchNorm-free student collapses (7 % / 22 % with defaults on mnist-5k); by default the first
+    step lowers the weight so the term starts no larger than the CE. Given weights are kept."""
+    teacher = trained_teacher
+    torch.manual_seed(0)
+    r = distill(method, teacher, student(), small, epochs=1, max_steps=1)
+    first = r.histories[method][0]
+    assert 0 < r.extra["weight_scale"] < 1
+    assert first[key] <= first["task"] * (1 + 1e-5)
+    torch.manual_seed(0)
+    paper = {"at": 500.0, "sp": 3000.0}[key]
+    given = distill(method, teacher, student(), small, epochs=1, max_steps=1, weights={key: paper})
+    assert "weight_scale" not in given.extra
+    assert given.histories[method][0][key] > first[key]
+
+
+def test_balancing_factor_is_checkpointed(small, teacher):
+    m = AT(teacher, example_inputs=small.example)
+    m.scale = 0.25
+    fresh = AT(teacher, example_inputs=small.example)
+    fresh.load_state_dict(m.state_dict())
+    assert fresh.scale == 0.25

@@ -30,7 +30,7 @@ from netcompress.core.taps import Taps
 from netcompress.distill import losses
 from netcompress.distill.features import (embedding_layer, example_for, make_adapter, pair_layers, probe,
                                           spatial_layers)
-from netcompress.train.distributed import gather_batch
+from netcompress.train.distributed import gather_batch, mean_over_ranks
 from netcompress.train.loop import default_loss
 
 __all__ = ["TeacherMethod", "KD", "Hint", "AT", "RKD", "SP", "DML", "Peers", "Ensemble", "DISTILLERS"]
@@ -135,7 +135,16 @@ class TappedMethod(TeacherMethod):
 
 
 class _FeatureMethod(TappedMethod):
-    """Shared machinery: taps on teacher and student layers, adapters built from one probe pass."""
+    """Shared machinery: taps on teacher and student layers, adapters built from one probe pass.
+
+    Balancing (``balance=True``, the default of AT, RKD and SP): the papers' weights were set for
+    their networks (CIFAR ResNets with BatchNorm); on other models the same weight can make the
+    feature term many times the cross-entropy (AT 9x, SP 5x on LeNet-5 at initialisation) and a
+    BatchNorm-free student collapses to one class. So on the first training step the weight is
+    multiplied by ``min(1, CE / feature term)``, both measured on that batch (averaged over DDP
+    ranks): the term starts no larger than the task loss, and is never raised. The factor is kept
+    for the whole run (and in checkpoints); ``balance=False`` uses the weights as given.
+    """
 
     adapters_always = False
     default_layers = "spatial"  # or "embedding"
@@ -143,7 +152,8 @@ class _FeatureMethod(TappedMethod):
 
     def __init__(self, teacher: nn.Module, layers: Sequence[str | Sequence[str]] | None = None,
                  weight: float = 1.0, temperature: float = 4.0, alpha: float = 0.0,
-                 example_inputs: torch.Tensor | None = None, adapters: bool = False) -> None:
+                 example_inputs: torch.Tensor | None = None, adapters: bool = False,
+                 balance: bool = False) -> None:
         super().__init__(teacher, temperature, alpha)
         if weight < 0:
             raise NetcompressError(f"{self.name}: weight must be >= 0, got {weight}")
@@ -155,6 +165,8 @@ class _FeatureMethod(TappedMethod):
         self.adapters = nn.ModuleList()
         self._s_taps: Taps | None = None
         self._t_taps: Taps | None = None
+        self.balance = bool(balance)
+        self.scale: float | None = None  # the balancing factor, set on the first step
 
     def _defaults(self, model: nn.Module, x: torch.Tensor) -> tuple[list[str], list[str]]:
         if self.default_layers == "embedding":
@@ -202,8 +214,22 @@ class _FeatureMethod(TappedMethod):
         s, t = self.features()
         if self.relational:  # relations between the samples of the whole (global) batch, not of one shard
             s, t = [gather_batch(f) for f in s], [gather_batch(f) for f in t]
-        terms.update(self.feature_loss(s, t))
+        feats = self.feature_loss(s, t)
+        if self.balance:
+            if self.scale is None:
+                ce, f = mean_over_ranks(torch.stack([default_loss(outputs, targets).float(),
+                                                     sum(feats.values()).float()])).tolist()
+                self.scale = min(1.0, ce / f) if f > 0 else 1.0
+            feats = {k: v * self.scale for k, v in feats.items()}
+        terms.update(feats)
         return terms
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "scale": self.scale}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.scale = state.get("scale", self.scale)
 
 
 class Hint(_FeatureMethod):
@@ -260,16 +286,17 @@ class AT(_FeatureMethod):
     """Attention Transfer (Zagoruyko & Komodakis 2017) added to CE (and KD when ``alpha > 0``).
 
     Default weight 500 = beta/2 with the paper's beta = 1e3, for ``mode="code"`` (the authors' code,
-    see `losses.at_loss` for how it differs from the paper's eq. 2). Default layers: the last layer
-    at each spatial resolution, paired from the deepest.
+    see `losses.at_loss` for how it differs from the paper's eq. 2), balanced on the first step
+    (see `_FeatureMethod`). Default layers: the last layer at each spatial resolution, paired from
+    the deepest.
     """
 
     name = "at"
 
     def __init__(self, teacher, layers=None, weight: float = 500.0, p: float = 2.0,
                  mode: Literal["code", "paper"] = "code", temperature: float = 4.0, alpha: float = 0.0,
-                 example_inputs=None) -> None:
-        super().__init__(teacher, layers, weight, temperature, alpha, example_inputs)
+                 example_inputs=None, balance: bool = True) -> None:
+        super().__init__(teacher, layers, weight, temperature, alpha, example_inputs, balance=balance)
         self.p, self.mode = p, mode
 
     def feature_loss(self, s, t):
@@ -279,7 +306,8 @@ class AT(_FeatureMethod):
 class RKD(_FeatureMethod):
     """Relational KD (Park et al. 2019), distance + angle on the penultimate embedding, added to CE.
 
-    Defaults 25 (distance) and 50 (angle) are the paper's classification weights.
+    Defaults 25 (distance) and 50 (angle) are the paper's classification weights, balanced on the
+    first step (see `_FeatureMethod`).
     """
 
     name = "rkd"
@@ -287,8 +315,8 @@ class RKD(_FeatureMethod):
     relational = True
 
     def __init__(self, teacher, layers=None, distance_weight: float = 25.0, angle_weight: float = 50.0,
-                 temperature: float = 4.0, alpha: float = 0.0, example_inputs=None) -> None:
-        super().__init__(teacher, layers, 1.0, temperature, alpha, example_inputs)
+                 temperature: float = 4.0, alpha: float = 0.0, example_inputs=None, balance: bool = True) -> None:
+        super().__init__(teacher, layers, 1.0, temperature, alpha, example_inputs, balance=balance)
         self.distance_weight, self.angle_weight = float(distance_weight), float(angle_weight)
 
     def feature_loss(self, s, t):
@@ -302,15 +330,16 @@ class RKD(_FeatureMethod):
 
 class SP(_FeatureMethod):
     """Similarity-Preserving KD (Tung & Mori 2019) added to CE; default gamma = 3000 (paper, CIFAR-10),
-    on the penultimate embedding (the paper uses the last block's activation map)."""
+    balanced on the first step (see `_FeatureMethod`), on the penultimate embedding (the paper uses
+    the last block's activation map)."""
 
     name = "sp"
     default_layers = "embedding"
     relational = True
 
     def __init__(self, teacher, layers=None, weight: float = 3000.0, temperature: float = 4.0,
-                 alpha: float = 0.0, example_inputs=None) -> None:
-        super().__init__(teacher, layers, weight, temperature, alpha, example_inputs)
+                 alpha: float = 0.0, example_inputs=None, balance: bool = True) -> None:
+        super().__init__(teacher, layers, weight, temperature, alpha, example_inputs, balance=balance)
 
     def feature_loss(self, s, t):
         return {"sp": self.weight * losses.sp_loss(s, t)}

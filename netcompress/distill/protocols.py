@@ -50,7 +50,9 @@ class DistillConfig(Config):
         temperature, alpha: KD softening and KD weight (CE gets 1 - alpha). alpha defaults to 0.9
             for kd/fitnet/born-again/takd and 0 (no KD term) for at/rkd/sp.
         weights: per-term weights overriding the paper defaults: fitnet {hint}, at {at},
-            rkd {distance, angle}, sp {sp}, dml {kl}.
+            rkd {distance, angle}, sp {sp}, dml {kl}. Without them, at / rkd / sp lower the paper's
+            weights on the first step so the feature term starts no larger than the cross-entropy
+            (`methods._FeatureMethod`); given weights are used as they are.
         layers: module names, or [student_name, teacher_name] pairs, for feature methods.
         epochs, lr, max_steps: training budget of each phase (default: the recipe's train settings).
         hint_epochs: FitNet stage 1 budget (default: the same as `epochs`).
@@ -69,7 +71,8 @@ class DistillConfig(Config):
     alpha: float | None = Field(None, ge=0, le=1, description="KD weight, CE gets 1 - alpha (0.9 for kd, fitnet, "
                                 "born-again, takd; 0 for at, rkd, sp)")
     weights: dict[str, float] = Field(default_factory=dict, description="loss weights over the paper defaults: "
-                                      "fitnet {hint}, at {at}, rkd {distance, angle}, sp {sp}, dml {kl}")
+                                      "fitnet {hint}, at {at}, rkd {distance, angle}, sp {sp}, dml {kl} (without them at/rkd/sp "
+                                      "lower the paper weights so the term starts <= the task loss)")
     layers: list[str | list[str]] | None = Field(None, description="feature modules, or [student, teacher] pairs "
                                                  "(default: matched automatically)")
     at_mode: Literal["code", "paper"] = Field("code", description="AT normalisation: the authors' code or the paper's")
@@ -195,7 +198,9 @@ def _feature_protocol(kind: str):
     def run(teacher, student, data, cfg: DistillConfig, fit_fn: FitFn) -> DistillResult:
         from netcompress.distill.methods import AT, RKD, SP
 
-        common = dict(temperature=cfg.temperature, alpha=_alpha(cfg, 0.0), example_inputs=data.example)
+        # the papers' weights, balanced on the first step unless weights are given (see methods._FeatureMethod)
+        common = dict(temperature=cfg.temperature, alpha=_alpha(cfg, 0.0), example_inputs=data.example,
+                      balance=not cfg.weights)
         if kind == "at":
             m = AT(teacher, cfg.layers, cfg.weights.get("at", 500.0), mode=cfg.at_mode, **common)
         elif kind == "rkd":
@@ -203,8 +208,10 @@ def _feature_protocol(kind: str):
         else:
             m = SP(teacher, cfg.layers, cfg.weights.get("sp", 3000.0), **common)
         h = train_student(student, m, fit_fn, kind, **_budget(cfg))
-        return DistillResult(student, _acc(student, data), extra={"layer_pairs": [list(p) for p in m.pairs]},
-                             histories={kind: h.to_list()})
+        extra = {"layer_pairs": [list(p) for p in m.pairs]}
+        if m.balance:
+            extra["weight_scale"] = m.scale
+        return DistillResult(student, _acc(student, data), extra=extra, histories={kind: h.to_list()})
 
     run.__doc__ = {"at": "Attention Transfer (Zagoruyko & Komodakis 2017) added to CE (+KD if alpha > 0).",
                    "rkd": "Relational KD (Park et al. 2019), distance + angle, added to CE (+KD if alpha > 0).",
@@ -220,6 +227,10 @@ def _run_dml(teacher, student, data, cfg: DistillConfig, fit_fn: FitFn) -> Disti
     from netcompress.distill.methods import DML, Ensemble, Peers
 
     peers = [student] + [fresh_copy(student) for _ in range(cfg.peers - 1)]
+    for i, p in enumerate(peers[1:], 1):
+        if all(torch.equal(a, b) for a, b in zip(p.parameters(), student.parameters())):
+            raise NetcompressError(f"dml: peer {i} starts from the same weights as peer 0 (no module of the "
+                                   f"student has reset_parameters), so mutual learning would be training alone")
     group = Peers(peers)
     m = DML(temperature=cfg.temperature if cfg.alpha is not None else 1.0, weight=cfg.weights.get("kl", 1.0))
     h = fit_fn(group, methods=[m], loss_fn=m.task_loss, tag="dml", **_budget(cfg))
@@ -356,7 +367,7 @@ def default_lr(cfg: DistillConfig, train_lr: float) -> float:
     alpha > 0), `train_lr` otherwise. The gradient of T^2 KL(p_t^T || p_s^T) with respect to the
     student's logits is T (p_s^T - p_t^T) (Hinton et al. 2015), up to T times a cross-entropy
     gradient, so the same step size overshoots: at lr 0.05 KD does not beat the student trained
-    alone; at 0.05 / 4 it does (benchmarks/results/defaults_kd.md)."""
+    alone; at 0.05 / 4 it does (benchmarks/results/defaults_distill.md)."""
     if cfg.lr is not None:
         return cfg.lr
     kd_term = _alpha(cfg, _KD_ALPHA.get(cfg.method, 0.0)) > 0

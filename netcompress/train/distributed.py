@@ -60,3 +60,14 @@ def gather_batch(t: torch.Tensor) -> torch.Tensor:
     if not dist_info().enabled:
         return t
     return torch.cat(all_gather(t.contiguous()))
+
+
+def mean_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    """`t` (detached) averaged over the ranks; `t` itself in one process. With equal shards the
+    mean of per-rank batch means is the global batch mean, so a statistic taken from it is the
+    same on every rank and in a one-process run."""
+    t = t.detach().clone()
+    if dist_info().enabled:
+        dist.all_reduce(t)
+        t /= dist_info().world_size
+    return t
