@@ -152,6 +152,50 @@ def test_unhandled_op_is_one_clear_error_and_the_model_is_unchanged():
     assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
 
 
+# -- token layouts: class tokens, positional embeddings, sizes computed from widths, token mixing --
+class _ClassTokenNoPos(nn.Module):
+    """A class token concatenated before the patch tokens with no positional embedding after (BEiT)."""
+
+    def __init__(self, d=16):
+        super().__init__()
+        self.patch = nn.Conv2d(3, d, 4, 4)
+        self.cls = nn.Parameter(torch.randn(1, 1, d))
+        self.fc1, self.fc2 = nn.Linear(d, 32), nn.Linear(32, d)
+        self.head = nn.Linear(d, 5)
+
+    def forward(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        x = torch.cat((self.cls.expand(x.shape[0], -1, -1), x), dim=1)
+        x = x + self.fc2(F.gelu(self.fc1(x)))
+        return self.head(x[:, 0])
+
+
+def test_class_token_concatenated_before_patches_shares_their_channels():
+    small = _prune_checks(_ClassTokenNoPos(), torch.randn(2, 3, 16, 16))
+    assert small.patch.out_channels == 8 and small.cls.shape == (1, 1, 8) and small.fc1.out_features == 16
+
+
+class _LiteralHeads(nn.Module):
+    """Attention traced op by op, heads split with literal sizes (3, heads, -1)."""
+
+    def __init__(self, d=16):
+        super().__init__()
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+
+    def forward(self, x):
+        B, N, _ = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, 2, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, -1))
+
+
+def test_contraction_unites_classes_not_label_names():
+    """The literal split unites each head dim across heads and q / k / v; the attention contraction
+    must see those as one class each (8 head dims), not merge all of them into one."""
+    g = ChannelGraph.build(_LiteralHeads(), torch.randn(1, 5, 16))
+    sizes = {tuple(m for m, _ in grp.members): len(grp.classes) for grp in g.groups}
+    assert sizes[("qkv", "proj")] == 8
+
+
 # -- transformers --------------------------------------------------------------------------------
 def tiny_torchvision_vit(num_classes=10):
     from torchvision.models.vision_transformer import VisionTransformer

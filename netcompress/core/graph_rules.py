@@ -504,13 +504,29 @@ class _LabelInterpreter(fx.Interpreter):
             parts = list(args[0])
             flat = tuple(slice(0, 1) if d != dim and all(p.stride(d) == 0 for p in parts) else slice(None)
                          for d in range(value.dim()))
-            return torch.cat([p[flat] for p in parts], dim).expand(value.shape)  # stays a broadcast view
+            out = torch.cat([p[flat] for p in parts], dim)
+            if self._cat_ties(parts, dim):
+                out = self.uf.roots(out)  # one name per class, so later checks compare classes
+            return out.expand(value.shape)  # stays a broadcast view
         if n.op == "call_method":
             method = "reshape" if n.target == "view" else n.target  # label tensors may be non-contiguous
             return getattr(src, method)(*args[1:], **kwargs)
         if name == "getitem":
             return operator.getitem(*args)
         return n.target(*args, **kwargs)
+
+    def _cat_ties(self, parts: Sequence[torch.Tensor], dim: int) -> bool:
+        """Parts concatenated along `dim` share every other dim: channels laid along one (a class
+        token put before patch tokens) are the same channels in every part, position by position.
+        Parts whose labels vary along `dim` itself are left to the ops that read them. Returns
+        whether parts with different labels were united."""
+        flat = [sq for sq in (squash(p) for p in parts if isinstance(p, torch.Tensor)) if sq.shape[dim] == 1]
+        tied = False
+        for sq in flat[1:]:
+            if not (sq.shape == flat[0].shape and torch.equal(sq, flat[0])):
+                self.uf.union_tensors(flat[0], sq)
+                tied = True
+        return tied
 
     def _reshape_ties(self, n: fx.Node, src: torch.Tensor, value: torch.Tensor) -> None:
         sizes = n.args[1:]
