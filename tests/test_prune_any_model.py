@@ -196,6 +196,26 @@ def test_contraction_unites_classes_not_label_names():
     assert sizes[("qkv", "proj")] == 8
 
 
+class _ConvPosEmbed(nn.Module):
+    """A [1, C, H, W] positional embedding added to a conv output (PiT)."""
+
+    def __init__(self, d=8):
+        super().__init__()
+        self.conv = nn.Conv2d(3, d, 3, padding=1)
+        self.pos = nn.Parameter(torch.randn(1, d, 8, 8))
+        self.conv2 = nn.Conv2d(d, 6, 3, padding=1)
+        self.head = nn.Linear(6, 5)
+
+    def forward(self, x):
+        x = F.relu(self.conv(x) + self.pos)
+        return self.head(self.conv2(x).mean((2, 3)))
+
+
+def test_channels_first_positional_embedding_prunes_along_its_channels():
+    small = _prune_checks(_ConvPosEmbed(), torch.randn(2, 3, 8, 8))
+    assert small.conv.out_channels == 4 and small.pos.shape == (1, 4, 8, 8) and small.conv2.out_channels == 3
+
+
 # -- transformers --------------------------------------------------------------------------------
 def tiny_torchvision_vit(num_classes=10):
     from torchvision.models.vision_transformer import VisionTransformer

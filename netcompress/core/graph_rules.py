@@ -99,6 +99,7 @@ class _LabelInterpreter(fx.Interpreter):
         self.seen_in: dict[tuple[str, str, int], torch.Tensor] = {}
         self.size_src: dict[fx.Node, tuple[fx.Node, int | None]] = {}
         self.size_fixed: set[tuple[str, str]] = set()
+        self.pending: dict[str, torch.Tensor] = {}  # broadcast parameters, resolved after the pass
 
     # -- helpers ---------------------------------------------------------------------------
     def _lab(self, a: Any) -> Any:
@@ -312,7 +313,7 @@ class _LabelInterpreter(fx.Interpreter):
             return frozen(value.shape)  # indices, ids, masks
         big = [d for d, s in enumerate(value.shape) if s > 1]
         if len(big) > 1 and value.dim() >= 2 and value.shape[0] == 1:
-            big = [value.dim() - 1]  # [1, ..., D]: positional embeddings, class tokens
+            return self._broadcast_param(n, value)
         if len(big) != 1:
             return frozen(value.shape)
         d = big[0]
@@ -325,6 +326,32 @@ class _LabelInterpreter(fx.Interpreter):
             self.uf.freeze(ids)
         self.add(n.target, "param", ids, d)
         return lab
+
+    def _broadcast_param(self, n: fx.Node, value: torch.Tensor) -> torch.Tensor:
+        """A [1, ...] parameter with several sizes > 1, broadcast over the batch (a positional
+        embedding, [1, tokens, D] or [1, C, H, W]): which of its dims holds channels is known only
+        from its uses, so every element gets its own label; `_resolve_params` picks the dim after
+        the pass (the one its classes vary along), or freezes it when they vary along none or several."""
+        ids = self.pending.get(n.target)
+        if ids is None or ids.shape != value.shape:
+            ids = self.pending[n.target] = self.uf.new(value.numel()).view(value.shape)
+            if self._ignored(n.target.rpartition(".")[0]):
+                self.uf.freeze(ids)
+        return ids
+
+    def _resolve_params(self) -> None:
+        for target, ids in self.pending.items():
+            sq = squash(self.uf.roots(ids))
+            vary = [d for d in range(sq.dim()) if sq.shape[d] > 1]
+            if len(vary) != 1:
+                self.uf.freeze(ids)  # channels mixed with positions, or no channel dim: it keeps its shape
+                continue
+            self.add(target, "param", sq.reshape(-1), vary[0])
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        out = super().run(*args, **kwargs)
+        self._resolve_params()
+        return out
 
     def _create(self, n: fx.Node, value: Any) -> Any:
         sizes = [a for a in fx.node.map_aggregate(n.args[1:] if n.target in ("new_zeros", "new_ones", "new_full",
