@@ -216,6 +216,38 @@ def test_channels_first_positional_embedding_prunes_along_its_channels():
     assert small.conv.out_channels == 4 and small.pos.shape == (1, 4, 8, 8) and small.conv2.out_channels == 3
 
 
+class _HeadsFromWidth(nn.Module):
+    """Heads of `C // num_heads` dims, C read from the input (XCiT, CaiT's class attention): the
+    attention width and the residual width are tied by count, which the graph cannot express."""
+
+    def __init__(self, d=16, h=2, eager=False):
+        super().__init__()
+        self.h, self.eager = h, eager
+        self.embed = nn.Conv2d(3, d, 4, 4)
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.fc1, self.fc2 = nn.Linear(d, 32), nn.Linear(32, d)
+        self.head = nn.Linear(d, 5)
+
+    def forward(self, x):
+        x = self.embed(x).flatten(2).transpose(1, 2)
+        if self.eager and bool(x.sum() > -1e9):  # data-dependent control flow: the eager recorder
+            x = x * 1
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.h, C // self.h).permute(2, 0, 3, 1, 4).unbind(0)
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, -1)
+        x = x + self.proj(a)
+        x = x + self.fc2(F.relu(self.fc1(x)))
+        return self.head(x.mean(1))
+
+
+@pytest.mark.parametrize("eager", [False, True])
+def test_size_computed_from_a_width_keeps_both_widths(eager):
+    m, x = _HeadsFromWidth(eager=eager), torch.randn(2, 3, 16, 16)
+    assert ChannelGraph.build(m, x).tracer == ("eager" if eager else "fx")
+    small = _prune_checks(m, x)
+    assert small.embed.out_channels == 16 and small.qkv.out_features == 48 and small.fc1.out_features == 16
+
+
 # -- transformers --------------------------------------------------------------------------------
 def tiny_torchvision_vit(num_classes=10):
     from torchvision.models.vision_transformer import VisionTransformer

@@ -55,6 +55,8 @@ adaptive_max_pool3d max_pool1d max_pool2d max_pool3d avg_pool1d avg_pool2d avg_p
 _pad upsample_nearest upsample_bilinear lp_pool2d local_response_norm pixel_shuffle_free""".split())
 CREATE = set("""zeros ones full empty arange rand randn randint linspace logspace eye tensor as_tensor new_zeros
 new_ones new_full new_empty new_tensor _constant zeros_like_free""".split())
+SIZE_ARITH = {"add", "sub", "mul", "floordiv", "truediv", "mod", "neg", "pos", "abs", "pow", "radd", "rsub", "rmul",
+              "rfloordiv"}  # python arithmetic on sizes
 LIKE = {"zeros_like", "ones_like", "full_like", "empty_like", "rand_like", "randn_like", "randint_like"}
 NORMS = {"batch_norm", "instance_norm", "layer_norm", "group_norm", "rms_norm"}
 MATMUL = {"matmul", "bmm", "mm", "einsum", "scaled_dot_product_attention", "baddbmm", "addmm"}
@@ -98,6 +100,7 @@ class _LabelInterpreter(fx.Interpreter):
         self.seen_out: dict[str, torch.Tensor] = {}
         self.seen_in: dict[tuple[str, str, int], torch.Tensor] = {}
         self.size_src: dict[fx.Node, tuple[fx.Node, int | None]] = {}
+        self.size_from: dict[fx.Node, list[tuple[fx.Node, int]]] = {}  # sizes computed from read sizes
         self.size_fixed: set[tuple[str, str]] = set()
         self.pending: dict[str, torch.Tensor] = {}  # broadcast parameters, resolved after the pass
 
@@ -235,20 +238,28 @@ class _LabelInterpreter(fx.Interpreter):
                 self.size_src[n] = (self.size_src[n.args[0]][0], n.args[1])
             elif "size_of" in n.meta:
                 self.size_src[n] = n.meta["size_of"]
+            elif name in SIZE_ARITH or "size_from" in n.meta:
+                srcs = n.meta.get("size_from") or [src for a in n.args if isinstance(a, fx.Node) for src in (
+                    [self.size_src[a]] if a in self.size_src else self.size_from.get(a, []))]
+                if srcs and all(d is not None for _, d in srcs):
+                    self.size_from[n] = list(srcs)
 
     def _size_ties(self, sizes: Sequence[Any], out: torch.Tensor) -> None:
-        """A reshape to a size read from another tensor's dimension: that dimension and this reshaped
-        one must hold the same channels, else both stay (their counts are tied by the code)."""
+        """A reshape to a size read from another tensor's dimension, or computed from such sizes
+        (`C // num_heads`): those dimensions and this reshaped one must hold the same channels, else
+        all stay (their counts are tied by the code)."""
         for d, s in enumerate(sizes):
-            src = self.size_src.get(s) if isinstance(s, fx.Node) else None
-            if src is None or src[1] is None or out.shape[d] <= 1:
+            srcs = ([self.size_src[s]] if s in self.size_src else self.size_from.get(s, [])) if isinstance(s, fx.Node) \
+                else []
+            slabs = [(self.labels.get(t), i) for t, i in srcs if i is not None]
+            slabs = [(t, i) for t, i in slabs if isinstance(t, torch.Tensor) and t.dim() > 0]
+            if not slabs or out.shape[d] <= 1:
                 continue
-            slab = self.labels.get(src[0])
-            if not isinstance(slab, torch.Tensor) or slab.dim() == 0:
-                continue
-            a, b = self._dim_classes(slab, src[1]), self._dim_classes(out, d)
+            a = set().union(*(self._dim_classes(t, i) for t, i in slabs))
+            b = self._dim_classes(out, d)
             if a != b and (a | b) - {FROZEN}:
-                self.uf.freeze(slab)
+                for t, _ in slabs:
+                    self.uf.freeze(t)
                 self.uf.freeze(out)
 
     def _size_attr(self, n: fx.Node, s: int) -> bool:
