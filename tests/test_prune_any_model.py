@@ -248,6 +248,30 @@ def test_size_computed_from_a_width_keeps_both_widths(eager):
     assert small.embed.out_channels == 16 and small.qkv.out_features == 48 and small.fc1.out_features == 16
 
 
+class _TokenMixing(nn.Module):
+    """A linear over the token dim of a channels-first view, gating the other half of the channels
+    (gMLP's spatial gating unit)."""
+
+    def __init__(self, d=8, n=16):
+        super().__init__()
+        self.embed = nn.Conv2d(3, d, 4, 4)
+        self.fc1, self.tok, self.fc2 = nn.Linear(d, 24), nn.Linear(n, n), nn.Linear(12, d)
+        self.head = nn.Linear(d, 5)
+
+    def forward(self, x):
+        x = self.embed(x).flatten(2).transpose(1, 2)
+        u, v = self.fc1(x).chunk(2, dim=-1)
+        v = self.tok(v.transpose(-1, -2)).transpose(-1, -2)
+        x = x + self.fc2(u * v)
+        return self.head(x.mean(1))
+
+
+def test_linear_over_tokens_keeps_its_features_and_passes_channels():
+    small = _prune_checks(_TokenMixing(), torch.randn(2, 3, 16, 16))
+    assert small.tok.weight.shape == (16, 16) and small.fc1.out_features == 12 and small.fc2.in_features == 6
+    assert small.embed.out_channels == 4
+
+
 # -- transformers --------------------------------------------------------------------------------
 def tiny_torchvision_vit(num_classes=10):
     from torchvision.models.vision_transformer import VisionTransformer

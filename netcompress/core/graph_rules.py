@@ -659,14 +659,29 @@ class _LabelInterpreter(fx.Interpreter):
             shape = [1] * value.dim()
             shape[1] = -1
             return out_ids.view(shape).expand(value.shape)
-        in_lab = _along(inp, -1, f"module {name!r}", uf=self.uf)
         out_ids = self._out_ids(name, m.weight.shape[0] if isinstance(m, nn.Linear) else m.nf)
+        rows = self._rowwise(inp)
+        if rows is not None:  # a linear over positions (tokens), applied to every channel alike
+            self.uf.freeze(out_ids)
+            self.add(name, "in", frozen([inp.shape[-1]]).clone(), 1)
+            self.add(name, "out", out_ids)
+            return rows.expand(value.shape)
+        in_lab = _along(inp, -1, f"module {name!r}", uf=self.uf)
         if ignored:
             self.uf.freeze(in_lab)
             self.uf.freeze(out_ids)
         self.add(name, "in", in_lab, 1)
         self.add(name, "out", out_ids)
         return out_ids.expand(value.shape)
+
+    def _rowwise(self, inp: torch.Tensor) -> torch.Tensor | None:
+        """The labels of `inp` narrowed to one position along its last dim, when channels vary along
+        other dims only (a channels-first tensor fed to a linear over tokens, like gMLP's spatial
+        gating): each row keeps its channel and the layer's features hold none. Else None."""
+        sq = squash(self.uf.roots(squash(inp)))
+        if inp.dim() < 2 or sq.shape[-1] != 1 or not bool((sq > FROZEN).any()):
+            return None
+        return sq
 
     def _module_rule(self, n: fx.Node, m: nn.Module, value: Any) -> Any:
         name = n.target
