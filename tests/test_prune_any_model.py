@@ -377,18 +377,21 @@ def test_hugging_face_more(arch):
 
 
 FAST_TIMM = ["mobilenetv3_small_050", "convnextv2_atto"]
+FAST_TIMM_PARITY = ["pit_ti_224", "xcit_nano_12_p8_224"]  # class tokens, conv positional embeddings, C // heads
 SLOW_TIMM = ["efficientnet_b0", "mobilenetv3_small_100", "regnetx_002", "resnext26ts", "densenet121", "ghostnet_100",
              "mixnet_s", "rexnet_100", "dpn68", "cspresnet50", "repvgg_a0", "mobileone_s0", "fastvit_t8",
              "coatnet_0_rw_224", "poolformer_s12", "efficientformer_l1", "levit_128s", "edgenext_xx_small",
              "swin_tiny_patch4_window7_224", "mobilevit_xxs", "deit_tiny_patch16_224", "resnet18", "convnext_atto"]
 _SIZE = {"coatnet_0_rw_224": 224, "efficientformer_l1": 224, "levit_128s": 224, "swin_tiny_patch4_window7_224": 224,
          "deit_tiny_patch16_224": 32}
+SLOW_TIMM_PARITY = ["beit_base_patch16_224"]  # BEiT: class token with no positional embedding, layer scale
+_FIXED = ("vit_", "deit_", "beit_", "pit_", "xcit_", "gmlp_")  # built for their test input size
 
 
 def _timm(name, parity):
-    kw = {"img_size": 32} if name.startswith(("vit_", "deit_")) else {}
-    m = timm.create_model(name, pretrained=False, num_classes=10, **kw)
     size = _SIZE.get(name, 64)
+    kw = {"img_size": size} if name.startswith(_FIXED) else {}
+    m = timm.create_model(name, pretrained=False, num_classes=10, **kw)
     _prune_checks(m, torch.randn(1, 3, size, size), parity=parity, atol=1e-3)
 
 
@@ -397,7 +400,24 @@ def test_timm_cnns(name):
     _timm(name, parity=False)
 
 
+@pytest.mark.parametrize("name", FAST_TIMM_PARITY)
+def test_timm_transformers_with_parity(name):
+    _timm(name, parity=True)
+
+
+def test_timm_gmlp_spatial_gating():
+    """gMLP: its gating LayerNorm sits inside the MLP, so the width=False parity graph has nothing
+    to remove; the prune itself is checked (shape, MACs, original unchanged)."""
+    _timm("gmlp_ti16_224", parity=False)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SLOW_TIMM)
 def test_timm_families(name):
     _timm(name, parity=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SLOW_TIMM_PARITY)
+def test_timm_transformers_with_parity_slow(name):
+    _timm(name, parity=True)
