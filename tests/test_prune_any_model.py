@@ -152,6 +152,126 @@ def test_unhandled_op_is_one_clear_error_and_the_model_is_unchanged():
     assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
 
 
+# -- token layouts: class tokens, positional embeddings, sizes computed from widths, token mixing --
+class _ClassTokenNoPos(nn.Module):
+    """A class token concatenated before the patch tokens with no positional embedding after (BEiT)."""
+
+    def __init__(self, d=16):
+        super().__init__()
+        self.patch = nn.Conv2d(3, d, 4, 4)
+        self.cls = nn.Parameter(torch.randn(1, 1, d))
+        self.fc1, self.fc2 = nn.Linear(d, 32), nn.Linear(32, d)
+        self.head = nn.Linear(d, 5)
+
+    def forward(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        x = torch.cat((self.cls.expand(x.shape[0], -1, -1), x), dim=1)
+        x = x + self.fc2(F.gelu(self.fc1(x)))
+        return self.head(x[:, 0])
+
+
+def test_class_token_concatenated_before_patches_shares_their_channels():
+    small = _prune_checks(_ClassTokenNoPos(), torch.randn(2, 3, 16, 16))
+    assert small.patch.out_channels == 8 and small.cls.shape == (1, 1, 8) and small.fc1.out_features == 16
+
+
+class _LiteralHeads(nn.Module):
+    """Attention traced op by op, heads split with literal sizes (3, heads, -1)."""
+
+    def __init__(self, d=16):
+        super().__init__()
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+
+    def forward(self, x):
+        B, N, _ = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, 2, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, -1))
+
+
+def test_contraction_unites_classes_not_label_names():
+    """The literal split unites each head dim across heads and q / k / v; the attention contraction
+    must see those as one class each (8 head dims), not merge all of them into one."""
+    g = ChannelGraph.build(_LiteralHeads(), torch.randn(1, 5, 16))
+    sizes = {tuple(m for m, _ in grp.members): len(grp.classes) for grp in g.groups}
+    assert sizes[("qkv", "proj")] == 8
+
+
+class _ConvPosEmbed(nn.Module):
+    """A [1, C, H, W] positional embedding added to a conv output (PiT)."""
+
+    def __init__(self, d=8):
+        super().__init__()
+        self.conv = nn.Conv2d(3, d, 3, padding=1)
+        self.pos = nn.Parameter(torch.randn(1, d, 8, 8))
+        self.conv2 = nn.Conv2d(d, 6, 3, padding=1)
+        self.head = nn.Linear(6, 5)
+
+    def forward(self, x):
+        x = F.relu(self.conv(x) + self.pos)
+        return self.head(self.conv2(x).mean((2, 3)))
+
+
+def test_channels_first_positional_embedding_prunes_along_its_channels():
+    small = _prune_checks(_ConvPosEmbed(), torch.randn(2, 3, 8, 8))
+    assert small.conv.out_channels == 4 and small.pos.shape == (1, 4, 8, 8) and small.conv2.out_channels == 3
+
+
+class _HeadsFromWidth(nn.Module):
+    """Heads of `C // num_heads` dims, C read from the input (XCiT, CaiT's class attention): the
+    attention width and the residual width are tied by count, which the graph cannot express."""
+
+    def __init__(self, d=16, h=2, eager=False):
+        super().__init__()
+        self.h, self.eager = h, eager
+        self.embed = nn.Conv2d(3, d, 4, 4)
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.fc1, self.fc2 = nn.Linear(d, 32), nn.Linear(32, d)
+        self.head = nn.Linear(d, 5)
+
+    def forward(self, x):
+        x = self.embed(x).flatten(2).transpose(1, 2)
+        if self.eager and bool(x.sum() > -1e9):  # data-dependent control flow: the eager recorder
+            x = x * 1
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.h, C // self.h).permute(2, 0, 3, 1, 4).unbind(0)
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, -1)
+        x = x + self.proj(a)
+        x = x + self.fc2(F.relu(self.fc1(x)))
+        return self.head(x.mean(1))
+
+
+@pytest.mark.parametrize("eager", [False, True])
+def test_size_computed_from_a_width_keeps_both_widths(eager):
+    m, x = _HeadsFromWidth(eager=eager), torch.randn(2, 3, 16, 16)
+    assert ChannelGraph.build(m, x).tracer == ("eager" if eager else "fx")
+    small = _prune_checks(m, x)
+    assert small.embed.out_channels == 16 and small.qkv.out_features == 48 and small.fc1.out_features == 16
+
+
+class _TokenMixing(nn.Module):
+    """A linear over the token dim of a channels-first view, gating the other half of the channels
+    (gMLP's spatial gating unit)."""
+
+    def __init__(self, d=8, n=16):
+        super().__init__()
+        self.embed = nn.Conv2d(3, d, 4, 4)
+        self.fc1, self.tok, self.fc2 = nn.Linear(d, 24), nn.Linear(n, n), nn.Linear(12, d)
+        self.head = nn.Linear(d, 5)
+
+    def forward(self, x):
+        x = self.embed(x).flatten(2).transpose(1, 2)
+        u, v = self.fc1(x).chunk(2, dim=-1)
+        v = self.tok(v.transpose(-1, -2)).transpose(-1, -2)
+        x = x + self.fc2(u * v)
+        return self.head(x.mean(1))
+
+
+def test_linear_over_tokens_keeps_its_features_and_passes_channels():
+    small = _prune_checks(_TokenMixing(), torch.randn(2, 3, 16, 16))
+    assert small.tok.weight.shape == (16, 16) and small.fc1.out_features == 12 and small.fc2.in_features == 6
+    assert small.embed.out_channels == 4
+
+
 # -- transformers --------------------------------------------------------------------------------
 def tiny_torchvision_vit(num_classes=10):
     from torchvision.models.vision_transformer import VisionTransformer
@@ -257,18 +377,21 @@ def test_hugging_face_more(arch):
 
 
 FAST_TIMM = ["mobilenetv3_small_050", "convnextv2_atto"]
+FAST_TIMM_PARITY = ["pit_ti_224", "xcit_nano_12_p8_224"]  # class tokens, conv positional embeddings, C // heads
 SLOW_TIMM = ["efficientnet_b0", "mobilenetv3_small_100", "regnetx_002", "resnext26ts", "densenet121", "ghostnet_100",
              "mixnet_s", "rexnet_100", "dpn68", "cspresnet50", "repvgg_a0", "mobileone_s0", "fastvit_t8",
              "coatnet_0_rw_224", "poolformer_s12", "efficientformer_l1", "levit_128s", "edgenext_xx_small",
              "swin_tiny_patch4_window7_224", "mobilevit_xxs", "deit_tiny_patch16_224", "resnet18", "convnext_atto"]
 _SIZE = {"coatnet_0_rw_224": 224, "efficientformer_l1": 224, "levit_128s": 224, "swin_tiny_patch4_window7_224": 224,
          "deit_tiny_patch16_224": 32}
+SLOW_TIMM_PARITY = ["beit_base_patch16_224"]  # BEiT: class token with no positional embedding, layer scale
+_FIXED = ("vit_", "deit_", "beit_", "pit_", "xcit_", "gmlp_")  # built for their test input size
 
 
 def _timm(name, parity):
-    kw = {"img_size": 32} if name.startswith(("vit_", "deit_")) else {}
-    m = timm.create_model(name, pretrained=False, num_classes=10, **kw)
     size = _SIZE.get(name, 64)
+    kw = {"img_size": size} if name.startswith(_FIXED) else {}
+    m = timm.create_model(name, pretrained=False, num_classes=10, **kw)
     _prune_checks(m, torch.randn(1, 3, size, size), parity=parity, atol=1e-3)
 
 
@@ -277,7 +400,24 @@ def test_timm_cnns(name):
     _timm(name, parity=False)
 
 
+@pytest.mark.parametrize("name", FAST_TIMM_PARITY)
+def test_timm_transformers_with_parity(name):
+    _timm(name, parity=True)
+
+
+def test_timm_gmlp_spatial_gating():
+    """gMLP: its gating LayerNorm sits inside the MLP, so the width=False parity graph has nothing
+    to remove; the prune itself is checked (shape, MACs, original unchanged)."""
+    _timm("gmlp_ti16_224", parity=False)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SLOW_TIMM)
 def test_timm_families(name):
     _timm(name, parity=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SLOW_TIMM_PARITY)
+def test_timm_transformers_with_parity_slow(name):
+    _timm(name, parity=True)

@@ -102,7 +102,7 @@ def contract(operands: Sequence[tuple[torch.Tensor, str]], out_letters: str, out
              uf: _UnionFind) -> torch.Tensor:
     """Labels of an einsum: positions sharing a letter in two operands are united (contracted and
     batch letters); each output element takes the labels its operands have along output letters."""
-    sqs = [(squash(lab), letters) for lab, letters in operands]
+    sqs = [(squash(uf.roots(squash(lab))), letters) for lab, letters in operands]  # classes, not label names
     for i in range(1, len(sqs)):
         a, la = sqs[0]
         b, lb = sqs[i]

@@ -55,6 +55,8 @@ adaptive_max_pool3d max_pool1d max_pool2d max_pool3d avg_pool1d avg_pool2d avg_p
 _pad upsample_nearest upsample_bilinear lp_pool2d local_response_norm pixel_shuffle_free""".split())
 CREATE = set("""zeros ones full empty arange rand randn randint linspace logspace eye tensor as_tensor new_zeros
 new_ones new_full new_empty new_tensor _constant zeros_like_free""".split())
+SIZE_ARITH = {"add", "sub", "mul", "floordiv", "truediv", "mod", "neg", "pos", "abs", "pow", "radd", "rsub", "rmul",
+              "rfloordiv"}  # python arithmetic on sizes
 LIKE = {"zeros_like", "ones_like", "full_like", "empty_like", "rand_like", "randn_like", "randint_like"}
 NORMS = {"batch_norm", "instance_norm", "layer_norm", "group_norm", "rms_norm"}
 MATMUL = {"matmul", "bmm", "mm", "einsum", "scaled_dot_product_attention", "baddbmm", "addmm"}
@@ -98,7 +100,9 @@ class _LabelInterpreter(fx.Interpreter):
         self.seen_out: dict[str, torch.Tensor] = {}
         self.seen_in: dict[tuple[str, str, int], torch.Tensor] = {}
         self.size_src: dict[fx.Node, tuple[fx.Node, int | None]] = {}
+        self.size_from: dict[fx.Node, list[tuple[fx.Node, int]]] = {}  # sizes computed from read sizes
         self.size_fixed: set[tuple[str, str]] = set()
+        self.pending: dict[str, torch.Tensor] = {}  # broadcast parameters, resolved after the pass
 
     # -- helpers ---------------------------------------------------------------------------
     def _lab(self, a: Any) -> Any:
@@ -234,20 +238,28 @@ class _LabelInterpreter(fx.Interpreter):
                 self.size_src[n] = (self.size_src[n.args[0]][0], n.args[1])
             elif "size_of" in n.meta:
                 self.size_src[n] = n.meta["size_of"]
+            elif name in SIZE_ARITH or "size_from" in n.meta:
+                srcs = n.meta.get("size_from") or [src for a in n.args if isinstance(a, fx.Node) for src in (
+                    [self.size_src[a]] if a in self.size_src else self.size_from.get(a, []))]
+                if srcs and all(d is not None for _, d in srcs):
+                    self.size_from[n] = list(srcs)
 
     def _size_ties(self, sizes: Sequence[Any], out: torch.Tensor) -> None:
-        """A reshape to a size read from another tensor's dimension: that dimension and this reshaped
-        one must hold the same channels, else both stay (their counts are tied by the code)."""
+        """A reshape to a size read from another tensor's dimension, or computed from such sizes
+        (`C // num_heads`): those dimensions and this reshaped one must hold the same channels, else
+        all stay (their counts are tied by the code)."""
         for d, s in enumerate(sizes):
-            src = self.size_src.get(s) if isinstance(s, fx.Node) else None
-            if src is None or src[1] is None or out.shape[d] <= 1:
+            srcs = ([self.size_src[s]] if s in self.size_src else self.size_from.get(s, [])) if isinstance(s, fx.Node) \
+                else []
+            slabs = [(self.labels.get(t), i) for t, i in srcs if i is not None]
+            slabs = [(t, i) for t, i in slabs if isinstance(t, torch.Tensor) and t.dim() > 0]
+            if not slabs or out.shape[d] <= 1:
                 continue
-            slab = self.labels.get(src[0])
-            if not isinstance(slab, torch.Tensor) or slab.dim() == 0:
-                continue
-            a, b = self._dim_classes(slab, src[1]), self._dim_classes(out, d)
+            a = set().union(*(self._dim_classes(t, i) for t, i in slabs))
+            b = self._dim_classes(out, d)
             if a != b and (a | b) - {FROZEN}:
-                self.uf.freeze(slab)
+                for t, _ in slabs:
+                    self.uf.freeze(t)
                 self.uf.freeze(out)
 
     def _size_attr(self, n: fx.Node, s: int) -> bool:
@@ -312,7 +324,7 @@ class _LabelInterpreter(fx.Interpreter):
             return frozen(value.shape)  # indices, ids, masks
         big = [d for d, s in enumerate(value.shape) if s > 1]
         if len(big) > 1 and value.dim() >= 2 and value.shape[0] == 1:
-            big = [value.dim() - 1]  # [1, ..., D]: positional embeddings, class tokens
+            return self._broadcast_param(n, value)
         if len(big) != 1:
             return frozen(value.shape)
         d = big[0]
@@ -325,6 +337,32 @@ class _LabelInterpreter(fx.Interpreter):
             self.uf.freeze(ids)
         self.add(n.target, "param", ids, d)
         return lab
+
+    def _broadcast_param(self, n: fx.Node, value: torch.Tensor) -> torch.Tensor:
+        """A [1, ...] parameter with several sizes > 1, broadcast over the batch (a positional
+        embedding, [1, tokens, D] or [1, C, H, W]): which of its dims holds channels is known only
+        from its uses, so every element gets its own label; `_resolve_params` picks the dim after
+        the pass (the one its classes vary along), or freezes it when they vary along none or several."""
+        ids = self.pending.get(n.target)
+        if ids is None or ids.shape != value.shape:
+            ids = self.pending[n.target] = self.uf.new(value.numel()).view(value.shape)
+            if self._ignored(n.target.rpartition(".")[0]):
+                self.uf.freeze(ids)
+        return ids
+
+    def _resolve_params(self) -> None:
+        for target, ids in self.pending.items():
+            sq = squash(self.uf.roots(ids))
+            vary = [d for d in range(sq.dim()) if sq.shape[d] > 1]
+            if len(vary) != 1:
+                self.uf.freeze(ids)  # channels mixed with positions, or no channel dim: it keeps its shape
+                continue
+            self.add(target, "param", sq.reshape(-1), vary[0])
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        out = super().run(*args, **kwargs)
+        self._resolve_params()
+        return out
 
     def _create(self, n: fx.Node, value: Any) -> Any:
         sizes = [a for a in fx.node.map_aggregate(n.args[1:] if n.target in ("new_zeros", "new_ones", "new_full",
@@ -504,13 +542,29 @@ class _LabelInterpreter(fx.Interpreter):
             parts = list(args[0])
             flat = tuple(slice(0, 1) if d != dim and all(p.stride(d) == 0 for p in parts) else slice(None)
                          for d in range(value.dim()))
-            return torch.cat([p[flat] for p in parts], dim).expand(value.shape)  # stays a broadcast view
+            out = torch.cat([p[flat] for p in parts], dim)
+            if self._cat_ties(parts, dim):
+                out = self.uf.roots(out)  # one name per class, so later checks compare classes
+            return out.expand(value.shape)  # stays a broadcast view
         if n.op == "call_method":
             method = "reshape" if n.target == "view" else n.target  # label tensors may be non-contiguous
             return getattr(src, method)(*args[1:], **kwargs)
         if name == "getitem":
             return operator.getitem(*args)
         return n.target(*args, **kwargs)
+
+    def _cat_ties(self, parts: Sequence[torch.Tensor], dim: int) -> bool:
+        """Parts concatenated along `dim` share every other dim: channels laid along one (a class
+        token put before patch tokens) are the same channels in every part, position by position.
+        Parts whose labels vary along `dim` itself are left to the ops that read them. Returns
+        whether parts with different labels were united."""
+        flat = [sq for sq in (squash(p) for p in parts if isinstance(p, torch.Tensor)) if sq.shape[dim] == 1]
+        tied = False
+        for sq in flat[1:]:
+            if not (sq.shape == flat[0].shape and torch.equal(sq, flat[0])):
+                self.uf.union_tensors(flat[0], sq)
+                tied = True
+        return tied
 
     def _reshape_ties(self, n: fx.Node, src: torch.Tensor, value: torch.Tensor) -> None:
         sizes = n.args[1:]
@@ -605,14 +659,29 @@ class _LabelInterpreter(fx.Interpreter):
             shape = [1] * value.dim()
             shape[1] = -1
             return out_ids.view(shape).expand(value.shape)
-        in_lab = _along(inp, -1, f"module {name!r}", uf=self.uf)
         out_ids = self._out_ids(name, m.weight.shape[0] if isinstance(m, nn.Linear) else m.nf)
+        rows = self._rowwise(inp)
+        if rows is not None:  # a linear over positions (tokens), applied to every channel alike
+            self.uf.freeze(out_ids)
+            self.add(name, "in", frozen([inp.shape[-1]]).clone(), 1)
+            self.add(name, "out", out_ids)
+            return rows.expand(value.shape)
+        in_lab = _along(inp, -1, f"module {name!r}", uf=self.uf)
         if ignored:
             self.uf.freeze(in_lab)
             self.uf.freeze(out_ids)
         self.add(name, "in", in_lab, 1)
         self.add(name, "out", out_ids)
         return out_ids.expand(value.shape)
+
+    def _rowwise(self, inp: torch.Tensor) -> torch.Tensor | None:
+        """The labels of `inp` narrowed to one position along its last dim, when channels vary along
+        other dims only (a channels-first tensor fed to a linear over tokens, like gMLP's spatial
+        gating): each row keeps its channel and the layer's features hold none. Else None."""
+        sq = squash(self.uf.roots(squash(inp)))
+        if inp.dim() < 2 or sq.shape[-1] != 1 or not bool((sq > FROZEN).any()):
+            return None
+        return sq
 
     def _module_rule(self, n: fx.Node, m: nn.Module, value: Any) -> Any:
         name = n.target

@@ -44,9 +44,10 @@ def first_sample(x: Any, device: torch.device | None) -> Any:
 
 class _Dyn(int):
     """An int read from a tensor's shape; arithmetic keeps it one. `src`: (tensor, dim) it was read
-    from, None once computed."""
+    from, None once computed; `srcs`: every (tensor, dim) a computed one was made from."""
 
     src: tuple[Any, int] | None = None
+    srcs: tuple[tuple[Any, int], ...] = ()
 
 
 def _read(v: int, t: torch.Tensor, d: int) -> _Dyn:
@@ -60,7 +61,11 @@ def _dyn_op(name: str):
 
     def f(self: int, *other: Any) -> Any:
         r = base(self, *other)
-        return _Dyn(r) if isinstance(r, int) and not isinstance(r, bool) else r
+        if not isinstance(r, int) or isinstance(r, bool):
+            return r
+        out = _Dyn(r)
+        out.srcs = tuple(s for a in (self, *other) if isinstance(a, _Dyn) for s in ((a.src,) if a.src else a.srcs))
+        return out
     return f
 
 
@@ -132,6 +137,9 @@ class _Recorder(TorchFunctionMode):
             n.meta["val"] = int(a)
             if a.src is not None and id(a.src[0]) in self.node_of:
                 n.meta["size_of"] = (self.node_of[id(a.src[0])], a.src[1] % max(a.src[0].dim(), 1))
+            elif a.srcs:
+                n.meta["size_from"] = [(self.node_of[id(t)], d % max(t.dim(), 1)) for t, d in a.srcs
+                                       if id(t) in self.node_of]
             return n
         if isinstance(a, (list, tuple)):
             items = [self.map(x) for x in a]
