@@ -307,3 +307,11 @@ def test_balancing_factor_is_checkpointed(small, teacher):
     fresh = AT(teacher, example_inputs=small.example)
     fresh.load_state_dict(m.state_dict())
     assert fresh.scale == 0.25
+
+
+def test_balancing_with_every_feature_weight_zero_trains_on_ce_alone(small, teacher):
+    m = RKD(teacher, distance_weight=0.0, angle_weight=0.0, example_inputs=small.example)
+    s = student()
+    h = nc.train.fit(s, small, methods=[m], loss_fn=m.task_loss, max_steps=1, progress=False)
+    m.finalize(s)
+    assert m.scale is None and not {"rkd_distance", "rkd_angle"} & set(h.to_list()[0])

@@ -215,7 +215,7 @@ class _FeatureMethod(TappedMethod):
         if self.relational:  # relations between the samples of the whole (global) batch, not of one shard
             s, t = [gather_batch(f) for f in s], [gather_batch(f) for f in t]
         feats = self.feature_loss(s, t)
-        if self.balance:
+        if self.balance and feats:  # no term (every weight 0): nothing to balance
             if self.scale is None:
                 ce, f = mean_over_ranks(torch.stack([default_loss(outputs, targets).float(),
                                                      sum(feats.values()).float()])).tolist()
