@@ -7,11 +7,11 @@ e depends only on (seed, e) and the global RNG state is checkpointed.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import sys
-import functools
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
