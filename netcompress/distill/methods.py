@@ -163,8 +163,6 @@ class _FeatureMethod(TappedMethod):
         self.use_adapters = adapters or self.adapters_always
         self.pairs: list[tuple[str, str]] = []
         self.adapters = nn.ModuleList()
-        self._s_taps: Taps | None = None
-        self._t_taps: Taps | None = None
         self.balance = bool(balance)
         self.scale: float | None = None  # the balancing factor, set on the first step
 

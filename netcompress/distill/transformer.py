@@ -105,8 +105,6 @@ class HiddenKD(TappedMethod):
                                        "set attention_weight 0")
             self.att = (sa[0], ta[0], sa[1], len(sa[0]) == 1)
         self.adapters = nn.ModuleList()
-        self._s_taps: Taps | None = None
-        self._t_taps: Taps | None = None
         self._student = student
 
     def prepare(self, model: nn.Module) -> nn.Module:
