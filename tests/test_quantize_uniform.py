@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -93,6 +95,32 @@ def test_qat_finalize_writes_4bit_weights(digits):
     qat.finalize(m)
     for row in m.fc1.weight.detach():
         assert torch.unique(row).numel() <= 16
+
+
+def test_qat_default_observer_starts_at_the_mse_ptq_weights_and_rechooses_each_epoch(digits):
+    """QAT's default observer is PTQ's (mse): its first forward sees exactly the weights quantize_
+    writes, so training starts where PTQ ends, not at the coarser min/max grid."""
+    torch.manual_seed(0)
+    m = nc.models.create("lenet300", num_classes=10, in_channels=1, input_size=8)
+    nc.train.fit(m, digits, epochs=1, max_steps=20, progress=False)
+    ptq = copy.deepcopy(m)
+    quantize_(ptq, bits=2)
+    minmax = copy.deepcopy(m)
+    quantize_(minmax, bits=2, observer="minmax")
+    qat = UniformQAT(bits=2)
+    assert qat.observer == "mse"
+    qat.prepare(m)
+    m(digits.example)
+    assert torch.equal(m.fc1.weight, ptq.fc1.weight)
+    assert not torch.equal(m.fc1.weight, minmax.fc1.weight)
+    kept = qat._ratio[m.fc1].clone()
+    assert bool((kept < 1).any())  # some channel clips below its min/max range
+    qat.on_epoch_end(m, 0)  # the float weights are back and the ratios are chosen again next epoch
+    assert not qat._ratio
+    m(digits.example)
+    assert torch.equal(qat._ratio[m.fc1], kept)  # same weights, same choice
+    qat.finalize(m)
+    assert torch.equal(m.fc1.weight, ptq.fc1.weight)
 
 
 def test_binaryconnect_deterministic(digits):

@@ -112,7 +112,7 @@ def run_quantize(ctx, model: nn.Module, cfg: QuantizeConfig):
         from netcompress.quantize.uniform import UniformQAT, quantize_
 
         if epochs > 0:
-            qat = UniformQAT(cfg.bits, cfg.symmetric, cfg.per_channel, "minmax" if cfg.observer == "mse" else cfg.observer)
+            qat = UniformQAT(cfg.bits, cfg.symmetric, cfg.per_channel, cfg.observer)
             history = ctx.fit(model, over, methods=[qat], tag="qat").to_list()
             qat.finalize(model)
             info = {"qat_epochs": epochs}

@@ -95,20 +95,28 @@ def calibrate(w: torch.Tensor, bits: int, symmetric: bool = True, per_channel: b
         else:
             lo, hi = torch.quantile(x, 1 - q, dim=1), torch.quantile(x, q, dim=1)
     elif method == "mse":
-        best_err = None
-        best = (lo, hi)
-        for r in torch.logspace(-2, 0, 100):
-            s, z = qparams(lo * r, hi * r, bits, symmetric)
-            d = quantize_dequantize(w.detach(), s, z, bits, symmetric, per_channel) - w.detach()
-            err = d.reshape(w.shape[0] if per_channel else 1, -1).pow(2).sum(1)
-            if best_err is None:
-                best_err, best = err, (lo * r, hi * r)
-            else:
-                better = err < best_err
-                best_err = torch.where(better, err, best_err)
-                best = (torch.where(better, lo * r, best[0]), torch.where(better, hi * r, best[1]))
-        lo, hi = best
+        r = mse_ratio(w, bits, symmetric, per_channel)
+        lo, hi = lo * r, hi * r
     return qparams(lo, hi, bits, symmetric)
+
+
+def mse_ratio(w: torch.Tensor, bits: int, symmetric: bool = True, per_channel: bool = False) -> torch.Tensor:
+    """The clipping ratio of the min/max range (one per output channel when `per_channel`, else one)
+    with the lowest squared quantization error of `w`, out of 100 ratios from 0.01 to 1 (geometric)."""
+    lo, hi = _ranges(w, per_channel)
+    w = w.detach()
+    best_err: torch.Tensor | None = None
+    best = torch.ones_like(lo)
+    for r in torch.logspace(-2, 0, 100):
+        s, z = qparams(lo * r, hi * r, bits, symmetric)
+        err = (quantize_dequantize(w, s, z, bits, symmetric, per_channel) - w).reshape(len(lo), -1).pow(2).sum(1)
+        if best_err is None:
+            best_err, best = err, torch.full_like(lo, float(r))
+        else:
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best = torch.where(better, r.to(lo.dtype), best)
+    return best
 
 
 class _STEQuant(torch.autograd.Function):
@@ -232,18 +240,38 @@ class WeightSwap(Method):
 class UniformQAT(WeightSwap):
     """Quantization-aware training of b-bit weights with the straight-through estimator.
 
-    Ranges are recalibrated from the shadow weights at every forward pass (min/max, MSE or
-    percentile). `finalize(model)` writes the dequantized b-bit weights (Jacob et al. 2018).
+    Ranges follow the shadow weights at every forward pass: min/max and percentile are recomputed
+    each time; 'mse' (the default, as for post-training quantization) keeps, per layer, the clipping
+    ratio of the min/max range that `mse_ratio` chose at the start of the epoch, and applies it to
+    the current min/max (searching 100 ratios at every step would cost more than the step).
+    `finalize(model)` writes the dequantized b-bit weights with a fresh calibration (Jacob et al. 2018).
     """
 
     name = "uniform-qat"
 
     def __init__(self, bits: int = 4, symmetric: bool = True, per_channel: bool = True,
-                 observer: Observer = "minmax", filter_fn: FilterFn | None = None) -> None:
+                 observer: Observer = "mse", filter_fn: FilterFn | None = None) -> None:
         _check(bits, observer)
         super().__init__(filter_fn)
         self.bits, self.symmetric, self.per_channel, self.observer = bits, symmetric, per_channel, observer
+        self._ratio: dict[nn.Module, torch.Tensor] = {}
 
     def transform(self, module: nn.Module, w: torch.Tensor) -> torch.Tensor:
-        s, z = calibrate(w, self.bits, self.symmetric, self.per_channel, self.observer)
+        if self.observer != "mse":
+            s, z = calibrate(w, self.bits, self.symmetric, self.per_channel, self.observer)
+        else:
+            r = self._ratio.get(module)
+            if r is None:
+                r = self._ratio[module] = mse_ratio(w, self.bits, self.symmetric, self.per_channel)
+            lo, hi = _ranges(w, self.per_channel)
+            s, z = qparams(lo * r, hi * r, self.bits, self.symmetric)
         return quantize_dequantize(w, s, z, self.bits, self.symmetric, self.per_channel)
+
+    def on_epoch_end(self, model: nn.Module, epoch: int) -> None:
+        super().on_epoch_end(model, epoch)
+        self._ratio.clear()  # chosen again from the weights the next epoch starts with (as after a resume)
+
+    @torch.no_grad()
+    def finalize(self, model: nn.Module) -> nn.Module:
+        self._ratio.clear()
+        return super().finalize(model)
