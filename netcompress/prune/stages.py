@@ -10,6 +10,7 @@ from torch import nn
 
 from netcompress.core.config import Config
 from netcompress.core.errors import NetcompressError
+from netcompress.prune.depth import DEPTH_CRITERIA, depth
 from netcompress.prune.importance import CRITERIA
 from netcompress.prune.schedule import SlimmingMethod
 from netcompress.prune.structured import channels, per_layer, plan
@@ -19,13 +20,15 @@ from netcompress.train.stage import StageKind, StageResult
 
 class PruneConfig(Config):
     """`prune:` stage. Channel granularity removes channels physically (`ratio` of each group);
-    weight granularity masks single weights (`sparsity`, a number or {layer type or name: s})."""
+    weight granularity masks single weights (`sparsity`, a number or {layer type or name: s}); block
+    granularity removes whole blocks (transformer layers, residual blocks: `ratio` of them)."""
 
-    granularity: Literal["weight", "channel"] = Field(
+    granularity: Literal["weight", "channel", "block"] = Field(
         "channel", description="channel: remove channels (ratio); weight: mask single weights (sparsity); "
-        "default: weight when only sparsity is given")
-    criterion: str = Field("l1", description="l1, l2, fpgm, slimming, apoz, taylor, random (weight: l1, random)")
-    ratio: float | None = Field(None, ge=0, lt=1, description="channel: fraction of channels removed")
+        "block: remove whole blocks, i.e. depth (ratio); default: weight when only sparsity is given")
+    criterion: str = Field("l1", description="l1, l2, fpgm, slimming, apoz, taylor, random (weight: l1, random; "
+                           "block: influence (the default there), random)")
+    ratio: float | None = Field(None, ge=0, lt=1, description="channel: fraction of channels removed; block: of blocks")
     sparsity: float | dict[str, float] | None = Field(None, description="weight: fraction of zero weights")
     scope: Literal["layer", "global"] | None = Field(None, description="default: layer (channel), global (weight)")
     schedule: Literal["oneshot", "iterative", "agp"] = Field(
@@ -45,11 +48,22 @@ class PruneConfig(Config):
         if isinstance(data, dict) and "granularity" not in data and data.get("sparsity") is not None \
                 and data.get("ratio") is None:
             return {**data, "granularity": "weight"}
+        if isinstance(data, dict) and data.get("granularity") == "block" and "criterion" not in data:
+            return {**data, "criterion": "influence"}
         return data
 
     @model_validator(mode="after")
     def _check(self) -> "PruneConfig":
-        if self.granularity == "channel":
+        if self.granularity == "block":
+            if self.ratio is None:
+                raise ValueError("block pruning needs ratio")
+            if self.sparsity is not None:
+                raise ValueError("sparsity is for granularity weight; use ratio")
+            if self.schedule != "oneshot":
+                raise ValueError("block pruning is one-shot")
+            if self.criterion not in DEPTH_CRITERIA:
+                raise ValueError(f"block criterion must be {' or '.join(DEPTH_CRITERIA)}, got {self.criterion!r}")
+        elif self.granularity == "channel":
             if self.ratio is None:
                 raise ValueError("channel pruning needs ratio")
             if self.sparsity is not None:
@@ -110,6 +124,14 @@ def run_prune(ctx, model: nn.Module, cfg: PruneConfig):
             history.extend(ctx.fit(m, over, methods=methods, tag=tag).to_list())
 
     before = model
+    if cfg.granularity == "block":
+        cur = depth(model, cfg.ratio, example_inputs=ctx.data.example, data=ctx.data, criterion=cfg.criterion,
+                    calibration=cfg.calibration_samples, seed=ctx.seed, ignore=cfg.ignore)
+        finetune(cur, [], "finetune")
+        kept, total = _count_blocks(before, cur, ctx.data.example)
+        extra = {"granularity": "block", "criterion": cfg.criterion, "kept_blocks": kept, "total_blocks": total,
+                 "per_layer": per_layer(before, cur)}
+        return StageResult(cur, extra=extra, history=history)
     if cfg.criterion == "slimming" and cfg.slimming_epochs > 0:
         history.extend(ctx.fit(model, {"epochs": cfg.slimming_epochs, "max_steps": cfg.max_steps},
                                methods=[SlimmingMethod(cfg.slimming_lambda)], tag="slimming").to_list())
@@ -159,9 +181,26 @@ def run_prune(ctx, model: nn.Module, cfg: PruneConfig):
     return StageResult(cur, extra=extra, history=history)
 
 
+def _count_blocks(before: nn.Module, after: nn.Module, example: Any) -> tuple[int, int]:
+    from netcompress.prune.depth import find_blocks
+
+    blocks = find_blocks(before, example)
+    gone = sum(len(before.get_submodule(c)) - len(after.get_submodule(c)) for c in {b.container for b in blocks})
+    return len(blocks) - gone, len(blocks)
+
+
 def dry_run_prune(ctx, model: nn.Module, cfg: PruneConfig) -> str:
     """What `cfg` would remove, without changing `model` (the CLI's --dry-run)."""
     model = copy.deepcopy(model).eval()
+    if cfg.granularity == "block":
+        from netcompress.prune.depth import find_blocks, score_blocks, select_blocks
+        from netcompress.prune.importance import calibration_batches
+
+        blocks = find_blocks(model, ctx.data.example, cfg.ignore)
+        xs = [x for x, _ in calibration_batches(ctx.data, cfg.calibration_samples)] or [ctx.data.example]
+        gone = {b.name for b in select_blocks(score_blocks(model, blocks, xs, cfg.criterion, ctx.seed), cfg.ratio)}
+        return "\n".join(f"{b.name:40s} {cfg.criterion} {b.score:.4f} {'remove' if b.name in gone else 'keep'}"
+                         for b in blocks)
     if cfg.granularity == "channel":
         return str(plan(model, cfg.criterion, cfg.ratio, example_inputs=ctx.data.example, data=ctx.data,
                         scope=cfg.scope or "layer", ignore=cfg.ignore, seed=ctx.seed,
