@@ -228,19 +228,44 @@ class ChannelGraph:
         return g
 
     def _make_groups(self) -> None:
-        by_class: dict[int, set[tuple[str, str]]] = {}
-        for mem in self.members:
-            for r in torch.unique(self.uf.roots(mem.labels)).tolist():
-                if r != FROZEN:
-                    by_class.setdefault(r, set()).add((mem.module, mem.kind))
-        by_sig: dict[tuple, list[int]] = {}
-        for c, sig in by_class.items():
-            by_sig.setdefault(tuple(sorted(sig)), []).append(c)
+        """Classes touched by the same set of (module, kind) members form one group. Vectorised: one
+        (root, member key, member index) triple per distinct root of each member."""
+        keys: dict[tuple[str, str], int] = {}
+        rs, ks, ms = [], [], []
+        for i, mem in enumerate(self.members):
+            k = keys.setdefault((mem.module, mem.kind), len(keys))
+            r = torch.unique(self.uf.roots(mem.labels))
+            r = r[r != FROZEN]
+            rs.append(r)
+            ks.append(torch.full_like(r, k))
+            ms.append(torch.full_like(r, i))
+        self.groups = []
+        if not rs or not sum(len(r) for r in rs):
+            return
+        nk = len(keys)
+        R, K, M = torch.cat(rs) + 1, torch.cat(ks), torch.cat(ms)  # + 1: a neutral root (-1) sorts first
+        code, inv = torch.unique(R * nk + K, return_inverse=True)  # sorted by root, then member key
+        root, key = (code // nk).tolist(), (code % nk).tolist()
+        # first member (in trace order) that carries each root: the order classes were first met
+        first = torch.full((int(R.max()) + 1,), len(self.members), dtype=torch.long).scatter_reduce(
+            0, R, M, reduce="amin").tolist()
+        sig_of: dict[int, tuple[int, ...]] = {}
+        start = 0
+        for end in range(1, len(root) + 1):
+            if end == len(root) or root[end] != root[start]:
+                sig_of[root[start]] = tuple(key[start:end])
+                start = end
+        met = sorted(sig_of, key=lambda r: (first[r], r))
+        by_sig: dict[tuple[int, ...], list[int]] = {}
+        for r in met:
+            by_sig.setdefault(sig_of[r], []).append(r - 1)
+        names = {v: k for k, v in keys.items()}
         order: dict[str, int] = {}
         for i, m in enumerate(self.members):
             order.setdefault(m.module, i)
-        sigs = sorted(by_sig, key=lambda s: min(order[m] for m, _ in s))
-        self.groups = [Group(i, sorted(by_sig[s]), sorted(s, key=lambda mk: order[mk[0]])) for i, s in enumerate(sigs)]
+        sigs = [(sorted(names[k] for k in sig), cls) for sig, cls in by_sig.items()]
+        sigs.sort(key=lambda sc: min(order[m] for m, _ in sc[0]))
+        self.groups = [Group(i, sorted(cls), sorted(mk, key=lambda x: order[x[0]])) for i, (mk, cls) in enumerate(sigs)]
 
     def positions(self, member: Member, classes: Sequence[int]) -> list[torch.Tensor]:
         """For each class, the positions of `member`'s pruned dim that carry it."""
@@ -265,11 +290,11 @@ class ChannelGraph:
     def masked(self, removed: Iterable[int]) -> nn.Module:
         """A deep copy with the removed channels' filters, biases and norm scales zeroed (same shapes):
         the oracle for `prune` when every activation maps 0 to 0."""
-        removed = set(removed)
+        table = self.removed_table(set(removed))
         new = copy.deepcopy(self.model)
         with torch.no_grad():
             for mem in self.members:
-                drop = ~self.keep_mask(mem, removed)
+                drop = ~self.keep_mask(mem, table)
                 if mem.kind not in OUTPUT_KINDS or not bool(drop.any()):
                     continue
                 for mod_name, pname, dim, _ in member_slices(self.model, mem):
@@ -279,11 +304,23 @@ class ChannelGraph:
                         t.movedim(dim, 0)[drop] = 0
         return new
 
-    def keep_mask(self, member: Member, removed: set[int]) -> torch.Tensor:
+    def keep_mask(self, member: Member, removed: "set[int] | torch.Tensor") -> torch.Tensor:
+        """Which positions of `member`'s pruned dim stay when the classes `removed` go (a set of class
+        ids, or the boolean table from `removed_table`)."""
         roots = self.uf.roots(member.labels)
-        if not removed:
-            return torch.ones(len(roots), dtype=torch.bool)
-        return ~torch.isin(roots, torch.tensor(sorted(removed), dtype=torch.long))
+        if not isinstance(removed, torch.Tensor):
+            if not removed:
+                return torch.ones(len(roots), dtype=torch.bool)
+            removed = self.removed_table(removed)
+        return ~removed[roots.clamp_min(0)] | (roots < 0)
+
+    def removed_table(self, removed: Iterable[int]) -> torch.Tensor:
+        """A boolean per channel label: True where its class is in `removed` (one lookup per member)."""
+        table = torch.zeros(len(self.uf.parent), dtype=torch.bool)
+        ids = list(removed)
+        if ids:
+            table[torch.tensor(ids, dtype=torch.long)] = True
+        return table
 
     def prune(self, removed: Iterable[int]) -> nn.Module:
         """A deep copy of the model without the channel classes in `removed` (the model is unchanged).
@@ -294,8 +331,9 @@ class ChannelGraph:
         plan: dict[int, tuple[torch.Tensor, str, dict[int, torch.Tensor]]] = {}  # id(tensor) -> (t, name, {dim: kept})
         touched: set[str] = set()
         dw: set[str] = set()
+        table = self.removed_table(removed)
         for mem in self.members:
-            keep = self.keep_mask(mem, removed)
+            keep = self.keep_mask(mem, table)
             if bool(keep.all()):
                 continue
             idx = torch.nonzero(keep).flatten()
