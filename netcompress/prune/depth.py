@@ -14,9 +14,9 @@ block over the calibration data, per token for (batch, tokens, width) streams an
 
 The blocks are deleted from their container (later ones renumbered), counts that named the old depth
 in a Hugging Face config (`num_hidden_layers`, `n_layer`, `num_layers`, per-layer lists such as
-`layer_types`) and the kept attention layers' `layer_idx` are updated, and the pruned model is run on
-the example input: when it fails or changes the output shape, one error names the container and the
-input model is unchanged either way.
+`layer_types`: a list named `*layer*` as long as the old depth) and the kept attention layers'
+`layer_idx` are updated, and the pruned model is run on the example input: when it fails or changes
+the output shape, one error names the container and the input model is unchanged either way.
 
 Example:
     >>> import netcompress as nc, torch
@@ -176,7 +176,7 @@ def _fix_counts(new: nn.Module, removed: dict[str, list[int]], old_len: dict[str
                 if getattr(cfg, key, None) == n:
                     setattr(cfg, key, len(keep))
             for key, val in list(vars(cfg).items()):
-                if isinstance(val, list) and len(val) == n and key != "id2label":
+                if isinstance(val, list) and len(val) == n and "layer" in key:  # layer_types, no_rope_layers...
                     setattr(cfg, key, [val[i] for i in keep])
         cont = new.get_submodule(cname)
         for j, (i, block) in enumerate(zip(keep, cont)):
