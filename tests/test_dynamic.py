@@ -7,7 +7,7 @@ from torch import nn
 
 import netcompress as nc
 from netcompress.core.errors import NetcompressError
-from netcompress.dynamic import MultiExitModel, early_exit, early_exit_predict, segment_mode
+from netcompress.dynamic import MultiExitModel, early_exit, early_exit_predict, early_exit_stream, segment_mode
 from netcompress.dynamic.policy import (calibrate_budget, exit_macs, exit_outputs, full_macs, policy_report,
                                         simulate_exits)
 from netcompress.dynamic.training import ExitTraining, FrozenBackbone, exit_losses
@@ -95,6 +95,49 @@ def test_fallback_restart_mode_gives_same_predictions():
     logits, exit_at = early_exit_predict(mx, x, t)
     assert torch.equal(exit_at, simulate_exits(outs, t, "max_softmax"))
     assert torch.allclose(logits[exit_at == 1], outs[1][exit_at == 1], atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["segments", "restart", "msdnet"])
+def test_stream_mode_rebatches_and_predicts_like_per_batch(kind):
+    """Throughput mode: the samples that stay are re-batched for every later stage; each sample still
+    gets the exit and logits of the per-batch engine, and no later stage runs on fewer than
+    batch_size samples except the last call of each stage."""
+    torch.manual_seed(0)
+    if kind == "segments":
+        mx, x = early_exit(nc.models.create("resnet8", in_channels=1, input_size=28), ["layer1", "layer2.0"]).eval(), _x(50)
+    elif kind == "restart":
+        mx, x = early_exit(_SizeNet(), ["a"], example_inputs=_x(2)).eval(), _x(50)
+    else:
+        mx, x = nc.models.create("msdnet-small", in_channels=1, input_size=28).eval(), _x(50)
+    with torch.no_grad():
+        outs = mx.all_exits(x)
+    t = float(torch.softmax(outs[0], 1).max(1).values.median())
+    ref, ref_at = early_exit_predict(mx, x, t)
+    sizes: list[tuple[int, int]] = []
+    real = mx.stepper
+
+    def counting():
+        step = real()
+
+        def wrapped(k, state):
+            sizes.append((k, int(next(v for v in ([state] if torch.is_tensor(state) else torch.utils._pytree.tree_leaves(state))
+                                       if torch.is_tensor(v)).shape[0])))
+            return step(k, state)
+        return wrapped
+
+    mx.stepper = counting
+    try:
+        logits, exit_at = early_exit_stream(mx, x, batch_size=8, thresholds=t)
+    finally:
+        del mx.stepper
+    assert torch.equal(exit_at, ref_at)
+    assert torch.allclose(logits, ref, atol=1e-5)
+    for k in range(1, mx.num_exits):
+        calls = [n for j, n in sizes if j == k]
+        assert sum(calls) == int((ref_at >= k).sum())
+        assert all(n == 8 for n in calls[:-1])  # full batches but the last
+    with pytest.raises(NetcompressError, match="batch_size"):
+        early_exit_stream(mx, x, batch_size=0)
 
 
 def test_bad_exit_names_give_clear_errors_and_leave_model_unchanged():

@@ -9,7 +9,7 @@ Example:
     t, _ = calibrate_budget(zs, cum, 0.5 * full_macs(mx, data.example))
     mx.eval().set_policy_("max_softmax", t); mx(x)  # samples leave the batch
 """
-from netcompress.dynamic.base import MultiExitBase, confidence, early_exit_predict
+from netcompress.dynamic.base import MultiExitBase, confidence, early_exit_predict, early_exit_stream
 from netcompress.dynamic.early_exit import HeadConfig, MultiExitModel, early_exit, segment_mode, split_at_exits
 from netcompress.dynamic.msdnet import MSDNetSmall
 from netcompress.dynamic.policy import (calibrate_budget, compare_latency, exit_macs, exit_outputs, full_macs,
@@ -17,7 +17,7 @@ from netcompress.dynamic.policy import (calibrate_budget, compare_latency, exit_
 from netcompress.dynamic.training import ExitTraining, FrozenBackbone, exit_losses, sdn_weights
 
 __all__ = [
-    "MultiExitBase", "MultiExitModel", "MSDNetSmall", "HeadConfig", "early_exit", "early_exit_predict", "confidence",
+    "MultiExitBase", "MultiExitModel", "MSDNetSmall", "HeadConfig", "early_exit", "early_exit_predict", "early_exit_stream", "confidence",
     "segment_mode", "split_at_exits", "calibrate_budget", "compare_latency", "exit_macs", "exit_outputs", "full_macs",
     "policy_report", "simulate_exits", "tradeoff_curve", "ExitTraining", "FrozenBackbone", "exit_losses", "sdn_weights",
 ]

@@ -80,6 +80,18 @@ def subset_state(state: Any, keep: torch.Tensor) -> Any:
     return state
 
 
+def cat_state(states: Sequence[Any]) -> Any:
+    """Concatenate (nested) states along the batch dim: the inverse of splitting with `subset_state`."""
+    first = states[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(list(states)) if len(states) > 1 else first
+    if isinstance(first, (list, tuple)):
+        return type(first)(cat_state([s[i] for s in states]) for i in range(len(first)))
+    if isinstance(first, dict):
+        return {k: cat_state([s[k] for s in states]) for k in first}
+    return first
+
+
 class MultiExitBase(nn.Module):
     """Base of every multi-exit model (`MultiExitModel`, `MSDNetSmall`).
 
@@ -202,3 +214,75 @@ def _predict(model: MultiExitBase, x: torch.Tensor, cuts: list[float], policy: s
             idx = idx[keep]
             state = subset_state(state, keep)
     return out, exit_at
+
+
+@torch.no_grad()
+def early_exit_stream(model: MultiExitBase, x: torch.Tensor, batch_size: int = 64,
+                      thresholds: float | Sequence[float] | None = None,
+                      policy: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Throughput mode of `early_exit_predict` for many samples: every stage runs on full batches.
+
+    `x` is cut into batches of `batch_size` for the first stage; the samples that stay are queued
+    for the next stage, which runs as soon as `batch_size` of them wait (the rest at the end). So a
+    deep stage never runs on the few samples one batch left over, and its per-call cost is spread
+    over a full batch. Same predictions as `early_exit_predict` (each sample sees the same layers
+    and the same policy); only the order work is done in differs.
+
+    Example:
+        logits, exit_at = early_exit_stream(mx, test_images, batch_size=64)
+    """
+    if batch_size < 1:
+        raise NetcompressError(f"early_exit_stream: batch_size must be >= 1, got {batch_size}")
+    policy = policy or model.policy
+    thr = model.thresholds if thresholds is None else thresholds
+    k_total = model.num_exits
+    cuts = [math.inf] * (k_total - 1) if thr is None else [score_cut(t, policy) for t in expand_thresholds(thr, k_total)]
+    was = model.training
+    model.eval()
+    step = model.stepper()
+    n = x.shape[0]
+    exit_at = torch.full((n,), k_total - 1, dtype=torch.long, device=x.device)
+    out: list[torch.Tensor | None] = [None]
+    queues: list[list[tuple[Any, torch.Tensor]]] = [[] for _ in range(k_total)]
+
+    def run(k: int, state: Any, idx: torch.Tensor) -> None:
+        state, logits = step(k, state)
+        if out[0] is None:
+            out[0] = logits.new_zeros((n, logits.shape[1]))
+        if k == k_total - 1:
+            out[0][idx] = logits
+            return
+        done = confidence(logits, policy) >= cuts[k]
+        gone = done.nonzero().squeeze(1)
+        if len(gone):
+            out[0][idx[gone]] = logits.index_select(0, gone)
+            exit_at[idx[gone]] = k
+        if len(gone) < len(idx):
+            keep = (~done).nonzero().squeeze(1)
+            queues[k + 1].append((subset_state(state, keep), idx[keep]))
+            flush(k + 1, final=False)
+
+    def flush(k: int, final: bool) -> None:
+        while queues[k]:
+            waiting = sum(len(i) for _, i in queues[k])
+            if waiting < batch_size and not final:
+                return
+            state = cat_state([s for s, _ in queues[k]])
+            idx = torch.cat([i for _, i in queues[k]])
+            queues[k] = []
+            if waiting > batch_size:  # the surplus waits for the next batch
+                head, tail = torch.arange(batch_size, device=idx.device), torch.arange(batch_size, waiting, device=idx.device)
+                queues[k].append((subset_state(state, tail), idx[tail]))
+                state, idx = subset_state(state, head), idx[:batch_size]
+            run(k, state, idx)
+
+    try:
+        for start in range(0, n, batch_size):
+            chunk = x[start:start + batch_size]
+            run(0, model.start(chunk), torch.arange(start, start + len(chunk), device=x.device))
+        for k in range(1, k_total):
+            flush(k, final=True)
+    finally:
+        model.train(was)
+    assert out[0] is not None
+    return out[0], exit_at

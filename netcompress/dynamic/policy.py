@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from netcompress.core.errors import NetcompressError
-from netcompress.dynamic.base import (MultiExitBase, confidence, early_exit_predict, expand_thresholds, score_cut,
-                                      user_threshold)
+from netcompress.dynamic.base import (MultiExitBase, confidence, early_exit_predict, early_exit_stream,
+                                      expand_thresholds, score_cut, user_threshold)
 
 
 @torch.no_grad()
@@ -177,7 +177,9 @@ def tradeoff_curve(outputs: Sequence[torch.Tensor], targets: torch.Tensor, cum_m
 def compare_latency(model: MultiExitBase, x: torch.Tensor, batch_size: int = 64, threads: int = 1,
                     min_run_time: float = 0.5, rounds: int = 11) -> dict[str, float]:
     """Median CPU time (ms) to classify all of `x` in batches of `batch_size`: the full network vs
-    the early-exit policy currently set on `model` (samples leave the batch).
+    the early-exit policy currently set on `model`, per batch (samples leave their batch:
+    `early_exit_ms`, the latency of a batch request) and streamed (the samples that stay are
+    re-batched for each later stage, `early_exit_stream`: `stream_ms`, the throughput of a job).
 
     The two are timed alternately, `rounds` times each after a warm-up, each round running for at
     least `min_run_time / rounds` seconds, so load changes on a shared machine hit both alike.
@@ -199,26 +201,32 @@ def compare_latency(model: MultiExitBase, x: torch.Tensor, batch_size: int = 64,
         for c in chunks:
             early_exit_predict(model, c)
 
+    xs = torch.cat(chunks)
+
+    def stream() -> None:
+        early_exit_stream(model, xs, batch_size)
+
     def once(fn) -> float:
         t0 = time.perf_counter()
         fn()
         return time.perf_counter() - t0
 
-    times: dict[str, list[float]] = {"full": [], "dyn": []}
+    times: dict[str, list[float]] = {"full": [], "dyn": [], "stream": []}
     try:
         with torch.inference_mode():
-            per = max(once(full), once(dyn), 1e-6)
+            per = max(once(full), once(dyn), once(stream), 1e-6)
             reps = max(1, int(min_run_time / rounds / per))
             for _ in range(rounds):
-                for key, fn in (("full", full), ("dyn", dyn)):
+                for key, fn in (("full", full), ("dyn", dyn), ("stream", stream)):
                     times[key].append(sum(once(fn) for _ in range(reps)) / reps)
     finally:
         model.train(was)
         torch.set_num_threads(old_threads)
     f_ms = statistics.median(times["full"]) * 1e3
     d_ms = statistics.median(times["dyn"]) * 1e3
+    s_ms = statistics.median(times["stream"]) * 1e3
     return {"batch_size": batch_size, "samples": len(x), "threads": threads, "full_ms": f_ms, "early_exit_ms": d_ms,
-            "speedup": f_ms / d_ms}
+            "speedup": f_ms / d_ms, "stream_ms": s_ms, "stream_speedup": f_ms / s_ms}
 
 
 def plot_curve(curve: Sequence[dict], exits: Sequence[dict], full_macs: int, full_acc: float,
