@@ -104,7 +104,8 @@ def test_stream_mode_rebatches_and_predicts_like_per_batch(kind):
     batch_size samples except the last call of each stage."""
     torch.manual_seed(0)
     if kind == "segments":
-        mx, x = early_exit(nc.models.create("resnet8", in_channels=1, input_size=28), ["layer1", "layer2.0"]).eval(), _x(50)
+        r = nc.models.create("resnet8", in_channels=1, input_size=28)
+        mx, x = early_exit(r, ["layer1", "layer2.0"]).eval(), _x(50)
     elif kind == "restart":
         mx, x = early_exit(_SizeNet(), ["a"], example_inputs=_x(2)).eval(), _x(50)
     else:
@@ -120,8 +121,8 @@ def test_stream_mode_rebatches_and_predicts_like_per_batch(kind):
         step = real()
 
         def wrapped(k, state):
-            sizes.append((k, int(next(v for v in ([state] if torch.is_tensor(state) else torch.utils._pytree.tree_leaves(state))
-                                       if torch.is_tensor(v)).shape[0])))
+            leaves = [state] if torch.is_tensor(state) else torch.utils._pytree.tree_leaves(state)
+            sizes.append((k, int(next(v for v in leaves if torch.is_tensor(v)).shape[0])))
             return step(k, state)
         return wrapped
 

@@ -271,9 +271,9 @@ def early_exit_stream(model: MultiExitBase, x: torch.Tensor, batch_size: int = 6
             idx = torch.cat([i for _, i in queues[k]])
             queues[k] = []
             if waiting > batch_size:  # the surplus waits for the next batch
-                head, tail = torch.arange(batch_size, device=idx.device), torch.arange(batch_size, waiting, device=idx.device)
+                tail = torch.arange(batch_size, waiting, device=idx.device)
                 queues[k].append((subset_state(state, tail), idx[tail]))
-                state, idx = subset_state(state, head), idx[:batch_size]
+                state, idx = subset_state(state, torch.arange(batch_size, device=idx.device)), idx[:batch_size]
             run(k, state, idx)
 
     try:
