@@ -120,8 +120,10 @@ def test_resnet_blocks_that_change_shape_stay():
         h.remove()
         assert seen[0][0] == seen[0][1]
     small = nc.prune.depth(m, 0.5, example_inputs=x)
-    assert sum(len(getattr(small, f"layer{i}")) for i in (1, 2, 3)) == 9 - 3
+    assert sum(len(getattr(small, f"layer{i}")) for i in (1, 2, 3)) == 9 - 3  # int(0.5 * 7) blocks gone
     assert small(x).shape == (2, 10)
+    most = nc.prune.depth(m, 0.99, example_inputs=x)  # a stage keeps its strided first block and may lose the rest
+    assert [len(getattr(most, f"layer{i}")) for i in (1, 2, 3)] == [1, 1, 1]
 
 
 def test_no_block_and_broken_forward_are_one_error_and_change_nothing():

@@ -48,6 +48,7 @@ class Block:
     index: int
     name: str
     score: float = 0.0
+    siblings: int = 0  # children of the container (blocks or not)
 
 
 def _first_tensor(x: Any) -> torch.Tensor | None:
@@ -88,7 +89,7 @@ def find_blocks(model: nn.Module, example_inputs: Any, ignore: Iterable[str] = (
             name = _join(cname, str(i))
             if type(child) in [type(c) for j, c in enumerate(cont) if j != i] and not any(
                     name == p or name.startswith(p + ".") for p in ignore):
-                cands[child] = Block(cname, i, name)
+                cands[child] = Block(cname, i, name, siblings=len(cont))
     seen: dict[nn.Module, list[tuple[torch.Size, torch.Size | None]]] = {m: [] for m in cands}
     order: list[nn.Module] = []
 
@@ -186,13 +187,11 @@ def _fix_counts(new: nn.Module, removed: dict[str, list[int]], old_len: dict[str
 
 
 def select_blocks(blocks: list[Block], ratio: float) -> list[Block]:
-    """The lowest-scoring `ratio` of the blocks; every container keeps at least one block."""
+    """The lowest-scoring `ratio` of the blocks; every container keeps at least one child."""
     if not 0 <= ratio < 1:
         raise NetcompressError(f"depth: ratio must be in [0, 1), got {ratio!r}")
     k = int(ratio * len(blocks))
-    left: dict[str, int] = {}
-    for b in blocks:
-        left[b.container] = left.get(b.container, 0) + 1
+    left = {b.container: b.siblings or sum(c.container == b.container for c in blocks) for b in blocks}
     out = []
     for b in sorted(blocks, key=lambda b: (b.score, b.name)):
         if len(out) == k:
