@@ -34,6 +34,13 @@ def _tensors(x: Any) -> list[torch.Tensor]:
     return []
 
 
+def first_tensor(x: Any) -> torch.Tensor | None:
+    """The first tensor of a value: a tensor, a tuple / list, or a mapping (a Hugging Face
+    ``ModelOutput`` included); None when it holds none."""
+    ts = _tensors(x)
+    return ts[0] if ts else None
+
+
 def check_batch(x: Any, what: str = "example_inputs") -> None:
     """Raise a clear error unless `x` is a tensor, a tuple of tensors or a dict of named tensors."""
     ts = _tensors(x)

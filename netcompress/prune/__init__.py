@@ -9,7 +9,7 @@ Example:
 """
 from netcompress.core.graph import ChannelGraph
 from netcompress.core.graph_layers import LayerContext, register_layer, unregister_layer
-from netcompress.prune.depth import DEPTH_CRITERIA, depth
+from netcompress.prune.depth import DEPTH_CRITERIA, depth, plan_depth, remove_blocks
 from netcompress.prune.importance import CRITERIA
 from netcompress.prune.llm import magnitude_, prune_ as sparsify_, sparsegpt_, wanda_
 from netcompress.prune.schedule import SlimmingMethod, iterative_channels, iterative_weights_, step_sparsities
@@ -18,7 +18,7 @@ from netcompress.prune.unstructured import (AGPMethod, MaskMethod, agp_sparsity,
                                             weights_)
 from netcompress.prune.variational import SparseVDConfig, SparseVDMethod, kl_approx, variational_dropout_
 
-__all__ = ["CRITERIA", "DEPTH_CRITERIA", "depth", "ChannelGraph", "register_layer", "unregister_layer", "LayerContext", "channels", "plan", "PrunePlan", "per_layer", "weights_", "finalize_",
+__all__ = ["CRITERIA", "DEPTH_CRITERIA", "depth", "plan_depth", "remove_blocks", "ChannelGraph", "register_layer", "unregister_layer", "LayerContext", "channels", "plan", "PrunePlan", "per_layer", "weights_", "finalize_",
            "masks_of", "sparsity_of", "MaskMethod", "AGPMethod", "agp_sparsity", "SlimmingMethod",
            "iterative_weights_", "iterative_channels", "step_sparsities",
            "variational_dropout_", "SparseVDConfig", "SparseVDMethod", "kl_approx",

@@ -28,13 +28,14 @@ Example:
 from __future__ import annotations
 
 import copy
+from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Iterable, Literal
+from typing import Any, Callable, Iterable, Literal
 
 import torch
 from torch import nn
 
-from netcompress.core.batch import call, check_batch
+from netcompress.core.batch import call, check_batch, first_tensor
 from netcompress.core.errors import NetcompressError
 
 DEPTH_CRITERIA = ("influence", "random")
@@ -47,30 +48,15 @@ class Block:
     container: str
     index: int
     name: str
+    siblings: int  # children of the container (blocks or not)
     score: float = 0.0
-    siblings: int = 0  # children of the container (blocks or not)
-
-
-def _first_tensor(x: Any) -> torch.Tensor | None:
-    if isinstance(x, torch.Tensor):
-        return x
-    if isinstance(x, dict):
-        x = list(x.values())
-    elif hasattr(x, "to_tuple"):  # a Hugging Face ModelOutput
-        x = x.to_tuple()
-    if isinstance(x, (list, tuple)):
-        for v in x:
-            if isinstance(v, torch.Tensor):
-                return v
-    return None
 
 
 def _containers(model: nn.Module) -> dict[str, nn.Module]:
     out = {}
     for name, mod in model.named_modules():
         if isinstance(mod, (nn.Sequential, nn.ModuleList)) and len(mod) >= 2:
-            kinds = [type(c) for c in mod]
-            if any(kinds.count(k) >= 2 for k in kinds):
+            if max(Counter(type(c) for c in mod).values()) >= 2:
                 out[name] = mod
     return out
 
@@ -79,53 +65,58 @@ def _join(a: str, b: str) -> str:
     return f"{a}.{b}" if a else b
 
 
+def _hooked(model: nn.Module, modules: Iterable[nn.Module], hook: Callable, batches: Iterable[Any]) -> None:
+    """Run `model` (in eval mode, without gradients) on each batch with `hook(module, input, output)`
+    on every module of `modules` (input, output: their first tensors); the model is left as it was."""
+    def fwd(mod, args, kwargs, out):
+        hook(mod, first_tensor(args) if args else first_tensor(kwargs), first_tensor(out))
+
+    hs = [m.register_forward_hook(fwd, with_kwargs=True) for m in modules]
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for x in batches:
+                call(model, x)
+    finally:
+        model.train(was)
+        for h in hs:
+            h.remove()
+
+
 def find_blocks(model: nn.Module, example_inputs: Any, ignore: Iterable[str] = ()) -> list[Block]:
     """The removable blocks of `model` (see the module docstring), in forward order."""
     check_batch(example_inputs)
     ignore = list(ignore)
     cands: dict[nn.Module, Block] = {}
     for cname, cont in _containers(model).items():
+        kinds = Counter(type(c) for c in cont)
         for i, child in enumerate(cont):
             name = _join(cname, str(i))
-            if type(child) in [type(c) for j, c in enumerate(cont) if j != i] and not any(
-                    name == p or name.startswith(p + ".") for p in ignore):
+            if kinds[type(child)] >= 2 and not any(name == p or name.startswith(p + ".") for p in ignore):
                 cands[child] = Block(cname, i, name, siblings=len(cont))
-    seen: dict[nn.Module, list[tuple[torch.Size, torch.Size | None]]] = {m: [] for m in cands}
-    order: list[nn.Module] = []
+    seen: dict[nn.Module, list[tuple[torch.Size | None, torch.Size | None]]] = {}  # in call order
 
-    def hook(mod, args, kwargs, out):
-        x = _first_tensor(args) if args else _first_tensor(kwargs)
-        y = _first_tensor(out)
-        seen[mod].append((x.shape if x is not None else None, y.shape if y is not None else None))
-        if mod not in order:
-            order.append(mod)
+    def hook(mod, x, y):
+        seen.setdefault(mod, []).append((x.shape if x is not None else None, y.shape if y is not None else None))
 
-    hs = [m.register_forward_hook(hook, with_kwargs=True) for m in cands]
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            call(model, example_inputs)
-    finally:
-        model.train(was)
-        for h in hs:
-            h.remove()
-    ok = [m for m in order if len(seen[m]) == 1 and seen[m][0][0] is not None and seen[m][0][0] == seen[m][0][1]]
+    _hooked(model, cands, hook, [example_inputs])
+    ok = [m for m, calls in seen.items() if len(calls) == 1 and calls[0][0] is not None and calls[0][0] == calls[0][1]]
     names = {cands[m].name for m in ok}
     # keep the innermost level: drop a block that contains another block
     inner = [m for m in ok if not any(n != cands[m].name and n.startswith(cands[m].name + ".") for n in names)]
     return [cands[m] for m in inner]
 
 
-def _cosine_change(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """1 - cos(x, y) per token (3-D streams) or per sample (anything else), summed."""
+def _cosine_change(x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
+    """(sum of 1 - cos(x, y), count) per token (3-D streams) or per sample (anything else)."""
     x, y = x.detach().float(), y.detach().float()
     if x.dim() == 3:
         x, y = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
     else:
         x, y = x.reshape(x.shape[0], -1), y.reshape(y.shape[0], -1)
     cos = nn.functional.cosine_similarity(x, y, dim=1, eps=1e-12)
-    return (1 - cos).sum(), torch.tensor(float(len(cos)))
+    return float((1 - cos).sum()), len(cos)
 
 
 def score_blocks(model: nn.Module, blocks: list[Block], batches: list[Any], criterion: str = "influence",
@@ -138,30 +129,16 @@ def score_blocks(model: nn.Module, blocks: list[Block], batches: list[Any], crit
         for b, s in zip(blocks, torch.rand(len(blocks), generator=g).tolist()):
             b.score = s
         return blocks
-    mods = {model.get_submodule(b.name): b for b in blocks}
-    acc = {id(b): [torch.zeros(()), torch.zeros(())] for b in blocks}
+    acc = {model.get_submodule(b.name): [0.0, 0] for b in blocks}  # sum of 1 - cos, count
 
-    def hook(mod, args, kwargs, out):
-        x = _first_tensor(args) if args else _first_tensor(kwargs)
-        s, n = _cosine_change(x, _first_tensor(out))
-        a = acc[id(mods[mod])]
-        a[0] += s
-        a[1] += n
+    def hook(mod, x, y):
+        s, n = _cosine_change(x, y)
+        acc[mod][0] += s
+        acc[mod][1] += n
 
-    hs = [m.register_forward_hook(hook, with_kwargs=True) for m in mods]
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for x in batches:
-                call(model, x)
-    finally:
-        model.train(was)
-        for h in hs:
-            h.remove()
-    for b in blocks:
-        s, n = acc[id(b)]
-        b.score = float(s / n.clamp_min(1))
+    _hooked(model, acc, hook, batches)
+    for b, (s, n) in zip(blocks, acc.values()):
+        b.score = s / max(n, 1)
     return blocks
 
 
@@ -191,7 +168,7 @@ def select_blocks(blocks: list[Block], ratio: float) -> list[Block]:
     if not 0 <= ratio < 1:
         raise NetcompressError(f"depth: ratio must be in [0, 1), got {ratio!r}")
     k = int(ratio * len(blocks))
-    left = {b.container: b.siblings or sum(c.container == b.container for c in blocks) for b in blocks}
+    left = {b.container: b.siblings for b in blocks}
     out = []
     for b in sorted(blocks, key=lambda b: (b.score, b.name)):
         if len(out) == k:
@@ -202,21 +179,11 @@ def select_blocks(blocks: list[Block], ratio: float) -> list[Block]:
     return out
 
 
-def depth(model: nn.Module, ratio: float = 0.25, *, example_inputs: Any, data: Any = None,
-          criterion: Literal["influence", "random"] = "influence", calibration: int = 256, seed: int = 0,
-          ignore: Iterable[str] = ()) -> nn.Module:
-    """Remove the least important `ratio` of the model's blocks; returns a new, shallower model
-    (`model` is unchanged). See the module docstring for what a block is and how it is scored.
-
-    Args:
-        model: any model with repeated blocks in an nn.Sequential / nn.ModuleList.
-        ratio: fraction of all removable blocks to remove, in [0, 1).
-        example_inputs: a real input batch (a tensor, a tuple or a dict of named tensors).
-        data: calibration data for 'influence' (a DataBundle or (x, y) batches); default: the example.
-        criterion: 'influence' (Block Influence) or 'random'.
-        calibration: training samples scored.
-        ignore: block names (or prefixes) that stay.
-    """
+def plan_depth(model: nn.Module, ratio: float, *, example_inputs: Any, data: Any = None,
+               criterion: str = "influence", calibration: int = 256, seed: int = 0,
+               ignore: Iterable[str] = ()) -> tuple[list[Block], list[Block]]:
+    """(every removable block, scored; the ones `depth` with the same arguments removes). The model
+    is unchanged (the dry run of `depth`)."""
     from netcompress.prune.importance import calibration_batches
 
     if criterion not in DEPTH_CRITERIA:
@@ -227,12 +194,17 @@ def depth(model: nn.Module, ratio: float = 0.25, *, example_inputs: Any, data: A
                                "nn.Sequential / nn.ModuleList whose output has its input's shape)")
     batches = calibration_batches(data, calibration) if data is not None else None
     xs = [x for x, _ in batches] if batches else [example_inputs]
-    gone = select_blocks(score_blocks(model, blocks, xs, criterion, seed), ratio)
-    if not gone:
-        return copy.deepcopy(model)
+    return blocks, select_blocks(score_blocks(model, blocks, xs, criterion, seed), ratio)
+
+
+def remove_blocks(model: nn.Module, gone: Iterable[Block], example_inputs: Any) -> nn.Module:
+    """A copy of `model` without the blocks `gone` (from `find_blocks` / `plan_depth`), its counts
+    updated and checked on `example_inputs` (see the module docstring); `model` is unchanged."""
     removed: dict[str, list[int]] = {}
     for b in gone:
         removed.setdefault(b.container, []).append(b.index)
+    if not removed:
+        return copy.deepcopy(model)
     old_len = {c: len(model.get_submodule(c)) for c in removed}
     new = copy.deepcopy(model)
     for cname, idx in removed.items():
@@ -245,9 +217,9 @@ def depth(model: nn.Module, ratio: float = 0.25, *, example_inputs: Any, data: A
     new.eval()
     try:
         with torch.no_grad():
-            ref = _first_tensor(call(model, example_inputs))
+            ref = first_tensor(call(model, example_inputs))
             try:
-                out = _first_tensor(call(new, example_inputs))
+                out = first_tensor(call(new, example_inputs))
             except Exception as e:  # the model's own forward indexes its blocks in a way we cannot follow
                 raise NetcompressError(f"depth: the model no longer runs without blocks of {', '.join(removed)} "
                                        f"({type(e).__name__}: {e})") from None
@@ -260,3 +232,24 @@ def depth(model: nn.Module, ratio: float = 0.25, *, example_inputs: Any, data: A
     if hasattr(model, "netcompress_spec"):
         new.netcompress_spec = model.netcompress_spec
     return new
+
+
+def depth(model: nn.Module, ratio: float = 0.25, *, example_inputs: Any, data: Any = None,
+          criterion: Literal["influence", "random"] = "influence", calibration: int = 256, seed: int = 0,
+          ignore: Iterable[str] = ()) -> nn.Module:
+    """Remove the least important `ratio` of the model's blocks; returns a new, shallower model
+    (`model` is unchanged). See the module docstring for what a block is and how it is scored;
+    `plan_depth` is the dry run.
+
+    Args:
+        model: any model with repeated blocks in an nn.Sequential / nn.ModuleList.
+        ratio: fraction of all removable blocks to remove, in [0, 1).
+        example_inputs: a real input batch (a tensor, a tuple or a dict of named tensors).
+        data: calibration data for 'influence' (a DataBundle or (x, y) batches); default: the example.
+        criterion: 'influence' (Block Influence) or 'random'.
+        calibration: training samples scored.
+        ignore: block names (or prefixes) that stay.
+    """
+    _, gone = plan_depth(model, ratio, example_inputs=example_inputs, data=data, criterion=criterion,
+                         calibration=calibration, seed=seed, ignore=ignore)
+    return remove_blocks(model, gone, example_inputs)

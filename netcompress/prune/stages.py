@@ -10,7 +10,7 @@ from torch import nn
 
 from netcompress.core.config import Config
 from netcompress.core.errors import NetcompressError
-from netcompress.prune.depth import DEPTH_CRITERIA, depth
+from netcompress.prune.depth import DEPTH_CRITERIA, plan_depth, remove_blocks
 from netcompress.prune.importance import CRITERIA
 from netcompress.prune.schedule import SlimmingMethod
 from netcompress.prune.structured import channels, per_layer, plan
@@ -125,12 +125,11 @@ def run_prune(ctx, model: nn.Module, cfg: PruneConfig):
 
     before = model
     if cfg.granularity == "block":
-        cur = depth(model, cfg.ratio, example_inputs=ctx.data.example, data=ctx.data, criterion=cfg.criterion,
-                    calibration=cfg.calibration_samples, seed=ctx.seed, ignore=cfg.ignore)
+        blocks, gone = _plan_blocks(ctx, model, cfg)
+        cur = remove_blocks(model, gone, ctx.data.example)
         finetune(cur, [], "finetune")
-        kept, total = _count_blocks(before, cur, ctx.data.example)
-        extra = {"granularity": "block", "criterion": cfg.criterion, "kept_blocks": kept, "total_blocks": total,
-                 "per_layer": per_layer(before, cur)}
+        extra = {"granularity": "block", "criterion": cfg.criterion, "kept_blocks": len(blocks) - len(gone),
+                 "total_blocks": len(blocks), "per_layer": per_layer(before, cur)}
         return StageResult(cur, extra=extra, history=history)
     if cfg.criterion == "slimming" and cfg.slimming_epochs > 0:
         history.extend(ctx.fit(model, {"epochs": cfg.slimming_epochs, "max_steps": cfg.max_steps},
@@ -181,25 +180,18 @@ def run_prune(ctx, model: nn.Module, cfg: PruneConfig):
     return StageResult(cur, extra=extra, history=history)
 
 
-def _count_blocks(before: nn.Module, after: nn.Module, example: Any) -> tuple[int, int]:
-    from netcompress.prune.depth import find_blocks
-
-    blocks = find_blocks(before, example)
-    gone = sum(len(before.get_submodule(c)) - len(after.get_submodule(c)) for c in {b.container for b in blocks})
-    return len(blocks) - gone, len(blocks)
+def _plan_blocks(ctx, model: nn.Module, cfg: PruneConfig):
+    return plan_depth(model, cfg.ratio, example_inputs=ctx.data.example, data=ctx.data, criterion=cfg.criterion,
+                      calibration=cfg.calibration_samples, seed=ctx.seed, ignore=cfg.ignore)
 
 
 def dry_run_prune(ctx, model: nn.Module, cfg: PruneConfig) -> str:
     """What `cfg` would remove, without changing `model` (the CLI's --dry-run)."""
     model = copy.deepcopy(model).eval()
     if cfg.granularity == "block":
-        from netcompress.prune.depth import find_blocks, score_blocks, select_blocks
-        from netcompress.prune.importance import calibration_batches
-
-        blocks = find_blocks(model, ctx.data.example, cfg.ignore)
-        xs = [x for x, _ in calibration_batches(ctx.data, cfg.calibration_samples)] or [ctx.data.example]
-        gone = {b.name for b in select_blocks(score_blocks(model, blocks, xs, cfg.criterion, ctx.seed), cfg.ratio)}
-        return "\n".join(f"{b.name:40s} {cfg.criterion} {b.score:.4f} {'remove' if b.name in gone else 'keep'}"
+        blocks, gone = _plan_blocks(ctx, model, cfg)
+        names = {b.name for b in gone}
+        return "\n".join(f"{b.name:40s} {cfg.criterion} {b.score:.4f} {'remove' if b.name in names else 'keep'}"
                          for b in blocks)
     if cfg.granularity == "channel":
         return str(plan(model, cfg.criterion, cfg.ratio, example_inputs=ctx.data.example, data=ctx.data,
