@@ -244,7 +244,7 @@ class ChannelGraph:
             return
         nk = len(keys)
         R, K, M = torch.cat(rs) + 1, torch.cat(ks), torch.cat(ms)  # + 1: a neutral root (-1) sorts first
-        code, inv = torch.unique(R * nk + K, return_inverse=True)  # sorted by root, then member key
+        code = torch.unique(R * nk + K)  # sorted by root, then member key
         root, key = (code // nk).tolist(), (code % nk).tolist()
         # first member (in trace order) that carries each root: the order classes were first met
         first = torch.full((int(R.max()) + 1,), len(self.members), dtype=torch.long).scatter_reduce(
@@ -290,7 +290,7 @@ class ChannelGraph:
     def masked(self, removed: Iterable[int]) -> nn.Module:
         """A deep copy with the removed channels' filters, biases and norm scales zeroed (same shapes):
         the oracle for `prune` when every activation maps 0 to 0."""
-        table = self.removed_table(set(removed))
+        table = self.removed_table(removed)
         new = copy.deepcopy(self.model)
         with torch.no_grad():
             for mem in self.members:
@@ -304,14 +304,10 @@ class ChannelGraph:
                         t.movedim(dim, 0)[drop] = 0
         return new
 
-    def keep_mask(self, member: Member, removed: "set[int] | torch.Tensor") -> torch.Tensor:
-        """Which positions of `member`'s pruned dim stay when the classes `removed` go (a set of class
-        ids, or the boolean table from `removed_table`)."""
+    def keep_mask(self, member: Member, removed: torch.Tensor) -> torch.Tensor:
+        """Which positions of `member`'s pruned dim stay when the classes marked in `removed` (the
+        table from `removed_table`) go."""
         roots = self.uf.roots(member.labels)
-        if not isinstance(removed, torch.Tensor):
-            if not removed:
-                return torch.ones(len(roots), dtype=torch.bool)
-            removed = self.removed_table(removed)
         return ~removed[roots.clamp_min(0)] | (roots < 0)
 
     def removed_table(self, removed: Iterable[int]) -> torch.Tensor:
