@@ -16,6 +16,7 @@ Policies and their thresholds (one per early exit, or one shared):
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Sequence
 
@@ -156,6 +157,37 @@ class MultiExitBase(nn.Module):
         return early_exit_predict(self, x)[0]
 
 
+def _cuts(model: MultiExitBase, thresholds: float | Sequence[float] | None, policy: str | None) -> tuple[str, list[float]]:
+    """(policy, per-exit confidence cut) from the arguments or, where None, the model's own policy."""
+    policy = policy or model.policy
+    thr = model.thresholds if thresholds is None else thresholds
+    k_total = model.num_exits
+    cuts = [math.inf] * (k_total - 1) if thr is None else [score_cut(t, policy) for t in expand_thresholds(thr, k_total)]
+    return policy, cuts
+
+
+@contextlib.contextmanager
+def _evaluating(model: nn.Module):
+    was = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was)
+
+
+def _leave(k: int, logits: torch.Tensor, idx: torch.Tensor, out: torch.Tensor, exit_at: torch.Tensor, cut: float,
+           policy: str) -> torch.Tensor:
+    """Write the logits and exit `k` of the samples `idx` whose confidence passes `cut`; return the
+    positions (in this batch) of the samples that stay."""
+    done = confidence(logits, policy) >= cut
+    gone = done.nonzero().squeeze(1)
+    if len(gone):
+        out[idx[gone]] = logits.index_select(0, gone)
+        exit_at[idx[gone]] = k
+    return (~done).nonzero().squeeze(1)
+
+
 @torch.no_grad()
 def early_exit_predict(model: MultiExitBase, x: torch.Tensor, thresholds: float | Sequence[float] | None = None,
                        policy: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,17 +199,9 @@ def early_exit_predict(model: MultiExitBase, x: torch.Tensor, thresholds: float 
     Example:
         logits, exit_at = early_exit_predict(mx, x, thresholds=0.9)
     """
-    policy = policy or model.policy
-    thr = model.thresholds if thresholds is None else thresholds
-    k_total = model.num_exits
-    cuts = [math.inf] * (k_total - 1) if thr is None else [score_cut(t, policy) for t in expand_thresholds(thr, k_total)]
-    if not model.training:
+    policy, cuts = _cuts(model, thresholds, policy)
+    with _evaluating(model):
         return _predict(model, x, cuts, policy)
-    model.eval()
-    try:
-        return _predict(model, x, cuts, policy)
-    finally:
-        model.train(True)
 
 
 def _predict(model: MultiExitBase, x: torch.Tensor, cuts: list[float], policy: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,17 +224,10 @@ def _predict(model: MultiExitBase, x: torch.Tensor, cuts: list[float], policy: s
         if k == k_total - 1:
             out[idx] = logits
             break
-        done = confidence(logits, policy) >= cuts[k]
-        n_done = int(done.sum())
-        if n_done == len(idx):  # everyone left
-            out[idx] = logits
-            exit_at[idx] = k
+        keep = _leave(k, logits, idx, out, exit_at, cuts[k], policy)
+        if not len(keep):  # everyone left
             break
-        if n_done:
-            gone = done.nonzero().squeeze(1)
-            keep = (~done).nonzero().squeeze(1)
-            out[idx[gone]] = logits.index_select(0, gone)
-            exit_at[idx[gone]] = k
+        if len(keep) < len(idx):
             idx = idx[keep]
             state = subset_state(state, keep)
     return out, exit_at
@@ -233,32 +250,23 @@ def early_exit_stream(model: MultiExitBase, x: torch.Tensor, batch_size: int = 6
     """
     if batch_size < 1:
         raise NetcompressError(f"early_exit_stream: batch_size must be >= 1, got {batch_size}")
-    policy = policy or model.policy
-    thr = model.thresholds if thresholds is None else thresholds
+    policy, cuts = _cuts(model, thresholds, policy)
     k_total = model.num_exits
-    cuts = [math.inf] * (k_total - 1) if thr is None else [score_cut(t, policy) for t in expand_thresholds(thr, k_total)]
-    was = model.training
-    model.eval()
-    step = model.stepper()
     n = x.shape[0]
     exit_at = torch.full((n,), k_total - 1, dtype=torch.long, device=x.device)
-    out: list[torch.Tensor | None] = [None]
+    out: torch.Tensor | None = None
     queues: list[list[tuple[Any, torch.Tensor]]] = [[] for _ in range(k_total)]
 
     def run(k: int, state: Any, idx: torch.Tensor) -> None:
+        nonlocal out
         state, logits = step(k, state)
-        if out[0] is None:
-            out[0] = logits.new_zeros((n, logits.shape[1]))
+        if out is None:
+            out = logits.new_zeros((n, logits.shape[1]))
         if k == k_total - 1:
-            out[0][idx] = logits
+            out[idx] = logits
             return
-        done = confidence(logits, policy) >= cuts[k]
-        gone = done.nonzero().squeeze(1)
-        if len(gone):
-            out[0][idx[gone]] = logits.index_select(0, gone)
-            exit_at[idx[gone]] = k
-        if len(gone) < len(idx):
-            keep = (~done).nonzero().squeeze(1)
+        keep = _leave(k, logits, idx, out, exit_at, cuts[k], policy)
+        if len(keep):
             queues[k + 1].append((subset_state(state, keep), idx[keep]))
             flush(k + 1, final=False)
 
@@ -276,13 +284,12 @@ def early_exit_stream(model: MultiExitBase, x: torch.Tensor, batch_size: int = 6
                 state, idx = subset_state(state, torch.arange(batch_size, device=idx.device)), idx[:batch_size]
             run(k, state, idx)
 
-    try:
+    with _evaluating(model):
+        step = model.stepper()  # after eval(): a stepper may check the mode once
         for start in range(0, n, batch_size):
             chunk = x[start:start + batch_size]
             run(0, model.start(chunk), torch.arange(start, start + len(chunk), device=x.device))
         for k in range(1, k_total):
             flush(k, final=True)
-    finally:
-        model.train(was)
-    assert out[0] is not None
-    return out[0], exit_at
+    assert out is not None
+    return out, exit_at

@@ -191,7 +191,8 @@ def compare_latency(model: MultiExitBase, x: torch.Tensor, batch_size: int = 64,
     was, old_threads = model.training, torch.get_num_threads()
     model.eval()
     torch.set_num_threads(threads)
-    chunks = [c.contiguous() for c in x.cpu().split(batch_size)]
+    xs = x.cpu().contiguous()
+    chunks = [c.contiguous() for c in xs.split(batch_size)]
 
     def full() -> None:
         for c in chunks:
@@ -200,8 +201,6 @@ def compare_latency(model: MultiExitBase, x: torch.Tensor, batch_size: int = 64,
     def dyn() -> None:
         for c in chunks:
             early_exit_predict(model, c)
-
-    xs = torch.cat(chunks)
 
     def stream() -> None:
         early_exit_stream(model, xs, batch_size)
