@@ -29,7 +29,6 @@ the trivial alternative the technique must beat):
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import sys
 import time
@@ -42,6 +41,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import netcompress as nc  # noqa: E402
 from _common import md_table, mean_std, write_result  # noqa: E402
+from netcompress.distill.protocols import fresh_copy  # noqa: E402
 from netcompress.measure import count_macs  # noqa: E402
 
 
@@ -97,14 +97,6 @@ def random_routing(exits: list[dict[str, Any]], avg_macs: float) -> float:
                 w = (avg_macs - ci) / (cj - ci)
                 best = max(best, (1 - w) * ai + w * aj)
     return best
-
-
-def from_scratch(model: nn.Module) -> nn.Module:
-    m = copy.deepcopy(model)
-    for mod in m.modules():
-        if mod is not m and hasattr(mod, "reset_parameters"):
-            mod.reset_parameters()
-    return m
 
 
 # Each row: name -> fn(model, data, seed, exits) -> (default value, {control name: value}, note);
@@ -167,7 +159,7 @@ def binary(model, data, seed, exits):
 def lowrank(model, data, seed, exits):
     d = apply("design", model, data, seed, op="lowrank", budget=0.1)
     n = apply("design", model, data, seed, op="lowrank", budget=0.1, recover="none")
-    s = from_scratch(d.model)
+    s = fresh_copy(d.model)
     nc.train.fit(s, data, seed=seed, progress=False)
     p = sum(x.numel() for x in d.model.parameters()) / sum(x.numel() for x in model.parameters())
     return acc(d.model, data), {"no fine-tune": acc(n.model, data), "same shape from scratch": acc(s, data)}, \

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import netcompress as nc  # noqa: E402
 from _common import md_table, write_result  # noqa: E402
-from bench_transformers import GPT_TRAIN, VIT_TRAIN, ppl  # noqa: E402
+from bench_transformers import GPT_TRAIN, VIT_TRAIN, ms, ppl  # noqa: E402
 from netcompress.distill.transformer import HiddenKD  # noqa: E402
 from netcompress.measure import count_macs  # noqa: E402
 from netcompress.train import TrainConfig  # noqa: E402
@@ -102,13 +102,9 @@ def gpt_seed(seed: int) -> dict:
     return one(base, data, data.example, fit_kw, lambda m: ppl(m, data))
 
 
-def ms(xs: list[float], p: int = 2) -> str:
-    return f"{statistics.mean(xs):.{p}f} ± {statistics.stdev(xs):.{p}f}" if len(xs) > 1 else f"{xs[0]:.{p}f}"
-
-
 def table(runs: list[dict], unit: str, lower_better: bool, goal: str) -> str:
-    rows = [["dense", "1.00", ms([r["dense"] for r in runs]), "", ""],
-            ["dense + the recovery budget (control)", "1.00", ms([r["dense_more"] for r in runs]), "", ""]]
+    rows = [["dense", "1.00", ms([r["dense"] for r in runs], 2), "", ""],
+            ["dense + the recovery budget (control)", "1.00", ms([r["dense_more"] for r in runs], 2), "", ""]]
     for what, label in (("channels", "heads + MLP + width (l1)"), ("depth", "depth: half the blocks (influence)")):
         macs = statistics.mean(r[f"{what}_macs"] for r in runs)
         for rec, rl in (("none", "no recovery"), ("ft", "fine-tune"), ("kd", "KD from dense (HiddenKD)")):
@@ -116,7 +112,7 @@ def table(runs: list[dict], unit: str, lower_better: bool, goal: str) -> str:
             ref = "dense" if rec == "none" else "dense_more"  # recovered rows: against the dense model trained as long
             d = [v - r[ref] for v, r in zip(vals, runs)]
             rel = [100 * (v / r[ref] - 1) for v, r in zip(vals, runs)]
-            rows.append([f"{label}, {rl}", f"{macs:.2f}", ms(vals), ms(d),
+            rows.append([f"{label}, {rl}", f"{macs:.2f}", ms(vals, 2), ms(d, 2),
                          ms(rel, 1) + " %" if lower_better else ""])
     kd_vs_ft = {w: sum((r[f"{w}_kd"] < r[f"{w}_ft"]) if lower_better else (r[f"{w}_kd"] > r[f"{w}_ft"]) for r in runs)
                 for w in ("channels", "depth")}
