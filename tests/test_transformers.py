@@ -160,6 +160,33 @@ def test_hidden_kd_between_widths_and_depths_lowers_its_terms(text_small, one_th
     assert not student._forward_hooks and not teacher.blocks[0]._forward_hooks
 
 
+@pytest.mark.parametrize("balance", [True, False])
+def test_hidden_kd_terms_start_no_larger_than_the_task_loss_when_balanced(balance, text_small, one_thread):
+    """Unbalanced, the hidden MSE started at 10x (pruned vit-tiny) and 18x (pruned gpt-tiny) the CE
+    and KD recovered worse than fine-tuning (B12 structured); balanced, the hidden + attention
+    terms start at most at the CE (alpha 0.5: the logged task term is half the CE)."""
+    torch.manual_seed(0)
+    teacher = nc.models.create_for("gpt-tiny", text_small)
+    student = nc.models.create_for("gpt-tiny-half", text_small)
+    m = HiddenKD(teacher, student, hidden_weight=1000.0, balance=balance)
+    logs = []
+    nc.train.fit(student, text_small, epochs=1, max_steps=1, lr=3e-3, optimizer="adamw", batch_size=16,
+                 methods=[m], loss_fn=m.task_loss, progress=False, callbacks=[logs.append])
+    m.finalize(student)
+    first = logs[0]
+    ce = first["task"] / (1 - m.alpha)
+    if balance:
+        assert 0 < m.scale < 1
+        assert first["hidden"] + first["attention"] <= ce * (1 + 1e-5)
+        fresh = HiddenKD(teacher, student)
+        fresh.prepare(student)
+        fresh.load_state_dict(m.state_dict())  # a resumed run keeps the factor (and the adapters)
+        fresh.finalize(student)
+        assert fresh.scale == m.scale
+    else:
+        assert m.scale is None and first["hidden"] > 10 * ce
+
+
 @pytest.mark.parametrize("method,kw", [
     ("kd", {}), ("fitnet", {}), ("at", {"layers": [["blocks.0", "blocks.1"], ["blocks.1", "blocks.3"]]}),
     ("rkd", {}), ("sp", {}), ("dml", {}), ("born-again", {"generations": 1}), ("takd", {}), ("hidden", {})])

@@ -110,11 +110,33 @@ class KD(TeacherMethod):
 
 class TappedMethod(TeacherMethod):
     """A teacher method that taps layers of both models (`_s_taps`, `_t_taps`) and trains
-    `adapters` between them: closing the taps, finalizing, and checkpointing the adapters."""
+    `adapters` between them: closing the taps, finalizing, checkpointing the adapters, and
+    balancing its feature terms against the task loss.
+
+    Balancing (``balance=True``): weights set for one network can make a feature term many times
+    the cross-entropy on another (AT 9x, SP 5x on LeNet-5 at initialisation; TinyBERT's hidden MSE
+    10x on a pruned vit-tiny, 18x on a pruned gpt-tiny), and the student then serves the features,
+    not the task. So
+    on the first training step the feature terms are multiplied by ``min(1, CE / their sum)``, both
+    measured on that batch (averaged over DDP ranks): they start no larger than the task loss, and
+    are never raised. The factor is kept for the whole run (and in checkpoints).
+    """
 
     adapters: nn.ModuleList
     _s_taps: Taps | None = None
     _t_taps: Taps | None = None
+    balance: bool = False
+    scale: float | None = None  # the balancing factor, set on the first step
+
+    def balanced(self, feats: dict[str, torch.Tensor], outputs: Any, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        """`feats` scaled by the balancing factor (unchanged when ``balance`` is off or there is no term)."""
+        if not self.balance or not feats:
+            return feats
+        if self.scale is None:
+            ce, f = mean_over_ranks(torch.stack([default_loss(outputs, targets).float(),
+                                                 sum(feats.values()).float()])).tolist()
+            self.scale = min(1.0, ce / f) if f > 0 else 1.0
+        return {k: v * self.scale for k, v in feats.items()}
 
     def close(self) -> None:
         for taps in (self._s_taps, self._t_taps):
@@ -127,23 +149,20 @@ class TappedMethod(TeacherMethod):
         return super().finalize(model)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"adapters": self.adapters.state_dict()}
+        return {"adapters": self.adapters.state_dict(), "scale": self.scale}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("adapters"):
             self.adapters.load_state_dict(state["adapters"])
+        self.scale = state.get("scale", self.scale)
 
 
 class _FeatureMethod(TappedMethod):
     """Shared machinery: taps on teacher and student layers, adapters built from one probe pass.
 
-    Balancing (``balance=True``, the default of AT, RKD and SP): the papers' weights were set for
-    their networks (CIFAR ResNets with BatchNorm); on other models the same weight can make the
-    feature term many times the cross-entropy (AT 9x, SP 5x on LeNet-5 at initialisation) and a
-    BatchNorm-free student collapses to one class. So on the first training step the weight is
-    multiplied by ``min(1, CE / feature term)``, both measured on that batch (averaged over DDP
-    ranks): the term starts no larger than the task loss, and is never raised. The factor is kept
-    for the whole run (and in checkpoints); ``balance=False`` uses the weights as given.
+    Balancing (see `TappedMethod`) is the default of AT, RKD and SP, whose papers' weights were set
+    for CIFAR ResNets with BatchNorm: unbalanced, a BatchNorm-free student collapses to one class.
+    ``balance=False`` uses the weights as given.
     """
 
     adapters_always = False
@@ -164,7 +183,6 @@ class _FeatureMethod(TappedMethod):
         self.pairs: list[tuple[str, str]] = []
         self.adapters = nn.ModuleList()
         self.balance = bool(balance)
-        self.scale: float | None = None  # the balancing factor, set on the first step
 
     def _defaults(self, model: nn.Module, x: torch.Tensor) -> tuple[list[str], list[str]]:
         if self.default_layers == "embedding":
@@ -212,22 +230,8 @@ class _FeatureMethod(TappedMethod):
         s, t = self.features()
         if self.relational:  # relations between the samples of the whole (global) batch, not of one shard
             s, t = [gather_batch(f) for f in s], [gather_batch(f) for f in t]
-        feats = self.feature_loss(s, t)
-        if self.balance and feats:  # no term (every weight 0): nothing to balance
-            if self.scale is None:
-                ce, f = mean_over_ranks(torch.stack([default_loss(outputs, targets).float(),
-                                                     sum(feats.values()).float()])).tolist()
-                self.scale = min(1.0, ce / f) if f > 0 else 1.0
-            feats = {k: v * self.scale for k, v in feats.items()}
-        terms.update(feats)
+        terms.update(self.balanced(self.feature_loss(s, t), outputs, targets))
         return terms
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "scale": self.scale}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.scale = state.get("scale", self.scale)
 
 
 class Hint(_FeatureMethod):

@@ -80,14 +80,18 @@ class HiddenKD(TappedMethod):
         relation_heads: R, the relation heads (must divide both models' projection widths).
         layers: explicit [student_block, teacher_block] name pairs instead of the uniform map.
         temperature, alpha: the logit KD term (alpha 0 disables it; CE gets 1 - alpha).
+        balance: scale the hidden + attention terms on the first step so that they start no larger
+            than the task loss (see `TappedMethod`); False uses the weights as given.
     """
 
     name = "hidden"
 
     def __init__(self, teacher: nn.Module, student: nn.Module, hidden_weight: float = 1.0,
                  attention_weight: float = 1.0, relation_heads: int = 2,
-                 layers: Sequence[Sequence[str]] | None = None, temperature: float = 2.0, alpha: float = 0.5) -> None:
+                 layers: Sequence[Sequence[str]] | None = None, temperature: float = 2.0, alpha: float = 0.5,
+                 balance: bool = True) -> None:
         super().__init__(teacher, temperature, alpha)
+        self.balance = bool(balance)
         sb, tb = find_blocks(student), find_blocks(teacher)
         if layers:
             self.pairs = [(str(s), str(t)) for s, t in layers]
@@ -135,16 +139,18 @@ class HiddenKD(TappedMethod):
         assert self._s_taps is not None and self._t_taps is not None, "prepare() was not called"
         t_logits = self.teacher_outputs(inputs)
         terms = self.kd_terms(outputs, t_logits)
+        feats: dict[str, torch.Tensor] = {}
         if self.hidden_weight > 0:
             mse = sum(F.mse_loss(a(self._s_taps[s]).float(), self._t_taps[t].detach().float())
                       for a, (s, t) in zip(self.adapters, self.pairs))
-            terms["hidden"] = self.hidden_weight * mse
+            feats["hidden"] = self.hidden_weight * mse
         if self.att is not None:
             s_names, t_names, causal, fused = self.att
             s_parts = [p for n in s_names for p in _split(self._s_taps[n], fused)]
             t_parts = [p for n in t_names for p in _split(self._t_taps[n], len(t_names) == 1)]
-            terms["attention"] = self.attention_weight * sum(
+            feats["attention"] = self.attention_weight * sum(
                 relation_kl(a, b, self.relation_heads, causal) for a, b in zip(s_parts, t_parts)) / len(s_parts)
+        terms.update(self.balanced(feats, outputs, targets))
         return terms
 
 
@@ -152,8 +158,11 @@ def _run_hidden(teacher, student, data, cfg, fit_fn):
     """TinyBERT / MiniLM-style: per-token KD + hidden states through projections + attention relations."""
     from netcompress.distill.protocols import DistillResult, _acc, _alpha, _budget, train_student
 
+    # balanced on the first step unless weights are given, as for AT / RKD / SP
     m = HiddenKD(teacher, student, cfg.weights.get("hidden", 1.0), cfg.weights.get("attention", 1.0),
-                 layers=cfg.layers, temperature=cfg.temperature, alpha=_alpha(cfg, 0.5))
+                 layers=cfg.layers, temperature=cfg.temperature, alpha=_alpha(cfg, 0.5), balance=not cfg.weights)
     h = train_student(student, m, fit_fn, "hidden", **_budget(cfg))
-    return DistillResult(student, _acc(student, data), extra={"layer_pairs": [list(p) for p in m.pairs]},
-                         histories={"hidden": h.to_list()})
+    extra = {"layer_pairs": [list(p) for p in m.pairs]}
+    if m.balance:
+        extra["weight_scale"] = m.scale
+    return DistillResult(student, _acc(student, data), extra=extra, histories={"hidden": h.to_list()})
