@@ -251,3 +251,23 @@ def test_segment_cache_follows_structural_changes():
     mx.backbone.classifier[0] = nn.Linear(7 * 4 * 4, mx.backbone.classifier[0].out_features)
     logits, _ = early_exit_predict(mx, x, 2.0)
     assert torch.allclose(logits, mx.backbone(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("tokens", ["cls", "mean"])
+def test_transformer_exit_heads_read_the_class_token_or_the_token_mean(tokens, tmp_path):
+    """A ViT exit head on (batch, tokens, dim) features: the class token (token 0) or the mean over the
+    tokens, then LayerNorm + Linear; the multi-exit model saves and loads pickle-free."""
+    torch.manual_seed(0)
+    vit = nc.models.create("vit-tiny", num_classes=10, in_channels=1, input_size=28)
+    x = torch.randn(3, 1, 28, 28)
+    m = early_exit(vit, ["blocks.1"], head={"hidden": 0, "tokens": tokens}, example_inputs=x).eval()
+    feats = {}
+    handle = m.backbone.blocks[1].register_forward_hook(lambda mod, i, o: feats.setdefault("t", o))
+    outs = m(x)
+    handle.remove()
+    head = m.heads[0]
+    pooled = feats["t"][:, 0] if tokens == "cls" else feats["t"].mean(1)
+    torch.testing.assert_close(outs[0], head[2](head[1](pooled)))
+    nc.models.save(m, tmp_path / "m.pt")
+    back = nc.models.load(tmp_path / "m.pt").eval()
+    torch.testing.assert_close(back(x)[0], outs[0])

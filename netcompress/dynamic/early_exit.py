@@ -35,8 +35,9 @@ class HeadConfig(Config):
 
     pool: int = Field(6, ge=1, description="average-pool the features to pool x pool")
     hidden: int = Field(128, ge=0, description="hidden units of the head (0: one Linear)")
-    tokens: Literal["cls", "flatten"] = Field("cls", description="token features (T, D) of a transformer: "
-                                             "a LayerNorm + classifier on the class token, or flatten all")
+    tokens: Literal["cls", "mean", "flatten"] = Field(
+        "cls", description="token features (T, D) of a transformer: a LayerNorm + classifier on the class "
+                           "token, or on the mean over the tokens, or flatten all")
 
 
 def make_head(feature_shape: Sequence[int], num_classes: int, cfg: HeadConfig) -> nn.Sequential:
@@ -49,10 +50,10 @@ def make_head(feature_shape: Sequence[int], num_classes: int, cfg: HeadConfig) -
         pool = nn.AvgPool2d((h // ph, w // pw)) if h % ph == 0 and w % pw == 0 else nn.AdaptiveAvgPool2d((ph, pw))
         layers += [pool, nn.Flatten()]
         d = c * ph * pw
-    elif len(feature_shape) == 2 and cfg.tokens == "cls":
-        from netcompress.models.transformers import ClassToken
+    elif len(feature_shape) == 2 and cfg.tokens in ("cls", "mean"):
+        from netcompress.models.transformers import ClassToken, TokenMean
 
-        layers += [ClassToken(), nn.LayerNorm(feature_shape[1])]
+        layers += [ClassToken() if cfg.tokens == "cls" else TokenMean(), nn.LayerNorm(feature_shape[1])]
         d = int(feature_shape[1])
     else:
         layers.append(nn.Flatten())

@@ -37,6 +37,16 @@ class ClassToken(nn.Module):
 register_module_type(ClassToken, lambda m: {})
 
 
+class TokenMean(nn.Module):
+    """The mean over the tokens of a (batch, tokens, dim) sequence (global-average-pool exit heads)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(1)
+
+
+register_module_type(TokenMean, lambda m: {})
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with one fused `qkv` projection (timm layout)."""
 
