@@ -1,0 +1,104 @@
+"""B12 (early exit): vit-tiny on mnist-5k with exits after blocks 0, 1 and 2, at 60 % of the MACs.
+
+Per seed, in one process, every row from the same dense model:
+
+* vit-tiny trained 30 epochs on mnist-5k (AdamW 2e-3, cosine, as `bench_transformer_prune.py`).
+* Control: the dense model trained 6 more epochs (the joint exit training's budget), full compute.
+* Early exit with the `dynamic` stage (exits after `blocks.0`, `blocks.1`, `blocks.2`, one
+  max-softmax threshold calibrated on 500 held-out training images to 60 % of the full MACs):
+  - frozen backbone, a LayerNorm + Linear head on the class token, 3 epochs (B12's first setting,
+    `bench_transformers.py`);
+  - joint training (SDN weights, 0.5 self-distillation from the last exit), 6 epochs, heads on the
+    class token or on the mean over the tokens.
+  Reported: test accuracy with early exit, the same model's full-depth accuracy, average MACs,
+  CPU time of 1000 test images at batch 64 (full vs early exit, 1 thread).
+Goal (issue 15): the same accuracy at <= 60 % of the average MACs.
+
+    python benchmarks/bench_vit_early_exit.py                  # 3 seeds, ~10 min on 1 core
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import netcompress as nc  # noqa: E402
+from _common import md_table, write_result  # noqa: E402
+from bench_transformers import VIT_TRAIN, ms  # noqa: E402
+from netcompress.dynamic.stages import DynamicConfig, run_dynamic  # noqa: E402
+from netcompress.recipe.stages import StageContext  # noqa: E402
+from netcompress.train import TrainConfig  # noqa: E402
+
+SETTINGS = {
+    "frozen backbone, class-token heads, 3 epochs": dict(head={"hidden": 0}, epochs=3),
+    "joint, class-token heads, 6 epochs": dict(head={"hidden": 0}, epochs=6, train_backbone=True, distill=0.5),
+    "joint, token-mean heads, 6 epochs": dict(head={"hidden": 0, "tokens": "mean"}, epochs=6,
+                                             train_backbone=True, distill=0.5),
+}
+EXTRA_EPOCHS = 6
+
+
+def one(seed: int, tmp: str) -> dict:
+    data = nc.data.load("mnist-5k", seed=seed)
+    torch.manual_seed(seed)
+    base = nc.models.create_for("vit-tiny", data)
+    train = TrainConfig(epochs=30, **VIT_TRAIN)
+    nc.train.fit(base, data, train, seed=seed, progress=False, evaluate_each_epoch=False)
+    more = copy.deepcopy(base)
+    nc.train.fit(more, data, TrainConfig(epochs=EXTRA_EPOCHS, **VIT_TRAIN), seed=seed, progress=False,
+                 evaluate_each_epoch=False)
+    r: dict = {"dense": 100 * nc.train.evaluate(base, data), "control": 100 * nc.train.evaluate(more, data)}
+    for i, (label, kw) in enumerate(SETTINGS.items()):
+        ctx = StageContext(data=data, train=train, seed=seed, out_dir=Path(tmp) / f"ee{seed}_{i}",
+                           name="early-exit", progress=False)
+        cfg = DynamicConfig(exits=["blocks.0", "blocks.1", "blocks.2"], lr=2e-3, budget=0.6, holdout=500,
+                            latency=True, latency_samples=1000, latency_batch=64, **kw)
+        e = run_dynamic(ctx, copy.deepcopy(base), cfg).extra
+        r[label] = dict(acc=100 * e["accuracy"], full=100 * e["full_accuracy"], macs=e["avg_macs_fraction"],
+                        full_ms=e["latency"]["full_ms"], ee_ms=e["latency"]["early_exit_ms"])
+    return r
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for s in a.seeds:
+            runs.append(one(s, tmp))
+            print(s, runs[-1], flush=True)
+    rows = [["dense (30 epochs), full depth", ms([r["dense"] for r in runs], 2), "", "1.00", "", "", ""],
+            [f"dense + {EXTRA_EPOCHS} epochs (control), full depth", ms([r["control"] for r in runs], 2), "",
+             "1.00", "", "", ""]]
+    verdicts = []
+    for label in SETTINGS:
+        e = [r[label] for r in runs]
+        d_dense = [x["acc"] - r["dense"] for x, r in zip(e, runs)]
+        d_full = [x["acc"] - x["full"] for x in e]
+        rows.append([label, ms([x["acc"] for x in e], 2), ms([x["full"] for x in e], 2),
+                     ms([x["macs"] for x in e], 3), ms(d_dense, 2), ms(d_full, 2),
+                     ms([x["full_ms"] / x["ee_ms"] for x in e], 2)])
+        verdicts.append(f"{label}: early exit >= dense on {sum(d >= 0 for d in d_dense)}/{len(runs)} seeds, "
+                        f">= its own full depth on {sum(d >= 0 for d in d_full)}/{len(runs)}")
+    body = (f"Seeds {a.seeds}; 1 thread; {time.perf_counter() - t0:.0f} s. Exits after blocks 0-2 of 4, one "
+            "threshold calibrated on 500 held-out training images to 60 % of the full MACs; speedup = CPU time "
+            "of the full model / of early exit on 1000 test images at batch 64.\n\n"
+            + md_table(["model", "test accuracy % (early exit)", "same model, full depth", "avg MACs / full",
+                        "early exit minus dense", "early exit minus its full depth", "speedup"], rows)
+            + "\n" + "; ".join(verdicts) + ".\n\nGoal (issue 15): the same accuracy at <= 60 % of the MACs.\n")
+    write_result("B12_vit_early_exit", "B12 (early exit): vit-tiny on mnist-5k at 60 % of the MACs", body)
+
+
+if __name__ == "__main__":
+    main()
