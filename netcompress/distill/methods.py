@@ -116,10 +116,10 @@ class TappedMethod(TeacherMethod):
     Balancing (``balance=True``): weights set for one network can make a feature term many times
     the cross-entropy on another (AT 9x, SP 5x on LeNet-5 at initialisation; TinyBERT's hidden MSE
     10x on a pruned vit-tiny, 18x on a pruned gpt-tiny), and the student then serves the features,
-    not the task. So
-    on the first training step the feature terms are multiplied by ``min(1, CE / their sum)``, both
-    measured on that batch (averaged over DDP ranks): they start no larger than the task loss, and
-    are never raised. The factor is kept for the whole run (and in checkpoints).
+    not the task. So on the first training step the feature terms are multiplied by
+    ``min(1, CE / their sum)``, both measured on that batch (averaged over DDP ranks): they start no
+    larger than the task loss, and are never raised. The factor is kept for the whole run (and in
+    checkpoints).
     """
 
     adapters: nn.ModuleList
