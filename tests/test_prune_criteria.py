@@ -98,7 +98,7 @@ def test_random_is_seeded_and_registry_lists_all():
     a = CRITERIA.get("random")(ScoreContext(m, g, seed=3))[0]
     b = CRITERIA.get("random")(ScoreContext(m, g, seed=3))[0]
     assert torch.equal(a, b)
-    assert set(CRITERIA.list()) == {"l1", "l2", "fpgm", "slimming", "apoz", "taylor", "random"}
+    assert set(CRITERIA.list()) == {"l1", "l2", "fpgm", "slimming", "apoz", "taylor", "output_norm", "random"}
 
 
 def test_residual_channel_scores_sum_both_producers():

@@ -3,7 +3,9 @@
 Each criterion is a function `score(ctx: ScoreContext) -> list[Tensor]` (one vector per group,
 aligned with `group.classes`), registered in `CRITERIA`. A channel's filters are the output slices
 of every conv / linear (and depthwise conv) in its group; a channel shared by a residual sum thus
-scores the filters of all its producers together.
+scores the filters of all its producers together. The data-driven criteria (`NEEDS_DATA`: apoz,
+taylor, output_norm) read calibration batches; `output_norm` scores the consumer side instead (what a
+channel adds to the outputs of the layers that read it).
 """
 from __future__ import annotations
 
@@ -15,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from netcompress.core.batch import batch_len, call, first_tensor, to_device
 from netcompress.core.errors import NetcompressError
-from netcompress.core.graph import ChannelGraph, Group, Member, is_conv1d_t, member_slices
+from netcompress.core.graph import ChannelGraph, Group, Member, is_conv1d_t, member_slices, weight_dims
 from netcompress.core.registry import Registry
 
 
@@ -50,7 +53,7 @@ def calibration_batches(data: Any, n: int = 256) -> list[tuple[torch.Tensor, tor
         if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
             raise NetcompressError("data must be a dataset or an iterable of (inputs, targets) batches")
         out.append((batch[0], batch[1]))
-        seen += len(batch[0])
+        seen += batch_len(batch[0])  # a dict of named tensors counts its samples, not its keys
         if seen >= n:
             break
     return out
@@ -216,11 +219,174 @@ def taylor(ctx: ScoreContext) -> list[torch.Tensor]:
     return scores
 
 
+_CHUNK = 1 << 22  # elements of one intermediate tensor of per-class contributions (16 MiB in float32)
+_CONV_F = {nn.Conv1d: F.conv1d, nn.Conv2d: F.conv2d, nn.Conv3d: F.conv3d}
+
+
+def _consumer_weight(mod: nn.Module) -> torch.Tensor | None:
+    """The weight of a supported consumer as [out, in, *kernel] (float32), else None: nn.Linear,
+    Hugging Face's Conv1D (stored [in, out]) and ungrouped Conv1d / 2d / 3d."""
+    w = getattr(mod, "weight", None)
+    if not isinstance(w, torch.Tensor):
+        return None
+    if isinstance(mod, nn.Linear) or is_conv1d_t(mod):
+        out_d, in_d = weight_dims(mod)
+        return w.detach().permute(out_d, in_d).float() if w.dim() == 2 else None
+    if type(mod) in _CONV_F and mod.groups == 1:
+        return w.detach().float()
+    return None
+
+
+class _Consumer:
+    """Running sums of ||x[P_c] W[:, P_c]^T|| for the classes of one group read by one layer.
+
+    `pos` is [classes, K]: the input positions of each class, padded with index `in` (a zero column
+    appended to the input and the weight), so classes of unequal sizes share one batched product.
+    The padded weight is gathered at each call, so no copy of the model's weights is kept."""
+
+    def __init__(self, mod: nn.Module, w: torch.Tensor, idx: torch.Tensor) -> None:
+        where = torch.nonzero(idx >= 0).flatten()
+        order = torch.argsort(idx[where], stable=True)
+        where, cls = where[order], idx[where][order]
+        present, counts = torch.unique_consecutive(cls, return_counts=True)
+        starts = torch.cumsum(counts, 0) - counts
+        rank = torch.arange(len(cls)) - starts.repeat_interleave(counts)
+        pos = torch.full((len(present), int(counts.max())), w.shape[1], dtype=torch.long)
+        pos[torch.arange(len(present)).repeat_interleave(counts), rank] = where
+        self.mod, self.k, self.n_in = mod, pos.shape[1], w.shape[1]
+        self.classes = present
+        self.pos = pos.to(w.device)
+        self.sums = torch.zeros(len(present), device=w.device)
+        if w.dim() == 2 and self.k == 1:  # single positions: ||x_j W[:, j]|| = |x_j| ||W[:, j]||
+            self.colnorm = w[:, self.pos[:, 0]].norm(dim=0)
+
+    def _weight(self) -> torch.Tensor:
+        """The consumer's weight [out, in + 1, *kernel] with a zero input column at index `in`."""
+        w = _consumer_weight(self.mod)
+        return torch.cat([w, w.new_zeros(w.shape[0], 1, *w.shape[2:])], 1)
+
+    def add_linear(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, self.n_in).float()
+        c = len(self.pos)
+        if self.k == 1:
+            step = max(1, _CHUNK // c)
+            for t in range(0, x.shape[0], step):
+                self.sums += (x[t:t + step, self.pos[:, 0]].abs() * self.colnorm).sum(0)
+            return
+        x = torch.cat([x, x.new_zeros(x.shape[0], 1)], 1)
+        w = self._weight()[:, self.pos].permute(1, 2, 0)  # [classes, K, out]
+        step = max(1, _CHUNK // (c * w.shape[-1]))
+        for t in range(0, x.shape[0], step):
+            y = torch.einsum("tck,cko->tco", x[t:t + step, self.pos], w)
+            self.sums += y.norm(dim=-1).sum(0)
+
+    def add_conv(self, x: torch.Tensor, spatial_out: int) -> None:
+        mod, conv = self.mod, _CONV_F[type(self.mod)]
+        w = self._weight()
+        out, c = w.shape[0], len(self.pos)
+        # [classes * out, K, *kernel]: one group per class of a grouped convolution
+        w = w[:, self.pos].movedim(1, 0).reshape(c * out, self.k, *w.shape[2:])
+        x = x.float()
+        x = torch.cat([x, x.new_zeros(x.shape[0], 1, *x.shape[2:])], 1)
+        padding = mod.padding
+        if mod.padding_mode != "zeros":
+            x = F.pad(x, mod._reversed_padding_repeated_twice, mode=mod.padding_mode)
+            padding = 0
+        per_class = out * spatial_out
+        ns = max(1, min(x.shape[0], _CHUNK // per_class))
+        nc = max(1, _CHUNK // (ns * per_class))
+        for s in range(0, x.shape[0], ns):
+            for c0 in range(0, c, nc):
+                c1 = min(c, c0 + nc)
+                y = conv(x[s:s + ns, self.pos[c0:c1].flatten()], w[c0 * out:c1 * out], None, mod.stride, padding,
+                         mod.dilation, c1 - c0)
+                self.sums[c0:c1] += y.reshape(y.shape[0], c1 - c0, out, -1).norm(dim=2).sum((0, 2))
+
+
+def output_norm(ctx: ScoreContext) -> list[torch.Tensor]:
+    """Mean norm of a channel's contribution to its consumers' outputs (a head: its projected output).
+
+    For a consumer linear layer y = x W^T and a channel class c with input positions P_c, the score is
+    E ||x[..., P_c] W[:, P_c]^T||_2 over the calibration samples and tokens, summed over the group's
+    consumers: for an attention head, the norm of the head's output after the output projection
+    (Kobayashi et al. 2020, "Attention is Not Only a Weight: Analyzing Transformers with Vector Norms";
+    the head importance of Michel et al. 2019 measured by its output); for an MLP neuron or a
+    residual-stream channel (one position), |x_j| ||W[:, j]||_2 per token. A convolution consumer
+    counts each class's exact contribution (a grouped convolution, one group per class) by its norm
+    over output channels, averaged over samples and output positions. Supported consumers: nn.Linear,
+    Hugging Face's Conv1D and ungrouped Conv1d / 2d / 3d; grouped-conv inputs and parameters used
+    directly as weights (e.g. nn.MultiheadAttention's in_proj_weight) are not counted. Groups without
+    a supported consumer fall back to L1 of their filters. Inputs are captured with forward hooks on
+    the calibration batches (eval mode, no grad; tensors, tuples or dicts such as Hugging Face
+    `input_ids`); every position counts, padding tokens included. Memory holds per-class sums only;
+    the per-class products are computed in chunks of at most `_CHUNK` elements.
+
+    Example:
+        >>> from netcompress.core.graph import ChannelGraph
+        >>> m = nn.Sequential(nn.Linear(2, 2, bias=False), nn.Linear(2, 1, bias=False))
+        >>> with torch.no_grad():
+        ...     _ = m[0].weight.copy_(torch.eye(2)), m[1].weight.copy_(torch.tensor([[3.0, -4.0]]))
+        >>> x = torch.tensor([[1.0, 1.0], [2.0, 0.0]])  # hidden = x: (|1|*3 + |2|*3) / 2, (|1|*4 + 0) / 2
+        >>> output_norm(ScoreContext(m, ChannelGraph.build(m, x), [(x, torch.zeros(2))]))
+        [tensor([4.5000, 2.0000])]
+    """
+    batches = ctx.need_batches("output_norm")
+    model, graph = ctx.model, ctx.graph
+    consumers: dict[str, list[tuple[int, _Consumer]]] = {}
+    for gi, gr in enumerate(graph.groups):
+        for mem in _members(graph, gr, ("in",)):
+            mod = model.get_submodule(mem.module)
+            w = _consumer_weight(mod)
+            if w is None or len(mem.labels) != w.shape[1]:
+                continue
+            idx = graph.class_index(mem, gr.classes)
+            if bool((idx >= 0).any()):
+                consumers.setdefault(mem.module, []).append((gi, _Consumer(mod, w, idx)))
+    tokens: dict[str, int] = {}
+
+    def hook(name: str):
+        def fn(mod: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
+            x = args[0] if args and isinstance(args[0], torch.Tensor) else first_tensor(kwargs)
+            y = first_tensor(out)
+            if x is None or y is None:
+                return
+            conv = type(mod) in _CONV_F
+            for _, c in consumers[name]:
+                if conv:
+                    c.add_conv(x, y[0, 0].numel())
+                else:
+                    c.add_linear(x)
+            tokens[name] = tokens.get(name, 0) + (y.numel() // y.shape[1] if conv else x.numel() // x.shape[-1])
+        return fn
+
+    handles = [model.get_submodule(n).register_forward_hook(hook(n), with_kwargs=True) for n in consumers]
+    was = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            for x, _ in batches:
+                call(model, to_device(x, dev))
+    finally:
+        model.train(was)
+        for h in handles:
+            h.remove()
+    scores: list[torch.Tensor | None] = [None] * len(graph.groups)
+    for name, lst in consumers.items():
+        if not tokens.get(name):
+            continue  # never called on the calibration data
+        for gi, c in lst:
+            total = scores[gi] if scores[gi] is not None else torch.zeros(len(graph.groups[gi].classes))
+            scores[gi] = total.index_add_(0, c.classes, (c.sums / tokens[name]).cpu())
+    return [s if s is not None else _per_class(ctx, gr, lambda r: r.abs().sum(1))
+            for s, gr in zip(scores, graph.groups)]
+
+
 for _name, _fn in [("l1", l1), ("l2", l2), ("fpgm", fpgm), ("slimming", slimming), ("apoz", apoz),
-                   ("taylor", taylor), ("random", random)]:
+                   ("taylor", taylor), ("output_norm", output_norm), ("random", random)]:
     CRITERIA.register(_name, _fn)
 
-NEEDS_DATA = frozenset({"apoz", "taylor"})
+NEEDS_DATA = frozenset({"apoz", "taylor", "output_norm"})
 
 
 def names() -> Iterable[str]:

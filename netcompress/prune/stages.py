@@ -26,8 +26,8 @@ class PruneConfig(Config):
     granularity: Literal["weight", "channel", "block"] = Field(
         "channel", description="channel: remove channels (ratio); weight: mask single weights (sparsity); "
         "block: remove whole blocks, i.e. depth (ratio); default: weight when only sparsity is given")
-    criterion: str = Field("l1", description="l1, l2, fpgm, slimming, apoz, taylor, random (weight: l1, random; "
-                           "block: influence (the default there), random)")
+    criterion: str = Field("l1", description="l1, l2, fpgm, slimming, apoz, taylor, output_norm, random "
+                           "(weight: l1, random; block: influence (the default there), random)")
     ratio: float | None = Field(None, ge=0, lt=1, description="channel: fraction of channels removed; block: of blocks")
     sparsity: float | dict[str, float] | None = Field(None, description="weight: fraction of zero weights")
     scope: Literal["layer", "global"] | None = Field(None, description="default: layer (channel), global (weight)")
@@ -40,7 +40,7 @@ class PruneConfig(Config):
     ignore: list[str] = Field(default_factory=list, description="module names left unpruned")
     slimming_lambda: float = Field(1e-4, ge=0, description="lambda of Network Slimming's L1 on BN gammas")
     slimming_epochs: float = Field(0, ge=0, description="sparsity-training epochs before pruning (criterion slimming)")
-    calibration_samples: int = Field(256, ge=1, description="training samples scored by apoz / taylor")
+    calibration_samples: int = Field(256, ge=1, description="training samples scored by apoz / taylor / output_norm")
 
     @model_validator(mode="before")
     @classmethod

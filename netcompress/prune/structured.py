@@ -115,11 +115,13 @@ def channels(model: nn.Module, criterion: str = "l1", ratio: float = 0.5, *, exa
 
     Args:
         model: any model (traced with torch.fx, or recorded eagerly when fx cannot); unchanged.
-        criterion: a name in `CRITERIA` (l1, l2, fpgm, slimming, apoz, taylor, random).
+        criterion: a name in `CRITERIA` (l1, l2, fpgm, slimming, apoz, taylor, output_norm, random);
+            output_norm scores what a channel adds to the outputs of its consumers (for a head, its
+            output after the output projection; Kobayashi et al. 2020).
         ratio: fraction of each group's channels to remove, in [0, 1).
         example_inputs: a real input batch (the first sample is traced): a tensor, a tuple of
             tensors or a dict of named tensors (e.g. {'input_ids': ...}).
-        data: calibration data for apoz / taylor (a DataBundle or (x, y) batches).
+        data: calibration data for apoz / taylor / output_norm (a DataBundle or (x, y) batches).
         scope: 'layer' removes `ratio` of every group; 'global' ranks all channels together.
         ignore: module names (prefixes or fnmatch patterns) whose channels stay.
         attention: 'heads' (whole heads), 'head_dim' (the same dimensions of every head) or 'none'.
