@@ -4,8 +4,9 @@ Each criterion is a function `score(ctx: ScoreContext) -> list[Tensor]` (one vec
 aligned with `group.classes`), registered in `CRITERIA`. A channel's filters are the output slices
 of every conv / linear (and depthwise conv) in its group; a channel shared by a residual sum thus
 scores the filters of all its producers together. The data-driven criteria (`NEEDS_DATA`: apoz,
-taylor, output_norm) read calibration batches; `output_norm` scores the consumer side instead (what a
-channel adds to the outputs of the layers that read it).
+taylor, output_norm) read calibration batches (inputs: a tensor, a tuple of tensors or a dict of named
+tensors; run in eval mode by `_run`); `output_norm` scores the consumer side instead (what a channel
+adds to the outputs of the layers that read it).
 """
 from __future__ import annotations
 
@@ -17,10 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from netcompress.core.batch import batch_len, call, first_tensor, to_device
+from netcompress.core.batch import Batch, batch_len, call, first_tensor, to_device
 from netcompress.core.errors import NetcompressError
-from netcompress.core.graph import ChannelGraph, Group, Member, is_conv1d_t, member_slices, weight_dims
+from netcompress.core.graph import _CONV, _NORM, ChannelGraph, Group, Member, is_conv1d_t, member_slices, weight_dims
 from netcompress.core.registry import Registry
+from netcompress.train.loop import default_loss
 
 
 @dataclass
@@ -29,10 +31,10 @@ class ScoreContext:
 
     model: nn.Module
     graph: ChannelGraph
-    batches: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    batches: list[tuple[Batch, torch.Tensor]] | None = None
     seed: int = 0
 
-    def need_batches(self, criterion: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def need_batches(self, criterion: str) -> list[tuple[Batch, torch.Tensor]]:
         if not self.batches:
             raise NetcompressError(f"criterion {criterion!r} needs calibration data: pass data= (a dataset or batches)")
         return self.batches
@@ -42,7 +44,7 @@ Criterion = Callable[[ScoreContext], list[torch.Tensor]]
 CRITERIA: Registry[Criterion] = Registry("pruning criterion")
 
 
-def calibration_batches(data: Any, n: int = 256) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+def calibration_batches(data: Any, n: int = 256) -> list[tuple[Batch, torch.Tensor]] | None:
     """Turn `data` (a DataBundle, a loader / list of (x, y) batches, or None) into a list of batches."""
     if data is None:
         return None
@@ -136,9 +138,34 @@ def random(ctx: ScoreContext) -> list[torch.Tensor]:
     return [torch.rand(len(gr.classes), generator=gen) for gr in ctx.graph.groups]
 
 
+def _run(model: nn.Module, batches: Iterable[tuple[Batch, Any]],
+         step: Callable[[Any, Any], None] | None = None, grad: bool = False) -> None:
+    """Run `model` over calibration batches in eval mode (fixed BatchNorm statistics, no dropout),
+    restoring its mode afterwards. Each batch's inputs (a tensor, a tuple of tensors or a dict of
+    named tensors) go to the model's device and through `call`; `step(output, targets)` then sees
+    the raw output (a tensor, a list of exits or a Hugging Face output object) with the targets on
+    the same device. Under no_grad unless `grad`."""
+    was = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    try:
+        for x, y in batches:
+            with torch.set_grad_enabled(grad):
+                out = call(model, to_device(x, dev))
+                if step is not None:
+                    step(out, to_device(y, dev))
+    finally:
+        model.train(was)
+
+
+_CHANNELS_FIRST = (*_CONV, *_NORM, nn.GroupNorm)  # outputs [N, C, ...]; every other member layer is channels-last
+
+
 def apoz(ctx: ScoreContext) -> list[torch.Tensor]:
     """1 - APoZ (Hu et al. 2016, Network Trimming): the fraction of positive activations after ReLU,
-    measured on calibration batches at each channel's norm layer (or its producer's output)."""
+    measured on calibration batches at each channel's norm layer (or its producer's output), over
+    every sample and position (tokens of a sequence model, padding included). Batches may be tensors,
+    tuples or dicts of named tensors (Hugging Face `input_ids` / `attention_mask`)."""
     batches = ctx.need_batches("apoz")
     targets: dict[str, Member] = {}
     for gr in ctx.graph.groups:
@@ -149,24 +176,21 @@ def apoz(ctx: ScoreContext) -> list[torch.Tensor]:
     counts: dict[str, int] = {}
 
     def hook(name: str, mod: nn.Module):
-        dim = -1 if isinstance(mod, (nn.Linear, nn.LayerNorm, nn.Embedding, nn.RMSNorm)) or is_conv1d_t(mod) else 1
+        dim = 1 if isinstance(mod, _CHANNELS_FIRST) else -1  # -1: linear, Conv1D, Layer/RMSNorm (and look-alikes)
 
         def fn(_m, _i, out):
+            out = first_tensor(out)
+            if out is None:
+                return
             pos = (out > 0).float().movedim(dim, -1).reshape(-1, out.shape[dim]).sum(0).cpu()
             sums[name] = sums.get(name, 0) + pos
             counts[name] = counts.get(name, 0) + out.numel() // out.shape[dim]
         return fn
 
     handles = [ctx.model.get_submodule(n).register_forward_hook(hook(n, ctx.model.get_submodule(n))) for n in targets]
-    was = ctx.model.training
-    ctx.model.eval()
-    dev = next(ctx.model.parameters()).device
     try:
-        with torch.no_grad():
-            for x, _ in batches:
-                ctx.model(x.to(dev))
+        _run(ctx.model, batches)
     finally:
-        ctx.model.train(was)
         for h in handles:
             h.remove()
     out = []
@@ -188,30 +212,36 @@ def apoz(ctx: ScoreContext) -> list[torch.Tensor]:
 
 def taylor(ctx: ScoreContext) -> list[torch.Tensor]:
     """First-order Taylor importance |w * dL/dw| summed over each filter and the calibration
-    batches (Molchanov et al. 2017/2019), with the cross-entropy loss; BN gamma/beta included."""
+    batches (Molchanov et al. 2017/2019); BN gamma/beta included. L is the task loss
+    `netcompress.train.loop.default_loss`: cross-entropy on the model's logits (`logits_of`: a
+    tensor, the last exit of a list, a Hugging Face output's `.logits`), per token (mean over every
+    position) for sequence logits (N, T, V) with (N, T) targets. Batches may be tensors, tuples or
+    dicts of named tensors. The gradients are taken on a copy of the model in eval mode (fixed BN
+    statistics: the importance of the deployed network); the model itself is unchanged."""
     batches = ctx.need_batches("taylor")
     model = copy.deepcopy(ctx.model)
-    model.eval()  # fixed BN statistics: the importance of the deployed network
+    model.zero_grad(set_to_none=True)
     acc = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
-    dev = next(model.parameters()).device
-    for x, y in batches:
-        x, y = x.to(dev), y.to(dev)
-        model.zero_grad(set_to_none=True)
-        out = model(x)
-        out = out[-1] if isinstance(out, (list, tuple)) else out
-        F.cross_entropy(out, y).backward()
+
+    def step(out: Any, y: torch.Tensor) -> None:
+        default_loss(out, y).backward()
         with torch.no_grad():
             for n, p in model.named_parameters():
                 if p.grad is not None:
                     acc[n] += (p * p.grad).abs()
+        model.zero_grad(set_to_none=True)
+
+    _run(model, batches, step, grad=True)
     scores = []
     for gr in ctx.graph.groups:
         total = torch.zeros(len(gr.classes))
+        seen: set[tuple[str, int]] = set()  # once per tensor: the eager tracer also lists a layer's bias as a 'param'
         for mem in _members(ctx.graph, gr, ("out", "dw", "emb", "norm", "param")):
             for mod_name, pname, dim, _ in member_slices(ctx.model, mem):
                 pn = f"{mod_name}.{pname}" if mod_name else pname
-                if pn not in acc or acc[pn].dim() <= dim:
+                if pn not in acc or acc[pn].dim() <= dim or (pn, dim) in seen:
                     continue
+                seen.add((pn, dim))
                 t = acc[pn].movedim(dim, 0).cpu()
                 rows = t.reshape(t.shape[0], -1).sum(1)
                 total += _scatter(ctx.graph.class_index(mem, gr.classes), rows, len(gr.classes))
@@ -360,15 +390,9 @@ def output_norm(ctx: ScoreContext) -> list[torch.Tensor]:
         return fn
 
     handles = [model.get_submodule(n).register_forward_hook(hook(n), with_kwargs=True) for n in consumers]
-    was = model.training
-    model.eval()
-    dev = next(model.parameters()).device
     try:
-        with torch.no_grad():
-            for x, _ in batches:
-                call(model, to_device(x, dev))
+        _run(model, batches)
     finally:
-        model.train(was)
         for h in handles:
             h.remove()
     scores: list[torch.Tensor | None] = [None] * len(graph.groups)
