@@ -25,6 +25,7 @@ Per seed, in one process (same data, same base models for every row of that seed
 
     nice -n 10 python benchmarks/bench_transformers.py            # 3 seeds, short budgets
     nice -n 10 python benchmarks/bench_transformers.py --full     # longer training
+    python benchmarks/bench_transformers.py --converged --skip-vit  # converged dense gpt, students as long
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import netcompress as nc  # noqa: E402
 from _common import md_table, write_result  # noqa: E402
+from netcompress.distill.methods import KD  # noqa: E402
 from netcompress.distill.transformer import HiddenKD  # noqa: E402
 from netcompress.dynamic.stages import DynamicConfig, run_dynamic  # noqa: E402
 from netcompress.recipe.stages import StageContext  # noqa: E402
@@ -72,14 +74,43 @@ def torchao_int4(model: torch.nn.Module, group: int) -> torch.nn.Module | str:
     return m
 
 
-def gpt_seed(seed: int, steps: int, student_steps: int) -> dict:
+@torch.no_grad()
+def feature_spread(model: torch.nn.Module, data, samples: int = 64) -> float:
+    """Median over the block Linears of max_j ||X_j|| / median_j ||X_j||, X_j = input feature j over
+    the calibration tokens: how unequal the input features are. Wanda's score |W_ij| ||X_j|| differs
+    from magnitude only through these norms; its gain on LLMs comes from a few features up to 100x
+    larger than the rest (Dettmers et al. 2022, Sun et al. 2023)."""
+    from netcompress.core.layerwise import block_linears, calibration_inputs
+
+    sq: dict[str, torch.Tensor] = {}
+    hooks = []
+    for _, lin in block_linears(model):
+        for n, m in lin.items():
+            def hook(mod, args, n=n):
+                x = args[0].reshape(-1, args[0].shape[-1]).double()
+                sq[n] = sq.get(n, 0) + (x * x).sum(0)
+            hooks.append(m.register_forward_pre_hook(hook))
+    was = model.training
+    model.eval()
+    try:
+        for x in calibration_inputs(data, samples):
+            model(x)
+    finally:
+        model.train(was)
+        for h in hooks:
+            h.remove()
+    ratios = [float(v.sqrt().max() / v.sqrt().median()) for v in sq.values()]
+    return statistics.median(ratios)
+
+
+def gpt_seed(seed: int, steps: int, student_steps: int, schedule: str = "constant") -> dict:
     data = nc.data.load("pydoc-text", batch_size=16, seed=seed)
     torch.manual_seed(seed)
     base = nc.models.create_for("gpt-tiny", data)
     t0 = time.perf_counter()
     nc.train.fit(base, data, epochs=100, max_steps=steps, seed=seed, progress=False, evaluate_each_epoch=False,
-                 schedule="constant", **GPT_TRAIN)
-    r = {"train_s": time.perf_counter() - t0, "dense": ppl(base, data)}
+                 schedule=schedule, **GPT_TRAIN)
+    r = {"train_s": time.perf_counter() - t0, "dense": ppl(base, data), "spread": feature_spread(base, data)}
     for pattern in (None, "2:4"):
         for crit in ("magnitude", "wanda", "sparsegpt"):
             m = copy.deepcopy(base)
@@ -97,18 +128,25 @@ def gpt_seed(seed: int, steps: int, student_steps: int) -> dict:
     r["int4-torchao"] = ppl(ao, data) if isinstance(ao, torch.nn.Module) else ao
     # half depth + width student: alone vs distilled, same steps and settings
     alone = nc.models.create_for("gpt-tiny-half", data)
-    kd_student = copy.deepcopy(alone)
+    init, kd_student = copy.deepcopy(alone), copy.deepcopy(alone)
     nc.train.fit(alone, data, epochs=100, max_steps=student_steps, seed=seed, progress=False,
-                 evaluate_each_epoch=False, schedule="constant", **GPT_TRAIN)
+                 evaluate_each_epoch=False, schedule=schedule, **GPT_TRAIN)
     kd = HiddenKD(base, kd_student)
     nc.train.fit(kd_student, data, epochs=100, max_steps=student_steps, seed=seed, progress=False,
-                 evaluate_each_epoch=False, schedule="constant", methods=[kd], loss_fn=kd.task_loss, **GPT_TRAIN)
+                 evaluate_each_epoch=False, schedule=schedule, methods=[kd], loss_fn=kd.task_loss, **GPT_TRAIN)
     kd.finalize(kd_student)
     r["student_alone"], r["student_kd"] = ppl(alone, data), ppl(kd_student, data)
+    # the same logit term alone (HiddenKD's T 2, alpha 0.5; hidden and attention terms off)
+    logit_student = copy.deepcopy(init)
+    k = KD(base, kd.temperature, kd.alpha)
+    nc.train.fit(logit_student, data, epochs=100, max_steps=student_steps, seed=seed, progress=False,
+                 evaluate_each_epoch=False, schedule=schedule, methods=[k], loss_fn=k.task_loss, **GPT_TRAIN)
+    k.finalize(logit_student)
+    r["student_kd_logits"] = ppl(logit_student, data)
     return r
 
 
-def vit_seed(seed: int, epochs: float, student_epochs: float, tmp: str) -> dict:
+def vit_seed(seed: int, epochs: float, student_epochs: float, tmp: str, early_exit: bool = True) -> dict:
     data = nc.data.load("mnist-5k", seed=seed)
     torch.manual_seed(seed)
     base = nc.models.create_for("vit-tiny", data)
@@ -117,7 +155,7 @@ def vit_seed(seed: int, epochs: float, student_epochs: float, tmp: str) -> dict:
     nc.train.fit(base, data, train, seed=seed, progress=False, evaluate_each_epoch=False)
     r = {"train_s": time.perf_counter() - t0, "dense": nc.train.evaluate(base, data)}
     alone = nc.models.create_for("vit-tiny-half", data)
-    kd_student = copy.deepcopy(alone)
+    init, kd_student = copy.deepcopy(alone), copy.deepcopy(alone)
     st = TrainConfig(epochs=student_epochs, **VIT_TRAIN)
     nc.train.fit(alone, data, st, seed=seed, progress=False, evaluate_each_epoch=False)
     kd = HiddenKD(base, kd_student)
@@ -125,6 +163,12 @@ def vit_seed(seed: int, epochs: float, student_epochs: float, tmp: str) -> dict:
                  loss_fn=kd.task_loss)
     kd.finalize(kd_student)
     r["student_alone"], r["student_kd"] = nc.train.evaluate(alone, data), nc.train.evaluate(kd_student, data)
+    if not early_exit:  # measured on the converged model by bench_vit_early_exit.py
+        k = KD(base, kd.temperature, kd.alpha)  # the logit term alone, as for gpt
+        nc.train.fit(init, data, st, seed=seed, progress=False, evaluate_each_epoch=False, methods=[k], loss_fn=k.task_loss)
+        k.finalize(init)
+        r["student_kd_logits"] = nc.train.evaluate(init, data)
+        return r
     ctx = StageContext(data=data, train=train, seed=seed, out_dir=Path(tmp) / f"ee{seed}", name="early-exit", progress=False)
     cfg = DynamicConfig(exits=["blocks.0", "blocks.1", "blocks.2"], head={"hidden": 0}, epochs=3, lr=2e-3,
                         budget=0.6, holdout=500, latency=True, latency_samples=1000, latency_batch=64)
@@ -148,22 +192,28 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--full", action="store_true", help="longer training (gpt 1000 steps, vit 20 epochs)")
+    ap.add_argument("--converged", action="store_true",
+                    help="dense models trained to convergence (gpt 800 cosine steps, vit 30 epochs) and students "
+                         "given the same budget; early exit left to bench_vit_early_exit.py")
     ap.add_argument("--skip-vit", action="store_true")
     ap.add_argument("--skip-gpt", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(1)
     gsteps, gstud = (1000, 500) if a.full else (200, 120)
     vep, vstud = (20, 10) if a.full else (10, 5)
+    schedule = "constant"
+    if a.converged:  # the dense settings of bench_transformer_prune.py; students as long as their teacher
+        (gsteps, gstud), (vep, vstud), schedule = (800, 800), (30, 30), "cosine"
     g, v = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for s in a.seeds:
             if not a.skip_gpt:
-                g.append(gpt_seed(s, gsteps, gstud))
+                g.append(gpt_seed(s, gsteps, gstud, schedule))
                 print("gpt", s, g[-1], flush=True)
             if not a.skip_vit:
-                v.append(vit_seed(s, vep, vstud, tmp))
+                v.append(vit_seed(s, vep, vstud, tmp, early_exit=not a.converged))
                 print("vit", s, v[-1], flush=True)
-    body = [f"Seeds {a.seeds}; gpt-tiny {gsteps} steps (batch 16 x 128 bytes, AdamW 3e-3), students {gstud} steps; "
+    body = [f"Seeds {a.seeds}; gpt-tiny {gsteps} steps (batch 16 x 128 bytes, AdamW 3e-3, {schedule} lr), students {gstud} steps; "
             f"vit-tiny {vep} epochs, students {vstud} epochs (AdamW 2e-3, cosine). 1 thread.\n"]
     if g:
         dense = [x["dense"] for x in g]
@@ -191,15 +241,34 @@ def main() -> None:
         body.append("Increase = perplexity - dense; ratio = increase / magnitude's (pruning) or / RTN's "
                     "(int4), per seed, then mean ± std.\n")
         body.append(md_table(["method", "test perplexity", "increase", "ratio"], rows))
+        body.append("\nInput-feature spread of the pruned layers (median over layers of max_j ||X_j|| / median_j "
+                    f"||X_j|| on the 64 calibration windows): {ms([x['spread'] for x in g], 1)}. Wanda's score differs "
+                    "from magnitude's only through these norms (at 2:4 both compare the same 4 weights of a row); "
+                    "its gain on LLMs comes from outlier features 100x the median (Dettmers et al. 2022).\n")
         gap = [(x["student_alone"] - x["student_kd"]) / (x["student_alone"] - x["dense"]) for x in g]
         body.append("\n## Half depth + width student (gpt-tiny-half, 0.14M params), same steps\n")
         body.append(md_table(["teacher", "alone", "KD (logits + hidden + attention)", "gap recovered"],
                              [[ms(dense), ms([x["student_alone"] for x in g]), ms([x["student_kd"] for x in g]),
                                ms(gap, 2)]]))
+        if all("student_kd_logits" in x for x in g):
+            gl = [(x["student_alone"] - x["student_kd_logits"]) / (x["student_alone"] - x["dense"]) for x in g]
+            body.append(f"\nThe logit term alone (T 2, alpha 0.5, hidden and attention terms off): "
+                        f"{ms([x['student_kd_logits'] for x in g])}, gap recovered {ms(gl, 2)}.\n")
         body.append("\nSeconds per seed: train " + ms([x["train_s"] for x in g], 0) + ", SparseGPT " +
                     ms([x["sparsegpt@50%_s"] for x in g], 1) + ", Wanda " + ms([x["wanda@50%_s"] for x in g], 1) +
                     ", GPTQ " + ms([x["int4-gptq_s"] for x in g], 1) + " (each includes its calibration passes).\n")
-    if v:
+    if v and a.converged:
+        pct = lambda k: [100 * x[k] for x in v]  # noqa: E731
+        gap = [(x["student_kd"] - x["student_alone"]) / (x["dense"] - x["student_alone"]) for x in v]
+        body.append("\n## vit-tiny on mnist-5k (test accuracy %)\n")
+        body.append(md_table(["dense", "student alone", "student KD", "gap recovered"],
+                             [[ms(pct("dense"), 2), ms(pct("student_alone"), 2), ms(pct("student_kd"), 2), ms(gap, 2)]]))
+        gl = [(x["student_kd_logits"] - x["student_alone"]) / (x["dense"] - x["student_alone"]) for x in v]
+        body.append(f"\nThe logit term alone (T 2, alpha 0.5, hidden and attention terms off): "
+                    f"{ms(pct('student_kd_logits'), 2)} %, gap recovered {ms(gl, 2)}.\n")
+        body.append("\nPer seed (dense, alone, KD): " + "; ".join(
+            f"{100 * x['dense']:.1f} / {100 * x['student_alone']:.1f} / {100 * x['student_kd']:.1f}" for x in v) + "\n")
+    elif v:
         pct = lambda k: [100 * x[k] for x in v]  # noqa: E731
         gap = [(x["student_kd"] - x["student_alone"]) / (x["dense"] - x["student_alone"]) for x in v]
         body.append("\n## vit-tiny on mnist-5k (test accuracy %)\n")
@@ -211,7 +280,9 @@ def main() -> None:
                                ms([x["ee_full_ms"] for x in v], 1), ms([x["ee_ms"] for x in v], 1),
                                ms([x["ee_full_ms"] / x["ee_ms"] for x in v], 2)]]))
         body.append(f"\nHeads + MLP pruning to 50 % MACs: {v[0]['heads']}\n")
-    write_result("B12_transformers", "B12: transformers (gpt-tiny on pydoc-text, vit-tiny on mnist-5k)", "\n".join(body))
+    name = "B12_transformers_converged" if a.converged else "B12_transformers"
+    name += "_gpt" if a.skip_vit else "_vit" if a.skip_gpt else ""
+    write_result(name, "B12: transformers (gpt-tiny on pydoc-text, vit-tiny on mnist-5k)", "\n".join(body))
 
 
 if __name__ == "__main__":
