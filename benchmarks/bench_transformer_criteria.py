@@ -77,7 +77,7 @@ def gpt_seed(seed: int) -> dict:
 
 
 def table(runs: list[dict], unit: str, lower_better: bool) -> str:
-    rows = [["dense", "1.00", ms([r["dense"] for r in runs], 2), "", "", "", ""]]
+    rows = [["dense", "1.00", ms([r["dense"] for r in runs], 2), "", "", ""]]
     better = (lambda a, b: a < b) if lower_better else (lambda a, b: a > b)
     verdicts = []
     for crit in CRITERIA:
