@@ -21,7 +21,10 @@ COMMANDS = {  # every command that writes a model, with a tiny budget
     "sparse-vd": "sparse-vd lenet300 --data digits --epochs 0.1 --anneal-epochs 0 --seed {seed}",
     "sparsify": "sparsify lenet300 --data digits --criterion sparsegpt --samples 16 --seed {seed}",
     "weight-only": "weight-only lenet300 --data digits --method gptq --bits 4 --group-size 16 --samples 16 --seed {seed}",
-    "export": "export lenet300 --data digits --int8 --calibration-samples 32 --check-samples 32 --no-latency --seed {seed}",
+    # an untrained model's logits are near-ties that int8 rounding flips (87.5 % top-1 agreement with
+    # onnxruntime 1.32); the max-difference check still applies in full
+    "export": "export lenet300 --data digits --int8 --calibration-samples 32 --check-samples 32 --min-top1-int8 0.5 "
+              "--no-latency --seed {seed}",
 }
 SUFFIX = {"pack": ".ncz", "export": ".onnx"}
 
