@@ -15,6 +15,7 @@ from netcompress.prune.importance import CRITERIA
 from netcompress.prune.schedule import SlimmingMethod
 from netcompress.prune.structured import channels, per_layer, plan
 from netcompress.prune.unstructured import AGPMethod, MaskMethod, finalize_, weights_
+from netcompress.train.bn import recalibrate_bn_
 from netcompress.train.stage import StageKind, StageResult
 
 
@@ -40,7 +41,11 @@ class PruneConfig(Config):
     ignore: list[str] = Field(default_factory=list, description="module names left unpruned")
     slimming_lambda: float = Field(1e-4, ge=0, description="lambda of Network Slimming's L1 on BN gammas")
     slimming_epochs: float = Field(0, ge=0, description="sparsity-training epochs before pruning (criterion slimming)")
-    calibration_samples: int = Field(256, ge=1, description="training samples scored by apoz / taylor / output_norm")
+    calibration_samples: int = Field(256, ge=1, description="training samples scored by apoz / taylor / output_norm "
+                                     "and averaged by recalibrate_bn")
+    recalibrate_bn: bool = Field(True, description="channel / block: re-estimate the BatchNorm statistics on "
+                                 "calibration_samples training samples after each removal, before fine-tuning "
+                                 "(adaptive BN, Li et al. 2020); nothing to do without BatchNorm")
 
     @model_validator(mode="before")
     @classmethod
@@ -123,10 +128,15 @@ def run_prune(ctx, model: nn.Module, cfg: PruneConfig):
         if over["epochs"] > 0:
             history.extend(ctx.fit(m, over, methods=methods, tag=tag).to_list())
 
+    def recalibrate(m: nn.Module) -> None:
+        if cfg.recalibrate_bn:
+            recalibrate_bn_(m, ctx.data, cfg.calibration_samples)
+
     before = model
     if cfg.granularity == "block":
         blocks, gone = _plan_blocks(ctx, model, cfg)
         cur = remove_blocks(model, gone, ctx.data.example)
+        recalibrate(cur)
         finetune(cur, [], "finetune")
         extra = {"granularity": "block", "criterion": cfg.criterion, "kept_blocks": len(blocks) - len(gone),
                  "total_blocks": len(blocks), "per_layer": per_layer(before, cur)}
@@ -142,6 +152,7 @@ def run_prune(ctx, model: nn.Module, cfg: PruneConfig):
         for k in range(steps):
             cur = channels(cur, cfg.criterion, r, example_inputs=ctx.data.example, data=ctx.data, scope=scope,
                            ignore=cfg.ignore, seed=ctx.seed, calibration=cfg.calibration_samples)
+            recalibrate(cur)
             finetune(cur, [], f"finetune{k}" if steps > 1 else "finetune")
         per = per_layer(before, cur)
         what = "channels"
