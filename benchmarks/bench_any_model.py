@@ -78,7 +78,7 @@ class StepTimeout(Exception):
 
 
 def _alarm(signum, frame):  # pragma: no cover - only on a hang
-    raise StepTimeout(f"over {STEP_SECONDS} s")
+    raise StepTimeout(f"over {STEP_SECONDS} s (--step-seconds)")
 
 
 def guarded(fn: Callable[[], Any]) -> tuple[Any, str | None]:
@@ -482,6 +482,7 @@ def write_latency(threads: int, rounds: int) -> None:
 
 
 def main() -> None:
+    global STEP_SECONDS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--full", action="store_true", help="every timm family (default: DEFAULT_FAMILIES)")
     ap.add_argument("--size", type=int, default=64, help="input size of the timm models (px)")
@@ -490,8 +491,11 @@ def main() -> None:
     ap.add_argument("--no-latency", action="store_true", help="skip the latency part")
     ap.add_argument("--latency-only", action="store_true", help="run only the latency part")
     ap.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds of the latency part")
-    ap.add_argument("--only", nargs="*", help="run only these model names (timm:NAME / hf:ARCH)")
+    ap.add_argument("--only", nargs="*", help="run only these model names (timm:NAME / hf:ARCH); the table goes to "
+                    "results/B11_any_model_only.md")
+    ap.add_argument("--step-seconds", type=int, default=STEP_SECONDS, help="time limit of one step (prune, transform)")
     args = ap.parse_args()
+    STEP_SECONDS = args.step_seconds
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     t0 = time.time()
@@ -548,7 +552,8 @@ def main() -> None:
             "Representatives (family: model, parameters): "
             + "; ".join(f"{f}: {n} ({p / 1e6:.2f}M)" for f, (n, p) in chosen.items()) + "\n")
     body += f"\nTotal time {time.time() - t0:.0f} s.\n"
-    write_result("B11_any_model_full" if args.full else "B11_any_model", "B11: any-model coverage (netcompress vs Torch-Pruning 1.6)", body)
+    name = "B11_any_model_only" if args.only else "B11_any_model_full" if args.full else "B11_any_model"
+    write_result(name, "B11: any-model coverage (netcompress vs Torch-Pruning 1.6)", body)
 
 
 if __name__ == "__main__":
