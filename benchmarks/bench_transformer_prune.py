@@ -26,24 +26,20 @@ Goals (issue 15): heads + MLP at 50 % MACs with KD within 1 point of the dense V
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import netcompress as nc  # noqa: E402
 from _common import md_table, write_result  # noqa: E402
-from bench_transformers import GPT_TRAIN, VIT_TRAIN, ms, ppl  # noqa: E402
+from bench_transformers import GPT_TRAIN, VIT_TRAIN, dense_gpt, dense_vit, ms, ppl, run_seeds  # noqa: E402
 from netcompress.distill.transformer import HiddenKD  # noqa: E402
 from netcompress.measure import count_macs  # noqa: E402
-from netcompress.train import TrainConfig  # noqa: E402
 
 
 def half_macs_ratio(model, x, target: float = 0.5) -> tuple[float, float]:
@@ -86,20 +82,13 @@ def one(base, data, x, fit_kw: dict, score) -> dict:
 
 
 def vit_seed(seed: int) -> dict:
-    data = nc.data.load("mnist-5k", seed=seed)
-    torch.manual_seed(seed)
-    base = nc.models.create_for("vit-tiny", data)
-    nc.train.fit(base, data, TrainConfig(epochs=30, **VIT_TRAIN), seed=seed, progress=False, evaluate_each_epoch=False)
+    base, data = dense_vit(seed)
     fit_kw = dict(epochs=5, seed=seed, progress=False, evaluate_each_epoch=False, **VIT_TRAIN)
     return one(base, data, data.example, fit_kw, lambda m: 100 * nc.train.evaluate(m, data))
 
 
 def gpt_seed(seed: int) -> dict:
-    data = nc.data.load("pydoc-text", batch_size=16, seed=seed)
-    torch.manual_seed(seed)
-    base = nc.models.create_for("gpt-tiny", data)
-    nc.train.fit(base, data, epochs=100, max_steps=800, seed=seed, progress=False, evaluate_each_epoch=False,
-                 schedule="cosine", **GPT_TRAIN)
+    base, data = dense_gpt(seed)
     fit_kw = dict(epochs=100, max_steps=120, seed=seed, progress=False, evaluate_each_epoch=False,
                   schedule="constant", **GPT_TRAIN)
     return one(base, data, data.example, fit_kw, lambda m: ppl(m, data))
@@ -127,21 +116,8 @@ def table(runs: list[dict], unit: str, lower_better: bool, goal: str) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--skip-vit", action="store_true")
-    ap.add_argument("--skip-gpt", action="store_true")
-    a = ap.parse_args()
-    torch.set_num_threads(1)
     t0 = time.perf_counter()
-    v, g = [], []
-    for s in a.seeds:
-        if not a.skip_vit:
-            v.append(vit_seed(s))
-            print("vit", s, v[-1], flush=True)
-        if not a.skip_gpt:
-            g.append(gpt_seed(s))
-            print("gpt", s, g[-1], flush=True)
+    a, v, g = run_seeds(__doc__, vit_seed, gpt_seed)
     body = (f"Seeds {a.seeds}; every row of a seed starts from that seed's dense model (vit 30 epochs AdamW 2e-3 "
             "cosine, gpt 800 steps AdamW 3e-3 cosine). Recovery budget: vit 5 "
             "epochs (AdamW 2e-3, cosine), gpt 120 steps (AdamW 3e-3, constant), the same for fine-tuning and KD. "

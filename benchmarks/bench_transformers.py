@@ -59,6 +59,49 @@ def ppl(model, data) -> float:
     return evaluate_lm(model, data)["perplexity"]
 
 
+VIT_EPOCHS, GPT_STEPS = 30, 800  # the converged dense models of the transformer benchmarks
+
+
+def dense_vit(seed: int, epochs: float = VIT_EPOCHS) -> tuple[torch.nn.Module, object]:
+    """(vit-tiny trained `epochs` on mnist-5k, AdamW 2e-3 cosine; the seed's data)."""
+    data = nc.data.load("mnist-5k", seed=seed)
+    torch.manual_seed(seed)
+    base = nc.models.create_for("vit-tiny", data)
+    nc.train.fit(base, data, TrainConfig(epochs=epochs, **VIT_TRAIN), seed=seed, progress=False,
+                 evaluate_each_epoch=False)
+    return base, data
+
+
+def dense_gpt(seed: int, steps: int = GPT_STEPS, schedule: str = "cosine") -> tuple[torch.nn.Module, object]:
+    """(gpt-tiny trained `steps` on pydoc-text, batch 16 x 128 bytes, AdamW 3e-3; the seed's data)."""
+    data = nc.data.load("pydoc-text", batch_size=16, seed=seed)
+    torch.manual_seed(seed)
+    base = nc.models.create_for("gpt-tiny", data)
+    nc.train.fit(base, data, epochs=100, max_steps=steps, seed=seed, progress=False, evaluate_each_epoch=False,
+                 schedule=schedule, **GPT_TRAIN)
+    return base, data
+
+
+def run_seeds(doc: str, vit_fn, gpt_fn, vit_first: bool = True):
+    """The command line of a two-model benchmark (--seeds, --skip-vit, --skip-gpt) and its seed loop:
+    (arguments, vit results, gpt results), one thread."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--skip-vit", action="store_true")
+    ap.add_argument("--skip-gpt", action="store_true")
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    v: list[dict] = []
+    g: list[dict] = []
+    order = [("vit", vit_fn, v), ("gpt", gpt_fn, g)]
+    for s in a.seeds:
+        for name, fn, out in order if vit_first else order[::-1]:
+            if not getattr(a, f"skip_{name}"):
+                out.append(fn(s))
+                print(name, s, out[-1], flush=True)
+    return a, v, g
+
+
 def torchao_int4(model: torch.nn.Module, group: int) -> torch.nn.Module | str:
     try:
         import torchao.quantization as q
@@ -104,12 +147,8 @@ def feature_spread(model: torch.nn.Module, data, samples: int = 64) -> float:
 
 
 def gpt_seed(seed: int, steps: int, student_steps: int, schedule: str = "constant") -> dict:
-    data = nc.data.load("pydoc-text", batch_size=16, seed=seed)
-    torch.manual_seed(seed)
-    base = nc.models.create_for("gpt-tiny", data)
     t0 = time.perf_counter()
-    nc.train.fit(base, data, epochs=100, max_steps=steps, seed=seed, progress=False, evaluate_each_epoch=False,
-                 schedule=schedule, **GPT_TRAIN)
+    base, data = dense_gpt(seed, steps, schedule)
     r = {"train_s": time.perf_counter() - t0, "dense": ppl(base, data), "spread": feature_spread(base, data)}
     for pattern in (None, "2:4"):
         for crit in ("magnitude", "wanda", "sparsegpt"):
@@ -147,12 +186,9 @@ def gpt_seed(seed: int, steps: int, student_steps: int, schedule: str = "constan
 
 
 def vit_seed(seed: int, epochs: float, student_epochs: float, tmp: str, early_exit: bool = True) -> dict:
-    data = nc.data.load("mnist-5k", seed=seed)
-    torch.manual_seed(seed)
-    base = nc.models.create_for("vit-tiny", data)
     train = TrainConfig(epochs=epochs, **VIT_TRAIN)
     t0 = time.perf_counter()
-    nc.train.fit(base, data, train, seed=seed, progress=False, evaluate_each_epoch=False)
+    base, data = dense_vit(seed, epochs)
     r = {"train_s": time.perf_counter() - t0, "dense": nc.train.evaluate(base, data)}
     alone = nc.models.create_for("vit-tiny-half", data)
     init, kd_student = copy.deepcopy(alone), copy.deepcopy(alone)

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import netcompress as nc  # noqa: E402
 from _common import md_table, write_result  # noqa: E402
-from bench_transformers import VIT_TRAIN, ms  # noqa: E402
+from bench_transformers import VIT_EPOCHS, VIT_TRAIN, dense_vit, ms  # noqa: E402
 from netcompress.dynamic.stages import DynamicConfig, run_dynamic  # noqa: E402
 from netcompress.recipe.stages import StageContext  # noqa: E402
 from netcompress.train import TrainConfig  # noqa: E402
@@ -47,11 +47,8 @@ EXTRA_EPOCHS = 6
 
 
 def one(seed: int, tmp: str) -> dict:
-    data = nc.data.load("mnist-5k", seed=seed)
-    torch.manual_seed(seed)
-    base = nc.models.create_for("vit-tiny", data)
-    train = TrainConfig(epochs=30, **VIT_TRAIN)
-    nc.train.fit(base, data, train, seed=seed, progress=False, evaluate_each_epoch=False)
+    base, data = dense_vit(seed)
+    train = TrainConfig(epochs=VIT_EPOCHS, **VIT_TRAIN)
     more = copy.deepcopy(base)
     nc.train.fit(more, data, TrainConfig(epochs=EXTRA_EPOCHS, **VIT_TRAIN), seed=seed, progress=False,
                  evaluate_each_epoch=False)
