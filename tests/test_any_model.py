@@ -1,5 +1,6 @@
 """timm: and hf: model sources, dict inputs through measure / fit / evaluate / KD, and every transform
-(low-rank, weight pruning, k-means + archive, save / load, measure) on timm and Hugging Face models."""
+(low-rank, depthwise-separable where a model has a standard k x k conv, weight pruning, k-means +
+archive, save / load, measure) on timm and Hugging Face models."""
 import copy
 import json
 
@@ -9,6 +10,8 @@ import torch
 import netcompress as nc
 from netcompress.core.batch import call, logits_of
 from netcompress.core.errors import NetcompressError
+from netcompress.core.layers import read_by_ancestor
+from netcompress.design.separable import is_standard_conv
 from netcompress.models.io import FORMAT, VERSION, describe
 from netcompress.models.sources import TINY_CONFIGS, parse_ref
 
@@ -209,6 +212,13 @@ def _transforms(name: str, tmp_path):
     assert out(thin, x).shape == ref.shape
     nc.models.save(thin, tmp_path / "thin.pt")
     assert torch.equal(out(thin, x), out(nc.models.load(tmp_path / "thin.pt"), x))
+    if any(is_standard_conv(c) and read_by_ancestor(m, n) is None
+           for n, c in m.named_modules()):  # depthwise-separable conversion applies (a k x k conv no forward reads)
+        sep = nc.design.separable(m)
+        assert out(sep, x).shape == ref.shape
+        assert nc.measure(sep, example_inputs=x, latency=False).macs < nc.measure(m, example_inputs=x, latency=False).macs
+        nc.models.save(sep, tmp_path / "sep.pt")
+        assert torch.equal(out(sep, x), out(nc.models.load(tmp_path / "sep.pt"), x))
     sparse = copy.deepcopy(m)
     nc.prune.weights_(sparse, "l1", sparsity=0.5)
     info = nc.quantize.cluster_(sparse, bits=4)
