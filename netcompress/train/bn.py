@@ -27,10 +27,11 @@ def _batches(data: Any, samples: int) -> Iterable[Any]:
 
 @torch.no_grad()
 def recalibrate_bn_(model: nn.Module, data: Any, samples: int = 256) -> dict[str, int]:
-    """Re-estimate the running mean and variance of every BatchNorm of `model` in place, as the exact
-    average over `samples` training samples; nothing else changes (other layers run in eval mode,
-    so dropout is off, and no weight moves). The model's train / eval modes and the layers'
-    momentum are restored.
+    """Re-estimate the running mean and variance of every BatchNorm of `model` in place from
+    `samples` training samples: the statistics are reset and averaged over the batches with equal
+    weight (torch's cumulative average, momentum None; one batch gives its exact mean and unbiased
+    variance). Nothing else changes: other layers run in eval mode, so dropout is off, and no weight
+    moves. The model's train / eval modes and the layers' momentum are restored.
 
     Args:
         model: any model; one without BatchNorm layers is left as it is.
