@@ -117,33 +117,18 @@ def torchao_int4(model: torch.nn.Module, group: int) -> torch.nn.Module | str:
     return m
 
 
-@torch.no_grad()
 def feature_spread(model: torch.nn.Module, data, samples: int = 64) -> float:
     """Median over the block Linears of max_j ||X_j|| / median_j ||X_j||, X_j = input feature j over
-    the calibration tokens: how unequal the input features are. Wanda's score |W_ij| ||X_j|| differs
-    from magnitude only through these norms; its gain on LLMs comes from a few features up to 100x
-    larger than the rest (Dettmers et al. 2022, Sun et al. 2023)."""
-    from netcompress.core.layerwise import block_linears, calibration_inputs
+    the calibration tokens, collected by the pass Wanda itself calibrates with (unchanged model): how
+    unequal the input features are. Wanda's score |W_ij| ||X_j|| differs from magnitude only through
+    these norms; its gain on LLMs comes from a few features up to 100x larger than the rest
+    (Dettmers et al. 2022, Sun et al. 2023)."""
+    from netcompress.core.layerwise import calibration_inputs, sequential_
 
     sq: dict[str, torch.Tensor] = {}
-    hooks = []
-    for _, lin in block_linears(model):
-        for n, m in lin.items():
-            def hook(mod, args, n=n):
-                x = args[0].reshape(-1, args[0].shape[-1]).double()
-                sq[n] = sq.get(n, 0) + (x * x).sum(0)
-            hooks.append(m.register_forward_pre_hook(hook))
-    was = model.training
-    model.eval()
-    try:
-        for x in calibration_inputs(data, samples):
-            model(x)
-    finally:
-        model.train(was)
-        for h in hooks:
-            h.remove()
-    ratios = [float(v.sqrt().max() / v.sqrt().median()) for v in sq.values()]
-    return statistics.median(ratios)
+    sequential_(model, calibration_inputs(data, samples), "sqnorm", lambda n, m, stat: sq.__setitem__(n, stat),
+                sequential=False)
+    return statistics.median(float(v.sqrt().max() / v.sqrt().median()) for v in sq.values())
 
 
 def gpt_seed(seed: int, steps: int, student_steps: int, schedule: str = "constant") -> dict:
