@@ -85,6 +85,23 @@ def head(x: Batch, n: int) -> Batch:
     return take(x, slice(0, n))
 
 
+def calibration_batches(data: Any, n: int = 256) -> list[tuple[Batch, Any]] | None:
+    """Turn `data` (a DataBundle, a loader / list of (x, y) batches, or None) into a list of batches."""
+    if data is None:
+        return None
+    if hasattr(data, "calibration"):
+        return list(data.calibration(n))
+    out, seen = [], 0
+    for batch in data:
+        if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+            raise NetcompressError("data must be a dataset or an iterable of (inputs, targets) batches")
+        out.append((batch[0], batch[1]))
+        seen += batch_len(batch[0])  # a dict of named tensors counts its samples, not its keys
+        if seen >= n:
+            break
+    return out
+
+
 def repeat_to(x: Batch, n: int) -> Batch:
     """A contiguous batch of `n` copies of the first sample (for timing at a batch size)."""
     return _map(x, lambda t: t[:1].expand(n, *t.shape[1:]).contiguous())

@@ -184,7 +184,7 @@ def plan_depth(model: nn.Module, ratio: float, *, example_inputs: Any, data: Any
                ignore: Iterable[str] = ()) -> tuple[list[Block], list[Block]]:
     """(every removable block, scored; the ones `depth` with the same arguments removes). The model
     is unchanged (the dry run of `depth`)."""
-    from netcompress.prune.importance import calibration_batches
+    from netcompress.core.batch import calibration_batches
 
     if criterion not in DEPTH_CRITERIA:
         raise NetcompressError(f"depth criterion {criterion!r}; valid: {', '.join(DEPTH_CRITERIA)}")

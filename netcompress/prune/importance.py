@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from netcompress.core.batch import Batch, batch_len, call, first_tensor, to_device
+from netcompress.core.batch import Batch, call, first_tensor, to_device
 from netcompress.core.errors import NetcompressError
 from netcompress.core.graph import _CONV, _NORM, ChannelGraph, Group, Member, is_conv1d_t, member_slices, weight_dims
 from netcompress.core.registry import Registry
@@ -43,22 +43,6 @@ class ScoreContext:
 Criterion = Callable[[ScoreContext], list[torch.Tensor]]
 CRITERIA: Registry[Criterion] = Registry("pruning criterion")
 
-
-def calibration_batches(data: Any, n: int = 256) -> list[tuple[Batch, torch.Tensor]] | None:
-    """Turn `data` (a DataBundle, a loader / list of (x, y) batches, or None) into a list of batches."""
-    if data is None:
-        return None
-    if hasattr(data, "calibration"):
-        return list(data.calibration(n))
-    out, seen = [], 0
-    for batch in data:
-        if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
-            raise NetcompressError("data must be a dataset or an iterable of (inputs, targets) batches")
-        out.append((batch[0], batch[1]))
-        seen += batch_len(batch[0])  # a dict of named tensors counts its samples, not its keys
-        if seen >= n:
-            break
-    return out
 
 
 def _members(g: ChannelGraph, group: Group, kinds: tuple[str, ...]) -> list[Member]:

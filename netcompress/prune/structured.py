@@ -14,7 +14,8 @@ from torch import nn
 
 from netcompress.core.errors import NetcompressError
 from netcompress.core.graph import ChannelGraph
-from netcompress.prune.importance import CRITERIA, NEEDS_DATA, ScoreContext, calibration_batches
+from netcompress.core.batch import calibration_batches
+from netcompress.prune.importance import CRITERIA, NEEDS_DATA, ScoreContext
 
 
 @dataclass

@@ -8,21 +8,15 @@ the statistics on a few hundred training samples, with no gradient step, restore
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import nn
 
-from netcompress.core.batch import batch_len, call, head, to_device
+from netcompress.core.batch import batch_len, calibration_batches, call, head, to_device
 from netcompress.core.errors import NetcompressError
 
 __all__ = ["recalibrate_bn_"]
-
-
-def _batches(data: Any, samples: int) -> Iterable[Any]:
-    if hasattr(data, "calibration"):  # a DataBundle: its first training samples, fixed order
-        return data.calibration(samples)
-    return data
 
 
 @torch.no_grad()
@@ -64,11 +58,8 @@ def recalibrate_bn_(model: nn.Module, data: Any, samples: int = 256) -> dict[str
             m.reset_running_stats()
             m.momentum = None  # cumulative average over every batch seen
             m.train()
-        for batch in _batches(data, samples):
-            if seen >= samples:
-                break
-            x = batch[0] if isinstance(batch, (tuple, list)) and len(batch) == 2 else batch
-            x = head(x, samples - seen)
+        for x, _ in calibration_batches(data, samples):
+            x = head(x, samples - seen)  # an iterable's last batch may hold more than asked
             call(model, to_device(x, dev))
             seen += batch_len(x)
     finally:
