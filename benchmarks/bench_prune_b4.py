@@ -208,8 +208,6 @@ def main() -> None:
             for crit in CRITERIA:
                 src = slim if crit == "slimming" else base
                 small = channels(src.cpu().eval(), crit, r, example_inputs=x, data=data, seed=seed)
-                if args.recalibrate:  # adaptive BN: the pruned network's own statistics, no gradient step
-                    nc.train.recalibrate_bn_(small, data, 256)
                 macs_kept[level] = count_macs(small, x) / macs_dense
                 macs_by[("netcompress", level)] = macs_kept[level]
                 hh = nc.train.fit(small, data, epochs=ft, lr=0.01, seed=seed, progress=False)
