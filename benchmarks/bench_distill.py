@@ -168,9 +168,11 @@ def main() -> None:
     # label -> (method, DistillConfig overrides). "at" keeps the paper's weight (beta/2 = 500), which
     # collapses this student (training accuracy ~10 %, see the note); "at-w50" uses weight 50, chosen from
     # the training-loss scale (AT term comparable to CE at the start), not from test accuracy.
+    # at / rkd / sp at alpha 0 (CE + their term, as torchdistill's configs here; their default adds KD)
     ours = {"scratch": None, "kd": ("kd", {}), "kd-T20": ("kd", {"temperature": 20.0}), "fitnet": ("fitnet", {}),
-            "at": ("at", {}),
-            "at-w50": ("at", {"weights": {"at": 50.0}}), "rkd": ("rkd", {}), "sp": ("sp", {}),
+            "at": ("at", {"alpha": 0.0}),
+            "at-w50": ("at", {"weights": {"at": 50.0}, "alpha": 0.0}), "rkd": ("rkd", {"alpha": 0.0}),
+            "sp": ("sp", {"alpha": 0.0}),
             "dml": ("dml", {}), "born-again": ("born-again", {}), "takd": ("takd", {})}
     shared = ["kd", "fitnet", "at-w50", "rkd", "sp"]
     acc = {m: [] for m in ours}

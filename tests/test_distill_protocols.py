@@ -1,6 +1,7 @@
 """Each distillation protocol runs end to end on a tiny budget and returns what it promises;
 gradients never reach the teacher; the recipe stage and the CLI work."""
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -287,13 +288,19 @@ def trained_teacher(small):
 def test_feature_weights_are_balanced_against_the_task_loss_unless_given(small, trained_teacher, method, key):
     """At the papers' weights the AT / SP terms start at 5-9x the cross-entropy on LeNet-5 and a
     BatchNorm-free student collapses (7 % / 22 % with defaults on mnist-5k); by default the first
-    step lowers the weight so the term starts no larger than the CE. Given weights are kept."""
+    step lowers the weight so the term starts no larger than the (unweighted) CE, with the default KD
+    term (alpha 0.9: the logged task loss is 0.1 CE) and without it. Given weights are kept."""
     teacher = trained_teacher
-    torch.manual_seed(0)
-    r = distill(method, teacher, student(), small, epochs=1, max_steps=1)
-    first = r.histories[method][0]
-    assert 0 < r.extra["weight_scale"] < 1
-    assert first[key] <= first["task"] * (1 + 1e-5)
+    for alpha in (None, 0.0):
+        torch.manual_seed(0)
+        r = distill(method, teacher, student(), small, epochs=1, max_steps=1,
+                    **({} if alpha is None else {"alpha": alpha}))
+        first = r.histories[method][0]
+        ce = first["task"] / (1 - (0.9 if alpha is None else alpha))
+        assert 0 < r.extra["weight_scale"] < 1
+        assert first[key] <= ce * (1 + 1e-5)
+        assert first[key] == pytest.approx(ce, rel=1e-4)  # lowered to the CE, not below
+        assert ("kd" in first) == (alpha is None)
     torch.manual_seed(0)
     paper = {"at": 500.0, "sp": 3000.0}[key]
     given = distill(method, teacher, student(), small, epochs=1, max_steps=1, weights={key: paper})
@@ -315,3 +322,53 @@ def test_balancing_with_every_feature_weight_zero_trains_on_ce_alone(small, teac
     h = nc.train.fit(s, small, methods=[m], loss_fn=m.task_loss, max_steps=1, progress=False)
     m.finalize(s)
     assert m.scale is None and not {"rkd_distance", "rkd_angle"} & set(h.to_list()[0])
+
+
+@pytest.mark.parametrize("method, lr", [("kd", 0.01), ("fitnet", 0.01), ("dml", 0.04), ("rkd", 0.01)])
+def test_default_budget_every_phase_and_the_scratch_control(small, teacher, method, lr):
+    """Without `epochs`, every phase trains PATIENCE x train.epochs (the hint phase too); the scratch
+    control trains as many epochs at the plain training lr; given values are kept as given."""
+    from netcompress.distill import default_epochs, run_distill
+    from netcompress.distill.protocols import PATIENCE
+    from netcompress.train.loop import History
+
+    calls = []
+
+    def fit_fn(model, methods=(), loss_fn=None, tag="train", **over):
+        calls.append((tag, over.get("epochs"), over.get("lr")))
+        return History()
+
+    cfg = DistillConfig.from_dict({"method": method, "compare_scratch": True})
+    res = run_distill(cfg, None if method == "dml" else teacher, student(), small, fit_fn, train_lr=0.04, train_epochs=3)
+    assert default_epochs(cfg, 3) == PATIENCE * 3 == 6
+    assert res.extra["epochs"] == 6 and res.extra["lr"] == pytest.approx(lr)
+    assert calls[-1] == ("scratch", 6, None)  # None: fit's own train.lr
+    assert len(calls) >= 2 and all(c[1:] == (6, pytest.approx(lr)) for c in calls[:-1])
+    calls.clear()
+    cfg = DistillConfig.from_dict({"method": method, "epochs": 1.5, "lr": 0.2})
+    run_distill(cfg, None if method == "dml" else teacher, student(), small, fit_fn, train_lr=0.04, train_epochs=3)
+    assert all(c[1:] == (1.5, 0.2) for c in calls)
+
+
+def test_default_budget_through_the_function_stage_and_cli(small, teacher, tmp_path, capsys):
+    """`distill(...)`, the recipe stage and `netcompress distill` resolve the same default epochs and lr."""
+    from netcompress.cli import main
+    from netcompress.distill.stages import run_stage
+    from netcompress.models import save
+    from netcompress.recipe.stages import StageContext
+    from netcompress.train import TrainConfig
+
+    train = TrainConfig(epochs=0.02, lr=0.04)
+    r = distill("kd", teacher, student(), small, train=train)
+    assert (r.extra["epochs"], r.extra["lr"]) == (pytest.approx(0.04), pytest.approx(0.01))
+    ctx = StageContext(data=small, train=train, seed=0, out_dir=tmp_path / "s", models={"baseline": teacher},
+                       progress=False, name="kd")
+    res = run_stage(ctx, teacher, DistillConfig.from_dict({"method": "kd", "student": "lenet5-quarter"}))
+    assert (res.extra["epochs"], res.extra["lr"]) == (r.extra["epochs"], r.extra["lr"])
+    tfile = save(teacher, tmp_path / "t.pt")
+    capsys.readouterr()
+    rc = main(["distill", str(tfile), "--data", "mnist-5k", "--student", "lenet5-quarter", "--train-epochs", "0.02",
+               "--train-lr", "0.04", "--out", str(tmp_path / "s.pt"), "--json"])
+    assert rc == 0
+    extra = json.loads(capsys.readouterr().out)["extra"]
+    assert (extra["epochs"], extra["lr"]) == (r.extra["epochs"], r.extra["lr"])

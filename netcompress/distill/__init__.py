@@ -13,14 +13,14 @@ from netcompress.distill.features import Adapter, make_adapter
 from netcompress.distill.losses import at_loss, hint_loss, kd_loss, rkd_loss, sp_loss
 from netcompress.distill.methods import AT, DML, KD, RKD, SP, Ensemble, Hint, Peers, TeacherMethod
 from netcompress.distill.protocols import (DISTILLERS, DistillConfig, DistillResult, ModelRef, assistant_for,
-                                           build_student, default_lr, fresh_copy, make_fit, run_distill,
+                                           build_student, default_epochs, default_lr, fresh_copy, make_fit, run_distill,
                                            train_student)
 
 __all__ = [
     "losses", "kd_loss", "hint_loss", "at_loss", "rkd_loss", "sp_loss", "Adapter", "make_adapter",
     "TeacherMethod", "KD", "Hint", "AT", "RKD", "SP", "DML", "Peers", "Ensemble",
     "DISTILLERS", "DistillConfig", "DistillResult", "ModelRef", "make_fit", "train_student", "fresh_copy",
-    "build_student", "assistant_for", "run_distill", "default_lr", "distill", "kd",
+    "build_student", "assistant_for", "run_distill", "default_lr", "default_epochs", "distill", "kd",
 ]
 
 
@@ -34,17 +34,18 @@ def distill(method: str, teacher, student, data, *, seed: int = 0, progress: boo
         data: a DataBundle.
         train: the training defaults (like a recipe's ``train:``; default `TrainConfig()`).
         config: `DistillConfig` fields (temperature, alpha, weights, layers, epochs, lr, ...); the
-            same defaults as the recipe stage and `netcompress distill`, lr included (`default_lr`).
+            same defaults as the recipe stage and `netcompress distill`, lr and epochs included
+            (`default_lr`, `default_epochs`).
     """
     cfg = DistillConfig.from_dict({"method": method, **config}, "distill")
     train = train or TrainConfig()
     return run_distill(cfg, teacher, student, data, make_fit(data, train, seed=seed, progress=progress),
-                       train_lr=train.lr)
+                       train_lr=train.lr, train_epochs=train.epochs)
 
 
 def kd(teacher, student, data, **config) -> DistillResult:
     """Hinton et al. 2015 knowledge distillation of `teacher` into `student` (trained in place);
-    `config` as in `distill` (temperature 4, alpha 0.9, lr train.lr / T unless given).
+    `config` as in `distill` (temperature 4, alpha 0.9, lr train.lr / T and 2 x train.epochs unless given).
 
     Example:
         res = kd(teacher, nc.models.create("lenet5-quarter"), data, epochs=3)

@@ -285,7 +285,8 @@ class Hint(_FeatureMethod):
 
 
 class AT(_FeatureMethod):
-    """Attention Transfer (Zagoruyko & Komodakis 2017) added to CE (and KD when ``alpha > 0``).
+    """Attention Transfer (Zagoruyko & Komodakis 2017) added to Hinton's KD mixture (``alpha`` 0.9, as
+    the paper's AT+KD; ``alpha=0`` gives CE + AT alone).
 
     Default weight 500 = beta/2 with the paper's beta = 1e3, for ``mode="code"`` (the authors' code,
     see `losses.at_loss` for how it differs from the paper's eq. 2), balanced on the first step
@@ -296,7 +297,7 @@ class AT(_FeatureMethod):
     name = "at"
 
     def __init__(self, teacher, layers=None, weight: float = 500.0, p: float = 2.0,
-                 mode: Literal["code", "paper"] = "code", temperature: float = 4.0, alpha: float = 0.0,
+                 mode: Literal["code", "paper"] = "code", temperature: float = 4.0, alpha: float = 0.9,
                  example_inputs=None, balance: bool = True) -> None:
         super().__init__(teacher, layers, weight, temperature, alpha, example_inputs, balance=balance)
         self.p, self.mode = p, mode
@@ -306,7 +307,8 @@ class AT(_FeatureMethod):
 
 
 class RKD(_FeatureMethod):
-    """Relational KD (Park et al. 2019), distance + angle on the penultimate embedding, added to CE.
+    """Relational KD (Park et al. 2019), distance + angle on the penultimate embedding, added to Hinton's
+    KD mixture (``alpha`` 0.9, the paper's RKD + HKD; ``alpha=0`` gives CE + RKD alone).
 
     Defaults 25 (distance) and 50 (angle) are the paper's classification weights, balanced on the
     first step (see `_FeatureMethod`).
@@ -317,7 +319,7 @@ class RKD(_FeatureMethod):
     relational = True
 
     def __init__(self, teacher, layers=None, distance_weight: float = 25.0, angle_weight: float = 50.0,
-                 temperature: float = 4.0, alpha: float = 0.0, example_inputs=None, balance: bool = True) -> None:
+                 temperature: float = 4.0, alpha: float = 0.9, example_inputs=None, balance: bool = True) -> None:
         super().__init__(teacher, layers, 1.0, temperature, alpha, example_inputs, balance=balance)
         self.distance_weight, self.angle_weight = float(distance_weight), float(angle_weight)
 
@@ -331,7 +333,8 @@ class RKD(_FeatureMethod):
 
 
 class SP(_FeatureMethod):
-    """Similarity-Preserving KD (Tung & Mori 2019) added to CE; default gamma = 3000 (paper, CIFAR-10),
+    """Similarity-Preserving KD (Tung & Mori 2019) added to Hinton's KD mixture (``alpha`` 0.9, the
+    paper's SP + KD; ``alpha=0`` gives CE + SP alone); default gamma = 3000 (paper, CIFAR-10),
     balanced on the first step (see `_FeatureMethod`), on the penultimate embedding (the paper uses
     the last block's activation map)."""
 
@@ -340,7 +343,7 @@ class SP(_FeatureMethod):
     relational = True
 
     def __init__(self, teacher, layers=None, weight: float = 3000.0, temperature: float = 4.0,
-                 alpha: float = 0.0, example_inputs=None, balance: bool = True) -> None:
+                 alpha: float = 0.9, example_inputs=None, balance: bool = True) -> None:
         super().__init__(teacher, layers, weight, temperature, alpha, example_inputs, balance=balance)
 
     def feature_loss(self, s, t):

@@ -74,7 +74,7 @@ def run_stage(ctx: StageContext, model: nn.Module, cfg: DistillConfig) -> StageR
     def fit_fn(m, methods=(), loss_fn=None, tag="train", **over):
         return ctx.fit(m, over, methods=methods, loss_fn=loss_fn, tag=tag)
 
-    res = run_distill(cfg, teacher, student, ctx.data, fit_fn, train_lr=ctx.train.lr)
+    res = run_distill(cfg, teacher, student, ctx.data, fit_fn, train_lr=ctx.train.lr, train_epochs=ctx.train.epochs)
     _plot(ctx, res.extra)
     history = next(reversed(res.histories.values())) if res.histories else []
     return StageResult(res.student, extra=res.extra, history=history)
@@ -84,7 +84,7 @@ def summary(extra: dict) -> str:
     """The accuracies of a `distill` stage's extra, one line."""
     keys = ("student_acc", "teacher_acc", "scratch_acc", "assistant_acc", "direct_kd_acc", "ensemble_acc")
     parts = [f"{k[:-4]} {100 * extra[k]:.2f}%" for k in keys if k in extra]
-    return f"{extra['method']} (lr {extra.get('lr')}): " + ", ".join(parts)
+    return f"{extra['method']} (lr {extra.get('lr')}, epochs {extra.get('epochs')}): " + ", ".join(parts)
 
 
 def register(stages) -> None:
