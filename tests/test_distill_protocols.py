@@ -330,6 +330,7 @@ def test_default_budget_every_phase_and_the_scratch_control(small, teacher, meth
     control trains as many epochs at the plain training lr; given values are kept as given."""
     from netcompress.distill import default_epochs, run_distill
     from netcompress.distill.protocols import PATIENCE
+    from netcompress.train import TrainConfig
     from netcompress.train.loop import History
 
     calls = []
@@ -339,15 +340,20 @@ def test_default_budget_every_phase_and_the_scratch_control(small, teacher, meth
         return History()
 
     cfg = DistillConfig.from_dict({"method": method, "compare_scratch": True})
-    res = run_distill(cfg, None if method == "dml" else teacher, student(), small, fit_fn, train_lr=0.04, train_epochs=3)
-    assert default_epochs(cfg, 3) == PATIENCE * 3 == 6
+    train = TrainConfig(epochs=3, lr=0.04)
+    res = run_distill(cfg, None if method == "dml" else teacher, student(), small, fit_fn, train=train)
+    assert default_epochs(cfg, train) == PATIENCE * 3 == 6
     assert res.extra["epochs"] == 6 and res.extra["lr"] == pytest.approx(lr)
     assert calls[-1] == ("scratch", 6, None)  # None: fit's own train.lr
     assert len(calls) >= 2 and all(c[1:] == (6, pytest.approx(lr)) for c in calls[:-1])
     calls.clear()
     cfg = DistillConfig.from_dict({"method": method, "epochs": 1.5, "lr": 0.2})
-    run_distill(cfg, None if method == "dml" else teacher, student(), small, fit_fn, train_lr=0.04, train_epochs=3)
+    run_distill(cfg, None if method == "dml" else teacher, student(), small, fit_fn, train=train)
     assert all(c[1:] == (1.5, 0.2) for c in calls)
+    calls.clear()  # Adam normalises the gradient scale away: no lr / T
+    run_distill(DistillConfig.from_dict({"method": method}), None if method == "dml" else teacher, student(), small,
+                fit_fn, train=TrainConfig(epochs=3, lr=0.04, optimizer="adamw"))
+    assert all(c[1:] == (6, 0.04) for c in calls)
 
 
 def test_default_budget_through_the_function_stage_and_cli(small, teacher, tmp_path, capsys):

@@ -39,13 +39,13 @@ def distill(method: str, teacher, student, data, *, seed: int = 0, progress: boo
     """
     cfg = DistillConfig.from_dict({"method": method, **config}, "distill")
     train = train or TrainConfig()
-    return run_distill(cfg, teacher, student, data, make_fit(data, train, seed=seed, progress=progress),
-                       train_lr=train.lr, train_epochs=train.epochs)
+    return run_distill(cfg, teacher, student, data, make_fit(data, train, seed=seed, progress=progress), train=train)
 
 
 def kd(teacher, student, data, **config) -> DistillResult:
     """Hinton et al. 2015 knowledge distillation of `teacher` into `student` (trained in place);
-    `config` as in `distill` (temperature 4, alpha 0.9, lr train.lr / T and 2 x train.epochs unless given).
+    `config` as in `distill` (temperature 4, alpha 0.9; unless given, 2 x train.epochs at train.lr / T,
+    `default_epochs` and `default_lr`).
 
     Example:
         res = kd(teacher, nc.models.create("lenet5-quarter"), data, epochs=3)

@@ -81,7 +81,7 @@ class DistillConfig(Config):
     epochs: float | None = Field(None, ge=0, description="epochs of each training phase (default 2 x train.epochs: "
                                   "a student keeps learning from a teacher long after it would stop alone)")
     lr: float | None = Field(None, gt=0, description="learning rate (default train.lr / T for the methods whose "
-                             "loss has a T^2-scaled KD term, train.lr otherwise)")
+                             "loss has a T^2-scaled KD term under SGD, train.lr otherwise)")
     max_steps: int | None = Field(None, ge=1, description="stop each phase after this many steps")
     hint_epochs: float | None = Field(None, ge=0, description="FitNet stage-1 (hint) epochs (default: epochs)")
     peers: int = Field(2, ge=2, description="DML: number of peers N")
@@ -361,27 +361,31 @@ def _check_runs(model: nn.Module, data, who: str) -> None:
                                f"{data.num_classes} classes")
 
 
-_KD_ALPHA = {"kd": 0.9, "fitnet": 0.9, "born-again": 0.9, "takd": 0.9, "at": 0.9, "rkd": 0.9, "sp": 0.9, "dml": 0.0}
+_KD_ALPHA = {"kd": 0.9, "fitnet": 0.9, "born-again": 0.9, "takd": 0.9, "at": 0.9, "rkd": 0.9, "sp": 0.9, "dml": 0.0,
+             "hidden": 0.5}
 
 
-def default_lr(cfg: DistillConfig, train_lr: float) -> float:
-    """The distillation learning rate when `cfg.lr` is not given: ``train_lr / T`` for the methods
-    whose loss has Hinton's T^2-scaled KD term (kd, fitnet, born-again, takd, and at / rkd / sp with
-    alpha > 0), `train_lr` otherwise. The gradient of T^2 KL(p_t^T || p_s^T) with respect to the
-    student's logits is T (p_s^T - p_t^T) (Hinton et al. 2015), up to T times a cross-entropy
-    gradient, so the same step size overshoots: at lr 0.05 KD does not beat the student trained
-    alone; at 0.05 / 4 it does (benchmarks/results/defaults_distill.md)."""
+def default_lr(cfg: DistillConfig, train: TrainConfig) -> float:
+    """The distillation learning rate when `cfg.lr` is not given: ``train.lr / T`` under SGD for the
+    methods whose loss has Hinton's T^2-scaled KD term (kd, fitnet, born-again, takd, hidden, and
+    at / rkd / sp with alpha > 0), ``train.lr`` otherwise. The gradient of T^2 KL(p_t^T || p_s^T)
+    with respect to the student's logits is T (p_s^T - p_t^T) (Hinton et al. 2015), up to T times a
+    cross-entropy gradient, so SGD's same step size overshoots: at lr 0.05 KD does not beat the
+    student trained alone; at 0.05 / 4 it does (benchmarks/results/defaults_distill.md). Adam and
+    AdamW normalise the gradient's scale away, so they keep ``train.lr``."""
     if cfg.lr is not None:
         return cfg.lr
-    kd_term = _alpha(cfg, _KD_ALPHA.get(cfg.method, 0.0)) > 0
-    return train_lr / cfg.temperature if kd_term else train_lr
+    if train.optimizer != "sgd":
+        return train.lr
+    kd_term = _alpha(cfg, _KD_ALPHA[cfg.method]) > 0
+    return train.lr / cfg.temperature if kd_term else train.lr
 
 
 PATIENCE = 2.0
 """Distillation phases train this many times the task's ``train.epochs`` unless `epochs` is given."""
 
 
-def default_epochs(cfg: DistillConfig, train_epochs: float) -> float:
+def default_epochs(cfg: DistillConfig, train: TrainConfig) -> float:
     """The epochs of each distillation phase when `cfg.epochs` is not given: ``PATIENCE x train_epochs``.
 
     A teacher's soft targets keep teaching long after the labels alone stop helping ("a good teacher
@@ -389,20 +393,19 @@ def default_epochs(cfg: DistillConfig, train_epochs: float) -> float:
     10 epochs, 94.4 % at 20), while KD with every other default reaches 94.7 % at 10 epochs and
     95.2 % at 20 (3 seeds; benchmarks/results/defaults_distill.md compares each method with the
     student alone at both budgets)."""
-    return cfg.epochs if cfg.epochs is not None else PATIENCE * train_epochs
+    return cfg.epochs if cfg.epochs is not None else PATIENCE * train.epochs
 
 
 def run_distill(cfg: DistillConfig, teacher: nn.Module | None, student: nn.Module | None, data,
-                fit_fn: FitFn, train_lr: float | None = None, train_epochs: float | None = None) -> DistillResult:
+                fit_fn: FitFn, train: TrainConfig | None = None) -> DistillResult:
     """Run `cfg.method`; adds teacher accuracy and, with `compare_scratch`, the student trained alone
     (same architecture and epochs, CE only, at the plain training lr) and the share of the
     teacher-scratch gap recovered.
 
     Args:
-        train_lr: the learning rate `fit_fn` trains with by default (a recipe's ``train.lr``);
-            when given and `cfg.lr` is not, the distillation trains at `default_lr`.
-        train_epochs: the epochs `fit_fn` trains by default (a recipe's ``train.epochs``); when
-            given and `cfg.epochs` is not, each phase trains `default_epochs`.
+        train: the settings `fit_fn` trains with by default (a recipe's ``train:``); when given,
+            each phase trains `default_epochs` at `default_lr` unless `cfg` sets them. Without it,
+            `fit_fn`'s own defaults apply.
     """
     cfg.validate_method()
     if teacher is None and cfg.method != "dml":
@@ -413,11 +416,11 @@ def run_distill(cfg: DistillConfig, teacher: nn.Module | None, student: nn.Modul
         if m is not None:
             _check_runs(m, data, who)
     scratch = fresh_copy(student if student is not None else teacher) if cfg.compare_scratch else None
-    if train_epochs is not None and cfg.epochs is None:
-        cfg = cfg.model_copy(update={"epochs": default_epochs(cfg, train_epochs)})
+    if train is not None:
+        cfg = cfg.model_copy(update={"epochs": default_epochs(cfg, train)})
     scratch_budget = _budget(cfg)  # the same epochs, at the plain training lr unless one is given
-    if train_lr is not None and cfg.lr is None:
-        cfg = cfg.model_copy(update={"lr": default_lr(cfg, train_lr)})
+    if train is not None:
+        cfg = cfg.model_copy(update={"lr": default_lr(cfg, train)})
     if teacher is not None:
         teacher.eval()
     res = DISTILLERS.get(cfg.method)(teacher, student, data, cfg, fit_fn)

@@ -74,7 +74,7 @@ def run_stage(ctx: StageContext, model: nn.Module, cfg: DistillConfig) -> StageR
     def fit_fn(m, methods=(), loss_fn=None, tag="train", **over):
         return ctx.fit(m, over, methods=methods, loss_fn=loss_fn, tag=tag)
 
-    res = run_distill(cfg, teacher, student, ctx.data, fit_fn, train_lr=ctx.train.lr, train_epochs=ctx.train.epochs)
+    res = run_distill(cfg, teacher, student, ctx.data, fit_fn, train=ctx.train)
     _plot(ctx, res.extra)
     history = next(reversed(res.histories.values())) if res.histories else []
     return StageResult(res.student, extra=res.extra, history=history)

@@ -156,11 +156,12 @@ class HiddenKD(TappedMethod):
 
 def _run_hidden(teacher, student, data, cfg, fit_fn):
     """TinyBERT / MiniLM-style: per-token KD + hidden states through projections + attention relations."""
-    from netcompress.distill.protocols import DistillResult, _acc, _alpha, _budget, train_student
+    from netcompress.distill.protocols import _KD_ALPHA, DistillResult, _acc, _alpha, _budget, train_student
 
     # balanced on the first step unless weights are given, as for AT / RKD / SP
     m = HiddenKD(teacher, student, cfg.weights.get("hidden", 1.0), cfg.weights.get("attention", 1.0),
-                 layers=cfg.layers, temperature=cfg.temperature, alpha=_alpha(cfg, 0.5), balance=not cfg.weights)
+                 layers=cfg.layers, temperature=cfg.temperature, alpha=_alpha(cfg, _KD_ALPHA["hidden"]),
+                 balance=not cfg.weights)
     h = train_student(student, m, fit_fn, "hidden", **_budget(cfg))
     extra = {"layer_pairs": [list(p) for p in m.pairs]}
     if m.balance:
