@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from netcompress.core.errors import NetcompressError
+from netcompress.core.modes import eval_mode
 
 FROZEN = 0  # the class of channels that may never be removed
 NEUTRAL = -1  # a position with no channel identity
@@ -217,13 +218,8 @@ class ChannelGraph:
         g = cls(model)
         g.attention, g.width = attention, width
         x = first_sample(example_inputs, next((p.device for p in model.parameters()), None))
-        was = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                run_labels(g, x, ignore)
-        finally:
-            model.train(was)
+        with eval_mode(model), torch.no_grad():
+            run_labels(g, x, ignore)
         g._make_groups()
         return g
 

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from netcompress.core.errors import NetcompressError
+from netcompress.core.modes import eval_mode
 
 Kind = Literal["sqnorm", "hessian"]
 
@@ -112,8 +113,6 @@ def sequential_(model: nn.Module, inputs: list[torch.Tensor], kind: Kind,
     backup = {n: (m.weight.detach().clone(), None if m.bias is None else m.bias.detach().clone())
               for _, lin in groups for n, m in lin.items()}
     dev = next(model.parameters()).device
-    was = model.training
-    model.eval()
     done: list[str] = []
 
     def collect(targets: list[tuple[nn.Module, dict[str, nn.Linear]]]) -> dict[str, list]:
@@ -136,26 +135,25 @@ def sequential_(model: nn.Module, inputs: list[torch.Tensor], kind: Kind,
                 h.remove()
         return stats
 
-    try:
-        plan = [[g] for g in groups] if sequential else [groups]
-        for targets in plan:
-            stats = collect(targets)
-            for _, lin in targets:
+    with eval_mode(model):
+        try:
+            plan = [[g] for g in groups] if sequential else [groups]
+            for targets in plan:
+                stats = collect(targets)
+                for _, lin in targets:
+                    for n, m in lin.items():
+                        if n not in stats:
+                            raise NetcompressError(f"calibration: layer {n!r} was not called by the forward pass")
+                        apply(n, m, _finish(kind, stats[n]))
+                        done.append(n)
+        except BaseException:
+            for _, lin in groups:
                 for n, m in lin.items():
-                    if n not in stats:
-                        raise NetcompressError(f"calibration: layer {n!r} was not called by the forward pass")
-                    apply(n, m, _finish(kind, stats[n]))
-                    done.append(n)
-    except BaseException:
-        for _, lin in groups:
-            for n, m in lin.items():
-                w, b = backup[n]
-                m.weight.copy_(w)
-                if b is not None:
-                    m.bias.copy_(b)
-        raise
-    finally:
-        model.train(was)
+                    w, b = backup[n]
+                    m.weight.copy_(w)
+                    if b is not None:
+                        m.bias.copy_(b)
+            raise
     return done
 
 

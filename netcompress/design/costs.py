@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from netcompress.core.batch import call, head
+from netcompress.core.modes import eval_mode
 
 
 @dataclass(frozen=True)
@@ -132,13 +133,10 @@ def input_sizes(model: nn.Module, example_inputs: torch.Tensor, names: Sequence[
         return pre
 
     handles = [mods[n].register_forward_pre_hook(hook(n)) for n in names]
-    was = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             call(model, head(example_inputs, 1))
     finally:
-        model.train(was)
         for h in handles:
             h.remove()
     return shapes

@@ -28,6 +28,7 @@ from torch import nn
 from netcompress.core.batch import call, to_device
 from netcompress.core.errors import NetcompressError
 from netcompress.core.layers import read_by_ancestor
+from netcompress.core.modes import eval_mode
 
 FilterFn = Callable[[nn.Module, str], bool]
 
@@ -149,14 +150,11 @@ def separable(model: nn.Module, filter_fn: FilterFn | None = None, *, calibratio
             return pre
 
         hooks = [mods[n].register_forward_pre_hook(keep(n)) for n in names]
-        was = model.training
-        model.eval()
         try:
-            with torch.no_grad():
+            with eval_mode(model), torch.no_grad():
                 dev = next(model.parameters()).device
                 call(model, to_device(calibration, dev))
         finally:
-            model.train(was)
             for h in hooks:
                 h.remove()
     new = copy.deepcopy(model)

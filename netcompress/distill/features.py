@@ -15,6 +15,7 @@ from torch import nn
 
 from netcompress.core.batch import call, head, to_device
 from netcompress.core.errors import NetcompressError
+from netcompress.core.modes import eval_mode
 
 __all__ = ["Adapter", "make_adapter", "probe", "embedding_layer", "spatial_layers", "example_for", "pair_layers"]
 
@@ -80,13 +81,11 @@ def probe(model: nn.Module, example_inputs: torch.Tensor, leaves_only: bool = Tr
         if name and (not leaves_only or not list(m.children())):
             handles.append(m.register_forward_hook(
                 lambda mod, i, o, n=name: order.append((n, tuple(o.shape))) if isinstance(o, torch.Tensor) else None))
-    was = model.training
-    model.eval()
     try:
-        dev = next((p.device for p in model.parameters()), torch.device("cpu"))
-        call(model, to_device(example_inputs, dev))
+        with eval_mode(model):
+            dev = next((p.device for p in model.parameters()), torch.device("cpu"))
+            call(model, to_device(example_inputs, dev))
     finally:
-        model.train(was)
         for h in handles:
             h.remove()
     return order

@@ -26,6 +26,7 @@ from torch import nn
 from netcompress.core.batch import Batch, call, head, logits_of, to_device
 from netcompress.core.errors import NetcompressError
 from netcompress.core.method import Method
+from netcompress.core.modes import eval_mode
 from netcompress.core.taps import Taps
 from netcompress.distill import losses
 from netcompress.distill.features import (embedding_layer, example_for, make_adapter, pair_layers, probe,
@@ -62,7 +63,7 @@ class TeacherMethod(Method):
         self.teacher = teacher
         self.temperature = float(temperature)
         self.alpha = float(alpha)
-        self._teacher_was_training = teacher.training
+        self._teacher_modes = [(m, m.training) for m in teacher.modules()]  # restored exactly in finalize
 
     def prepare(self, model: nn.Module) -> nn.Module:
         if model is self.teacher:
@@ -87,7 +88,8 @@ class TeacherMethod(Method):
         return {"kd": self.alpha * losses.kd_loss(logits_of(outputs), teacher_logits, self.temperature)}
 
     def finalize(self, model: nn.Module) -> nn.Module:
-        self.teacher.train(self._teacher_was_training)
+        for m, flag in self._teacher_modes:
+            m.training = flag
         return model
 
 
@@ -260,13 +262,10 @@ class Hint(_FeatureMethod):
         model = super().prepare(model)
         x = to_device(example_for(model, self.example_inputs), _device_of(model))
         trainable = [p for p in model.parameters() if p.requires_grad]
-        was = model.training
-        model.eval()
-        with torch.enable_grad():
+        with eval_mode(model), torch.enable_grad():
             call(model, head(x, 2))
             s = [self._s_taps[n] for n, _ in self.pairs]
             grads = torch.autograd.grad(sum(f.float().sum() for f in s), trainable, allow_unused=True)
-        model.train(was)
         self._frozen = [p for p, g in zip(trainable, grads) if g is None]
         for p in self._frozen:
             p.requires_grad_(False)

@@ -346,15 +346,14 @@ DISTILLERS.register("hidden", _run_hidden, help="Jiao et al. 2020 / Wang et al. 
 @torch.no_grad()
 def _check_runs(model: nn.Module, data, who: str) -> None:
     """Fail early, with a clear message, when `model` cannot classify `data`'s inputs."""
-    was = model.training
-    model.eval()
+    from netcompress.core.modes import eval_mode
+
     try:
-        out = call(model, to_device(head(data.example, 2), next((p.device for p in model.parameters()), torch.device("cpu"))))
+        with eval_mode(model):
+            out = call(model, to_device(head(data.example, 2), next((p.device for p in model.parameters()), torch.device("cpu"))))
     except RuntimeError as e:
         raise NetcompressError(f"distill: the {who} cannot run on {tuple(data.input_shape)} inputs: "
                                f"{str(e).splitlines()[0]}") from None
-    finally:
-        model.train(was)
     logits = logits_of(out)
     if logits.shape[-1] != data.num_classes:
         raise NetcompressError(f"distill: the {who} has {logits.shape[-1]} outputs but the data has "

@@ -24,6 +24,7 @@ from torch import nn
 
 from netcompress.core.config import Config
 from netcompress.core.errors import NetcompressError
+from netcompress.core.modes import eval_mode
 from netcompress.core.taps import Taps, resolve_module
 from netcompress.dynamic.base import MultiExitBase
 
@@ -150,13 +151,10 @@ def _probe(backbone: nn.Module, names: Sequence[str], x: torch.Tensor) -> tuple[
                 raise NetcompressError(f"exit module {n!r} returns {type(o).__name__}, not a tensor")
             shapes[n] = o.shape[1:]
         handles.append(m.register_forward_hook(hook))
-    was = backbone.training
-    backbone.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(backbone), torch.no_grad():
             out = backbone(x)
     finally:
-        backbone.train(was)
         for h in handles:
             h.remove()
     for n in names:
@@ -367,9 +365,7 @@ def split_at_exits(backbone: nn.Module, exits: Sequence[str], example: torch.Ten
 @torch.no_grad()
 def _check_segments(backbone: nn.Module, segments: list[nn.Module], x: torch.Tensor) -> None:
     """Every live value is a batch-first tensor, and chaining the segments reproduces the backbone."""
-    was = backbone.training
-    backbone.eval()
-    try:
+    with eval_mode(backbone):
         state: tuple = (x,)
         for seg in segments[:-1]:
             live, _ = seg(*state)
@@ -380,5 +376,3 @@ def _check_segments(backbone: nn.Module, segments: list[nn.Module], x: torch.Ten
         out = segments[-1](*state)
         if not torch.allclose(out, backbone(x), atol=1e-5, rtol=1e-4):
             raise NetcompressError("segments do not reproduce the backbone")
-    finally:
-        backbone.train(was)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from netcompress.core.errors import NetcompressError
+from netcompress.core.modes import eval_mode
 from netcompress.dynamic.base import (MultiExitBase, confidence, early_exit_predict, early_exit_stream,
                                       expand_thresholds, score_cut, user_threshold)
 
@@ -26,12 +27,10 @@ from netcompress.dynamic.base import (MultiExitBase, confidence, early_exit_pred
 @torch.no_grad()
 def exit_outputs(model: MultiExitBase, batches: Iterable) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Logits of every exit for every sample of `batches` ((x, y) pairs), and the targets."""
-    was = model.training
-    model.eval()
     outs: list[list[torch.Tensor]] = []
     ys = []
     dev = next(model.parameters()).device
-    try:
+    with eval_mode(model):
         for x, y in batches:
             zs = model.all_exits(x.to(dev))
             if not outs:
@@ -39,8 +38,6 @@ def exit_outputs(model: MultiExitBase, batches: Iterable) -> tuple[list[torch.Te
             for acc, z in zip(outs, zs):
                 acc.append(z.float().cpu())
             ys.append(y)
-    finally:
-        model.train(was)
     if not ys:
         raise NetcompressError("no samples to evaluate the exits on")
     return [torch.cat(o) for o in outs], torch.cat(ys)
@@ -51,9 +48,7 @@ def exit_macs(model: MultiExitBase, example: torch.Tensor) -> list[int]:
     """Cumulative MACs (batch 1) of a sample leaving at each exit: its stages plus the heads it ran."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    was = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         state = model.start(example[:1])
         for k in range(model.num_exits):  # warm-up: builds cached segments outside the counter
             state, _ = model.step(k, state)
@@ -64,8 +59,6 @@ def exit_macs(model: MultiExitBase, example: torch.Tensor) -> list[int]:
                 state, _ = model.step(k, state)
             total += counter.get_total_flops() // 2
             out.append(int(total))
-    finally:
-        model.train(was)
     return out
 
 
@@ -74,14 +67,9 @@ def full_macs(model: MultiExitBase, example: torch.Tensor) -> int:
     """MACs (batch 1) of the full network without early heads."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    was = model.training
-    model.eval()
     counter = FlopCounterMode(display=False)
-    try:
-        with counter:
-            model.full_forward(example[:1])
-    finally:
-        model.train(was)
+    with eval_mode(model), counter:
+        model.full_forward(example[:1])
     return int(counter.get_total_flops() // 2)
 
 
@@ -188,9 +176,7 @@ def compare_latency(model: MultiExitBase, x: torch.Tensor, batch_size: int = 64,
 
     if model.thresholds is None:
         raise NetcompressError("compare_latency: set a policy first (thresholds or budget)")
-    was, old_threads = model.training, torch.get_num_threads()
-    model.eval()
-    torch.set_num_threads(threads)
+    old_threads = torch.get_num_threads()
     xs = x.cpu().contiguous()
     chunks = [c.contiguous() for c in xs.split(batch_size)]
 
@@ -211,15 +197,15 @@ def compare_latency(model: MultiExitBase, x: torch.Tensor, batch_size: int = 64,
         return time.perf_counter() - t0
 
     times: dict[str, list[float]] = {"full": [], "dyn": [], "stream": []}
+    torch.set_num_threads(threads)
     try:
-        with torch.inference_mode():
+        with eval_mode(model), torch.inference_mode():
             per = max(once(full), once(dyn), once(stream), 1e-6)
             reps = max(1, int(min_run_time / rounds / per))
             for _ in range(rounds):
                 for key, fn in (("full", full), ("dyn", dyn), ("stream", stream)):
                     times[key].append(sum(once(fn) for _ in range(reps)) / reps)
     finally:
-        model.train(was)
         torch.set_num_threads(old_threads)
     f_ms = statistics.median(times["full"]) * 1e3
     d_ms = statistics.median(times["dyn"]) * 1e3

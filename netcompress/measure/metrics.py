@@ -20,6 +20,7 @@ from torch import nn
 
 from netcompress.core.batch import Batch, call, head, repeat_to, to_device
 from netcompress.core.errors import NetcompressError
+from netcompress.core.modes import eval_mode
 from netcompress.models.io import save
 from netcompress.train.loop import evaluate
 
@@ -63,18 +64,6 @@ def count_params(model: nn.Module) -> tuple[int, int]:
     return total, nonzero
 
 
-def _with_mode(model: nn.Module):
-    class _Ctx:
-        def __enter__(self):
-            self.training = model.training
-            model.eval()
-
-        def __exit__(self, *a):
-            model.train(self.training)
-
-    return _Ctx()
-
-
 class _Frozen:
     """Parameters without requires_grad while counting: a view of a parameter made under no_grad
     (timm PiT's expanded class token, passed between stages) still requires grad but has no
@@ -100,7 +89,7 @@ def count_macs(model: nn.Module, example_inputs: Batch) -> int:
 
     x = head(example_inputs, 1)
     counter = FlopCounterMode(display=False)
-    with _with_mode(model), _Frozen(model), counter:
+    with eval_mode(model), _Frozen(model), counter:
         call(model, x)
     return int(counter.get_total_flops() // 2)
 
@@ -126,7 +115,7 @@ def macs_by_module(model: nn.Module, example_inputs: Batch) -> dict[str, int]:
 
             handles += [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)]
     try:
-        with _with_mode(model):
+        with eval_mode(model):
             call(model, x)
     finally:
         for h in handles:
@@ -144,7 +133,7 @@ def latency_ms(model: nn.Module, example_inputs: Batch, batch_size: int = 1, thr
     from torch.utils import benchmark
 
     x = repeat_to(to_device(example_inputs, "cpu"), batch_size)
-    with _with_mode(model), torch.inference_mode():
+    with eval_mode(model), torch.inference_mode():
         t = benchmark.Timer(stmt="call(model, x)", globals={"model": model, "x": x, "call": call}, num_threads=threads)
         return t.blocked_autorange(min_run_time=min_run_time).median * 1e3
 

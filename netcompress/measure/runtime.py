@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from netcompress.core.errors import NetcompressError
+from netcompress.core.modes import eval_mode
 from netcompress.core.optional import need
 
 Inputs = Any  # torch.Tensor | tuple[torch.Tensor, ...] | dict[str, torch.Tensor]
@@ -394,15 +395,10 @@ def runtime_latency_ms(module: nn.Module, example: Inputs, batch_size: int = 1, 
     from torch.utils import benchmark
 
     args, kwargs = split_inputs(at_batch(example, batch_size))
-    was = module.training
-    module.eval()
-    try:
-        with torch.inference_mode():
-            module(*args, **kwargs)  # warm-up: first-call allocations and kernel selection
-            t = benchmark.Timer(stmt="m(*a, **k)", globals={"m": module, "a": args, "k": kwargs}, num_threads=threads)
-            return t.blocked_autorange(min_run_time=min_run_time).median * 1e3
-    finally:
-        module.train(was)
+    with eval_mode(module), torch.inference_mode():
+        module(*args, **kwargs)  # warm-up: first-call allocations and kernel selection
+        t = benchmark.Timer(stmt="m(*a, **k)", globals={"m": module, "a": args, "k": kwargs}, num_threads=threads)
+        return t.blocked_autorange(min_run_time=min_run_time).median * 1e3
 
 
 def compare_outputs(reference: nn.Module, candidate: nn.Module, inputs: Sequence[Inputs]) -> dict[str, float]:

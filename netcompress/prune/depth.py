@@ -37,6 +37,7 @@ from torch import nn
 
 from netcompress.core.batch import call, check_batch, first_tensor
 from netcompress.core.errors import NetcompressError
+from netcompress.core.modes import eval_mode
 
 DEPTH_CRITERIA = ("influence", "random")
 
@@ -72,14 +73,11 @@ def _hooked(model: nn.Module, modules: Iterable[nn.Module], hook: Callable, batc
         hook(mod, first_tensor(args) if args else first_tensor(kwargs), first_tensor(out))
 
     hs = [m.register_forward_hook(fwd, with_kwargs=True) for m in modules]
-    was = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             for x in batches:
                 call(model, x)
     finally:
-        model.train(was)
         for h in hs:
             h.remove()
 
@@ -212,20 +210,14 @@ def remove_blocks(model: nn.Module, gone: Iterable[Block], example_inputs: Any) 
         for i in sorted(idx, reverse=True):
             del cont[i]
     _fix_counts(new, removed, old_len)
-    was = model.training
-    model.eval()
-    new.eval()
-    try:
-        with torch.no_grad():
-            ref = first_tensor(call(model, example_inputs))
-            try:
-                out = first_tensor(call(new, example_inputs))
-            except Exception as e:  # the model's own forward indexes its blocks in a way we cannot follow
-                raise NetcompressError(f"depth: the model no longer runs without blocks of {', '.join(removed)} "
-                                       f"({type(e).__name__}: {e})") from None
-    finally:
-        model.train(was)
-        new.train(was)
+    # `new` is a deep copy, so restoring its own flags gives it the model's per-module modes
+    with eval_mode(model), eval_mode(new), torch.no_grad():
+        ref = first_tensor(call(model, example_inputs))
+        try:
+            out = first_tensor(call(new, example_inputs))
+        except Exception as e:  # the model's own forward indexes its blocks in a way we cannot follow
+            raise NetcompressError(f"depth: the model no longer runs without blocks of {', '.join(removed)} "
+                                   f"({type(e).__name__}: {e})") from None
     if ref is not None and (out is None or out.shape != ref.shape):
         raise NetcompressError(f"depth: removing blocks of {', '.join(removed)} changes the output shape "
                                f"({tuple(ref.shape)} -> {None if out is None else tuple(out.shape)})")

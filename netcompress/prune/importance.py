@@ -21,6 +21,7 @@ from torch import nn
 from netcompress.core.batch import Batch, call, first_tensor, to_device
 from netcompress.core.errors import NetcompressError
 from netcompress.core.graph import _CONV, _NORM, ChannelGraph, Group, Member, is_conv1d_t, member_slices, weight_dims
+from netcompress.core.modes import eval_mode
 from netcompress.core.registry import Registry
 from netcompress.train.loop import default_loss
 
@@ -129,17 +130,13 @@ def _run(model: nn.Module, batches: Iterable[tuple[Batch, Any]],
     named tensors) go to the model's device and through `call`; `step(output, targets)` then sees
     the raw output (a tensor, a list of exits or a Hugging Face output object) with the targets on
     the same device. Under no_grad unless `grad`."""
-    was = model.training
-    model.eval()
     dev = next(model.parameters()).device
-    try:
+    with eval_mode(model):
         for x, y in batches:
             with torch.set_grad_enabled(grad):
                 out = call(model, to_device(x, dev))
                 if step is not None:
                     step(out, to_device(y, dev))
-    finally:
-        model.train(was)
 
 
 _CHANNELS_FIRST = (*_CONV, *_NORM, nn.GroupNorm)  # outputs [N, C, ...]; every other member layer is channels-last

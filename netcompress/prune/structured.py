@@ -15,6 +15,7 @@ from torch import nn
 from netcompress.core.errors import NetcompressError
 from netcompress.core.graph import ChannelGraph
 from netcompress.core.batch import calibration_batches
+from netcompress.core.modes import eval_mode
 from netcompress.prune.importance import CRITERIA, NEEDS_DATA, ScoreContext
 
 
@@ -201,11 +202,6 @@ def _macs(model: nn.Module, x: Any) -> int:
         return count_macs(model, x)
     x = first_sample(x, next((p.device for p in model.parameters()), None))
     counter = FlopCounterMode(display=False)
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), counter:
-            model(**x) if isinstance(x, dict) else model(*x)
-    finally:
-        model.train(was)
+    with eval_mode(model), torch.no_grad(), counter:
+        model(**x) if isinstance(x, dict) else model(*x)
     return int(counter.get_total_flops() // 2)

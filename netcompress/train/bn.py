@@ -15,6 +15,7 @@ from torch import nn
 
 from netcompress.core.batch import batch_len, calibration_batches, call, head, to_device
 from netcompress.core.errors import NetcompressError
+from netcompress.core.modes import eval_mode
 
 __all__ = ["recalibrate_bn_"]
 
@@ -48,25 +49,22 @@ def recalibrate_bn_(model: nn.Module, data: Any, samples: int = 256) -> dict[str
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not bns:
         return {"layers": 0, "samples": 0}
-    modes = {m: m.training for m in model.modules()}
     momenta = [m.momentum for m in bns]
     dev = next((p.device for p in model.parameters()), torch.device("cpu"))
     seen = 0
-    try:
-        model.eval()
-        for m in bns:
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average over every batch seen
-            m.train()
-        for x, _ in calibration_batches(data, samples):
-            x = head(x, samples - seen)  # an iterable's last batch may hold more than asked
-            call(model, to_device(x, dev))
-            seen += batch_len(x)
-    finally:
-        for m, mom in zip(bns, momenta):
-            m.momentum = mom
-        for m, was in modes.items():
-            m.training = was
+    with eval_mode(model):
+        try:
+            for m in bns:
+                m.reset_running_stats()
+                m.momentum = None  # cumulative average over every batch seen
+                m.train()
+            for x, _ in calibration_batches(data, samples):
+                x = head(x, samples - seen)  # an iterable's last batch may hold more than asked
+                call(model, to_device(x, dev))
+                seen += batch_len(x)
+        finally:
+            for m, mom in zip(bns, momenta):
+                m.momentum = mom
     if seen == 0:
         raise NetcompressError("recalibrate_bn_: the data gave no batch")
     return {"layers": len(bns), "samples": seen}

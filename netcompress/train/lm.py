@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from netcompress.core.errors import NetcompressError
+from netcompress.core.modes import eval_mode
 
 
 @torch.no_grad()
@@ -34,12 +35,10 @@ def evaluate_lm(model: nn.Module, data: Any, split: str = "test", device: str | 
 
     dev = _device(device)
     loader = data.loader(split, shuffle=False) if hasattr(data, "loader") else data
-    was = model.training
-    model.eval()
     nll = 0.0
     correct = tokens = 0
-    t0 = time.perf_counter()
-    try:
+    with eval_mode(model):
+        t0 = time.perf_counter()
         for i, (x, y) in enumerate(loader):
             if max_batches is not None and i >= max_batches:
                 break
@@ -51,8 +50,6 @@ def evaluate_lm(model: nn.Module, data: Any, split: str = "test", device: str | 
             nll += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum").item()
             correct += (logits.argmax(-1) == y).sum().item()
             tokens += y.numel()
-    finally:
-        model.train(was)
     secs = time.perf_counter() - t0
     if tokens == 0:
         raise NetcompressError(f"evaluate_lm: split {split!r} is empty")

@@ -27,6 +27,7 @@ from netcompress.core.config import Config
 from netcompress.core.batch import call, logits_of, to_device
 from netcompress.core.errors import NetcompressError
 from netcompress.core.method import Method
+from netcompress.core.modes import eval_mode
 from netcompress.train.distributed import barrier, dist_info, init_distributed
 
 LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
@@ -85,15 +86,11 @@ def _device(device: str | torch.device | None) -> torch.device:
 def predict(model: nn.Module, loader: Iterable, device: str | torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """All logits and targets of a loader, in eval mode (the model's mode is restored)."""
     dev = _device(device)
-    was_training = model.training
-    model.eval()
     outs, ys = [], []
-    try:
+    with eval_mode(model):
         for x, y in loader:
             outs.append(logits_of(call(model, to_device(x, dev))).float().cpu())
             ys.append(y)
-    finally:
-        model.train(was_training)
     return torch.cat(outs), torch.cat(ys)
 
 
