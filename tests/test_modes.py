@@ -86,8 +86,6 @@ def test_kd_restores_the_teachers_own_flags(digits, one_thread):
     assert _flags(teacher) == before
 
 
-@pytest.mark.xfail(strict=True, reason="run_distill (distill/protocols.py) puts the teacher in eval mode before "
-                   "the protocol runs and never restores it")
 def test_distill_leaves_the_teachers_flags(digits, one_thread):
     teacher, student = _frozen_bn(0), _frozen_bn(1).train()
     before = _flags(teacher)

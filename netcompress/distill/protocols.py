@@ -7,6 +7,7 @@ recipes and the CLI to these functions.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
@@ -18,6 +19,7 @@ from torch import nn
 from netcompress.core.batch import call, head, logits_of, to_device
 from netcompress.core.config import Config
 from netcompress.core.errors import NetcompressError
+from netcompress.core.modes import eval_mode
 from netcompress.core.registry import Registry
 from netcompress.train.loop import History, TrainConfig, evaluate, fit
 
@@ -346,8 +348,6 @@ DISTILLERS.register("hidden", _run_hidden, help="Jiao et al. 2020 / Wang et al. 
 @torch.no_grad()
 def _check_runs(model: nn.Module, data, who: str) -> None:
     """Fail early, with a clear message, when `model` cannot classify `data`'s inputs."""
-    from netcompress.core.modes import eval_mode
-
     try:
         with eval_mode(model):
             out = call(model, to_device(head(data.example, 2), next((p.device for p in model.parameters()), torch.device("cpu"))))
@@ -420,12 +420,12 @@ def run_distill(cfg: DistillConfig, teacher: nn.Module | None, student: nn.Modul
     scratch_budget = _budget(cfg)  # the same epochs, at the plain training lr unless one is given
     if train is not None:
         cfg = cfg.model_copy(update={"lr": default_lr(cfg, train)})
-    if teacher is not None:
-        teacher.eval()
-    res = DISTILLERS.get(cfg.method)(teacher, student, data, cfg, fit_fn)
-    res.extra = {"method": cfg.method, "student_acc": res.accuracy, "lr": cfg.lr, "epochs": cfg.epochs, **res.extra}
-    if teacher is not None:
-        res.extra["teacher_acc"] = _acc(teacher, data)
+    # the teacher teaches in eval mode; the caller gets its own per-module flags back
+    with eval_mode(teacher) if teacher is not None else contextlib.nullcontext():
+        res = DISTILLERS.get(cfg.method)(teacher, student, data, cfg, fit_fn)
+        res.extra = {"method": cfg.method, "student_acc": res.accuracy, "lr": cfg.lr, "epochs": cfg.epochs, **res.extra}
+        if teacher is not None:
+            res.extra["teacher_acc"] = _acc(teacher, data)
     if scratch is not None:
         res.histories["scratch"] = fit_fn(scratch, tag="scratch", **scratch_budget).to_list()
         s_acc = _acc(scratch, data)
