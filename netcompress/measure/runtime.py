@@ -404,9 +404,7 @@ def runtime_latency_ms(module: nn.Module, example: Inputs, batch_size: int = 1, 
 def compare_outputs(reference: nn.Module, candidate: nn.Module, inputs: Sequence[Inputs]) -> dict[str, float]:
     """Max |difference| of the prediction tensors, the reference's max |value|, and top-1 agreement."""
     diff, scale, agree, n = 0.0, 0.0, 0, 0
-    reference.eval()
-    candidate.eval()
-    with torch.no_grad():
+    with eval_mode(reference), eval_mode(candidate), torch.no_grad():
         for x in inputs:
             args, kwargs = split_inputs(x)
             a = first_output(reference(*args, **kwargs)).float()
