@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from netcompress.core.errors import NetcompressError
+from netcompress.core.modes import eval_mode
 from netcompress.measure.runtime import (Inputs, at_batch, compare_outputs, onnx_program, pte_program, runtime_latency_ms,
                                          runtime_module, split_inputs)
 
@@ -171,17 +172,18 @@ def export(model: nn.Module, format: Format = "onnx", example_inputs: Inputs | N
 
         example_inputs = calibration_inputs(calibration)[0]
     split_inputs(example_inputs)
-    model = model.eval()
-    program = lower(model, format, example_inputs, int8, calibration)
-    runtime = load_program(program, format, threads)
-    check = check_export(model, runtime, _check_batches(check_inputs, example_inputs), int8,
-                         fp32_tolerance, int8_tolerance, min_top1, min_top1_int8)
-    latency: dict[str, float] = {}
-    if measure_latency:
-        for b in (1, 64):
-            latency[f"runtime_ms_b{b}"] = runtime_latency_ms(runtime, example_inputs, b, threads, min_run_time)
-            latency[f"eager_ms_b{b}"] = runtime_latency_ms(model, example_inputs, b, threads, min_run_time)
-        latency["threads"] = threads
+    # eval mode for the trace, the check and eager latency; the caller's per-module flags come back after
+    with eval_mode(model):
+        program = lower(model, format, example_inputs, int8, calibration)
+        runtime = load_program(program, format, threads)
+        check = check_export(model, runtime, _check_batches(check_inputs, example_inputs), int8,
+                             fp32_tolerance, int8_tolerance, min_top1, min_top1_int8)
+        latency: dict[str, float] = {}
+        if measure_latency:
+            for b in (1, 64):
+                latency[f"runtime_ms_b{b}"] = runtime_latency_ms(runtime, example_inputs, b, threads, min_run_time)
+                latency[f"eager_ms_b{b}"] = runtime_latency_ms(model, example_inputs, b, threads, min_run_time)
+            latency["threads"] = threads
     path = None
     if out is not None:
         from netcompress.models.io import atomic_write

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from netcompress.core.errors import NetcompressError
+from netcompress.core.modes import eval_mode
 from netcompress.dynamic.base import MultiExitBase
 from netcompress.measure.runtime import OrtModule, PteModule, onnx_program, pte_program
 
@@ -61,11 +62,11 @@ def export_early_exit(model: MultiExitBase, example: torch.Tensor, fmt: str) -> 
     """A zip with policy.json and one program per stage (ONNX) or one multi-method program (.pte)."""
     if not isinstance(example, torch.Tensor):
         raise NetcompressError("early-exit export takes one input tensor")
-    model = model.eval()
-    ins = _stage_inputs(model, example[:2] if example.shape[0] >= 2 else example.expand(2, *example.shape[1:]))
-    arity = [len(st) for st in ins]
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+    # eval mode for the stage inputs and the traces; the caller's per-module flags come back after
+    with eval_mode(model), zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+        ins = _stage_inputs(model, example[:2] if example.shape[0] >= 2 else example.expand(2, *example.shape[1:]))
+        arity = [len(st) for st in ins]
         policy = {"policy": model.policy, "thresholds": model.thresholds, "num_exits": model.num_exits,
                   "state_arity": arity, "format": fmt, "shapes": stage_shapes(model, example)}
         z.writestr("policy.json", json.dumps(policy))
@@ -141,8 +142,8 @@ class EarlyExitRuntime(MultiExitBase):
 def stage_shapes(model: MultiExitBase, example: torch.Tensor) -> list[list[tuple[int, ...]]]:
     """Per stage, the per-sample shapes of (next state..., logits) of the eager model."""
     out = []
-    with torch.no_grad():
-        for k, st in enumerate(_stage_inputs(model.eval(), example[:1])):
+    with eval_mode(model), torch.no_grad():
+        for k, st in enumerate(_stage_inputs(model, example[:1])):
             outs = _Stage(model, k)(*st)
             out.append([tuple(o.shape[1:]) for o in outs])
     return out
