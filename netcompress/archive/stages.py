@@ -14,6 +14,7 @@ from netcompress.core.config import Config
 from netcompress.archive.format import format_table, inspect, pack, unpack
 from netcompress.core.batch import call, logits_of
 from netcompress.core.errors import NetcompressError
+from netcompress.core.modes import eval_mode
 from netcompress.train.stage import StageKind, StageResult
 
 
@@ -29,8 +30,7 @@ def run_pack(ctx, model: nn.Module, cfg: PackConfig):
     pack(model, path, coding=cfg.coding)
     restored = unpack(path)
     x = ctx.data.example
-    model.eval()
-    with torch.no_grad():
+    with eval_mode(model), torch.no_grad():  # the model handed in keeps its flags; `restored` is in eval mode
         if not torch.equal(logits_of(call(model, x)), logits_of(call(restored, x))):  # pragma: no cover - a bug, never expected
             raise NetcompressError(f"stage {ctx.name!r}: unpacked archive does not reproduce the model's outputs")
     info = inspect(path)
