@@ -91,3 +91,69 @@ def test_distill_leaves_the_teachers_flags(digits, one_thread):
     before = _flags(teacher)
     nc.distill.distill("kd", teacher, student, digits.subset(64, 32), epochs=1, max_steps=1)
     assert _flags(teacher) == before
+
+
+EXPORTS = {
+    "onnx": lambda m, d: nc.export(m, "onnx", example_inputs=d.example),
+    # an untrained model has near ties: int8 may flip them, which is not what this test is about
+    "onnx_int8": lambda m, d: nc.export(m, "onnx", example_inputs=d.example, int8=True, calibration=d.example,
+                                        min_top1_int8=0.0),
+    "onnx_latency": lambda m, d: nc.export(m, "onnx", example_inputs=d.example, measure_latency=True, min_run_time=0.01),
+}
+
+
+@pytest.mark.parametrize("name", list(EXPORTS))
+def test_export_leaves_a_frozen_batchnorm_frozen(name, digits, one_thread):
+    """Export traces and checks in eval mode, then gives every module its own flag back."""
+    m = _frozen_bn()
+    before = _flags(m)
+    res = EXPORTS[name](m, digits.subset(64, 32))
+    assert res.check["passed"]
+    assert _flags(m) == before
+
+
+@pytest.mark.parametrize("name", ["export", "lower"])
+def test_early_exit_export_leaves_a_frozen_batchnorm_frozen(name, digits, one_thread):
+    """`lower` alone (no `export` around it) traces the stages in eval mode and restores the flags too."""
+    mx = nc.dynamic.early_exit(_frozen_bn(), ["2"], example_inputs=digits.example)
+    mx.train()
+    mx.backbone[1].eval()
+    before = _flags(mx)
+    if name == "export":
+        res = nc.export(mx, "onnx", example_inputs=digits.example)
+        assert res.early_exit and res.check["passed"]
+    else:
+        from netcompress.export import lower
+
+        program = lower(mx, "onnx", digits.example)
+        assert program[:2] == b"PK"
+    assert _flags(mx) == before
+
+
+def test_compare_outputs_leaves_both_models_flags(digits, one_thread):
+    from netcompress.measure.runtime import compare_outputs
+
+    ref, cand = _frozen_bn(0), _frozen_bn(0)
+    cand[1].train()  # the candidate's BatchNorm in train mode: equal outputs only if it is compared in eval mode
+    cand[0].eval()  # and a different pattern of flags
+    before_ref, before_cand = _flags(ref), _flags(cand)
+    c = compare_outputs(ref, cand, [digits.example])
+    assert c["max_abs_diff"] == 0.0 and c["top1_agreement"] == 1.0  # both compared in eval mode
+    assert _flags(ref) == before_ref and _flags(cand) == before_cand
+
+
+def test_pack_stage_leaves_the_models_flags(digits, tmp_path, one_thread):
+    """The pack stage returns the unpacked copy (eval mode); the model handed in keeps its flags."""
+    from netcompress.recipe.stages import STAGES, StageContext
+
+    m = nc.models.create_for("mobilenet-small-quarter", digits, seed=0)  # pack stores models create builds
+    m.train()
+    m.stem[1].eval()
+    before = _flags(m)
+    assert not all(before) and any(before)
+    kind = STAGES.get("pack")
+    ctx = StageContext(data=digits.subset(64, 32), train=nc.train.TrainConfig(epochs=1), seed=0,
+                       out_dir=tmp_path / "pack", name="pack", progress=False)
+    res = kind.run(ctx, m, kind.config.from_dict({"coding": "huffman"}, "pack"))
+    assert res.model is not m and not any(_flags(res.model))
+    assert _flags(m) == before
