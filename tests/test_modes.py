@@ -157,3 +157,17 @@ def test_pack_stage_leaves_the_models_flags(digits, tmp_path, one_thread):
     res = kind.run(ctx, m, kind.config.from_dict({"coding": "huffman"}, "pack"))
     assert res.model is not m and not any(_flags(res.model))
     assert _flags(m) == before
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_early_exit_copy_keeps_the_backbones_own_flags(train):
+    """The multi-exit model's backbone is a copy of the caller's model with its per-module modes (a
+    frozen BatchNorm stays frozen); the new heads take the model's mode."""
+    from netcompress.dynamic import early_exit
+
+    m = _frozen_bn()
+    m.train(train)
+    m[1].eval()
+    mx = early_exit(m, exits=["2"], example_inputs=torch.zeros(2, 1, 8, 8))
+    assert _flags(mx.backbone) == _flags(m)
+    assert mx.training == train and all(h.training == train for h in mx.heads.modules())

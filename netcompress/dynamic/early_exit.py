@@ -222,7 +222,9 @@ def early_exit(model: nn.Module, exits: Sequence[str], head: HeadConfig | dict |
         mx.netcompress_spec = {"name": "early-exit", "kwargs": {
             "backbone": spec, "exits": order, "head": head_dict, "input_shape": list(x.shape[1:]),
             "num_classes": num_classes}}
-    return mx.train(model.training)
+    mx.training = model.training  # the heads take the model's mode; the backbone copy keeps its modules' own
+    mx.heads.train(model.training)
+    return mx
 
 
 def build_early_exit(backbone: dict, exits: list[str], head: dict, input_shape: list[int],
