@@ -16,6 +16,7 @@ import argparse
 import copy
 import gc
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -66,7 +67,7 @@ def timed(fn, *a):
     return out, time.perf_counter() - t
 
 
-def latency_part(threads: int, size: int) -> str:
+def latency_part(threads: int, size: int, calls: int) -> str:
     rows = []
     warm = torchvision.models.get_model("resnet18", weights=None).eval()
     for fn in (ours_prune, tp_prune):  # one-time imports and caches of both tools, outside the timings
@@ -74,15 +75,21 @@ def latency_part(threads: int, size: int) -> str:
     for name in LAT_MODELS:
         model = torchvision.models.get_model(name, weights=None).eval()
         x = torch.randn(1, 3, size, size)
-        ours, t_ours = timed(ours_prune, model, x)
-        peer, t_peer = timed(tp_prune, model, x)
+        t_ours, t_peer = [], []
+        for _ in range(calls):  # interleaved, so a load change hits both tools alike
+            ours, t = timed(ours_prune, model, x)
+            t_ours.append(t)
+            peer, t = timed(tp_prune, model, x)
+            t_peer.append(t)
+        t_ours, t_peer = statistics.median(t_ours), statistics.median(t_peer)
         macs = [count_macs(m, x) for m in (model, ours, peer)]
-        lat = [latency_ms(m.eval(), x, threads=threads) for m in (model, ours, peer)]
+        rounds = [[latency_ms(m.eval(), x, threads=threads) for m in (model, ours, peer)] for _ in range(calls)]
+        lat = [statistics.median(r[i] for r in rounds) for i in range(3)]  # interleaved rounds, as the prune calls
         rows.append([name, f"{macs[0] / 1e9:.2f}G", f"{macs[1] / 1e9:.2f}G", f"{macs[2] / 1e9:.2f}G",
                      f"{lat[0]:.1f}", f"{lat[1]:.1f}", f"{lat[2]:.1f}",
                      f"{lat[0] / lat[1]:.2f}x", f"{lat[0] / lat[2]:.2f}x",
                      f"{(lat[0] / lat[1]) / (macs[0] / macs[1]):.2f}", f"{(lat[0] / lat[2]) / (macs[0] / macs[2]):.2f}",
-                     f"{t_ours:.2f}", f"{t_peer:.2f}"])
+                     f"{t_ours:.3f}", f"{t_peer:.3f}"])
         print(rows[-1], flush=True)
         del model, ours, peer
         gc.collect()
@@ -138,6 +145,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=224, help="input size for the latency part")
     ap.add_argument("--coverage-size", type=int, default=64)
     ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--calls", type=int, default=5, help="prune calls and latency rounds per tool and model (interleaved; median)")
     ap.add_argument("--no-coverage", action="store_true")
     ap.add_argument("--budget", type=float, default=1e9, help="seconds for the coverage part; models after it are listed as not run")
     args = ap.parse_args()
@@ -147,13 +155,15 @@ def main() -> None:
 
     body = (f"Peer: Torch-Pruning {version('torch-pruning')} (MetaPruner, MagnitudeImportance p=1, pruning_ratio 0.5, classifier "
             f"ignored). Ours: `netcompress.prune.channels(model, 'l1', 0.5)`. Both remove 50 % of every prunable group's "
-            f"channels; the classifier keeps its outputs. Prune time (after one warm-up call of each tool) includes tracing, scoring and removal; both copy the "
+            f"channels; the classifier keeps its outputs. Prune time: the median of {args.calls} calls per tool, the tools "
+            f"interleaved, after one warm-up call of each; it includes tracing, scoring and removal; both copy the "
             f"model (TP prunes in place, so its deepcopy is inside its timed call, as ours is).\n\n")
     if not args.skip_latency:
-        body += (f"## Latency at {args.size}x{args.size}, batch 1, {args.threads} threads (median ms)\n\n"
+        body += (f"## Latency at {args.size}x{args.size}, batch 1, {args.threads} threads (median ms of {args.calls} "
+                 "interleaved rounds: dense, ours, TP, dense, ...)\n\n"
                  "speedup/MAC-ratio = measured speedup divided by the MAC reduction (1.0: latency falls as fast as MACs).\n\n")
         load0 = os.getloadavg()[0]
-        table = latency_part(args.threads, args.size)
+        table = latency_part(args.threads, args.size, args.calls)
         body += table + (f"\nLoad average (1 min) before / after the latency part: {load0:.1f} / {os.getloadavg()[0]:.1f} on "
                          f"{os.cpu_count()} cores; a load above the core count makes these latencies unreliable.\n\n")
     if not args.no_coverage:
