@@ -51,7 +51,8 @@ class DistillConfig(Config):
             teacher's architecture, dml to the stage's input model architecture.
         temperature, alpha: KD softening and KD weight (CE gets 1 - alpha). alpha defaults to 0.9
             for kd/fitnet/born-again/takd/at/rkd/sp (the feature methods' papers report them best
-            added to KD; alpha 0 gives CE + feature term alone); dml has no teacher and no alpha.
+            added to KD; alpha 0 gives CE + feature term alone). dml has no teacher: its mutual KL
+            uses T 1 unless alpha is given, then `temperature`.
         weights: per-term weights overriding the paper defaults: fitnet {hint}, at {at},
             rkd {distance, angle}, sp {sp}, dml {kl}. Without them, at / rkd / sp lower the paper's
             weights on the first step so the feature term starts no larger than the cross-entropy
@@ -385,13 +386,13 @@ PATIENCE = 2.0
 
 
 def default_epochs(cfg: DistillConfig, train: TrainConfig) -> float:
-    """The epochs of each distillation phase when `cfg.epochs` is not given: ``PATIENCE x train_epochs``.
+    """The epochs of each distillation phase when `cfg.epochs` is not given: ``PATIENCE x train.epochs``.
 
     A teacher's soft targets keep teaching long after the labels alone stop helping ("a good teacher
-    is patient", Beyer et al. 2022): on mnist-5k the MLP 784-64-10 trained alone saturates (94.3 % at
-    10 epochs, 94.4 % at 20), while KD with every other default reaches 94.7 % at 10 epochs and
-    95.2 % at 20 (3 seeds; benchmarks/results/defaults_distill.md compares each method with the
-    student alone at both budgets)."""
+    is patient", Beyer et al. 2022): on mnist-5k the MLP 784-64-10 trained alone saturates (94.33 %
+    at 10 epochs, 94.40 % at 20), while KD with every other default reaches 95.20 % at 20 (3 seeds;
+    benchmarks/results/defaults_distill.md compares each method with the student alone at both
+    budgets)."""
     return cfg.epochs if cfg.epochs is not None else PATIENCE * train.epochs
 
 
