@@ -13,11 +13,16 @@ from typing import Iterator
 from torch import nn
 
 
-def _flags(model: nn.Module) -> list[tuple[nn.Module, bool]]:
+Flags = list[tuple[nn.Module, bool]]
+
+
+def training_flags(model: nn.Module) -> Flags:
+    """Every module of `model` with its own `training` flag, for `restore_training_flags`."""
     return [(m, m.training) for m in model.modules()]
 
 
-def _restore(flags: list[tuple[nn.Module, bool]]) -> None:
+def restore_training_flags(flags: Flags) -> None:
+    """Give each module its recorded flag back (not `train(flag)`, which would recurse)."""
     for m, flag in flags:
         m.training = flag
 
@@ -37,9 +42,9 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         >>> m.training, m[0].training, m[1].training
         (True, True, False)
     """
-    flags = _flags(model)
+    flags = training_flags(model)
     model.eval()
     try:
         yield model
     finally:
-        _restore(flags)
+        restore_training_flags(flags)

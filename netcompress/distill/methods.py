@@ -26,7 +26,7 @@ from torch import nn
 from netcompress.core.batch import Batch, call, head, logits_of, to_device
 from netcompress.core.errors import NetcompressError
 from netcompress.core.method import Method
-from netcompress.core.modes import eval_mode
+from netcompress.core.modes import eval_mode, restore_training_flags, training_flags
 from netcompress.core.taps import Taps
 from netcompress.distill import losses
 from netcompress.distill.features import (embedding_layer, example_for, make_adapter, pair_layers, probe,
@@ -63,7 +63,7 @@ class TeacherMethod(Method):
         self.teacher = teacher
         self.temperature = float(temperature)
         self.alpha = float(alpha)
-        self._teacher_modes = [(m, m.training) for m in teacher.modules()]  # restored exactly in finalize
+        self._teacher_modes = training_flags(teacher)  # restored exactly in finalize
 
     def prepare(self, model: nn.Module) -> nn.Module:
         if model is self.teacher:
@@ -88,8 +88,7 @@ class TeacherMethod(Method):
         return {"kd": self.alpha * losses.kd_loss(logits_of(outputs), teacher_logits, self.temperature)}
 
     def finalize(self, model: nn.Module) -> nn.Module:
-        for m, flag in self._teacher_modes:
-            m.training = flag
+        restore_training_flags(self._teacher_modes)
         return model
 
 

@@ -45,7 +45,6 @@ Criterion = Callable[[ScoreContext], list[torch.Tensor]]
 CRITERIA: Registry[Criterion] = Registry("pruning criterion")
 
 
-
 def _members(g: ChannelGraph, group: Group, kinds: tuple[str, ...]) -> list[Member]:
     want = {(m, k) for m, k in group.members if k in kinds}
     seen, out = set(), []

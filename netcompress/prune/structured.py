@@ -12,9 +12,9 @@ from typing import Any, Iterable, Literal
 import torch
 from torch import nn
 
+from netcompress.core.batch import calibration_batches
 from netcompress.core.errors import NetcompressError
 from netcompress.core.graph import ChannelGraph
-from netcompress.core.batch import calibration_batches
 from netcompress.core.modes import eval_mode
 from netcompress.prune.importance import CRITERIA, NEEDS_DATA, ScoreContext
 
