@@ -97,6 +97,52 @@ def test_sparsegpt_matches_explicit_sequential_solves_and_blocksize_is_lazy_only
     assert err(new) < 0.8 * err(w * keep)
 
 
+@pytest.mark.parametrize("mask_block", [1, 2, 3, 8])
+def test_sparsegpt_adaptive_mask_matches_explicit_solves(mask_block):
+    """Each mask block is chosen from the weights as the OBS updates left them, by
+    w_j^2 / [(H_{j:,j:})^-1]_00 (= w_j^2 / U_jj^2 for U the upper Cholesky factor of H^-1), over all
+    rows of the block, pruning the block's share of the layer so the layer's total is exact."""
+    w, x = _layer(2, rows=5, cols=8, n=128)
+    h = _hessian(x)
+    hd = _damped(h)
+    new, keep = sparsegpt_prune(w, h, 0.5, mask_block=mask_block, blocksize=2)
+    ref_keep = torch.ones_like(w, dtype=torch.bool)
+    done = [0]
+
+    def fix(i, cur):
+        if i % mask_block == 0:
+            cols = range(i, min(i + mask_block, w.shape[1]))
+            d = torch.tensor([torch.linalg.inv(hd[j:, j:])[0, 0] for j in cols], dtype=w.dtype)
+            score = cur[:, list(cols)] ** 2 / d
+            k = round((cols[-1] + 1) * w.shape[0] * 0.5) - done[0]
+            flat = torch.ones(score.numel(), dtype=torch.bool)
+            flat[torch.argsort(score.flatten(), stable=True)[:k]] = False
+            ref_keep[:, list(cols)] = flat.view_as(score)
+            done[0] += k
+        return cur[:, i] * ref_keep[:, i]
+
+    ref = _sequential_reference(w, hd, fix)
+    assert torch.equal(keep, ref_keep)
+    assert int((~keep).sum()) == 20  # exactly half of 5 x 8, though 5 rows x 1 column cannot halve
+    assert torch.allclose(new, ref, atol=1e-8)
+
+
+def test_sparsegpt_default_mask_block_keeps_the_papers_share_of_a_row():
+    from netcompress.prune.llm import mask_block_for
+
+    assert [mask_block_for(n) for n in (8, 64, 128, 344, 4096, 12288)] == [1, 2, 4, 10, 128, 128]
+    w, x = _layer(4, rows=8, cols=64, n=256)
+    h = _hessian(x)
+    a, ka = sparsegpt_prune(w, h, 0.5)  # default: mask blocks of 2 columns
+    b, kb = sparsegpt_prune(w, h, 0.5, mask_block=2, blocksize=5)  # lazy blocks rounded up to whole mask blocks
+    assert torch.equal(ka, kb) and torch.allclose(a, b, atol=1e-10)
+    once, _ = sparsegpt_prune(w, h, 0.5, mask_block=64)  # one mask for the whole row, as before
+    err = lambda v: torch.trace((w - v) @ h @ (w - v).t())  # noqa: E731
+    assert err(a) < err(once)
+    with pytest.raises(NetcompressError, match="mask_block"):
+        sparsegpt_prune(w, h, 0.5, mask_block=0)
+
+
 def test_gptq_matches_explicit_sequential_solves():
     w, x = _layer(2, rows=4, cols=8)
     h = _hessian(x)
@@ -228,3 +274,48 @@ def test_weight_only_model_levels_and_error():
     assert outs["gptq"] < outs["rtn"]
     with pytest.raises(NetcompressError):
         quantize_weights_(_Tiny(), "gptq", 4, 8)
+
+
+def _gpt():
+    from netcompress.models.transformers import GPT
+
+    torch.manual_seed(0)
+    return GPT(num_classes=32, input_size=8, dim=16, depth=2, n_heads=2).eval()
+
+
+def test_input_groups_follow_the_forward_pass_not_names():
+    from netcompress.core.layerwise import block_linears, input_groups
+    from netcompress.models.transformers import ViT
+
+    m = _gpt()
+    x = torch.randint(0, 32, (2, 8))
+    block, lin = block_linears(m)[1]
+    groups = [[n.rsplit(".", 1)[-1] for n in g] for g in input_groups(m, block, lin, x)]
+    assert groups == [["q_proj", "k_proj", "v_proj"], ["o_proj"], ["gate_proj", "up_proj"], ["down_proj"]]
+    v = ViT(num_classes=3, in_channels=1, input_size=8, patch=4, dim=16, depth=1, num_heads=2, stem=8).eval()
+    block, lin = block_linears(v)[0]
+    assert [list(g) for g in input_groups(v, block, lin, torch.randn(2, 1, 8, 8))] == [[n] for n in lin]
+
+
+@pytest.mark.parametrize("mode", ["layer", "block"])
+def test_layer_sequential_calibrates_on_the_already_transformed_layers(mode):
+    """'layer' mode: o_proj is calibrated after v_proj was transformed, down_proj after gate/up. With
+    every transform zeroing its layer, o_proj and down_proj then see zero inputs; in 'block' mode
+    (one pass per block) they see the unchanged block's inputs."""
+    from netcompress.core.layerwise import calibration_inputs, sequential_
+
+    m = _gpt()
+    seen: dict[str, float] = {}
+
+    def zero(name, lin, stat):
+        seen[name.rsplit(".", 1)[-1] + name.split(".")[1]] = float(stat.abs().sum())
+        lin.weight.zero_()
+
+    sequential_(m, calibration_inputs(torch.randint(0, 32, (4, 8)), 4), "hessian", zero, sequential=mode)
+    assert seen["q_proj0"] > 0 and seen["gate_proj0"] > 0
+    if mode == "layer":
+        assert seen["o_proj0"] == 0 and seen["down_proj0"] == 0
+    else:
+        assert seen["o_proj0"] > 0 and seen["down_proj0"] > 0
+    with pytest.raises(NetcompressError, match="sequential"):
+        sequential_(m, [torch.randint(0, 32, (2, 8))], "hessian", zero, sequential="blocks")

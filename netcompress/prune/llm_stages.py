@@ -22,9 +22,13 @@ class SparsifyConfig(Config):
     sparsity: float = Field(0.5, ge=0, lt=1, description="fraction of zeros per layer (ignored with pattern)")
     pattern: str | None = Field(None, description="N:M semi-structured sparsity, e.g. '2:4'")
     samples: int = Field(64, ge=1, description="calibration samples from the training split")
-    blocksize: int = Field(128, ge=1, description="sparsegpt: columns per lazy update / mask-selection block")
+    blocksize: int = Field(128, ge=1, description="sparsegpt: columns per lazy update (speed only)")
+    mask_block: int | None = Field(None, ge=1, description="sparsegpt: columns whose mask is chosen together "
+                                   "(default: in_features // 32, between 1 and 128)")
     damp: float = Field(0.01, gt=0, description="sparsegpt: damping, fraction of the mean Hessian diagonal")
-    sequential: bool = Field(True, description="calibrate each block on the already pruned earlier blocks")
+    sequential: bool | Literal["block", "layer"] = Field(True, description="true or 'layer': calibrate each group of "
+                                                         "layers on the already pruned earlier ones; 'block': per "
+                                                         "block; false: one pass over the unpruned model")
     ignore: list[str] = Field(default_factory=list, description="Linear layers left dense (qualified names)")
     epochs: float = Field(0, ge=0, description="fine-tune epochs with the masks held (0: one-shot, no retraining)")
     lr: float | None = Field(None, gt=0, description="fine-tune learning rate; default train.lr x 0.1")
@@ -48,7 +52,7 @@ def run_sparsify(ctx, model: nn.Module, cfg: SparsifyConfig):
     from netcompress.prune.unstructured import MaskMethod, finalize_
 
     per = prune_(model, cfg.criterion, None if cfg.criterion == "magnitude" else ctx.data, cfg.sparsity, cfg.pattern,
-                 cfg.samples, cfg.blocksize, cfg.damp, cfg.sequential, cfg.ignore)
+                 cfg.samples, cfg.blocksize, cfg.damp, cfg.sequential, cfg.ignore, cfg.mask_block)
     history = []
     if cfg.epochs > 0:
         over = {"epochs": cfg.epochs, "lr": cfg.lr or ctx.train.lr * 0.1, "max_steps": cfg.max_steps}

@@ -97,7 +97,8 @@ def packed_bytes(weight: torch.Tensor, bits: int, group_size: int) -> int:
 @torch.no_grad()
 def quantize_weights_(model: nn.Module, method: Literal["rtn", "gptq"] = "gptq", bits: int = 4,
                       group_size: int = 128, calibration: Any = None, samples: int = 64, blocksize: int = 128,
-                      damp: float = 0.01, sequential: bool = True, ignore: Iterable[str] = ()) -> dict[str, LayerInfo]:
+                      damp: float = 0.01, sequential: bool | Literal["block", "layer"] = True,
+                      ignore: Iterable[str] = ()) -> dict[str, LayerInfo]:
     """Weight-only quantize the Linear layers of a transformer's blocks in place.
 
     Args:
@@ -106,7 +107,9 @@ def quantize_weights_(model: nn.Module, method: Literal["rtn", "gptq"] = "gptq",
         bits: 2..8 (4 and 8 are the usual int4 / int8 weight-only formats).
         group_size: weights per scale along the input dimension (128 in the GPTQ paper; a row is
             one group when it is shorter).
-        sequential: calibrate block i on the output of the already quantized blocks 0..i-1.
+        sequential: calibrate each group of layers sharing an input on the already quantized
+            earlier ones (True or "layer"), each block on the earlier blocks ("block"), or all in
+            one pass (False); see `netcompress.core.layerwise.sequential_`.
 
     Example:
         info = quantize_weights_(model, "gptq", 4, 128, calibration=data)

@@ -23,7 +23,9 @@ class WeightOnlyConfig(Config):
     samples: int = Field(64, ge=1, description="gptq: calibration samples from the training split")
     blocksize: int = Field(128, ge=1, description="gptq: columns per lazy batch update")
     damp: float = Field(0.01, gt=0, description="gptq: damping, fraction of the mean Hessian diagonal")
-    sequential: bool = Field(True, description="gptq: calibrate each block on the already quantized blocks")
+    sequential: bool | Literal["block", "layer"] = Field(True, description="gptq: true or 'layer': calibrate each "
+                                                         "group of layers on the already quantized earlier ones; "
+                                                         "'block': per block; false: one pass")
     ignore: list[str] = Field(default_factory=list, description="Linear layers left in float (qualified names)")
 
 
