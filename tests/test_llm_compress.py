@@ -319,3 +319,21 @@ def test_layer_sequential_calibrates_on_the_already_transformed_layers(mode):
         assert seen["o_proj0"] > 0 and seen["down_proj0"] > 0
     with pytest.raises(NetcompressError, match="sequential"):
         sequential_(m, [torch.randint(0, 32, (2, 8))], "hessian", zero, sequential="blocks")
+
+
+def test_layer_mode_replays_the_captured_block_inputs_exactly(monkeypatch):
+    """Replaying each block's captured (args, kwargs) gives the same compressed model as running
+    the whole prefix for every group; a block called with a cache-like object is not replayed."""
+    import netcompress.core.layerwise as lw
+
+    x = torch.randint(0, 32, (8, 8))
+    a, b = _gpt(), _gpt()
+    block = lw.block_linears(a)[1][0]
+    assert lw.capture_block_inputs(a, block, [x]) is not None  # the replay route is the one taken
+    prune_(a, "sparsegpt", x, 0.5, samples=8)
+    monkeypatch.setattr(lw, "capture_block_inputs", lambda *args: None)  # the full-pass route
+    prune_(b, "sparsegpt", x, 0.5, samples=8)
+    for (n, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.allclose(p.float(), q.float(), atol=1e-6), n
+    assert lw._replayable((torch.ones(1), None, 3, (torch.ones(2), torch.ones(2))))
+    assert not lw._replayable([object()])

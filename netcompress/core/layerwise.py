@@ -16,8 +16,11 @@ them, and each group is calibrated on the block as it is after the earlier group
 so o_proj sees the compressed attention and down_proj the compressed MLP. The groups are found by
 one traced pass, not by names, so any block layout works.
 
-Each pass stops right after the last layer it calibrates, so block i costs about i+1 block
-evaluations per group. On any error every visited weight is restored (the transform is atomic).
+Each pass stops right after the last layer it calibrates, so block i costs i+1 block evaluations
+("block" mode). In "layer" mode the block's inputs (args and keyword args, captured by one such
+pass) are replayed through the block alone for each group; a block called with something that a
+second call could change (a cache object) is reached by full passes instead. On any error every
+visited weight is restored (the transform is atomic).
 """
 from __future__ import annotations
 
@@ -122,10 +125,57 @@ def _run_until(model: nn.Module, x: torch.Tensor, dev: torch.device) -> None:
         pass
 
 
+def _replayable(value: Any) -> bool:
+    """Whether a block argument can be passed again: tensors, plain values and tuples / lists of
+    them (not a cache object that a call would change, like a Hugging Face DynamicCache)."""
+    if value is None or isinstance(value, (torch.Tensor, bool, int, float, str, torch.dtype, torch.device)):
+        return True
+    if isinstance(value, (tuple, list)):
+        return all(_replayable(v) for v in value)
+    return False
+
+
+def _fresh(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_fresh(v) for v in value)
+    return value
+
+
+def capture_block_inputs(model: nn.Module, block: nn.Module, inputs: list[torch.Tensor]) -> list[tuple] | None:
+    """The (args, kwargs) `block` is called with for each calibration input (one pass of the model
+    up to the block), or None when one of them cannot be replayed (see `_replayable`)."""
+    dev = next(model.parameters()).device
+    seen: list[tuple] = []
+
+    def grab(mod: nn.Module, args: tuple, kwargs: dict) -> None:
+        seen.append((args, kwargs))
+        raise _Stop
+
+    h = block.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        for x in inputs:
+            _run_until(model, x, dev)
+    finally:
+        h.remove()
+    if len(seen) != len(inputs) or not all(_replayable(a) and _replayable(list(k.values())) for a, k in seen):
+        return None
+    return seen
+
+
+def _call_block(block: nn.Module, args: tuple, kwargs: dict) -> None:
+    try:
+        block(*_fresh(args), **{k: _fresh(v) for k, v in kwargs.items()})  # fresh: an in-place op cannot alter the capture
+    except _Stop:
+        pass
+
+
 def input_groups(model: nn.Module, block: nn.Module, lin: dict[str, nn.Linear],
-                 x: torch.Tensor) -> list[dict[str, nn.Linear]]:
+                 x: torch.Tensor, replay: tuple | None = None) -> list[dict[str, nn.Linear]]:
     """`lin` split into groups of layers that read the same input tensor, in the order the forward
-    pass reaches them (one traced pass of `x` up to the end of `block`)."""
+    pass reaches them (one traced pass of `x` up to the end of `block`, or of `block` alone on a
+    captured ``(args, kwargs)``)."""
     dev = next(model.parameters()).device
     first: dict[str, tuple[int, int]] = {}  # name -> (call index, group key)
     keys: dict[tuple, int] = {}
@@ -144,7 +194,10 @@ def input_groups(model: nn.Module, block: nn.Module, lin: dict[str, nn.Linear],
     hooks = [m.register_forward_hook(tracer(n)) for n, m in lin.items()]
     hooks.append(_stop_after(block))
     try:
-        _run_until(model, x, dev)
+        if replay is not None:
+            _call_block(block, *replay)
+        else:
+            _run_until(model, x, dev)
     finally:
         for h in hooks:
             h.remove()
@@ -179,16 +232,22 @@ def sequential_(model: nn.Module, inputs: list[torch.Tensor], kind: Kind,
     dev = next(model.parameters()).device
     done: list[str] = []
 
-    def collect(lin: dict[str, nn.Linear], last: nn.Module | None) -> dict[str, list]:
+    def collect(lin: dict[str, nn.Linear], last: nn.Module | None, block: nn.Module | None = None,
+                captured: list[tuple] | None = None) -> dict[str, list]:
         """Statistics of `lin`'s inputs over every calibration input; each pass stops after `last`
-        (the last layer of the group, or the block) unless `last` is None."""
+        (the last layer of the group, or the block) unless `last` is None. With `captured`, only
+        `block` runs, on its captured inputs."""
         stats: dict[str, list] = {}
         hooks = [m.register_forward_hook(_collector(kind, stats, n)) for n, m in lin.items()]
         if last is not None:
             hooks.append(_stop_after(last))
         try:
-            for x in inputs:
-                _run_until(model, x, dev)
+            if captured is not None and block is not None:
+                for args, kwargs in captured:
+                    _call_block(block, args, kwargs)
+            else:
+                for x in inputs:
+                    _run_until(model, x, dev)
         finally:
             for h in hooks:
                 h.remove()
@@ -210,8 +269,11 @@ def sequential_(model: nn.Module, inputs: list[torch.Tensor], kind: Kind,
                 if sequential == "block":
                     transform(lin, collect(lin, block))
                     continue
-                for part in input_groups(model, block, lin, inputs[0]):
-                    transform(part, collect(part, list(part.values())[-1]))
+                # the block's inputs are fixed by now (earlier blocks are done): capture them once and
+                # run only the block for each group, unless an argument cannot be passed twice
+                cap = capture_block_inputs(model, block, inputs)
+                for part in input_groups(model, block, lin, inputs[0], cap[0] if cap else None):
+                    transform(part, collect(part, list(part.values())[-1], block, cap))
         except BaseException:
             for _, lin in groups:
                 for n, m in lin.items():
