@@ -6,7 +6,7 @@ Per seed, in one process (same data, same base models for every row of that seed
   is measured on the test topics (byte-level, so log2(ppl) is bits per byte).
 * 50 % unstructured and 2:4 sparsity of every block Linear, no retraining: magnitude (per layer),
   Wanda (Sun et al. 2023) and SparseGPT (Frantar & Alistarh 2023), calibrated on 64 training
-  windows, block by block. Goal: Wanda and SparseGPT each at most half of magnitude's increase.
+  windows, group of layers by group of layers (q/k/v, o, gate/up, down; `sequential=True`). Goal: Wanda and SparseGPT each at most half of magnitude's increase.
   Anchor (Wanda paper, LLaMA-7B, 50 %): dense 5.68, magnitude 17.29, SparseGPT 7.22, Wanda 7.26.
 * 4-bit weight-only, groups of 128 inputs: RTN vs GPTQ (Frantar et al. 2023), and torchao 0.18's
   `IntxWeightOnlyConfig(int4, PerGroup(128), asymmetric)` as the peer for the RTN step (its

@@ -6,7 +6,8 @@
   weights are compared within each output row; no weight update.
 * SparseGPT (Frantar & Alistarh 2023, "SparseGPT: Massive Language Models Can Be Accurately Pruned
   in One-Shot"): with H = 2 X X^T (+ damping), columns are visited left to right; the mask of each
-  block of columns is chosen by w^2 / [H^-1]_jj^2, and every pruned weight's error is spread over
+  block of columns (`mask_block_for`: the paper's 128 on LLM widths, in_features // 32 on narrow
+  layers) is chosen by w^2 / [H^-1]_jj^2, and every pruned weight's error is spread over
   the not-yet-visited weights of its row with the OBS update
   dW = -(w_j / [H^-1]_jj) [H^-1]_j,: (the upper Cholesky factor of H^-1 does it row by row).
 
@@ -82,8 +83,9 @@ def mask_block_for(in_features: int) -> int:
     wide, at least 32 blocks per row, so later blocks are chosen from weights the OBS update has
     already changed. On a 128-input layer a 128-column block would leave no adaptivity at all, so
     the block keeps the paper's share of the row instead (4 columns there; 128 on LLM widths).
-    On gpt-tiny at 50 % this lowers SparseGPT's perplexity increase from 0.45-0.49 to 0.37-0.39 of
-    magnitude pruning's (seeds 0-1; benchmarks/results/B12_transformers_converged_gpt.md)."""
+    On the converged gpt-tiny at 50 % (block-sequential calibration, seeds 0 and 1) 4-column
+    instead of 128-column mask blocks lowered SparseGPT's perplexity increase from 0.45 / 0.49 to
+    0.39 / 0.37 of magnitude pruning's; B12_transformers_converged_gpt.md has the defaults' figures."""
     return max(1, min(128, in_features // 32))
 
 
@@ -150,9 +152,10 @@ def prune_(model: nn.Module, criterion: Criterion = "wanda", calibration: Any = 
         sparsity: fraction of zeros per layer (ignored when `pattern` is given).
         pattern: 'N:M' semi-structured sparsity, e.g. '2:4'.
         samples: calibration samples (sequences or images).
-        sequential: calibrate block i on the output of the already pruned blocks 0..i-1 (True or
-            "block"); "layer": also each group of a block's layers on the already pruned earlier
-            groups; False: one pass over the unchanged model (see `core.layerwise.sequential_`).
+        sequential: True or "layer": each group of layers sharing an input (q/k/v, o, gate/up,
+            down) is calibrated on the model with every earlier group already pruned; "block":
+            block i on the output of the already pruned blocks 0..i-1; False: one pass over the
+            unchanged model (see `netcompress.core.layerwise.sequential_`).
         blocksize, damp, mask_block: SparseGPT's lazy-update width, damping and mask-selection
             block (see `sparsegpt_prune`).
 
