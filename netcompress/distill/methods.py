@@ -20,7 +20,6 @@ from __future__ import annotations
 from typing import Any, Literal, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from netcompress.core.batch import Batch, call, head, logits_of, to_device
