@@ -82,6 +82,23 @@ def _structured(ann: Any):
     return convert
 
 
+def _bool_or_words(ann: Any) -> tuple[str, ...] | None:
+    """The names of a ``bool | Literal[...]`` annotation (None for any other annotation)."""
+    if typing.get_origin(ann) not in (typing.Union, types.UnionType):
+        return None
+    args = typing.get_args(ann)
+    lits = [a for a in args if typing.get_origin(a) is typing.Literal]
+    if bool not in args or len(lits) + 1 != len(args):
+        return None
+    words = tuple(w for lit in lits for w in typing.get_args(lit))
+    return words if all(isinstance(w, str) for w in words) else None
+
+
+def _bool_or_word(text: str) -> bool | str:
+    low = text.strip().lower()
+    return True if low == "true" else False if low == "false" else text
+
+
 def _flag_kwargs(name: str, f: FieldInfo) -> dict[str, Any]:
     """argparse keyword arguments for one config field (default None: not given, config decides)."""
     ann = _strip_none(f.annotation)
@@ -95,8 +112,13 @@ def _flag_kwargs(name: str, f: FieldInfo) -> dict[str, Any]:
     text = f"{f.description}; {shown}" if f.description else shown
     kw: dict[str, Any] = {"dest": f"cfg_{name}", "default": None, "help": text.replace("%", "%%")}
     origin = typing.get_origin(ann)
+    words = _bool_or_words(ann)
     if ann is bool:
         kw["action"] = argparse.BooleanOptionalAction
+    elif words is not None:  # e.g. bool | Literal["block", "layer"]: one word, true / false or a name
+        kw["type"] = _bool_or_word
+        kw["choices"] = [True, False, *words]
+        kw["metavar"] = "{" + ",".join(["true", "false", *words]) + "}"
     elif ann in _SIMPLE:
         kw["type"] = ann
         kw["metavar"] = ann.__name__.upper()

@@ -79,6 +79,21 @@ def test_generated_flags_keep_config_defaults():
         assert set(config_from_args(args, sk.config)) == set(required), kind
 
 
+def test_bool_or_name_flags_take_true_false_or_a_name():
+    """A `bool | Literal[...]` field (sparsify's and weight-only's `sequential`) is one word on the
+    command line: true / false become booleans, a listed name stays a name, anything else is refused."""
+    from netcompress.commands import config_from_args
+    from netcompress.prune.llm_stages import SparsifyConfig
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["sparsify"]
+    for word, value in (("true", True), ("False", False), ("block", "block"), ("layer", "layer")):
+        cfg = config_from_args(sub.parse_args([MODEL, "--data", "digits", "--sequential", word]), SparsifyConfig)
+        assert cfg == {"sequential": value} and SparsifyConfig(**cfg).sequential == value
+    with pytest.raises(SystemExit) as e:
+        sub.parse_args([MODEL, "--data", "digits", "--sequential", "blocks"])
+    assert e.value.code == 2
+
+
 def _digest(path: Path) -> str:
     """Weights + architecture of a model file; outputs of a TorchScript file (its bytes carry
     per-export ids); bytes of anything else (.ncz)."""
