@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import md_table, write_result  # noqa: E402
 
 from netcompress.measure import count_macs, latency_ms  # noqa: E402
+from netcompress.models import create  # noqa: E402
 from netcompress.prune import channels  # noqa: E402
 
 LAT_MODELS = ["resnet18", "mobilenet_v2", "vgg11_bn", "densenet121"]
@@ -111,7 +112,7 @@ def coverage_part(names: list[str], size: int, deadline: float) -> tuple[str, in
             continue
         s = 299 if name == "inception_v3" else size
         try:
-            model = torchvision.models.get_model(name, weights=None, num_classes=10).eval()
+            model = create(f"torchvision:{name}", num_classes=10).eval()  # explicit init: no torchvision warning
         except Exception as e:  # pragma: no cover - torchvision itself
             rows.append([name, f"build failed: {e}", ""])
             continue

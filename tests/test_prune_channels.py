@@ -189,7 +189,7 @@ CNNS = [n for n in torchvision.models.list_models(module=torchvision.models)
 
 def _prune_tv(name):
     size = 299 if name == "inception_v3" else 64
-    m = torchvision.models.get_model(name, weights=None, num_classes=10).eval()
+    m = nc.models.create(f"torchvision:{name}", num_classes=10).eval()  # the loader users get (no init warning)
     x = torch.randn(1, 3, size, size)
     small = channels(m, "l1", 0.5, example_inputs=x)
     with torch.no_grad():

@@ -198,6 +198,9 @@ def list_models(pattern: str = "*", composite: bool = False) -> list[str]:
     return [n for n in MODELS.list(pattern) if composite or n not in COMPOSITE]
 
 
+_EXPLICIT_INIT = ("googlenet", "inception_v3")  # torchvision builders whose init_weights default is deprecated
+
+
 def _torchvision_model(name: str, **kwargs: Any) -> nn.Module:
     import torchvision
 
@@ -205,8 +208,13 @@ def _torchvision_model(name: str, **kwargs: Any) -> nn.Module:
     in_channels = kwargs.pop("in_channels", 3)
     if in_channels != 3:
         raise NetcompressError(f"torchvision:{name} takes 3 input channels, not {in_channels}")
+    weights = kwargs.pop("weights", None)
+    if weights is None and name in _EXPLICIT_INIT:
+        # torchvision warns (FutureWarning) that these two builders' default initialisation will change;
+        # asking for today's default explicitly keeps the same weights and answers the warning
+        kwargs.setdefault("init_weights", True)
     try:
-        return torchvision.models.get_model(name, weights=kwargs.pop("weights", None), **kwargs)
+        return torchvision.models.get_model(name, weights=weights, **kwargs)
     except ValueError as e:
         raise NetcompressError(f"torchvision:{name}: {e}") from None
 
