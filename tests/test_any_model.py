@@ -268,3 +268,14 @@ def test_netcompress_list_names_the_sources(capsys):
     assert main(["list"]) == 0
     text = capsys.readouterr().out
     assert "timm:NAME" in text and "hf:MODEL_TYPE" in text and "qwen2" in text
+
+
+def test_torchvision_builders_with_a_deprecated_init_default_build_without_a_warning():
+    """googlenet and inception_v3 warn (FutureWarning) unless init_weights is given: the loader asks
+    for today's initialisation explicitly, so a user's model builds silently and as before."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        m = nc.models.create("torchvision:googlenet", num_classes=10, aux_logits=False)
+    assert type(m).__name__ == "GoogLeNet" and m.fc.out_features == 10
