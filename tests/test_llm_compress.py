@@ -141,6 +141,11 @@ def test_sparsegpt_default_mask_block_keeps_the_papers_share_of_a_row():
     assert err(a) < err(once)
     with pytest.raises(NetcompressError, match="mask_block"):
         sparsegpt_prune(w, h, 0.5, mask_block=0)
+    # N:M groups never straddle a lazy block, whatever the layer width and blocksize
+    w, x = _layer(5, rows=4, cols=344, n=512)
+    for bs in (128, 5):
+        new, keep = sparsegpt_prune(w, _hessian(x), 0.5, nm=(2, 4), blocksize=bs)
+        assert (keep.view(4, 86, 4).sum(-1) == 2).all()
 
 
 def test_gptq_matches_explicit_sequential_solves():

@@ -108,7 +108,8 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
         mask_block: columns whose mask is chosen together, by w^2 / [H^-1]_jj^2 over all their
             rows, from the weights as updated so far (default `mask_block_for`). Each block prunes
             its share of the layer's `sparsity` (counts carried over, so the layer's total is
-            exact). The lazy blocks are rounded up to whole mask blocks.
+            exact). The lazy blocks are rounded up to whole mask blocks (to whole groups of M
+            columns for N:M).
     """
     w, hinv, dead = damped_hessian_inverse(weight, hessian, damp, "sparsegpt")
     keep = torch.ones_like(w, dtype=torch.bool) if mask is None else mask.to(w.device).bool().clone()
@@ -116,7 +117,8 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
     mb = mask_block_for(w.shape[1]) if mask_block is None else int(mask_block)
     if mb < 1:
         raise NetcompressError(f"sparsegpt: mask_block must be >= 1, got {mask_block}")
-    bs = -(-blocksize // mb) * mb  # whole mask blocks in a lazy block: each sees its updated weights
+    unit = nm[1] if nm is not None else 1 if mask is not None else mb
+    bs = -(-blocksize // unit) * unit  # whole mask blocks (or N:M groups) in a lazy block: each sees its updated weights
     pruned = [0]  # weights removed so far by mask selection
 
     def step(i1: int, i: int, w1: torch.Tensor, hinv1: torch.Tensor) -> torch.Tensor:
