@@ -232,17 +232,16 @@ def sequential_(model: nn.Module, inputs: list[torch.Tensor], kind: Kind,
     dev = next(model.parameters()).device
     done: list[str] = []
 
-    def collect(lin: dict[str, nn.Linear], last: nn.Module | None, block: nn.Module | None = None,
+    def collect(lin: dict[str, nn.Linear], last: nn.Module, block: nn.Module | None = None,
                 captured: list[tuple] | None = None) -> dict[str, list]:
         """Statistics of `lin`'s inputs over every calibration input; each pass stops after `last`
-        (the last layer of the group, or the block) unless `last` is None. With `captured`, only
-        `block` runs, on its captured inputs."""
+        (the last layer of the group, or the block). With `captured`, only `block` runs, on its
+        captured inputs."""
         stats: dict[str, list] = {}
         hooks = [m.register_forward_hook(_collector(kind, stats, n)) for n, m in lin.items()]
-        if last is not None:
-            hooks.append(_stop_after(last))
+        hooks.append(_stop_after(last))
         try:
-            if captured is not None and block is not None:
+            if captured is not None:
                 for args, kwargs in captured:
                     _call_block(block, args, kwargs)
             else:
@@ -265,15 +264,16 @@ def sequential_(model: nn.Module, inputs: list[torch.Tensor], kind: Kind,
             if sequential is False:
                 every = {n: m for _, lin in groups for n, m in lin.items()}
                 transform(every, collect(every, groups[-1][0]))
-            for block, lin in groups if sequential is not False else ():
-                if sequential == "block":
+            elif sequential == "block":
+                for block, lin in groups:
                     transform(lin, collect(lin, block))
-                    continue
-                # the block's inputs are fixed by now (earlier blocks are done): capture them once and
-                # run only the block for each group, unless an argument cannot be passed twice
-                cap = capture_block_inputs(model, block, inputs)
-                for part in input_groups(model, block, lin, inputs[0], cap[0] if cap else None):
-                    transform(part, collect(part, list(part.values())[-1], block, cap))
+            else:
+                for block, lin in groups:
+                    # the block's inputs are fixed by now (earlier blocks are done): capture them once and
+                    # run only the block for each group, unless an argument cannot be passed twice
+                    cap = capture_block_inputs(model, block, inputs)
+                    for part in input_groups(model, block, lin, inputs[0], cap[0] if cap else None):
+                        transform(part, collect(part, list(part.values())[-1], block, cap))
         except BaseException:
             for _, lin in groups:
                 for n, m in lin.items():

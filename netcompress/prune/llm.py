@@ -48,6 +48,13 @@ def _check(sparsity: float, nm: tuple[int, int] | None, cols: int, name: str) ->
         raise NetcompressError(f"layer {name!r}: {cols} input features are not a multiple of M={nm[1]}")
 
 
+def _drop_lowest(score: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep-mask removing the `k` lowest scores of the whole tensor (ties: the earlier ones)."""
+    keep = torch.ones(score.numel(), dtype=torch.bool, device=score.device)
+    keep[torch.argsort(score.flatten(), stable=True)[:k]] = False
+    return keep.view_as(score)
+
+
 def mask_from_scores(score: torch.Tensor, sparsity: float, nm: tuple[int, int] | None = None,
                      per_row: bool = True) -> torch.Tensor:
     """Keep-mask removing the lowest scores: `sparsity` of each row (or of the whole matrix), or
@@ -65,10 +72,7 @@ def mask_from_scores(score: torch.Tensor, sparsity: float, nm: tuple[int, int] |
         if k:
             keep.scatter_(1, torch.argsort(score, dim=1, stable=True)[:, :k], False)
         return keep
-    flat = score.flatten()
-    keep = torch.ones_like(flat, dtype=torch.bool)
-    keep[torch.argsort(flat, stable=True)[: int(flat.numel() * sparsity)]] = False
-    return keep.view(rows, cols)
+    return _drop_lowest(score, int(score.numel() * sparsity))
 
 
 def wanda_score(weight: torch.Tensor, sqnorm: torch.Tensor) -> torch.Tensor:
@@ -87,12 +91,6 @@ def mask_block_for(in_features: int) -> int:
     instead of 128-column mask blocks lowered SparseGPT's perplexity increase from 0.45 / 0.49 to
     0.39 / 0.37 of magnitude pruning's; B12_transformers_converged_gpt.md has the defaults' figures."""
     return max(1, min(128, in_features // 32))
-
-
-def _drop_lowest(score: torch.Tensor, k: int) -> torch.Tensor:
-    keep = torch.ones(score.numel(), dtype=torch.bool, device=score.device)
-    keep[torch.argsort(score.flatten(), stable=True)[:k]] = False
-    return keep.view_as(score)
 
 
 def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float = 0.5,
@@ -119,15 +117,16 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
         raise NetcompressError(f"sparsegpt: mask_block must be >= 1, got {mask_block}")
     unit = nm[1] if nm is not None else 1 if mask is not None else mb
     bs = -(-blocksize // unit) * unit  # whole mask blocks (or N:M groups) in a lazy block: each sees its updated weights
-    pruned = [0]  # weights removed so far by mask selection
+    pruned = 0  # weights removed so far by mask selection
 
     def step(i1: int, i: int, w1: torch.Tensor, hinv1: torch.Tensor) -> torch.Tensor:
+        nonlocal pruned
         if mask is None and nm is None and i % mb == 0:  # the next columns' mask, from their weights as updated so far
             j = slice(i, min(i + mb, w1.shape[1]))
             d = torch.diag(hinv1)[j]
-            k = int(round((i1 + j.stop) * rows * sparsity)) - pruned[0]
+            k = int(round((i1 + j.stop) * rows * sparsity)) - pruned
             keep[:, i1 + j.start:i1 + j.stop] = _drop_lowest(w1[:, j] ** 2 / d.unsqueeze(0) ** 2, k)
-            pruned[0] += k
+            pruned += k
         if mask is None and nm is not None and i % nm[1] == 0:
             j = slice(i, i + nm[1])
             d = torch.diag(hinv1)[j]
