@@ -421,3 +421,52 @@ def test_timm_families(name):
 @pytest.mark.parametrize("name", SLOW_TIMM_PARITY)
 def test_timm_transformers_with_parity_slow(name):
     _timm(name, parity=True)
+
+
+class _RotaryAttention(nn.Module):
+    """Attention written the way LLaMA-style reference code writes it: rotary frequencies from
+    ``torch.arange(0, d, 2)`` with d read from the tensor, a causal mask from ``torch.full``."""
+
+    def __init__(self, dim=32, heads=4, literal_scale=False):
+        super().__init__()
+        self.hd, self.literal_scale = dim // heads, literal_scale
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim, bias=False) for _ in range(4))
+        self.head = nn.Linear(dim, 5)
+
+    @staticmethod
+    def rope(x):
+        t, d = x.shape[-2], x.shape[-1]
+        ang = torch.outer(torch.arange(t, dtype=torch.float32), 1.0 / 1e4 ** (torch.arange(0, d, 2) / d))
+        cos, sin = torch.cat([ang, ang], -1).cos(), torch.cat([ang, ang], -1).sin()
+        return x * cos + torch.cat([-x[..., d // 2:], x[..., : d // 2]], -1) * sin
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q, k, v = (p(x).view(b, t, -1, self.hd).transpose(1, 2) for p in (self.q, self.k, self.v))
+        q, k = self.rope(q), self.rope(k)
+        mask = torch.full((t, t), 2).triu(1) == 2
+        att = (q @ k.transpose(-1, -2) / self.hd ** 0.5).masked_fill(mask, float("-inf")).softmax(-1)
+        out = (att @ v).transpose(1, 2).reshape(b, t, -1)
+        if self.literal_scale:  # a per-dimension constant of literal size: these widths cannot change
+            out = out * torch.arange(1, 33)
+        return self.head(self.o(out))
+
+
+def test_rotary_computed_from_sizes_keeps_heads_prunable():
+    """`torch.arange(0, d, 2)` follows d, and a fill value is not a size: before, both were taken
+    for literal sizes and froze every head of a rotary model (gpt-tiny's among them)."""
+    torch.manual_seed(0)
+    m, x = _RotaryAttention(), torch.randn(2, 6, 32)
+    small = _prune_checks(m, x)
+    assert small.q.out_features == small.k.out_features == small.v.out_features == small.o.in_features == 16
+    lit = _RotaryAttention(literal_scale=True)
+    g = ChannelGraph.build(lit, x, attention="heads", width=False)
+    assert not any(mod == "q" for grp in g.groups for mod, _ in grp.members)  # arange(1, 33): literal
+
+
+def test_gpt_tiny_loses_whole_heads():
+    data_like = torch.randint(0, 256, (2, 16))
+    m = nc.models.create("gpt-tiny", num_classes=256, seed=0).eval()
+    small = _prune_checks(m, data_like, width=False)
+    a = small.blocks[0].attn
+    assert (a.q_proj.out_features, a.k_proj.out_features, a.o_proj.in_features, a.head_dim) == (64, 64, 64, 32)

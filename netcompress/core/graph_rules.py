@@ -77,6 +77,21 @@ def _op_name(node: fx.Node) -> str:
     return name.lstrip("_") if name.startswith("_") and name not in ("_constant", "_pad") else name
 
 
+def _size_args(n: fx.Node, name: str) -> list[Any]:
+    """The arguments of tensor factory `n` that give its size (not its fill value, range or data)."""
+    args = list(n.args)
+    if name in ("new_zeros", "new_ones", "new_full", "new_empty"):
+        args = args[1:]  # the tensor the method is called on
+    if name in ("full", "new_full"):
+        return args[:1] + [n.kwargs["size"]] if "size" in n.kwargs else args[:1]
+    if name in ("linspace", "logspace"):
+        return args[2:3] + [n.kwargs["steps"]] if "steps" in n.kwargs else args[2:3]
+    if name == "randint":  # randint([low,] high, size)
+        return [a for a in args if isinstance(a, (list, tuple, torch.Size))] + (
+            [n.kwargs["size"]] if "size" in n.kwargs else [])
+    return args + [v for k, v in n.kwargs.items() if k in ("size", "n", "m")]
+
+
 def _along(labels: torch.Tensor, dim: int, where: str, uf: Any = None) -> torch.Tensor:
     """The labels along `dim`, checked constant (up to unions in `uf`) along every other dim."""
     dim = dim % labels.dim()
@@ -365,14 +380,21 @@ class _LabelInterpreter(fx.Interpreter):
         return out
 
     def _create(self, n: fx.Node, value: Any) -> Any:
-        sizes = [a for a in fx.node.map_aggregate(n.args[1:] if n.target in ("new_zeros", "new_ones", "new_full",
-                 "new_empty") else n.args, lambda x: x) if not isinstance(a, torch.Tensor)]
-        flat: list[Any] = []
-        fx.node.map_aggregate(sizes, lambda x: flat.append(x))
-        literal = any(isinstance(s, int) and not isinstance(s, bool) and s > 1 for s in flat)
+        """A new tensor: frozen when a literal number fixes its size (it cannot follow pruned
+        channels), neutral when its size comes from computed sizes."""
         if not isinstance(value, torch.Tensor):
             return None
-        return frozen(value.shape) if literal and value.numel() > 1 else neutral(value.shape)
+        if value.numel() <= 1:
+            return neutral(value.shape)
+        name = _op_name(n)
+        if name == "arange":  # the length follows start / end / step: literal only when all three are
+            ends = list(n.args[:3]) + [n.kwargs[k] for k in ("start", "end", "step") if k in n.kwargs]
+            literal = not any(isinstance(a, fx.Node) for a in ends)
+        else:
+            flat: list[Any] = []
+            fx.node.map_aggregate(_size_args(n, name), lambda x: flat.append(x))
+            literal = any(isinstance(s, int) and not isinstance(s, bool) and s > 1 for s in flat)
+        return frozen(value.shape) if literal else neutral(value.shape)
 
     def _setitem(self, n: fx.Node) -> Any:
         dst, src = self._lab(n.args[0]), self._lab(n.args[2])
