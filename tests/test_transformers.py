@@ -224,3 +224,30 @@ def test_transformer_recipes_run_end_to_end_on_a_tiny_budget(recipe, extra, tmp_
         assert (tmp_path / "run" / "report.md").read_text().count("perplexity") >= 1
     else:
         assert by["early-exit"]["extra"]["avg_macs_fraction"] <= 0.65
+
+
+def test_student_from_teacher_is_the_half_model_cut_out_of_the_teacher(text_small, one_thread, tmp_path):
+    """depth 0.5 + width 0.5 of gpt-tiny is gpt-tiny-half's architecture, with the teacher's weights
+    of the kept blocks, heads and widths; the teacher is unchanged; the distill handler and the CLI
+    config take it by name."""
+    torch.manual_seed(0)
+    teacher = nc.models.create_for("gpt-tiny", text_small)
+    nc.train.fit(teacher, text_small, epochs=1, max_steps=10, lr=3e-3, optimizer="adamw", progress=False)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    s = nc.distill.student_from_teacher(teacher, text_small, depth=0.5, width=0.5)
+    half = nc.models.create_for("gpt-tiny-half", text_small)
+    assert {k: v.shape for k, v in s.state_dict().items()} == {k: v.shape for k, v in half.state_dict().items()}
+    assert all(torch.equal(v, before[k]) for k, v in teacher.state_dict().items())
+    # the kept embedding dims are teacher dims; every kept MLP unit is a teacher unit on those dims
+    cols = [next(j for j in range(128) if torch.equal(teacher.tok_emb.weight[:, j], c)) for c in s.tok_emb.weight.T]
+    for blk in s.blocks:
+        assert any(all(any(torch.equal(r, t) for t in tb.mlp.up_proj.weight[:, cols]) for r in blk.mlp.up_proj.weight)
+                   for tb in teacher.blocks)
+    # one config, one handler: a reference works from Python, and the config checks its keys
+    r = nc.distill.distill("kd", teacher, {"name": "from-teacher", "kwargs": {"depth": 0.5}}, text_small,
+                           max_steps=2, epochs=1)
+    assert len(r.student.blocks) == 2 and r.student.tok_emb.embedding_dim == 64
+    with pytest.raises(NetcompressError, match="from-teacher takes depth, width, criterion, ignore; not heads"):
+        nc.distill.distill("kd", teacher, {"name": "from-teacher", "kwargs": {"heads": 2}}, text_small)
+    with pytest.raises(NetcompressError, match="width must be in"):
+        nc.distill.student_from_teacher(teacher, text_small, width=0)

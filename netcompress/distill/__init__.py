@@ -14,13 +14,13 @@ from netcompress.distill.losses import at_loss, hint_loss, kd_loss, rkd_loss, sp
 from netcompress.distill.methods import AT, DML, KD, RKD, SP, Ensemble, Hint, Peers, TeacherMethod
 from netcompress.distill.protocols import (DISTILLERS, DistillConfig, DistillResult, ModelRef, assistant_for,
                                            build_student, default_epochs, default_lr, fresh_copy, make_fit, run_distill,
-                                           train_student)
+                                           student_from_teacher, train_student)
 
 __all__ = [
     "losses", "kd_loss", "hint_loss", "at_loss", "rkd_loss", "sp_loss", "Adapter", "make_adapter",
     "TeacherMethod", "KD", "Hint", "AT", "RKD", "SP", "DML", "Peers", "Ensemble",
     "DISTILLERS", "DistillConfig", "DistillResult", "ModelRef", "make_fit", "train_student", "fresh_copy",
-    "build_student", "assistant_for", "run_distill", "default_lr", "default_epochs", "distill", "kd",
+    "build_student", "student_from_teacher", "assistant_for", "run_distill", "default_lr", "default_epochs", "distill", "kd",
 ]
 
 
@@ -30,7 +30,8 @@ def distill(method: str, teacher, student, data, *, seed: int = 0, progress: boo
 
     Args:
         method: a name in `DISTILLERS` (kd, fitnet, at, rkd, sp, dml, born-again, takd).
-        teacher, student: models (student: a model, or None for born-again).
+        teacher, student: models (student: a model, None for born-again, or a reference for
+            `build_student`: a zoo name, ``{name, kwargs}``, a file, or ``from-teacher``).
         data: a DataBundle.
         train: the training defaults (like a recipe's ``train:``; default `TrainConfig()`).
         config: `DistillConfig` fields (temperature, alpha, weights, layers, epochs, lr, ...); the
@@ -39,6 +40,8 @@ def distill(method: str, teacher, student, data, *, seed: int = 0, progress: boo
     """
     cfg = DistillConfig.from_dict({"method": method, **config}, "distill")
     train = train or TrainConfig()
+    if isinstance(student, (str, dict, ModelRef)):
+        student = build_student(student, data, "distill", teacher)
     return run_distill(cfg, teacher, student, data, make_fit(data, train, seed=seed, progress=progress), train=train)
 
 

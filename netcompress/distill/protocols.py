@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 from pydantic import Field
@@ -24,7 +24,7 @@ from netcompress.core.registry import Registry
 from netcompress.train.loop import History, TrainConfig, evaluate, fit
 
 __all__ = ["ModelRef", "DistillConfig", "DistillResult", "DISTILLERS", "make_fit", "train_student",
-           "fresh_copy", "build_student", "assistant_for", "run_distill", "default_lr", "default_epochs", "PATIENCE"]
+           "fresh_copy", "build_student", "student_from_teacher", "assistant_for", "run_distill", "default_lr", "default_epochs", "PATIENCE"]
 
 FitFn = Callable[..., History]
 """``fit_fn(model, methods=(), loss_fn=None, tag="train", **train_overrides) -> History``."""
@@ -70,8 +70,9 @@ class DistillConfig(Config):
     method: str = Field("kd", description="kd, fitnet, at, rkd, sp, dml, born-again or takd")
     teacher: str = Field("baseline", description="the teacher: a model of the run ('baseline' is the input "
                          "model) or a saved model file")
-    student: str | ModelRef | None = Field(None, description="zoo name, {name, kwargs} or a model file "
-                                           "(born-again: the teacher's architecture; dml: the input's)")
+    student: str | ModelRef | None = Field(None, description="zoo name, {name, kwargs}, a model file, or "
+                                           "from-teacher ({name: from-teacher, kwargs: {depth, width}}: cut out "
+                                           "of the teacher) (born-again: the teacher's architecture; dml: the input's)")
     temperature: float = Field(4.0, gt=0, description="KD softening temperature T")
     alpha: float | None = Field(None, ge=0, le=1, description="KD weight, CE gets 1 - alpha (default 0.9; "
                                 "0 for at, rkd, sp gives CE + their feature term alone)")
@@ -146,8 +147,49 @@ def fresh_copy(model: nn.Module) -> nn.Module:
     return new
 
 
-def build_student(ref: str | ModelRef | dict | None, data, where: str = "distill") -> nn.Module:
-    """A new model from a zoo name, ``{name, kwargs}`` or a saved file, shaped for `data`."""
+FROM_TEACHER = "from-teacher"
+
+
+def student_from_teacher(teacher: nn.Module, data, depth: float = 1.0, width: float = 0.5,
+                         criterion: str = "l1", ignore: Sequence[str] = ()) -> nn.Module:
+    """A student cut out of the teacher: its most important blocks and channels, with their weights
+    (DistilBERT's "one layer out of two", Sanh et al. 2019; Minitron's pruned-then-distilled
+    students, Muralidharan et al. 2024). The teacher is unchanged.
+
+    Args:
+        teacher: the trained teacher.
+        data: calibration data (a DataBundle); its example batch traces the model.
+        depth: fraction of the teacher's repeated blocks kept (Block Influence picks which); 1 keeps all.
+        width: fraction of every channel group kept (attention heads, MLP widths, the embedding
+            width, conv filters), ranked by `criterion` (see `netcompress.prune.importance`).
+        ignore: module names (prefixes or fnmatch patterns) whose channels stay, e.g. a conv stem.
+
+    Example:
+        >>> import netcompress as nc
+        >>> data = nc.data.load("pydoc-text").subset(16, 8)
+        >>> t = nc.models.create_for("gpt-tiny", data, seed=0)
+        >>> s = student_from_teacher(t, data, depth=0.5, width=0.5)
+        >>> len(s.blocks), s.blocks[0].attn.q_proj.out_features, s.tok_emb.embedding_dim
+        (2, 64, 64)
+    """
+    from netcompress.prune.depth import depth as prune_depth
+    from netcompress.prune.structured import channels
+
+    for name, v in (("depth", depth), ("width", width)):
+        if not 0 < v <= 1:
+            raise NetcompressError(f"student {FROM_TEACHER}: {name} must be in (0, 1], got {v}")
+    x = data.example
+    student = prune_depth(teacher, 1 - depth, example_inputs=x, data=data) if depth < 1 else copy.deepcopy(teacher)
+    if width < 1:
+        student = channels(student, criterion, 1 - width, example_inputs=x, data=data, ignore=ignore)
+    return student.train()
+
+
+def build_student(ref: str | ModelRef | dict | None, data, where: str = "distill",
+                  teacher: nn.Module | None = None) -> nn.Module:
+    """A new model from a zoo name, ``{name, kwargs}`` or a saved file, shaped for `data`; or
+    ``from-teacher`` (kwargs: depth, width, criterion, ignore), cut out of `teacher` by
+    `student_from_teacher`."""
     from pathlib import Path
 
     from netcompress.models import create_for, load
@@ -159,6 +201,14 @@ def build_student(ref: str | ModelRef | dict | None, data, where: str = "distill
     if isinstance(ref, str) and (ref.endswith((".pt", ".ncm")) or Path(ref).is_file()):
         return load(ref)
     name, kw = (ref, {}) if isinstance(ref, str) else (ref.name, dict(ref.kwargs))
+    if name == FROM_TEACHER:
+        if teacher is None:
+            raise NetcompressError(f"{where}: student: {FROM_TEACHER} needs a teacher")
+        unknown = set(kw) - {"depth", "width", "criterion", "ignore"}
+        if unknown:
+            raise NetcompressError(f"{where}: student: {FROM_TEACHER} takes depth, width, criterion, ignore; "
+                                   f"not {', '.join(sorted(unknown))}")
+        return student_from_teacher(teacher, data, **kw)
     return create_for(name, data, **kw)
 
 

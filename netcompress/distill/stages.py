@@ -63,7 +63,7 @@ def run_stage(ctx: StageContext, model: nn.Module, cfg: DistillConfig) -> StageR
     cfg.validate_method(where)
     teacher = resolve_teacher(ctx, cfg.teacher) if cfg.method != "dml" else None
     if cfg.student is not None:
-        student = build_student(cfg.student, ctx.data, where)
+        student = build_student(cfg.student, ctx.data, where, teacher)
     elif cfg.method == "dml":
         student = fresh_copy(model)
     elif cfg.method == "born-again":
