@@ -208,3 +208,38 @@ def test_missing_optional_runtime_is_one_clear_line(monkeypatch):
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3)).eval()
     with pytest.raises(nc.NetcompressError, match=r"needs the executorch package: pip install 'netcompress\[deploy\]'"):
         export(model, "executorch", example_inputs=torch.randn(2, 4))
+
+
+def test_early_exit_onnx_stages_return_each_tensor_and_old_flat_files_still_run(trained, mnist_small):
+    """ONNX stages now have one output per state tensor plus the logits (nothing is concatenated in
+    the graph and split again in Python); a file written with the earlier flat single output runs
+    with the same results."""
+    import io
+    import json
+    import zipfile
+
+    import onnx
+
+    from netcompress.dynamic.base import early_exit_predict
+    from netcompress.export.early_exit import EarlyExitRuntime, _Stage, _stage_inputs, _StageTuple, export_early_exit
+    from netcompress.measure.runtime import onnx_program
+
+    ee = nc.dynamic.early_exit(copy.deepcopy(trained), exits=["features.1"], example_inputs=mnist_small.example).eval()
+    xs = _held_out(mnist_small, 64)
+    with torch.no_grad():
+        ee.set_policy_("max_softmax", float(ee.all_exits(xs)[0].softmax(1).max(1).values.median()))
+    blob = export_early_exit(ee, xs[:2], "onnx")
+    with zipfile.ZipFile(io.BytesIO(blob)) as z:
+        info = json.loads(z.read("policy.json"))
+        outs = [len(onnx.load_from_string(z.read(f"stage{k}.onnx")).graph.output) for k in range(info["num_exits"])]
+    assert info["flat"] is False and outs == [a + 1 for a in info["state_arity"][1:]] + [1]
+    old = io.BytesIO()
+    with zipfile.ZipFile(old, "w") as z:
+        z.writestr("policy.json", json.dumps({k: v for k, v in info.items() if k != "flat"}))
+        for k, st in enumerate(_stage_inputs(ee, xs[:2])):
+            z.writestr(f"stage{k}.onnx", onnx_program(_StageTuple(_Stage(ee, k)), st))
+    new_rt, old_rt = EarlyExitRuntime(blob), EarlyExitRuntime(old.getvalue())
+    assert new_rt.flat is False and old_rt.flat is True
+    (ln, en), (lo, eo) = early_exit_predict(new_rt, xs), early_exit_predict(old_rt, xs)
+    assert torch.equal(en, eo) and torch.allclose(ln, lo, atol=1e-5)
+    assert torch.equal(en, early_exit_predict(ee, xs)[1])

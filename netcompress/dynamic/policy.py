@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -163,7 +163,8 @@ def tradeoff_curve(outputs: Sequence[torch.Tensor], targets: torch.Tensor, cum_m
 
 @torch.no_grad()
 def compare_latency(model: MultiExitBase, x: torch.Tensor, batch_size: int = 64, threads: int = 1,
-                    min_run_time: float = 0.5, rounds: int = 11) -> dict[str, float]:
+                    min_run_time: float = 0.5, rounds: int = 11,
+                    reference: Callable[[torch.Tensor], Any] | None = None) -> dict[str, float]:
     """Median CPU time (ms) to classify all of `x` in batches of `batch_size`: the full network vs
     the early-exit policy currently set on `model`, per batch (samples leave their batch:
     `early_exit_ms`, the latency of a batch request) and streamed (the samples that stay are
@@ -171,6 +172,10 @@ def compare_latency(model: MultiExitBase, x: torch.Tensor, batch_size: int = 64,
 
     The two are timed alternately, `rounds` times each after a warm-up, each round running for at
     least `min_run_time / rounds` seconds, so load changes on a shared machine hit both alike.
+
+    Args:
+        reference: the full network to time against (default ``model.full_forward``), e.g. the
+            plain backbone in the deployment runtime when `model` is an `EarlyExitRuntime`.
     """
     import time
 
@@ -180,9 +185,11 @@ def compare_latency(model: MultiExitBase, x: torch.Tensor, batch_size: int = 64,
     xs = x.cpu().contiguous()
     chunks = [c.contiguous() for c in xs.split(batch_size)]
 
+    ref = reference if reference is not None else model.full_forward
+
     def full() -> None:
         for c in chunks:
-            model.full_forward(c)
+            ref(c)
 
     def dyn() -> None:
         for c in chunks:

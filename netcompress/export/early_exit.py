@@ -2,7 +2,8 @@
 
 A multi-exit model (`netcompress.dynamic`) runs stage by stage: stage k maps the live state to
 (next state, logits of exit k). Each stage is exported as its own graph (ONNX: one `.onnx` per
-stage; ExecuTorch: methods `stage{k}_b{n}` of one `.pte`), and the exit policy (confidence vs
+stage, one output per state tensor and the logits; ExecuTorch: methods `stage{k}_b{n}` of one
+`.pte`, each output flattened into one row per sample), and the exit policy (confidence vs
 threshold, samples leaving the batch) runs in Python between the runtime calls, with the same code
 as the eager model (`early_exit_predict`). The policy stays outside the graph because ONNX `If` /
 `torch.cond` would keep the whole batch together and ExecuTorch plans static shapes; a stage call
@@ -68,11 +69,11 @@ def export_early_exit(model: MultiExitBase, example: torch.Tensor, fmt: str) -> 
         ins = _stage_inputs(model, example[:2] if example.shape[0] >= 2 else example.expand(2, *example.shape[1:]))
         arity = [len(st) for st in ins]
         policy = {"policy": model.policy, "thresholds": model.thresholds, "num_exits": model.num_exits,
-                  "state_arity": arity, "format": fmt, "shapes": stage_shapes(model, example)}
+                  "state_arity": arity, "format": fmt, "shapes": stage_shapes(model, example), "flat": fmt != "onnx"}
         z.writestr("policy.json", json.dumps(policy))
-        if fmt == "onnx":
+        if fmt == "onnx":  # one output per state tensor and the logits: nothing is copied into a flat row
             for k, st in enumerate(ins):
-                z.writestr(f"stage{k}.onnx", onnx_program(_StageTuple(_Stage(model, k)), st))
+                z.writestr(f"stage{k}.onnx", onnx_program(_Stage(model, k), st, all_outputs=True))
         else:
             progs = {f"stage{k}": (_StageTuple(_Stage(model, k)), st) for k, st in enumerate(ins)}
             z.writestr("program.pte", pte_program(progs))
@@ -111,6 +112,7 @@ class EarlyExitRuntime(MultiExitBase):
             else:
                 self.pte = PteModule(z.read("program.pte"), threads, prefix="stage0")
         self.program, self.threads, self.shapes = blob, threads, info["shapes"]
+        self.flat = info.get("flat", True)  # files written before the ONNX stages had one output per tensor
         self._n = info["num_exits"]
         self.policy, self.thresholds = info["policy"], info["thresholds"]
         self.runtime = "onnxruntime" if self.fmt == "onnx" else "executorch"
@@ -127,6 +129,9 @@ class EarlyExitRuntime(MultiExitBase):
         return []
 
     def step(self, k: int, state: Any) -> tuple[Any, torch.Tensor]:
+        if not self.flat:
+            outs = self.stages[k].outputs(*state)
+            return tuple(outs[:-1]), outs[-1]
         flat = self.stages[k](*state) if self.fmt == "onnx" else self.pte.call(f"stage{k}", *state)
         n, outs, at = flat.shape[0], [], 0
         for shp in self.shapes[k]:

@@ -197,16 +197,25 @@ def _raise_export_error(model: nn.Module, example: Inputs, e: BaseException, wha
                            + (f", op {op}" if op else "") + f" ({type(e).__name__}: {first})") from None
 
 
-def onnx_program(model: nn.Module, example: Inputs, opset: int | None = None) -> bytes:
-    """The model as one self-contained ONNX file (bytes); the prediction tensor is output 'output'."""
+class _Outputs(_Logits):
+    """Wraps a model whose forward returns a tuple of tensors, all of them graph outputs."""
+
+    def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.model(*args, **kwargs))
+
+
+def onnx_program(model: nn.Module, example: Inputs, opset: int | None = None, all_outputs: bool = False) -> bytes:
+    """The model as one self-contained ONNX file (bytes); the prediction tensor is output 'output'
+    (with `all_outputs`, every tensor of the tuple the model returns is an output, in order)."""
     import onnx  # noqa: F401  (a clear ImportError before the long export)
 
-    m = _Logits(copy.deepcopy(model).cpu().eval())
+    m = (_Outputs if all_outputs else _Logits)(copy.deepcopy(model).cpu().eval())
     example = at_batch(example, 2)  # batch 2: a batch of 1 would be specialised as a constant
     ep = _export(m, example, "onnx")
     try:
         prog = torch.onnx.export(ep, (), kwargs=None, dynamo=True, verbose=False, external_data=False,
-                                 input_names=None, output_names=["output"], opset_version=opset)
+                                 input_names=None, output_names=None if all_outputs else ["output"],
+                                 opset_version=opset)
     except Exception as e:
         op = _op_of(str(e)) or _op_of(str(e.__cause__ or ""))
         where = _module_of(ep, op) if op else None
@@ -306,9 +315,13 @@ class OrtModule(nn.Module):
         self.eval()
 
     def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor:
+        return self.outputs(*args, **kwargs)[0]
+
+    def outputs(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> list[torch.Tensor]:
+        """Every output of the program, in order (`forward` returns the first)."""
         feed = dict(kwargs) if kwargs else dict(zip(self.names, args))
         out = self.session.run(None, {k: v.detach().cpu().numpy() for k, v in feed.items()})
-        return torch.from_numpy(np.asarray(out[0]))
+        return [torch.from_numpy(np.asarray(o)) for o in out]
 
     def __deepcopy__(self, memo) -> "OrtModule":  # sessions cannot be copied; a copy reloads the program
         return type(self)(self.program, self.threads)
