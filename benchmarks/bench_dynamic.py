@@ -174,14 +174,9 @@ def main() -> None:
                  f"{r['ort']['b64']['early_exit_ms']:.1f}", f"{r['ort']['b64']['speedup']:.2f}",
                  f"{r['ort']['b1']['full_ms']:.1f}", f"{r['ort']['b1']['early_exit_ms']:.1f}", f"{r['ort']['b1']['speedup']:.2f}"]
                 for s, r in enumerate(runs)]
-    body += ("
-## Deployed: ONNX Runtime (1 thread, median)
-
-The same early-exit model exported with `nc.export` "
+    body += ("\n## Deployed: ONNX Runtime (1 thread, median)\n\nThe same early-exit model exported with `nc.export` "
              "(one ONNX program per stage, the policy in Python between the runtime calls) against the plain "
-             "LeNet-5 exported to ONNX Runtime.
-
-" + md_table(
+             "LeNet-5 exported to ONNX Runtime.\n\n" + md_table(
                  ["seed", "same prediction and exit as eager %", "1000 imgs b64 full ms", "early exit ms", "speedup",
                   "200 imgs b1 full ms", "early exit ms", "speedup"], ort_rows))
     r0 = runs[0]
