@@ -56,6 +56,12 @@ def half_macs_ratio(model, x, target: float = 0.5) -> tuple[float, float]:
     return best
 
 
+def heads(model) -> int:
+    """Attention heads left in the model (the output projection's input width over the head size)."""
+    return sum((b.attn.proj.in_features if hasattr(b.attn, "proj") else b.attn.o_proj.in_features) // b.attn.head_dim
+               for b in model.blocks)
+
+
 def recover(base, pruned, data, fit_kw: dict, kd: bool):
     m = copy.deepcopy(pruned)
     if kd:
@@ -69,11 +75,13 @@ def recover(base, pruned, data, fit_kw: dict, kd: bool):
 
 def one(base, data, x, fit_kw: dict, score) -> dict:
     dense_macs = count_macs(base, x)
-    r: dict = {"dense": score(base), "dense_more": score(recover(base, base, data, fit_kw, kd=False))}
+    r: dict = {"dense": score(base), "dense_more": score(recover(base, base, data, fit_kw, kd=False)),
+               "dense_heads": heads(base)}
     ratio, _ = half_macs_ratio(base, x)
     for what, pruned in (("channels", nc.prune.channels(base, "l1", ratio, example_inputs=x)),
                          ("depth", nc.prune.depth(base, 0.5, example_inputs=x, data=data))):
         r[f"{what}_macs"] = count_macs(pruned, x) / dense_macs
+        r[f"{what}_heads"] = heads(pruned)
         r[f"{what}_none"] = score(pruned)
         r[f"{what}_ft"] = score(recover(base, pruned, data, fit_kw, kd=False))
         r[f"{what}_kd"] = score(recover(base, pruned, data, fit_kw, kd=True))
@@ -110,7 +118,9 @@ def table(runs: list[dict], unit: str, lower_better: bool, goal: str) -> str:
                 for w in ("channels", "depth")}
     return (md_table(["model", "MACs kept", f"{unit}", "minus dense (recovered: minus the control)",
                       "relative"], rows)
-            + f"\nChannel ratio found: {', '.join(format(r['ratio'], '.3f') for r in runs)}. KD better than fine-tuning: "
+            + f"\nChannel ratio found: {', '.join(format(r['ratio'], '.3f') for r in runs)}; attention heads left: "
+            f"{runs[0]['channels_heads']} of {runs[0]['dense_heads']} (heads + MLP + width), "
+            f"{runs[0]['depth_heads']} (depth). KD better than fine-tuning: "
             f"heads + MLP {kd_vs_ft['channels']}/{len(runs)} seeds, depth {kd_vs_ft['depth']}/{len(runs)}. "
             f"Goal: {goal}.\n")
 
