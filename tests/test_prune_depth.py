@@ -138,3 +138,15 @@ def test_no_block_and_broken_forward_are_one_error_and_change_nothing():
         nc.prune.depth(Stack([1.0] * 4), 1.0, example_inputs=torch.randn(2, 4))
     with pytest.raises(NetcompressError, match="criterion"):
         nc.prune.depth(Stack([1.0] * 4), 0.5, example_inputs=torch.randn(2, 4), criterion="l1")
+
+
+def test_activations_are_not_blocks():
+    """LeNet-5's two ReLUs in `features` keep their input's shape and share a class; before, depth
+    pruning removed one of them (a different function, no parameter less). A parameter-free child
+    is not a block, so a chain of layers that change shape has none."""
+    m = nc.models.create("lenet5", num_classes=10, in_channels=1, input_size=28, seed=0)
+    with pytest.raises(NetcompressError, match="no removable block"):
+        nc.prune.depth(m, 0.5, example_inputs=torch.randn(2, 1, 28, 28))
+    convs = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
+    assert [b.name for b in find_blocks(convs, torch.randn(2, 3, 8, 8))] == ["2", "4"]

@@ -2,8 +2,9 @@
 
 A *block* is a child of an `nn.Sequential` or `nn.ModuleList` that holds at least two children of
 the same class (timm's `blocks`, Hugging Face's `encoder.layer` / `model.layers` / `h`, a ResNet
-stage), that runs exactly once on the example input, and whose output (its first tensor) has the
-shape of its input (its first tensor), so the stream it adds to can skip it. Blocks inside another
+stage), that has parameters (an activation, a dropout or an identity is not a block), that runs
+exactly once on the example input, and whose output (its first tensor) has the shape of its input
+(its first tensor), so the stream it adds to can skip it. Blocks inside another
 block are scored as part of the outer one only when the outer one is not itself a block (the
 innermost repeated level is pruned).
 
@@ -91,7 +92,8 @@ def find_blocks(model: nn.Module, example_inputs: Any, ignore: Iterable[str] = (
         kinds = Counter(type(c) for c in cont)
         for i, child in enumerate(cont):
             name = _join(cname, str(i))
-            if kinds[type(child)] >= 2 and not any(name == p or name.startswith(p + ".") for p in ignore):
+            if kinds[type(child)] >= 2 and next(child.parameters(), None) is not None and not any(
+                    name == p or name.startswith(p + ".") for p in ignore):
                 cands[child] = Block(cname, i, name, siblings=len(cont))
     seen: dict[nn.Module, list[tuple[torch.Size | None, torch.Size | None]]] = {}  # in call order
 
