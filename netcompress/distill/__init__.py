@@ -20,7 +20,8 @@ __all__ = [
     "losses", "kd_loss", "hint_loss", "at_loss", "rkd_loss", "sp_loss", "Adapter", "make_adapter",
     "TeacherMethod", "KD", "Hint", "AT", "RKD", "SP", "DML", "Peers", "Ensemble",
     "DISTILLERS", "DistillConfig", "DistillResult", "ModelRef", "make_fit", "train_student", "fresh_copy",
-    "build_student", "student_from_teacher", "assistant_for", "run_distill", "default_lr", "default_epochs", "distill", "kd",
+    "build_student", "student_from_teacher", "assistant_for", "run_distill", "default_lr", "default_epochs",
+    "distill", "kd",
 ]
 
 

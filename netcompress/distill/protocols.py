@@ -24,7 +24,8 @@ from netcompress.core.registry import Registry
 from netcompress.train.loop import History, TrainConfig, evaluate, fit
 
 __all__ = ["ModelRef", "DistillConfig", "DistillResult", "DISTILLERS", "make_fit", "train_student",
-           "fresh_copy", "build_student", "student_from_teacher", "assistant_for", "run_distill", "default_lr", "default_epochs", "PATIENCE"]
+           "fresh_copy", "build_student", "student_from_teacher", "assistant_for", "run_distill", "default_lr",
+           "default_epochs", "PATIENCE"]
 
 FitFn = Callable[..., History]
 """``fit_fn(model, methods=(), loss_fn=None, tag="train", **train_overrides) -> History``."""
