@@ -218,6 +218,7 @@ def test_transformer_recipes_run_end_to_end_on_a_tiny_budget(recipe, extra, tmp_
     assert by["kmeans-huffman"]["bytes"] < base["bytes"] / 4  # Huffman-coded archive
     assert by["int4-gptq"]["bytes"] < base["bytes"]           # int4 rows stored as codes + one scale
     assert by["low-rank"]["params"] < 0.6 * base["params"]
+    assert by["student-cut-kd"]["params"] == by["student-alone"]["params"]  # the zoo half model's shape, cut out
     if recipe.startswith("gpt"):
         assert all("perplexity" in e["extra"] for e in res.entries)
         assert by["sparsegpt-50"]["nonzero_params"] < 0.6 * base["nonzero_params"]
