@@ -181,7 +181,7 @@ _reg("resnet20", lambda **kw: CifarResNet(20, **kw), "CIFAR ResNet-20")
 _reg("resnet56", lambda **kw: CifarResNet(56, **kw), "CIFAR ResNet-56")
 _reg("resnet8", lambda **kw: CifarResNet(8, **kw), "CIFAR ResNet-8 (a small student)")
 _reg("vit-tiny", ViT,
-     "Vision Transformer, patch 7 on 28 px (largest <= 7 that tiles), dim 64, 4 blocks x 4 heads, class token (~0.1M params)")
+     "Vision Transformer, patch 7 on 28 px (largest <= 7 that tiles), dim 64, 4 blocks x 4 heads, class token (~0.24M params with the conv stem on 28 px)")
 _reg("vit-tiny-half", lambda **kw: ViT(**{"dim": 32, "depth": 2, "num_heads": 2, **kw}),
      "vit-tiny at half width and half depth (a student)")
 _reg("gpt-tiny", GPT,
