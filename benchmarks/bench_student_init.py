@@ -13,8 +13,8 @@ budget as the dense model, four ways:
 Gap recovered = (dense - alone) minus (dense - method), over (dense - alone), summed over seeds.
 Goal (issue 15): KD recovers >= 50 % of the gap.
 
-    python benchmarks/bench_student_init.py --skip-vit    # gpt-tiny, 3 seeds, ~25 min on 1 core
-    python benchmarks/bench_student_init.py --skip-gpt    # vit-tiny, 3 seeds, ~45 min on 1 core
+    python benchmarks/bench_student_init.py --skip-vit    # gpt-tiny, 3 seeds, about 26 min on 1 core
+    python benchmarks/bench_student_init.py --skip-gpt    # vit-tiny, 3 seeds, about 27 min on 1 core
 """
 from __future__ import annotations
 
