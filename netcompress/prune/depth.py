@@ -190,8 +190,8 @@ def plan_depth(model: nn.Module, ratio: float, *, example_inputs: Any, data: Any
         raise NetcompressError(f"depth criterion {criterion!r}; valid: {', '.join(DEPTH_CRITERIA)}")
     blocks = find_blocks(model, example_inputs, ignore)
     if not blocks:
-        raise NetcompressError(f"depth: {type(model).__name__} has no removable block (a repeated child with parameters of an "
-                               "nn.Sequential / nn.ModuleList whose output has its input's shape)")
+        raise NetcompressError(f"depth: {type(model).__name__} has no removable block (a repeated child with "
+                               "parameters of an nn.Sequential / nn.ModuleList whose output has its input's shape)")
     batches = calibration_batches(data, calibration) if data is not None else None
     xs = [x for x, _ in batches] if batches else [example_inputs]
     return blocks, select_blocks(score_blocks(model, blocks, xs, criterion, seed), ratio)
