@@ -80,19 +80,22 @@ def first_output(y: Any) -> torch.Tensor:
 
 
 class _Logits(nn.Module):
-    """Wraps a model so the exported graph returns the prediction tensor only. Named (dict) inputs
-    become positional graph inputs in the dict's order (`names`): torch.export of keyword inputs
-    leaves a guard node that ONNX translation cannot run."""
+    """Wraps a model so the exported graph returns the prediction tensor only (with `all_outputs`,
+    every tensor of the tuple the model returns). Named (dict) inputs become positional graph
+    inputs in the dict's order (`names`): torch.export of keyword inputs leaves a guard node that
+    ONNX translation cannot run."""
 
-    def __init__(self, model: nn.Module, names: Sequence[str] | None = None) -> None:
+    def __init__(self, model: nn.Module, names: Sequence[str] | None = None, all_outputs: bool = False) -> None:
         super().__init__()
         self.model = model
         self.names = list(names) if names else None
+        self.all_outputs = all_outputs
 
-    def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor:
+    def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         if self.names:
             args, kwargs = (), dict(zip(self.names, args))
-        return first_output(self.model(*args, **kwargs))
+        out = self.model(*args, **kwargs)
+        return tuple(out) if self.all_outputs else first_output(out)
 
 
 def positional(model: "_Logits", example: Inputs) -> tuple[torch.Tensor, ...]:
@@ -197,19 +200,12 @@ def _raise_export_error(model: nn.Module, example: Inputs, e: BaseException, wha
                            + (f", op {op}" if op else "") + f" ({type(e).__name__}: {first})") from None
 
 
-class _Outputs(_Logits):
-    """Wraps a model whose forward returns a tuple of tensors, all of them graph outputs."""
-
-    def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(self.model(*args, **kwargs))
-
-
 def onnx_program(model: nn.Module, example: Inputs, opset: int | None = None, all_outputs: bool = False) -> bytes:
     """The model as one self-contained ONNX file (bytes); the prediction tensor is output 'output'
     (with `all_outputs`, every tensor of the tuple the model returns is an output, in order)."""
     import onnx  # noqa: F401  (a clear ImportError before the long export)
 
-    m = (_Outputs if all_outputs else _Logits)(copy.deepcopy(model).cpu().eval())
+    m = _Logits(copy.deepcopy(model).cpu().eval(), all_outputs=all_outputs)
     example = at_batch(example, 2)  # batch 2: a batch of 1 would be specialised as a constant
     ep = _export(m, example, "onnx")
     try:
