@@ -48,7 +48,8 @@ register_module_type(TokenMean, lambda m: {})
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with one fused `qkv` projection (timm layout)."""
+    """Multi-head self-attention with one fused `qkv` projection, split by `unbind` (timm's layout, so
+    tools written for timm ViTs, e.g. Torch-Pruning's head pruning, read it as they read timm's)."""
 
     def __init__(self, dim: int, num_heads: int = 4, head_dim: int | None = None) -> None:
         super().__init__()
@@ -60,7 +61,8 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, -1, self.head_dim).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        q, k, v = qkv.unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(b, n, -1))
 
 
