@@ -422,7 +422,7 @@ def default_lr(cfg: DistillConfig, train: TrainConfig) -> float:
     at / rkd / sp with alpha > 0), ``train.lr`` otherwise. The gradient of T^2 KL(p_t^T || p_s^T)
     with respect to the student's logits is T (p_s^T - p_t^T) (Hinton et al. 2015), up to T times a
     cross-entropy gradient, so SGD's same step size overshoots: at lr 0.05 KD does not beat the
-    student trained alone; at 0.05 / 4 it does (benchmarks/results/defaults_distill.md). Adam and
+    student trained alone; at 0.05 / 4 it does (benchmarks/results/defaults_distill*.md). Adam and
     AdamW normalise the gradient's scale away, so they keep ``train.lr``."""
     if cfg.lr is not None:
         return cfg.lr
@@ -441,9 +441,9 @@ def default_epochs(cfg: DistillConfig, train: TrainConfig) -> float:
 
     A teacher's soft targets keep teaching long after the labels alone stop helping ("a good teacher
     is patient", Beyer et al. 2022): on mnist-5k the MLP 784-64-10 trained alone saturates (94.33 %
-    at 10 epochs, 94.40 % at 20), while KD with every other default reaches 95.20 % at 20 (3 seeds;
-    benchmarks/results/defaults_distill.md compares each method with the student alone at both
-    budgets)."""
+    at 10 epochs, 94.40 % at 20), while KD from a lenet5 teacher with every other default reaches
+    95.20 % at 20 (3 seeds; benchmarks/results/defaults_distill_lenet5.md compares each method with
+    the student alone at both budgets)."""
     return cfg.epochs if cfg.epochs is not None else PATIENCE * train.epochs
 
 
