@@ -19,8 +19,8 @@ width 0.1 (B5's student); 3 seeds. AT needs spatial feature maps, so it does not
 alone: no distiller can be expected to beat a control that is already at the teacher's accuracy
 (with the lenet5 teacher lenet5-quarter alone is within 0.43 points of it, 0.0 on one seed).
 
-    python benchmarks/bench_defaults.py            # vgg-small teacher: ~90 min with 2 jobs
-    python benchmarks/bench_defaults.py --students mlp lenet5-quarter
+    python benchmarks/bench_defaults.py            # vgg-small teacher, 3 students: ~100 min with 2 jobs
+    python benchmarks/bench_defaults.py --students mlp lenet5-quarter   # the committed table: 66 min
     python benchmarks/bench_defaults.py --teacher lenet5 --methods kd dml --seeds 1
 """
 from __future__ import annotations

@@ -20,7 +20,7 @@ latency at batch 64 (median of 9 interleaved rounds, 1 thread).
 gpt-tiny is tried with Torch-Pruning too (its q/k/v projections given as `num_heads`): the failure,
 if any, is structural (the same for any weights), so it is tried on the freshly built model.
 
-    python benchmarks/bench_head_prune_peer.py              # 3 seeds, ~20 min on 1 core
+    python benchmarks/bench_head_prune_peer.py              # 3 seeds, ~10 min on 1 core
     python benchmarks/bench_head_prune_peer.py --seeds 0 --epochs 1 --recover-epochs 0.2   # smoke run
 """
 from __future__ import annotations
