@@ -93,6 +93,26 @@ def test_resnet_segments_match_backbone_and_simulation():
         assert torch.allclose(logits[sel], outs[k][sel], atol=1e-5)
 
 
+def test_cached_segments_follow_a_backbone_edited_in_place():
+    """The cut segments are cached per model; replacing a module the segments call, a parent of one,
+    or a parameter they read makes the next call cut the new backbone, not run the old modules."""
+    torch.manual_seed(0)
+    m = nc.models.create("lenet5", in_channels=1, input_size=28)
+    mx = early_exit(m, ["features.2"]).eval()
+    x = _x()
+    before = early_exit_predict(mx, x, thresholds=2.0)[0]
+    assert torch.allclose(before, mx.backbone(x), atol=1e-6)
+    mx.backbone.features[3] = nn.Conv2d(20, 50, 5)  # a module the second segment calls
+    assert torch.allclose(early_exit_predict(mx, x, thresholds=2.0)[0], mx.backbone(x), atol=1e-6)
+    mx.backbone.classifier = nn.Sequential(nn.Linear(800, 10))  # a parent of called modules, with new children
+    after = early_exit_predict(mx, x, thresholds=2.0)[0]
+    assert torch.allclose(after, mx.backbone(x), atol=1e-6)
+    assert not torch.allclose(after, before, atol=1e-3)
+    mx.backbone.features[0].weight = nn.Parameter(torch.zeros(20, 1, 5, 5))  # a new parameter object
+    assert torch.allclose(early_exit_predict(mx, x, thresholds=2.0)[0], mx.backbone(x), atol=1e-6)
+    assert torch.allclose(early_exit_predict(mx, x, thresholds=0.0)[0], mx.all_exits(x)[0], atol=1e-6)
+
+
 class _SizeNet(nn.Module):
     """A non-batch value (x.size(0)) crosses the exit cut: segments are refused, fallback used."""
 

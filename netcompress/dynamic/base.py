@@ -38,9 +38,9 @@ def confidence(logits: torch.Tensor, policy: str = "max_softmax") -> torch.Tenso
         >>> confidence(torch.zeros(1, 4)).item()
         0.25
     """
-    p = F.softmax(logits.float(), dim=1)
+    p = F.softmax(logits if logits.dtype == torch.float32 else logits.float(), dim=1)
     if policy == "max_softmax":
-        return p.max(dim=1).values
+        return p.amax(dim=1)
     if policy == "entropy":
         h = -(p * p.clamp_min(1e-12).log()).sum(dim=1)
         return -h / math.log(max(logits.shape[1], 2))

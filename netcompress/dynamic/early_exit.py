@@ -253,46 +253,53 @@ class _ExitTracer(fx.Tracer):
         return qualname in self.leaves or super().is_leaf_module(m, qualname)
 
 
-def _walk(root: nn.Module, path: str) -> Any:
-    obj: Any = root
-    for part in path.split(".") if path else []:
-        if not isinstance(obj, nn.Module):
-            return None
-        if part in obj._modules:
-            obj = obj._modules[part]
-        elif part in obj._parameters:
-            obj = obj._parameters[part]
-        elif part in obj._buffers:
-            obj = obj._buffers[part]
-        else:
-            return None
-    return obj
-
-
-def _refs(backbone: nn.Module, segs: list[nn.Module] | None) -> list[tuple[str, Any]]:
-    """(qualified name, object) of everything the segments call or read (all modules for the fallback)."""
+def _links(backbone: nn.Module, segs: list[nn.Module] | None) -> list[tuple[dict, str, Any]]:
+    """(table, name, object) for each step of each path from the backbone to what the segments call
+    or read (every module for the fallback), each step once; `table` is the parent's own
+    `_modules`, `_parameters` or `_buffers` dict. The segments stay valid while every table still
+    holds the same object under that name (a missing name: while no table gains it), which checks
+    each path from the root without splitting the names again on every call."""
     if segs is None:
-        return [(n, m) for n, m in backbone.named_modules() if n]
-    names = {n.target for seg in segs for n in seg.graph.nodes if n.op in ("call_module", "get_attr")}
-    return [(n, _walk(backbone, n)) for n in sorted(names)]
+        names = sorted(n for n, _ in backbone.named_modules() if n)
+    else:
+        names = sorted({n.target for seg in segs for n in seg.graph.nodes if n.op in ("call_module", "get_attr")})
+    seen: set[tuple[int, str]] = set()
+    out: list[tuple[dict, str, Any]] = []
+    for name in names:
+        obj: Any = backbone
+        for part in name.split("."):
+            if not isinstance(obj, nn.Module):
+                break
+            tables = (obj._modules, obj._parameters, obj._buffers)
+            table = next((t for t in tables if part in t), None)
+            if (id(obj), part) not in seen:
+                seen.add((id(obj), part))
+                out += [(table, part, table[part])] if table is not None else [(t, part, None) for t in tables]
+            if table is None:
+                break
+            obj = table[part]
+    return out
 
 
 def _segments(model: MultiExitModel) -> list[nn.Module] | None:
     """The cached segments of `model` (None: fallback), rebuilt when the backbone's structure changed.
 
-    Validation is a few dict look-ups per call: every module (or tensor) the segments use must
-    still be the object found under its name in the backbone."""
+    Validation is one dict look-up per step of the paths the segments use (`_links`): every module
+    (or tensor) they use must still be the object found under its name in the backbone."""
     hit = _CACHE.get(model)
     if hit is not None:
-        names, backbone, refs, segs = hit
-        if names == tuple(model.exit_names) and backbone is model.backbone and \
-                all(_walk(backbone, n) is obj for n, obj in refs):
-            return segs
+        names, backbone, links, segs = hit
+        if names == tuple(model.exit_names) and backbone is model.backbone:
+            for table, key, obj in links:
+                if table.get(key) is not obj:
+                    break
+            else:
+                return segs
     try:
         segs = split_at_exits(model.backbone, model.exit_names, _example_for(model))
     except NetcompressError:
         segs = None
-    _CACHE[model] = (tuple(model.exit_names), model.backbone, _refs(model.backbone, segs), segs)
+    _CACHE[model] = (tuple(model.exit_names), model.backbone, _links(model.backbone, segs), segs)
     return segs
 
 
