@@ -40,13 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import netcompress as nc  # noqa: E402
 from _common import md_table, write_result  # noqa: E402
-from bench_transformer_prune import heads, recover  # noqa: E402
+from bench_transformer_prune import half_macs_ratio, heads, l1_channels, recover  # noqa: E402
 from bench_transformers import VIT_EPOCHS, VIT_TRAIN, dense_vit, ms  # noqa: E402
 from netcompress.measure import count_macs  # noqa: E402
-
-
-def ours(model, x, ratio: float):
-    return nc.prune.channels(model, "l1", ratio, example_inputs=x)
 
 
 def torch_pruning(model, x, ratio: float):
@@ -62,23 +58,10 @@ def torch_pruning(model, x, ratio: float):
     return m
 
 
-TOOLS = {"netcompress": ours, "Torch-Pruning": torch_pruning}
+TOOLS = {"netcompress": l1_channels, "Torch-Pruning": torch_pruning}
 
 
-def half_macs_ratio(prune, model, x, target: float = 0.5) -> float:
-    """The largest-MACs ratio whose pruned model keeps at most `target` of the dense MACs."""
-    dense = count_macs(model, x)
-    lo, hi, best = 0.0, 0.95, 0.95
-    for _ in range(10):
-        mid = (lo + hi) / 2
-        if count_macs(prune(model, x, mid), x) / dense > target:
-            lo = mid
-        else:
-            hi, best = mid, mid
-    return best
-
-
-def latency_ms(models: dict, x: torch.Tensor, rounds: int = 9) -> dict[str, float]:
+def interleaved_ms(models: dict, x: torch.Tensor, rounds: int = 9) -> dict[str, float]:
     """Median ms per batch of each model, timed in interleaved rounds of 10 calls."""
     times: dict[str, list[float]] = {k: [] for k in models}
     with torch.inference_mode():
@@ -104,7 +87,7 @@ def vit_seed(seed: int, epochs: float, recover_epochs: float) -> dict:
     r: dict = {"dense": acc(base), "dense_heads": heads(base)}
     pruned, calls = {}, {k: [] for k in TOOLS}
     for k, prune in TOOLS.items():
-        r[f"{k}_ratio"] = half_macs_ratio(prune, base, x)
+        r[f"{k}_ratio"] = half_macs_ratio(base, x, prune=prune)[0]
     for _ in range(3):  # interleaved, each call on the dense model (both tools copy it)
         for k, prune in TOOLS.items():
             t0 = time.perf_counter()
@@ -118,7 +101,7 @@ def vit_seed(seed: int, epochs: float, recover_epochs: float) -> dict:
         r[f"{k}_none"] = acc(m)
         r[f"{k}_ft"] = acc(recover(base, m, data, fit_kw, kd=False))
         r[f"{k}_kd"] = acc(recover(base, m, data, fit_kw, kd=True))
-    lat = latency_ms({"dense": base, **pruned}, next(iter(data.test))[0][:64])
+    lat = interleaved_ms({"dense": base, **pruned}, next(iter(data.test))[0][:64])
     for k, v in lat.items():
         r[f"{k}_ms"] = v
     print(seed, {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}, flush=True)

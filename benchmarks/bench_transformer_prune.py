@@ -42,13 +42,18 @@ from netcompress.distill.transformer import HiddenKD  # noqa: E402
 from netcompress.measure import count_macs  # noqa: E402
 
 
-def half_macs_ratio(model, x, target: float = 0.5) -> tuple[float, float]:
-    """The channel ratio whose pruned model keeps closest to `target` of the MACs, from above."""
+def l1_channels(model, x, ratio: float):
+    return nc.prune.channels(model, "l1", ratio, example_inputs=x)
+
+
+def half_macs_ratio(model, x, target: float = 0.5, prune=l1_channels) -> tuple[float, float]:
+    """(ratio, MACs kept): the channel ratio of `prune(model, x, ratio)` whose pruned model keeps
+    closest to `target` of the MACs, from above."""
     dense = count_macs(model, x)
     lo, hi, best = 0.0, 0.95, (0.0, 1.0)
     for _ in range(10):
         mid = (lo + hi) / 2
-        frac = count_macs(nc.prune.channels(model, "l1", mid, example_inputs=x), x) / dense
+        frac = count_macs(prune(model, x, mid), x) / dense
         if frac > target:
             lo = mid
         else:
@@ -78,7 +83,7 @@ def one(base, data, x, fit_kw: dict, score) -> dict:
     r: dict = {"dense": score(base), "dense_more": score(recover(base, base, data, fit_kw, kd=False)),
                "dense_heads": heads(base)}
     ratio, _ = half_macs_ratio(base, x)
-    for what, pruned in (("channels", nc.prune.channels(base, "l1", ratio, example_inputs=x)),
+    for what, pruned in (("channels", l1_channels(base, x, ratio)),
                          ("depth", nc.prune.depth(base, 0.5, example_inputs=x, data=data))):
         r[f"{what}_macs"] = count_macs(pruned, x) / dense_macs
         r[f"{what}_heads"] = heads(pruned)
