@@ -33,11 +33,9 @@ from bench_defaults import STUDENTS  # noqa: E402
 from netcompress.distill import losses  # noqa: E402
 
 
-def logits(model, dataset) -> torch.Tensor:
-    loader = torch.utils.data.DataLoader(dataset, batch_size=500, shuffle=False)
-    model.eval()
-    with torch.no_grad():
-        return torch.cat([model(x) for x, _ in loader])
+def logits(model, data, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, labels) of a split in its fixed order (`nc.train.predict`, eval mode, the model's mode restored)."""
+    return nc.train.predict(model, data.loader(split, batch_size=500, shuffle=False))
 
 
 def entropy(lg: torch.Tensor, t: float = 1.0) -> float:
@@ -52,7 +50,7 @@ def main() -> None:
     torch.manual_seed(0)
     teacher = nc.models.create_for("lenet5", data)
     nc.train.fit(teacher, data, progress=False)
-    t_tr = logits(teacher, data.train_set)
+    t_tr, y_tr = logits(teacher, data, "train")
     rows, notes, agree, shrink, ratio = [], [], [], [], []
     for key, (label, make) in STUDENTS.items():
         r: dict[str, list[float]] = {k: [] for k in ("gain", "agree_tr", "agree_te", "kl_tr", "kl_te", "ent", "kd", "train_acc")}
@@ -63,9 +61,8 @@ def main() -> None:
             nc.train.fit(alone, data, seed=seed, progress=False, epochs=20)
             res = nc.distill.distill("dml", None, copy.deepcopy(init), data, seed=seed)
             p0, p1 = res.models["peer0"], res.models["peer1"]
-            a_tr, b_tr = logits(p0, data.train_set), logits(p1, data.train_set)
-            a_te, b_te = logits(p0, data.test_set), logits(p1, data.test_set)
-            y_tr = torch.cat([y for _, y in torch.utils.data.DataLoader(data.train_set, batch_size=500)])
+            (a_tr, _), (b_tr, _) = logits(p0, data, "train"), logits(p1, data, "train")
+            (a_te, _), (b_te, _) = logits(p0, data, "test"), logits(p1, data, "test")
             r["gain"].append(res.accuracy - nc.train.evaluate(alone, data))
             r["train_acc"].append(float((a_tr.argmax(1) == y_tr).float().mean()))
             r["agree_tr"].append(float((a_tr.argmax(1) == b_tr.argmax(1)).float().mean()))
