@@ -9,7 +9,8 @@ from torch import nn
 
 from netcompress.core.errors import NetcompressError
 from netcompress.prune.llm import mask_from_scores, parse_pattern, prune_, sparsegpt_prune, wanda_score
-from netcompress.quantize.weight_only import group_params, gptq, quantize_to, quantize_weights_, rtn
+from netcompress.quantize.weight_only import (group_params, gptq, hqq, hqq_group, quantize_to, quantize_weights_, rtn,
+                                              shrink_lp)
 
 
 def _hessian(x: torch.Tensor) -> torch.Tensor:
@@ -194,6 +195,38 @@ def test_gptq_brute_force_tiny_row():
     assert best <= err(g) + 1e-12 <= err(rtn(w, 2, 3)) + 1e-12
 
 
+def test_hqq_shrink_is_the_soft_threshold_at_p1_and_a_fixed_point_step_below():
+    # HQQ's shrink_lp(x, beta, p) minimises |e|^p + beta/2 (e - x)^2; at p = 1 that is the soft
+    # threshold, checked here against a brute-force grid search
+    x = torch.linspace(-1, 1, 41, dtype=torch.float64)
+    grid = torch.linspace(-1.5, 1.5, 30001, dtype=torch.float64)
+    beta = 4.0
+    cost = grid.abs().unsqueeze(0) + beta / 2 * (grid.unsqueeze(0) - x.unsqueeze(1)) ** 2
+    brute = grid[cost.argmin(1)]
+    assert torch.allclose(shrink_lp(x, beta, 1.0), brute, atol=1e-4)
+    assert torch.equal(shrink_lp(x, beta, 1.0), torch.sign(x) * torch.relu(x.abs() - 1 / beta))
+    # below p = 1 small errors are zeroed and large ones shrunk less than by the soft threshold
+    e = shrink_lp(x, beta, 0.7)
+    assert (e.abs() <= x.abs()).all() and (e[x.abs() < 0.25] == 0).all()
+
+
+def test_hqq_zero_points_lower_the_lp_error_of_every_group():
+    torch.manual_seed(0)
+    w = torch.distributions.StudentT(3.0).sample((16, 64)).double() * 0.02  # heavy tails: outlier weights
+    err = lambda v, p=0.7: (v - w).abs().pow(p).mean(1)  # noqa: E731
+    for bits in (2, 3, 4):
+        minmax, fitted = hqq(w, bits, 32, iters=0), hqq(w, bits, 32)
+        assert (err(fitted) <= err(minmax) + 1e-15).all()   # each group keeps its best zero point
+        assert err(fitted).mean() < 0.98 * err(minmax).mean()
+        assert err(fitted).mean() < err(rtn(w, bits, 32)).mean()
+        # codes: at most 2^bits levels per group, values (q - z) s with fp16 scale and zero point
+        s, z = hqq_group(w[:, :32], bits)
+        assert torch.equal(s, s.half().double()) and torch.equal(z, z.half().double())
+        q = torch.clamp(torch.round(w[:, :32] / s.unsqueeze(1) + z.unsqueeze(1)), 0, 2 ** bits - 1)
+        assert torch.equal(fitted[:, :32], (q - z.unsqueeze(1)) * s.unsqueeze(1))
+        assert all(len(torch.unique(fitted[r, :32])) <= 2 ** bits for r in range(16))
+
+
 class _Tiny(nn.Module):
     def __init__(self):
         super().__init__()
@@ -268,10 +301,10 @@ def test_weight_only_model_levels_and_error():
     x = torch.randn(64, 5, 8)
     ref = m(x).detach()
     outs = {}
-    for meth in ("rtn", "gptq"):
+    for meth in ("rtn", "hqq", "gptq"):
         mm = _Tiny()
         mm.load_state_dict(m.state_dict())
-        info = quantize_weights_(mm, meth, 4, 8, calibration=x)
+        info = quantize_weights_(mm, meth, 4, 8, calibration=x if meth == "gptq" else None)
         assert sorted(info) == ["blocks.0.0", "blocks.0.2", "blocks.1.0", "blocks.1.2"]
         w = mm.blocks[0][0].weight
         assert all(len(torch.unique(w[r, a:a + 8])) <= 16 for r in range(32) for a in (0, 8))

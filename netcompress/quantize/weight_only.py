@@ -1,10 +1,16 @@
-"""Weight-only quantization of transformers: int8 / int4 per group, round-to-nearest or GPTQ.
+"""Weight-only quantization of transformers: int8 / int4 per group, round-to-nearest, HQQ or GPTQ.
 
 Each Linear of the model's blocks gets asymmetric min-max integer codes per group of `group_size`
 consecutive input weights of a row (one scale and one zero point per group; groups shorter than
 `group_size` when a row is shorter or not a multiple). Activations stay float.
 
 * RTN: round every weight to its group's grid.
+* HQQ (Badri & Shaji 2023, "Half-Quadratic Quantization of Large Machine Learning Models"): no
+  calibration data; per group the zero point is fitted to the weights by half-quadratic splitting of
+  min_z ||W - Q_z^-1(Q_z(W))||_p^p (p = 0.7 < 1, so a few outlier weights do not pull the grid):
+  W_e <- shrink_p(W - W_r, beta), z <- mean(W_q - (W - W_e) / s), beta <- kappa beta, keeping each
+  group's best zero point. The scale stays min-max; the zero point is a float (stored fp16, as the
+  scale), so codes are q = clamp(round(w / s + z)) and values (q - z) s.
 * GPTQ (Frantar et al. 2023, "GPTQ: Accurate Post-Training Quantization for Generative Pre-trained
   Transformers"): with H = 2 X X^T from calibration inputs (+ 1 % damping), columns are quantized
   left to right and each column's error is compensated on the columns not yet quantized,
@@ -63,6 +69,52 @@ def rtn(weight: torch.Tensor, bits: int = 4, group_size: int = 128) -> torch.Ten
     return out.to(weight.dtype)
 
 
+def shrink_lp(x: torch.Tensor, beta: float, p: float) -> torch.Tensor:
+    """HQQ's generalised soft threshold: the minimiser over e of |e|^p + beta/2 (e - x)^2, one
+    fixed-point step: sign(x) max(|x| - |x|^(p-1) / beta, 0)."""
+    a = x.abs()
+    return torch.sign(x) * torch.relu(a - a.clamp_min(1e-12).pow(p - 1) / beta)
+
+
+def hqq_group(w: torch.Tensor, bits: int, iters: int = 20, p: float = 0.7, beta: float = 10.0,
+              kappa: float = 1.01) -> tuple[torch.Tensor, torch.Tensor]:
+    """HQQ's (scale, zero) for each row of `w` (rows x group): min-max scale, zero point fitted by
+    half-quadratic splitting; both rounded to fp16, as stored. `iters=0` gives min-max with a float zero."""
+    maxq = 2 ** bits - 1
+    lo, hi = w.min(1, keepdim=True).values, w.max(1, keepdim=True).values
+    s = ((hi - lo) / maxq).half().double()
+    s = torch.where(s > 0, s, torch.ones_like(s))
+    z = -lo / s
+
+    def err(z: torch.Tensor) -> torch.Tensor:
+        q = torch.clamp(torch.round(w / s + z), 0, maxq)
+        return ((q - z) * s - w).abs().pow(p).mean(1, keepdim=True)
+
+    best_z, best = z.clone(), err(z)
+    for _ in range(iters):
+        q = torch.clamp(torch.round(w / s + z), 0, maxq)
+        e = shrink_lp(w - (q - z) * s, beta, p)
+        z = (q - (w - e) / s).mean(1, keepdim=True)
+        beta *= kappa
+        cur = err(z)
+        better = cur < best
+        best = torch.where(better, cur, best)
+        best_z = torch.where(better, z, best_z)
+    return s.squeeze(1), best_z.half().double().squeeze(1)
+
+
+def hqq(weight: torch.Tensor, bits: int = 4, group_size: int = 128, iters: int = 20) -> torch.Tensor:
+    """HQQ per group (no calibration data); returns the dequantized weight."""
+    w = weight.detach().double()
+    out = torch.empty_like(w)
+    maxq = 2 ** bits - 1
+    for a, b in _groups(w.shape[1], group_size):
+        s, z = hqq_group(w[:, a:b], bits, iters)
+        s, z = s.unsqueeze(1), z.unsqueeze(1)
+        out[:, a:b] = (torch.clamp(torch.round(w[:, a:b] / s + z), 0, maxq) - z) * s
+    return out.to(weight.dtype)
+
+
 def gptq(weight: torch.Tensor, hessian: torch.Tensor, bits: int = 4, group_size: int = 128,
          blocksize: int = 128, damp: float = 0.01) -> torch.Tensor:
     """GPTQ on one layer: the dequantized weight. weight (out, in); hessian (in, in) = 2 X X^T / N."""
@@ -95,7 +147,7 @@ def packed_bytes(weight: torch.Tensor, bits: int, group_size: int) -> int:
 
 
 @torch.no_grad()
-def quantize_weights_(model: nn.Module, method: Literal["rtn", "gptq"] = "gptq", bits: int = 4,
+def quantize_weights_(model: nn.Module, method: Literal["rtn", "hqq", "gptq"] = "gptq", bits: int = 4,
                       group_size: int = 128, calibration: Any = None, samples: int = 64, blocksize: int = 128,
                       damp: float = 0.01, sequential: bool | Literal["block", "layer"] = True,
                       ignore: Iterable[str] = ()) -> dict[str, LayerInfo]:
@@ -103,7 +155,8 @@ def quantize_weights_(model: nn.Module, method: Literal["rtn", "gptq"] = "gptq",
 
     Args:
         model: changed in place (weights replaced by their dequantized values); unchanged on error.
-        method: 'rtn' or 'gptq' (needs `calibration`: a DataBundle, a tensor or batches).
+        method: 'rtn', 'hqq' (no calibration) or 'gptq' (needs `calibration`: a DataBundle, a
+            tensor or batches).
         bits: 2..8 (4 and 8 are the usual int4 / int8 weight-only formats).
         group_size: weights per scale along the input dimension (128 in the GPTQ paper; a row is
             one group when it is shorter).
@@ -114,8 +167,8 @@ def quantize_weights_(model: nn.Module, method: Literal["rtn", "gptq"] = "gptq",
     Example:
         info = quantize_weights_(model, "gptq", 4, 128, calibration=data)
     """
-    if method not in ("rtn", "gptq"):
-        raise NetcompressError(f"weight-only method must be rtn or gptq, got {method!r}")
+    if method not in ("rtn", "hqq", "gptq"):
+        raise NetcompressError(f"weight-only method must be rtn, hqq or gptq, got {method!r}")
     if not isinstance(bits, int) or not 2 <= bits <= 8:
         raise NetcompressError(f"bits must be an integer in 2..8, got {bits!r}")
     if group_size < 1:
@@ -123,11 +176,14 @@ def quantize_weights_(model: nn.Module, method: Literal["rtn", "gptq"] = "gptq",
     info: dict[str, LayerInfo] = {}
 
     def apply(name: str, m: nn.Linear, stat: torch.Tensor | None) -> None:
-        new = rtn(m.weight, bits, group_size) if stat is None else gptq(m.weight, stat, bits, group_size, blocksize, damp)
+        if stat is not None:
+            new = gptq(m.weight, stat, bits, group_size, blocksize, damp)
+        else:
+            new = (hqq if method == "hqq" else rtn)(m.weight, bits, group_size)
         m.weight.copy_(new)
         info[name] = LayerInfo(bits, min(group_size, m.in_features), packed_bytes(m.weight, bits, group_size))
 
-    if method == "rtn":
+    if method != "gptq":
         groups = block_linears(model, ignore)
         for _, lin in groups:
             for n, m in lin.items():
@@ -142,6 +198,11 @@ def quantize_weights_(model: nn.Module, method: Literal["rtn", "gptq"] = "gptq",
 def rtn_(model: nn.Module, bits: int = 4, group_size: int = 128, **kw: Any) -> dict[str, LayerInfo]:
     """Round-to-nearest weight-only quantization per group. See `quantize_weights_`."""
     return quantize_weights_(model, "rtn", bits, group_size, **kw)
+
+
+def hqq_(model: nn.Module, bits: int = 4, group_size: int = 128, **kw: Any) -> dict[str, LayerInfo]:
+    """HQQ (Badri & Shaji 2023) weight-only quantization per group, no calibration. See `quantize_weights_`."""
+    return quantize_weights_(model, "hqq", bits, group_size, **kw)
 
 
 def gptq_(model: nn.Module, calibration: Any, bits: int = 4, group_size: int = 128, **kw: Any) -> dict[str, LayerInfo]:

@@ -1,5 +1,5 @@
 """Recipe stage kind `weight-only`: int8 / int4 per-group weight-only quantization of a transformer's
-block Linears by round-to-nearest or GPTQ (calibrated on training data).
+block Linears by round-to-nearest, HQQ (no calibration) or GPTQ (calibrated on training data).
 
     - weight-only: {method: gptq, bits: 4, group_size: 128}
 """
@@ -17,7 +17,8 @@ from netcompress.train.stage import StageKind, StageResult
 class WeightOnlyConfig(Config):
     """`weight-only:` stage (see `netcompress.quantize.weight_only.quantize_weights_`)."""
 
-    method: Literal["rtn", "gptq"] = Field("gptq", description="rtn (round to nearest) or gptq (error compensation)")
+    method: Literal["rtn", "hqq", "gptq"] = Field("gptq", description="rtn (round to nearest), hqq (zero points fitted "
+                                                  "to the weights, no data) or gptq (error compensation)")
     bits: int = Field(4, ge=2, le=8, description="bits per weight code (4: int4, 8: int8)")
     group_size: int = Field(128, ge=1, description="input weights sharing one scale and zero point")
     samples: int = Field(64, ge=1, description="gptq: calibration samples from the training split")
@@ -41,5 +42,5 @@ def run_weight_only(ctx, model: nn.Module, cfg: WeightOnlyConfig):
 
 
 def register(stages) -> None:
-    help = "weight-only int8 / int4 per group of transformer Linears: round-to-nearest or GPTQ"
+    help = "weight-only int8 / int4 per group of transformer Linears: round-to-nearest, HQQ or GPTQ"
     stages.register("weight-only", StageKind(WeightOnlyConfig, run_weight_only, help))
