@@ -225,6 +225,10 @@ def test_hqq_zero_points_lower_the_lp_error_of_every_group():
         q = torch.clamp(torch.round(w[:, :32] / s.unsqueeze(1) + z.unsqueeze(1)), 0, 2 ** bits - 1)
         assert torch.equal(fitted[:, :32], (q - z.unsqueeze(1)) * s.unsqueeze(1))
         assert all(len(torch.unique(fitted[r, :32])) <= 2 ** bits for r in range(16))
+    # a narrow group far from 0 (its min-max zero point would overflow fp16) stays finite and close
+    far = torch.full((2, 8), 10.0, dtype=torch.float64) + torch.rand(2, 8, dtype=torch.float64) * 1e-3
+    s, z = hqq_group(far, 4)
+    assert torch.isfinite(z).all() and (hqq(far, 4, 8) - far).abs().max() <= s.max()
 
 
 class _Tiny(nn.Module):

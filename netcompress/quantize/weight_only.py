@@ -81,10 +81,18 @@ def hqq_group(w: torch.Tensor, bits: int, iters: int = 20, p: float = 0.7, beta:
     """HQQ's (scale, zero) for each row of `w` (rows x group): min-max scale, zero point fitted by
     half-quadratic splitting; both rounded to fp16, as stored. `iters=0` gives min-max with a float zero."""
     maxq = 2 ** bits - 1
+
+    def minmax(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s = ((hi - lo) / maxq).half().double()
+        s = torch.where(s > 0, s, torch.ones_like(s))
+        return s, -lo / s
+
     lo, hi = w.min(1, keepdim=True).values, w.max(1, keepdim=True).values
-    s = ((hi - lo) / maxq).half().double()
-    s = torch.where(s > 0, s, torch.ones_like(s))
-    z = -lo / s
+    s, z = minmax(lo, hi)
+    far = z.abs() > 6e4  # a narrow group far from 0: an fp16 zero point could not hold it
+    if far.any():  # such groups take RTN's range, which contains 0, so 0 <= z <= maxq
+        s0, z0 = minmax(lo.clamp(max=0), hi.clamp(min=0))
+        s, z = torch.where(far, s0, s), torch.where(far, z0, z)
 
     def err(z: torch.Tensor) -> torch.Tensor:
         q = torch.clamp(torch.round(w / s + z), 0, maxq)
