@@ -15,7 +15,7 @@ budget:
   cosine each, as in `bench_transformer_prune.py`.
 Reported: MACs and parameters kept, heads left, test accuracy before and after recovery, the prune
 call's time (median of 3 interleaved calls, each on a fresh copy), and the pruned models' CPU
-latency at batch 64 (median of 9 interleaved rounds, 1 thread).
+latency at batch 64 (`nc.measure.latency_ms`, median of 7 interleaved rounds, 1 thread).
 
 gpt-tiny is tried with Torch-Pruning too (its q/k/v projections given as `num_heads`): the failure,
 if any, is structural (the same for any weights), so it is tried on the freshly built model.
@@ -42,7 +42,7 @@ import netcompress as nc  # noqa: E402
 from _common import md_table, write_result  # noqa: E402
 from bench_transformer_prune import half_macs_ratio, heads, l1_channels, recover  # noqa: E402
 from bench_transformers import VIT_EPOCHS, VIT_TRAIN, dense_vit, ms  # noqa: E402
-from netcompress.measure import count_macs  # noqa: E402
+from netcompress.measure import count_macs, latency_ms  # noqa: E402
 
 
 def torch_pruning(model, x, ratio: float):
@@ -61,19 +61,14 @@ def torch_pruning(model, x, ratio: float):
 TOOLS = {"netcompress": l1_channels, "Torch-Pruning": torch_pruning}
 
 
-def interleaved_ms(models: dict, x: torch.Tensor, rounds: int = 9) -> dict[str, float]:
-    """Median ms per batch of each model, timed in interleaved rounds of 10 calls."""
-    times: dict[str, list[float]] = {k: [] for k in models}
-    with torch.inference_mode():
-        for m in models.values():
-            m.eval()
-            m(x)
-        for _ in range(rounds):
-            for k, m in models.items():
-                t0 = time.perf_counter()
-                for _ in range(10):
-                    m(x)
-                times[k].append((time.perf_counter() - t0) * 100)
+def interleaved_ms(models: dict, x: torch.Tensor, rounds: int = 7) -> dict[str, float]:
+    """Median over `rounds` of `netcompress.measure.latency_ms` at the batch of `x`, the models
+    timed in interleaved rounds (the order rotating each round), so load on the machine hits all alike."""
+    keys = list(models)
+    times: dict[str, list[float]] = {k: [] for k in keys}
+    for r in range(rounds):
+        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+            times[k].append(latency_ms(models[k], x, batch_size=len(x), min_run_time=0.5))
     return {k: statistics.median(v) for k, v in times.items()}
 
 
