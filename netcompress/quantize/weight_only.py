@@ -59,14 +59,22 @@ def _groups(cols: int, group_size: int) -> list[tuple[int, int]]:
     return [(s, min(s + g, cols)) for s in range(0, cols, g)]
 
 
-def rtn(weight: torch.Tensor, bits: int = 4, group_size: int = 128) -> torch.Tensor:
-    """Round-to-nearest per group; returns the dequantized weight."""
+def _per_group(weight: torch.Tensor, group_size: int, dequant) -> torch.Tensor:
+    """`dequant(group)` (in float64) applied to each group of columns of `weight`, in its dtype."""
     w = weight.detach().double()
     out = torch.empty_like(w)
     for a, b in _groups(w.shape[1], group_size):
-        s, z = group_params(w[:, a:b], bits)
-        out[:, a:b] = quantize_to(w[:, a:b], s.unsqueeze(1), z.unsqueeze(1), bits)
+        out[:, a:b] = dequant(w[:, a:b])
     return out.to(weight.dtype)
+
+
+def rtn(weight: torch.Tensor, bits: int = 4, group_size: int = 128) -> torch.Tensor:
+    """Round-to-nearest per group; returns the dequantized weight."""
+    def dequant(g: torch.Tensor) -> torch.Tensor:
+        s, z = group_params(g, bits)
+        return quantize_to(g, s.unsqueeze(1), z.unsqueeze(1), bits)
+
+    return _per_group(weight, group_size, dequant)
 
 
 def shrink_lp(x: torch.Tensor, beta: float, p: float) -> torch.Tensor:
@@ -74,6 +82,11 @@ def shrink_lp(x: torch.Tensor, beta: float, p: float) -> torch.Tensor:
     fixed-point step: sign(x) max(|x| - |x|^(p-1) / beta, 0)."""
     a = x.abs()
     return torch.sign(x) * torch.relu(a - a.clamp_min(1e-12).pow(p - 1) / beta)
+
+
+def _hqq_codes(w: torch.Tensor, s: torch.Tensor, z: torch.Tensor, bits: int) -> torch.Tensor:
+    """HQQ's codes q = clamp(round(w / s + z), 0, 2^bits - 1); the values are (q - z) s."""
+    return torch.clamp(torch.round(w / s + z), 0, 2 ** bits - 1)
 
 
 def hqq_group(w: torch.Tensor, bits: int, iters: int = 20, p: float = 0.7, beta: float = 10.0,
@@ -93,18 +106,14 @@ def hqq_group(w: torch.Tensor, bits: int, iters: int = 20, p: float = 0.7, beta:
     if far.any():  # such groups take RTN's range, which contains 0, so 0 <= z <= maxq
         s0, z0 = minmax(lo.clamp(max=0), hi.clamp(min=0))
         s, z = torch.where(far, s0, s), torch.where(far, z0, z)
-
-    def err(z: torch.Tensor) -> torch.Tensor:
-        q = torch.clamp(torch.round(w / s + z), 0, maxq)
-        return ((q - z) * s - w).abs().pow(p).mean(1, keepdim=True)
-
-    best_z, best = z.clone(), err(z)
+    q = _hqq_codes(w, s, z, bits)
+    best_z, best = z, ((q - z) * s - w).abs().pow(p).mean(1, keepdim=True)
     for _ in range(iters):
-        q = torch.clamp(torch.round(w / s + z), 0, maxq)
         e = shrink_lp(w - (q - z) * s, beta, p)
         z = (q - (w - e) / s).mean(1, keepdim=True)
         beta *= kappa
-        cur = err(z)
+        q = _hqq_codes(w, s, z, bits)  # the codes of the new zero point, also the next step's
+        cur = ((q - z) * s - w).abs().pow(p).mean(1, keepdim=True)
         better = cur < best
         best = torch.where(better, cur, best)
         best_z = torch.where(better, z, best_z)
@@ -113,14 +122,11 @@ def hqq_group(w: torch.Tensor, bits: int, iters: int = 20, p: float = 0.7, beta:
 
 def hqq(weight: torch.Tensor, bits: int = 4, group_size: int = 128, iters: int = 20) -> torch.Tensor:
     """HQQ per group (no calibration data); returns the dequantized weight."""
-    w = weight.detach().double()
-    out = torch.empty_like(w)
-    maxq = 2 ** bits - 1
-    for a, b in _groups(w.shape[1], group_size):
-        s, z = hqq_group(w[:, a:b], bits, iters)
-        s, z = s.unsqueeze(1), z.unsqueeze(1)
-        out[:, a:b] = (torch.clamp(torch.round(w[:, a:b] / s + z), 0, maxq) - z) * s
-    return out.to(weight.dtype)
+    def dequant(g: torch.Tensor) -> torch.Tensor:
+        s, z = (t.unsqueeze(1) for t in hqq_group(g, bits, iters))
+        return (_hqq_codes(g, s, z, bits) - z) * s
+
+    return _per_group(weight, group_size, dequant)
 
 
 def gptq(weight: torch.Tensor, hessian: torch.Tensor, bits: int = 4, group_size: int = 128,
