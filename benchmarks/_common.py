@@ -11,6 +11,9 @@ from typing import Sequence
 
 import torch
 
+import netcompress as nc
+from netcompress.measure import latency_ms
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -57,3 +60,19 @@ def write_result(name: str, title: str, body: str) -> Path:
     path.write_text(f"# {title}\n\n{machine_header()}\n{body}")
     print(path.read_text())
     return path
+
+
+def l1_channels(model, x, ratio: float):
+    """The netcompress side of the pruning comparisons: L1 channels at `ratio` (a new model)."""
+    return nc.prune.channels(model, "l1", ratio, example_inputs=x)
+
+
+def interleaved_latency(models: dict, x, rounds: int = 7, batch_size: int = 1, threads: int = 1) -> dict[str, list[float]]:
+    """{name: [ms per round]}: `netcompress.measure.latency_ms` of each model (min_run_time 0.5 s) in
+    `rounds` interleaved rounds, the order rotating each round, so load on the machine hits all alike."""
+    keys = list(models)
+    times: dict[str, list[float]] = {k: [] for k in keys}
+    for r in range(rounds):
+        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+            times[k].append(latency_ms(models[k], x, batch_size=batch_size, threads=threads, min_run_time=0.5))
+    return times

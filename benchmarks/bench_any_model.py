@@ -55,11 +55,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import md_table, write_result  # noqa: E402
+from _common import interleaved_latency, l1_channels, md_table, write_result  # noqa: E402
 
 import netcompress as nc  # noqa: E402
 from netcompress.core.batch import call, logits_of  # noqa: E402
-from netcompress.measure import count_macs, latency_ms  # noqa: E402
+from netcompress.measure import count_macs  # noqa: E402
 from netcompress.models.sources import TINY_CONFIGS  # noqa: E402
 
 DEFAULT_FAMILIES = [
@@ -205,10 +205,6 @@ def check_pruned(small, x, y0, macs0) -> tuple[int, str | None]:
 # ------------------------------------------------------------------ the two pruners
 
 
-def nc_prune(model, x, ratio: float):
-    return nc.prune.channels(model, "l1", ratio, example_inputs=x)
-
-
 def _timm_attention_forward(self, x, attn_mask=None, **kw):
     """timm's Attention with the output reshaped by -1 (Torch-Pruning's timm example does the same)."""
     import torch.nn.functional as F
@@ -298,7 +294,7 @@ def tp_prune(model, x, ratio: float):
     return m
 
 
-TOOLS = {"netcompress": nc_prune, "torch-pruning": tp_prune}
+TOOLS = {"netcompress": l1_channels, "torch-pruning": tp_prune}
 
 
 # ------------------------------------------------------------------ one model
@@ -433,11 +429,7 @@ def latency_part(threads: int, rounds: int = 7) -> str:
             res, err = guarded(lambda fn=fn: at_macs(fn, model, x, macs0))
             pruned[tool] = (res, err)
         timed = {"dense": model} | {t: r[0].eval() for t, (r, e) in pruned.items() if r is not None}
-        ms: dict[str, list[float]] = {k: [] for k in timed}
-        keys = list(timed)
-        for r in range(rounds):
-            for k in keys[r % len(keys):] + keys[:r % len(keys)]:
-                ms[k].append(latency_ms(timed[k], x, threads=threads, min_run_time=0.5))
+        ms = interleaved_latency(timed, x, rounds, threads=threads)
         row = [name, f"{macs0 / 1e6:.0f}M", f"{sorted(ms['dense'])[rounds // 2]:.2f}"]
         for tool in TOOLS:
             res, err = pruned[tool]

@@ -39,10 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import netcompress as nc  # noqa: E402
-from _common import md_table, write_result  # noqa: E402
-from bench_transformer_prune import half_macs_ratio, heads, l1_channels, recover  # noqa: E402
+from _common import interleaved_latency, l1_channels, md_table, write_result  # noqa: E402
+from bench_transformer_prune import half_macs_ratio, heads, recover  # noqa: E402
 from bench_transformers import VIT_EPOCHS, VIT_TRAIN, dense_vit, ms  # noqa: E402
-from netcompress.measure import count_macs, latency_ms  # noqa: E402
+from netcompress.measure import count_macs  # noqa: E402
 
 
 def torch_pruning(model, x, ratio: float):
@@ -59,17 +59,6 @@ def torch_pruning(model, x, ratio: float):
 
 
 TOOLS = {"netcompress": l1_channels, "Torch-Pruning": torch_pruning}
-
-
-def interleaved_ms(models: dict, x: torch.Tensor, rounds: int = 7) -> dict[str, float]:
-    """Median over `rounds` of `netcompress.measure.latency_ms` at the batch of `x`, the models
-    timed in interleaved rounds (the order rotating each round), so load on the machine hits all alike."""
-    keys = list(models)
-    times: dict[str, list[float]] = {k: [] for k in keys}
-    for r in range(rounds):
-        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
-            times[k].append(latency_ms(models[k], x, batch_size=len(x), min_run_time=0.5))
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def vit_seed(seed: int, epochs: float, recover_epochs: float) -> dict:
@@ -96,9 +85,9 @@ def vit_seed(seed: int, epochs: float, recover_epochs: float) -> dict:
         r[f"{k}_none"] = acc(m)
         r[f"{k}_ft"] = acc(recover(base, m, data, fit_kw, kd=False))
         r[f"{k}_kd"] = acc(recover(base, m, data, fit_kw, kd=True))
-    lat = interleaved_ms({"dense": base, **pruned}, next(iter(data.test))[0][:64])
+    lat = interleaved_latency({"dense": base, **pruned}, next(iter(data.test))[0][:64], batch_size=64)
     for k, v in lat.items():
-        r[f"{k}_ms"] = v
+        r[f"{k}_ms"] = statistics.median(v)
     print(seed, {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}, flush=True)
     return r
 

@@ -36,14 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import netcompress as nc  # noqa: E402
-from _common import md_table, write_result  # noqa: E402
+from _common import l1_channels, md_table, write_result  # noqa: E402
 from bench_transformers import GPT_TRAIN, VIT_TRAIN, dense_gpt, dense_vit, ms, ppl, run_seeds  # noqa: E402
 from netcompress.distill.transformer import HiddenKD  # noqa: E402
 from netcompress.measure import count_macs  # noqa: E402
-
-
-def l1_channels(model, x, ratio: float):
-    return nc.prune.channels(model, "l1", ratio, example_inputs=x)
 
 
 def half_macs_ratio(model, x, target: float = 0.5, prune=l1_channels) -> tuple[float, float]:
