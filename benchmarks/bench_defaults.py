@@ -66,11 +66,17 @@ STUDENTS = {"mlp": ("MLP 784-64-10 (nn.Sequential)", mlp), "lenet5-quarter": ("l
 EXTRA_ACC = {"dml": "ensemble_acc", "born-again": "ensemble_acc", "takd": "assistant_acc"}
 
 
-def _teacher(name: str, data, path: Path) -> float:
-    """Train the teacher once (seed 0, fit defaults) and save it; every worker loads the same file."""
+def train_teacher(name: str, data) -> nn.Module:
+    """The zoo model `name` trained with `nc.train.fit` defaults, seed 0."""
     torch.manual_seed(0)
     teacher = nc.models.create_for(name, data)
     nc.train.fit(teacher, data, progress=False)
+    return teacher
+
+
+def _teacher(name: str, data, path: Path) -> float:
+    """Train the teacher once and save it; every worker loads the same file."""
+    teacher = train_teacher(name, data)
     nc.models.save(teacher, path)
     return nc.train.evaluate(teacher, data)
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import netcompress as nc  # noqa: E402
 from _common import md_table, mean_std, write_result  # noqa: E402
-from bench_defaults import STUDENTS  # noqa: E402
+from bench_defaults import STUDENTS, train_teacher  # noqa: E402
 from netcompress.distill import losses  # noqa: E402
 
 
@@ -47,9 +47,7 @@ def main() -> None:
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     data = nc.data.load("mnist-5k")
-    torch.manual_seed(0)
-    teacher = nc.models.create_for("lenet5", data)
-    nc.train.fit(teacher, data, progress=False)
+    teacher = train_teacher("lenet5", data)
     t_tr, y_tr = logits(teacher, data, "train")
     rows, notes, agree, shrink, ratio = [], [], [], [], []
     for key, (label, make) in STUDENTS.items():

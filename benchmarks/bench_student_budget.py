@@ -12,7 +12,6 @@ teacher), summed over seeds. Seeds run in parallel processes, 1 thread each.
 from __future__ import annotations
 
 import argparse
-import copy
 import multiprocessing
 import sys
 import time
@@ -26,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import netcompress as nc  # noqa: E402
 from _common import md_table, write_result  # noqa: E402
-from bench_transformers import GPT_TRAIN, dense_gpt, ms  # noqa: E402
-from netcompress.distill.methods import KD  # noqa: E402
+from bench_student_init import gpt_trainer, trained  # noqa: E402
+from bench_transformers import dense_gpt, ms  # noqa: E402
 from netcompress.train.lm import evaluate_lm  # noqa: E402
 
 
@@ -42,14 +41,9 @@ def run_seed(seed: int, steps: int) -> dict:
     r = {"seed": seed, "teacher": perplexities(base, data), "teacher_s": time.perf_counter() - t0}
     torch.manual_seed(seed)
     init = nc.models.create_for("gpt-tiny-half", data)
+    train = gpt_trainer(data, seed, steps)
     for row, kd in (("alone", False), ("kd", True)):
-        m, t = copy.deepcopy(init), time.perf_counter()
-        k = [KD(base, 2.0, 0.5)] if kd else []
-        nc.train.fit(m, data, epochs=100, max_steps=steps, seed=seed, progress=False, evaluate_each_epoch=False,
-                     schedule="cosine", methods=k, loss_fn=k[0].task_loss if k else None, **GPT_TRAIN)
-        if k:
-            k[0].finalize(m)
-        r[row], r[f"{row}_s"] = perplexities(m, data), time.perf_counter() - t
+        r[row], r[f"{row}_s"] = trained(init, base if kd else None, train, lambda m: perplexities(m, data))
     print(seed, r, flush=True)
     return r
 

@@ -19,7 +19,6 @@ Goal (issue 15): KD recovers >= 50 % of the gap.
 from __future__ import annotations
 
 import copy
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -46,23 +45,34 @@ def students(base, data, half: str, train, score, ignore=()) -> dict:
          "same_shape": all(a.shape == b.shape for a, b in zip(cut.state_dict().values(), scratch.state_dict().values()))
          and len(cut.state_dict()) == len(scratch.state_dict())}
     for row, init, kd in (("alone", scratch, False), ("kd", scratch, True), ("cut", cut, False), ("cut_kd", cut, True)):
-        m, t = copy.deepcopy(init), time.perf_counter()
-        k = [KD(base, 2.0, 0.5)] if kd else []
-        train(m, methods=k, loss_fn=k[0].task_loss if k else None)
-        if k:
-            k[0].finalize(m)
-        r[row], r[f"{row}_s"] = score(m), time.perf_counter() - t
+        r[row], r[f"{row}_s"] = trained(init, base if kd else None, train, score)
     return r
+
+
+def trained(init, teacher, train, score) -> tuple:
+    """(score, seconds including the scoring) of a copy of `init` trained by `train` on labels, or by
+    logit KD (T 2, alpha 0.5) from `teacher` when one is given."""
+    m, t = copy.deepcopy(init), time.perf_counter()
+    k = [KD(teacher, 2.0, 0.5)] if teacher is not None else []
+    train(m, methods=k, loss_fn=k[0].task_loss if k else None)
+    if k:
+        k[0].finalize(m)
+    return score(m), time.perf_counter() - t
+
+
+def gpt_trainer(data, seed: int, steps: int = GPT_STEPS):
+    """`train(model, **fit kwargs)`: the gpt-tiny budget (`steps`, batch 16 x 128 bytes, AdamW 3e-3 cosine)."""
+    def train(m, **kw):
+        nc.train.fit(m, data, epochs=100, max_steps=steps, seed=seed, progress=False, evaluate_each_epoch=False,
+                     schedule="cosine", **GPT_TRAIN, **kw)
+
+    return train
 
 
 def gpt_seed(seed: int) -> dict:
     base, data = dense_gpt(seed)
-
-    def train(m, **kw):
-        nc.train.fit(m, data, epochs=100, max_steps=GPT_STEPS, seed=seed, progress=False, evaluate_each_epoch=False,
-                     schedule="cosine", **GPT_TRAIN, **kw)
-
-    return {"dense": ppl(base, data), **students(base, data, "gpt-tiny-half", train, lambda m: ppl(m, data))}
+    return {"dense": ppl(base, data),
+            **students(base, data, "gpt-tiny-half", gpt_trainer(data, seed), lambda m: ppl(m, data))}
 
 
 def vit_seed(seed: int) -> dict:
