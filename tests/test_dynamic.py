@@ -8,7 +8,7 @@ from torch import nn
 import netcompress as nc
 from netcompress.core.errors import NetcompressError
 from netcompress.dynamic import MultiExitModel, early_exit, early_exit_predict, early_exit_stream, segment_mode
-from netcompress.dynamic.policy import (calibrate_budget, exit_macs, exit_outputs, full_macs, policy_report,
+from netcompress.dynamic.policy import (calibrate_accuracy, calibrate_budget, exit_macs, exit_outputs, full_macs, policy_report,
                                         simulate_exits)
 from netcompress.dynamic.training import ExitTraining, FrozenBackbone, exit_losses
 
@@ -268,6 +268,73 @@ def test_budget_calibration_meets_target(mnist_small):
         calibrate_budget(outs, cum, 0.5 * cum[0])
     t, reached = calibrate_budget(outs, cum, 10 * cum[-1])
     assert t > 1 and reached == cum[-1]
+
+
+def _two_class_logits(margins):
+    """Logits [m, 0]: max-softmax confidence sigmoid(|m|), prediction class 0 when m > 0."""
+    m = torch.tensor(margins, dtype=torch.float32)
+    return torch.stack([m, torch.zeros_like(m)], 1)
+
+
+def test_accuracy_calibration_golden_and_not_fooled_by_a_lucky_threshold():
+    """Six samples, target class 0, exit-0 confidences rising from a to f. a: the exit is right, the
+    full network wrong; b: the exit wrong; c-f: both right. Full accuracy 5/6. Lowering the threshold
+    from 'nobody exits', c-f leave at no loss, then b's exit costs a sample: the result is c's
+    confidence, although a lower threshold (a's) is back at 5/6 by luck."""
+    exit0 = _two_class_logits([0.5, -1.0, 1.5, 2.0, 2.5, 3.0])
+    final = _two_class_logits([-1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    y = torch.zeros(6, dtype=torch.long)
+    conf = torch.sigmoid(torch.tensor([0.5, 1.0, 1.5, 2.0, 2.5, 3.0]))
+    t, macs, acc = calibrate_accuracy([exit0, final], y, [1, 10])
+    assert t == pytest.approx(conf[2].item()) and macs == pytest.approx((4 * 1 + 2 * 10) / 6)
+    assert acc == pytest.approx(5 / 6)
+    assert policy_report([exit0, final], y, [1, 10], t, "max_softmax")["accuracy"] == pytest.approx(5 / 6)
+    # allowing one sample (1/6) lost: b may leave too, and then a (back to 4/6 + 1/6 = 5/6)
+    t, macs, acc = calibrate_accuracy([exit0, final], y, [1, 10], max_drop=1 / 6)
+    assert t == pytest.approx(conf[0].item()) and macs == 1.0 and acc == pytest.approx(5 / 6)
+    # an exit that is always wrong: nobody may leave early
+    t, macs, acc = calibrate_accuracy([_two_class_logits([-3.0] * 6), final], y, [1, 10])
+    assert t > 1 and macs == 10.0 and acc == pytest.approx(5 / 6)
+    with pytest.raises(NetcompressError, match="fraction"):
+        calibrate_accuracy([exit0, final], y, [1, 10], max_drop=2.0)
+
+
+def test_batch_one_path_records_no_graph_and_returns_a_fresh_exit_index():
+    torch.manual_seed(0)
+    mx = early_exit(nc.models.create("lenet5", in_channels=1, input_size=28), ["features.1"],
+                    head={"hidden": 0}).eval()
+    x = _x(1)
+    logits, exit_at = early_exit_predict(mx, x, thresholds=0.0)  # grad mode on: no graph is recorded
+    assert not logits.requires_grad and exit_at.dtype == torch.long and exit_at.tolist() == [0]
+    exit_at[0] = 5  # the caller owns the returned tensor: nothing cached is changed
+    assert early_exit_predict(mx, x, thresholds=0.0)[1].tolist() == [0]
+    logits, exit_at = early_exit_predict(mx, x, thresholds=2.0)
+    assert exit_at.tolist() == [1] and torch.allclose(logits, mx.backbone(x), atol=1e-6)
+
+
+def test_cached_stepper_follows_replaced_heads():
+    """The per-stage calls are cached with the segments; a head replaced in the list, or a new head
+    list, is what the next call runs."""
+    torch.manual_seed(0)
+    mx = early_exit(nc.models.create("lenet5", in_channels=1, input_size=28), ["features.1"]).eval()
+    x = _x(4)
+    early_exit_predict(mx, x, thresholds=0.0)
+    mx.heads[0] = nn.Sequential(nn.Flatten(), nn.Linear(20 * 24 * 24, 10))
+    assert torch.allclose(early_exit_predict(mx, x, thresholds=0.0)[0], mx.all_exits(x)[0], atol=1e-6)
+    mx.heads = nn.ModuleList([nn.Sequential(nn.Flatten(), nn.Linear(20 * 24 * 24, 10))])
+    assert torch.allclose(early_exit_predict(mx, x[:1], thresholds=0.0)[0], mx.all_exits(x[:1])[0], atol=1e-6)
+
+
+def test_head_without_pooling_when_pool_covers_the_map(tmp_path):
+    """pool >= the feature map: no pooling layer runs (an Identity keeps the layer indices), and the
+    model saves and loads."""
+    torch.manual_seed(0)
+    mx = early_exit(nc.models.create("lenet5", in_channels=1, input_size=28), ["features.2"],
+                    head={"pool": 12, "hidden": 0}).eval()
+    assert isinstance(mx.heads[0][0], nn.Identity) and mx.heads[0][2].in_features == 20 * 12 * 12
+    back = nc.models.load(nc.models.save(mx, tmp_path / "m.pt")).eval()
+    x = _x(3)
+    assert torch.allclose(back.all_exits(x)[0], mx.all_exits(x)[0], atol=1e-6)
 
 
 def test_policy_report_counts(lenet_mx):

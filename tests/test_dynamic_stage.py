@@ -22,8 +22,10 @@ def _ctx(data, tmp_path):
 def test_config_validation_and_round_trip():
     cfg = DynamicConfig.from_dict({"exits": ["features.2"], "budget": 0.4, "head": {"pool": 2}})
     assert DynamicConfig.from_dict(cfg.to_dict()) == cfg
-    with pytest.raises(NetcompressError, match="threshold or budget"):
+    with pytest.raises(NetcompressError, match="only one of threshold, budget, accuracy_drop"):
         DynamicConfig.from_dict({"threshold": 0.9, "budget": 0.5})
+    with pytest.raises(NetcompressError, match=r"\(got budget and accuracy_drop\)"):
+        DynamicConfig.from_dict({"budget": 0.5, "accuracy_drop": 0.0})
     with pytest.raises(NetcompressError, match="unknown key"):
         DynamicConfig.from_dict({"exit": ["features.2"]})
     with pytest.raises(NetcompressError, match="unknown key"):
@@ -58,6 +60,20 @@ def test_dynamic_stage_on_lenet(mnist_small, tmp_path):
     back = nc.models.load(path)
     assert back.thresholds == res.model.thresholds
     assert nc.train.evaluate(back, mnist_small) == pytest.approx(ex["accuracy"])
+
+
+def test_dynamic_stage_accuracy_drop_keeps_the_held_out_accuracy(mnist_small, tmp_path):
+    """`accuracy_drop: 0` calibrates on the held-out training samples: there the early exits lose
+    nothing against the full network, and the policy is the one `calibrate_accuracy` picks."""
+    torch.manual_seed(0)
+    model = nc.models.create("lenet5-half", in_channels=1, input_size=28)
+    nc.train.fit(model, mnist_small, max_steps=30, epochs=1, progress=False, evaluate_each_epoch=False)
+    cfg = DynamicConfig.from_dict({"exits": ["features.1"], "head": {"hidden": 0}, "max_steps": 20,
+                                   "accuracy_drop": 0.0, "holdout": 200, "latency": False})
+    ex = run_dynamic(_ctx(mnist_small, tmp_path), model, cfg).extra
+    cal = ex["calibration"]
+    assert cal["accuracy_drop"] == 0.0 and cal["holdout_accuracy"] >= cal["holdout_full_accuracy"]
+    assert 0 < cal["holdout_fraction"] <= 1.0 and "latency" not in ex
 
 
 def test_dynamic_stage_errors(mnist_small, tmp_path):

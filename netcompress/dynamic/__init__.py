@@ -12,12 +12,12 @@ Example:
 from netcompress.dynamic.base import MultiExitBase, confidence, early_exit_predict, early_exit_stream
 from netcompress.dynamic.early_exit import HeadConfig, MultiExitModel, early_exit, segment_mode, split_at_exits
 from netcompress.dynamic.msdnet import MSDNetSmall
-from netcompress.dynamic.policy import (calibrate_budget, compare_latency, exit_macs, exit_outputs, full_macs,
-                                        policy_report, simulate_exits, tradeoff_curve)
+from netcompress.dynamic.policy import (calibrate_accuracy, calibrate_budget, compare_latency, exit_macs, exit_outputs,
+                                        full_macs, policy_report, simulate_exits, tradeoff_curve)
 from netcompress.dynamic.training import ExitTraining, FrozenBackbone, exit_losses, sdn_weights
 
 __all__ = [
     "MultiExitBase", "MultiExitModel", "MSDNetSmall", "HeadConfig", "early_exit", "early_exit_predict", "early_exit_stream", "confidence",
-    "segment_mode", "split_at_exits", "calibrate_budget", "compare_latency", "exit_macs", "exit_outputs", "full_macs",
-    "policy_report", "simulate_exits", "tradeoff_curve", "ExitTraining", "FrozenBackbone", "exit_losses", "sdn_weights",
+    "segment_mode", "split_at_exits", "calibrate_accuracy", "calibrate_budget", "compare_latency", "exit_macs",
+    "exit_outputs", "full_macs", "policy_report", "simulate_exits", "tradeoff_curve", "ExitTraining", "FrozenBackbone", "exit_losses", "sdn_weights",
 ]

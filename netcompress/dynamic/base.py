@@ -192,32 +192,38 @@ def _leave(k: int, logits: torch.Tensor, idx: torch.Tensor, out: torch.Tensor, e
     return (~done).nonzero().squeeze(1)
 
 
-@torch.no_grad()
 def early_exit_predict(model: MultiExitBase, x: torch.Tensor, thresholds: float | Sequence[float] | None = None,
                        policy: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Batched early-exit inference: (logits of the chosen exit, exit index) per sample.
 
     Samples whose confidence passes their exit's threshold leave the batch; only the others run the
-    next stage (Shallow-Deep Networks, Kaya et al. 2019, 'early exit'; BranchyNet).
+    next stage (Shallow-Deep Networks, Kaya et al. 2019, 'early exit'; BranchyNet). Gradients are
+    never recorded.
 
     Example:
         logits, exit_at = early_exit_predict(mx, x, thresholds=0.9)
     """
+    if torch.is_grad_enabled():  # entered only when needed: at batch 1 each context is a visible cost
+        with torch.no_grad():
+            return early_exit_predict(model, x, thresholds, policy)
     policy, cuts = _cuts(model, thresholds, policy)
-    with _evaluating(model):
-        return _predict(model, x, cuts, policy)
+    if model.training:
+        with eval_mode(model):
+            return _predict(model, x, cuts, policy)
+    return _predict(model, x, cuts, policy)  # the deployed case: nothing to switch or restore
 
 
 def _predict(model: MultiExitBase, x: torch.Tensor, cuts: list[float], policy: str) -> tuple[torch.Tensor, torch.Tensor]:
-    k_total = model.num_exits
     step = model.stepper()
     state = model.start(x)
     n = x.shape[0]
     if n == 1:  # no batch bookkeeping for a single sample
-        for k in range(k_total):
+        for k, cut in enumerate(cuts):
             state, logits = step(k, state)
-            if k == k_total - 1 or confidence(logits, policy).item() >= cuts[k]:
-                return logits, torch.tensor([k], device=x.device)
+            if confidence(logits, policy).item() >= cut:
+                return logits, torch.full((1,), k, dtype=torch.long, device=x.device)
+        return step(len(cuts), state)[1], torch.full((1,), len(cuts), dtype=torch.long, device=x.device)
+    k_total = model.num_exits
     idx = torch.arange(n, device=x.device)
     exit_at = torch.full((n,), k_total - 1, dtype=torch.long, device=x.device)
     out: torch.Tensor | None = None

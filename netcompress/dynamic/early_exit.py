@@ -47,8 +47,10 @@ def make_head(feature_shape: Sequence[int], num_classes: int, cfg: HeadConfig) -
     if len(feature_shape) == 3:
         c, h, w = feature_shape
         ph, pw = min(cfg.pool, h), min(cfg.pool, w)
-        # a plain AvgPool2d when the size divides evenly: same result, faster on CPU than adaptive pooling
-        pool = nn.AvgPool2d((h // ph, w // pw)) if h % ph == 0 and w % pw == 0 else nn.AdaptiveAvgPool2d((ph, pw))
+        # a plain AvgPool2d when the size divides evenly: same result, faster on CPU than adaptive
+        # pooling; none at all (an Identity, so the layer indices stay) when pool >= the map
+        pool: nn.Module = (nn.Identity() if (ph, pw) == (h, w) else nn.AvgPool2d((h // ph, w // pw))
+                           if h % ph == 0 and w % pw == 0 else nn.AdaptiveAvgPool2d((ph, pw)))
         layers += [pool, nn.Flatten()]
         d = c * ph * pw
     elif len(feature_shape) == 2 and cfg.tokens in ("cls", "mean"):
@@ -104,7 +106,24 @@ class MultiExitModel(MultiExitBase):
 
     def stepper(self):
         segs = _segments(self)
-        return lambda k, state: self._step(segs, k, state)
+        if segs is None:
+            return lambda k, state: self._step(None, k, state)
+        # the per-stage work of `_step` with its look-ups done once and kept while the segments and
+        # the head list are the same objects: at batch 1 a call's Python overhead is a visible part
+        # of a small network's time
+        heads = self._modules["heads"]
+        hit = _STEPPERS.get(self)
+        if hit is not None and hit[0] is segs and hit[1] is heads:
+            return hit[2]
+        fwd, last = [s.forward for s in segs], self.num_exits - 1
+
+        def step(k: int, state: Any) -> tuple[Any, torch.Tensor]:
+            if k == last:
+                return (), fwd[k](*state)
+            live, feat = fwd[k](*state)
+            return tuple(live), heads[k](feat)
+        _STEPPERS[self] = (segs, heads, step)
+        return step
 
     def step(self, k: int, state: Any) -> tuple[Any, torch.Tensor]:
         return self._step(_segments(self), k, state)
@@ -242,6 +261,7 @@ def build_early_exit(backbone: dict, exits: list[str], head: dict, input_shape: 
 # ---------------------------------------------------------------- segments (fx)
 
 _CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+_STEPPERS: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
 
 
 class _ExitTracer(fx.Tracer):

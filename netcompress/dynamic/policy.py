@@ -124,6 +124,44 @@ def calibrate_budget(outputs: Sequence[torch.Tensor], cum_macs: Sequence[int], b
     return user_threshold(cands[lo], policy), avg(cands[lo])
 
 
+def calibrate_accuracy(outputs: Sequence[torch.Tensor], targets: torch.Tensor, cum_macs: Sequence[int],
+                       max_drop: float = 0.0, policy: str = "max_softmax") -> tuple[float, float, float]:
+    """The cheapest threshold (shared by all exits) that keeps the full network's accuracy on these
+    outputs, within `max_drop` (a fraction: 0.0 loses nothing, 0.005 half a point).
+
+    Accuracy is not monotone in the threshold, so a single lucky threshold is not trusted: going
+    down from "nobody exits early", the result is the lowest threshold such that it and every
+    higher one stay within `max_drop` of the full network on these samples (use held-out training
+    data, never the test set). Returns (threshold in the policy's scale, average MACs, accuracy).
+
+    Example:
+        t, macs, acc = calibrate_accuracy(held_out_logits, held_out_y, exit_macs(mx, x))
+    """
+    k_total = len(outputs)
+    if k_total < 2:
+        raise NetcompressError("accuracy calibration needs at least one early exit")
+    if not 0.0 <= max_drop <= 1.0:
+        raise NetcompressError(f"max_drop must be a fraction in [0, 1], got {max_drop}")
+    costs = torch.tensor(cum_macs, dtype=torch.float64)
+    scores = [confidence(z, policy).double() for z in outputs[:-1]]
+    preds = torch.stack([z.argmax(1) for z in outputs])  # K x N
+    right = preds == targets[None]  # K x N: is exit k right on sample n
+    target = right[-1].double().mean().item() - max_drop - 1e-12
+
+    def at(cut: float) -> tuple[float, float]:
+        exit_at = _exits_for_cuts(scores, [cut] * (k_total - 1), k_total)
+        acc = right.gather(0, exit_at[None]).double().mean().item()
+        return costs[exit_at].mean().item(), acc
+
+    best = (math.inf, *at(math.inf))
+    for cut in reversed(torch.unique(torch.cat(scores)).tolist()):  # descending: more samples leave
+        macs, acc = at(cut)
+        if acc < target:
+            break
+        best = (cut, macs, acc)
+    return user_threshold(best[0], policy), best[1], best[2]
+
+
 def policy_report(outputs: Sequence[torch.Tensor], targets: torch.Tensor, cum_macs: Sequence[int],
                   thresholds: float | Sequence[float], policy: str, names: Sequence[str] | None = None) -> dict[str, Any]:
     """Accuracy, average MACs, and per exit: MACs, accuracy of all samples forced there (anytime

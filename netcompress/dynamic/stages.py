@@ -3,6 +3,7 @@
 ```yaml
 - dynamic: {exits: [features.2], epochs: 2, budget: 0.5}        # a trained lenet5
 - dynamic: {epochs: 5, train_backbone: true, budget: 0.4}        # msdnet-small: exits built in
+- dynamic: {exits: [features.1], head: {hidden: 0}, accuracy_drop: 0}   # no accuracy lost on held-out data
 ```
 """
 from __future__ import annotations
@@ -18,8 +19,8 @@ from netcompress.core.config import Config
 from netcompress.core.errors import NetcompressError
 from netcompress.dynamic.base import MultiExitBase, early_exit_predict
 from netcompress.dynamic.early_exit import HeadConfig, MultiExitModel, early_exit, segment_mode
-from netcompress.dynamic.policy import (calibrate_budget, compare_latency, exit_macs, exit_outputs, full_macs,
-                                        plot_curve, policy_report, tradeoff_curve)
+from netcompress.dynamic.policy import (calibrate_accuracy, calibrate_budget, compare_latency, exit_macs,
+                                        exit_outputs, full_macs, plot_curve, policy_report, tradeoff_curve)
 from netcompress.dynamic.training import ExitTraining, FrozenBackbone, sdn_weights
 from netcompress.train.stage import StageKind, StageResult
 
@@ -27,8 +28,9 @@ from netcompress.train.stage import StageKind, StageResult
 class DynamicConfig(Config):
     """Config of the `dynamic` stage.
 
-    Either `threshold` (fixed) or `budget` (average MACs as a fraction of the full network,
-    calibrated on `holdout` training samples that the exits do not train on); budget 0.5 by default.
+    One of `threshold` (fixed), `budget` (average MACs as a fraction of the full network) or
+    `accuracy_drop` (the cheapest threshold keeping the full network's accuracy), both calibrated on
+    `holdout` training samples that the exits do not train on; budget 0.5 by default.
     """
 
     exits: list[str] = Field(default_factory=list, description="backbone module names; empty: the model has exits")
@@ -45,7 +47,10 @@ class DynamicConfig(Config):
     policy: Literal["max_softmax", "entropy"] = Field("max_softmax", description="confidence measure of the exits")
     threshold: float | list[float] | None = Field(None, description="fixed exit threshold(s) instead of a budget")
     budget: float | None = Field(None, gt=0, description="average MACs as a fraction of the full network "
-                                 "(default 0.5 when no threshold)")
+                                 "(default 0.5 when no threshold and no accuracy_drop)")
+    accuracy_drop: float | None = Field(None, ge=0, le=1, description="instead of a MACs budget: the cheapest "
+                                        "threshold keeping the full network's held-out accuracy within this "
+                                        "fraction (0: none lost)")
     holdout: int = Field(500, ge=1, description="training samples held out for calibration")
     latency: bool = Field(True, description="measure full vs early-exit CPU time")
     latency_batch: int = Field(64, ge=1, description="batch size of the latency measurement")
@@ -53,8 +58,9 @@ class DynamicConfig(Config):
 
     @model_validator(mode="after")
     def _one_of(self) -> "DynamicConfig":
-        if self.threshold is not None and self.budget is not None:
-            raise ValueError("give threshold or budget, not both")
+        given = [k for k in ("threshold", "budget", "accuracy_drop") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give only one of threshold, budget, accuracy_drop (got {' and '.join(given)})")
         return self
 
 
@@ -90,7 +96,7 @@ def _weights(cfg: DynamicConfig, cum: list[int], full: int, k: int) -> list[floa
 
 
 def run_dynamic(ctx, model: nn.Module, cfg: DynamicConfig):
-    """The `dynamic` stage: exits -> joint training -> policy (threshold or calibrated budget) ->
+    """The `dynamic` stage: exits -> joint training -> policy (threshold, calibrated budget or accuracy) ->
     per-exit report, accuracy-MACs curve (figure), measured latency."""
     data = ctx.data
     example = data.example
@@ -121,10 +127,14 @@ def run_dynamic(ctx, model: nn.Module, cfg: DynamicConfig):
                 frozen.finalize(mx)
         history = hist.to_list()
     mx.eval()
-    held_out, _ = exit_outputs(mx, held)
+    held_out, held_y = exit_outputs(mx, held)
     if cfg.threshold is not None:
         threshold: float | list[float] = cfg.threshold
         calib = None
+    elif cfg.accuracy_drop is not None:
+        threshold, reached, acc = calibrate_accuracy(held_out, held_y, cum, cfg.accuracy_drop, cfg.policy)
+        calib = {"accuracy_drop": cfg.accuracy_drop, "holdout_avg_macs": reached, "holdout_fraction": reached / full,
+                 "holdout_accuracy": acc, "holdout_full_accuracy": (held_out[-1].argmax(1) == held_y).float().mean().item()}
     else:
         budget = cfg.budget if cfg.budget is not None else 0.5
         threshold, reached = calibrate_budget(held_out, cum, budget * full, cfg.policy)
