@@ -5,7 +5,9 @@ Per seed: LeNet-5 is trained (the full network), an exit head (pool 6x6 -> 128 -
 samples (the backbone is frozen: Shallow-Deep Networks' "IC-only" training), then one max-softmax
 threshold is calibrated on those 500 held-out *training* samples to meet an average budget of 50 %
 of the full network's MACs (the goal's operating point); budgets of 40 % and 30 % are reported from the
-same heads, fixed in advance. Nothing is selected on the test set. Latency: the 1,000 test images in
+same heads, fixed in advance. SDN's linear head (pool 6x6 -> 10), cheaper at batch 1, is trained on
+the same networks and calibrated for 50 % and 40 %, and for the cheapest threshold that loses nothing
+on the held-out images (`calibrate_accuracy`). Nothing is selected on the test set. Latency: the 1,000 test images in
 batches of 64 (and one by one for the first 200), 1 thread, `torch.utils.benchmark` median, full
 network vs early exit with samples leaving the batch, in the same process.
 
@@ -47,6 +49,7 @@ from netcompress.train import TrainConfig  # noqa: E402
 
 
 EXTRA_BUDGETS = (0.4, 0.3)
+LINEAR_BUDGETS = (0.5, 0.4)
 
 
 def _ctx(data, seed, tmp, train):
@@ -64,6 +67,17 @@ def ort_latency(mx, xs: torch.Tensor) -> dict:
         same = ((lr.argmax(1) == lm.argmax(1)) & (er == em)).float().mean().item()
     return {"agree": same, "b1": compare_latency(rt, xs[:200], batch_size=1, min_run_time=1.0, reference=full),
             "b64": compare_latency(rt, xs, batch_size=64, reference=full)}
+
+
+def point(mx, threshold: float, data, xs: torch.Tensor, full: int) -> dict:
+    """Test accuracy, MACs and CPU speedups (batch 64 and batch 1) of `mx` at `threshold`."""
+    mx.set_policy_("max_softmax", threshold)
+    test_out, y = exit_outputs(mx, data.loader("test", shuffle=False))
+    rep = policy_report(test_out, y, exit_macs(mx, data.example), threshold, "max_softmax")
+    return {"threshold": threshold, "accuracy": rep["accuracy"], "full_accuracy": (test_out[-1].argmax(1) == y).float().mean().item(),
+            "fraction": rep["avg_macs"] / full, "share0": rep["exits"][0]["share"],
+            "b64": compare_latency(mx, xs, batch_size=64)["speedup"],
+            "b1": compare_latency(mx, xs[:200], batch_size=1, min_run_time=1.0)["speedup"]}
 
 
 def run_seed(data, seed: int, epochs: float, head_epochs: float, budget: float, tmp: str) -> dict:
@@ -91,7 +105,20 @@ def run_seed(data, seed: int, epochs: float, head_epochs: float, budget: float, 
         mx.set_policy_("max_softmax", t)
         lat = compare_latency(mx, xs, batch_size=64)
         ex["budgets"][b] = {"accuracy": rep["accuracy"], "fraction": rep["avg_macs"] / ex["full_macs"],
-                            "share0": rep["exits"][0]["share"], "speedup": lat["speedup"]}
+                            "share0": rep["exits"][0]["share"], "speedup": lat["speedup"],
+                            "b1": compare_latency(mx, xs[:200], batch_size=1, min_run_time=1.0)["speedup"]}
+    # SDN's linear head (pool -> one Linear), which costs every sample less at batch 1, at the same
+    # budgets and at the strictest threshold: the cheapest that loses nothing on the held-out images
+    # (`calibrate_accuracy`, the stage's `accuracy_drop: 0`)
+    lin = run_dynamic(_ctx(data, seed, f"{tmp}/linear", train), full, DynamicConfig(
+        exits=["features.1"], head={"pool": 6, "hidden": 0}, epochs=head_epochs, accuracy_drop=0.0, holdout=500,
+        latency=False)).model
+    lin_held, _ = exit_outputs(lin, held)
+    lin_cum = exit_macs(lin, data.example)
+    ex["linear"] = {"keep": point(lin, lin.thresholds[0], data, xs, ex["full_macs"])}
+    for b in LINEAR_BUDGETS:
+        ex["linear"][b] = point(lin, calibrate_budget(lin_held, lin_cum, b * ex["full_macs"])[0], data, xs,
+                                ex["full_macs"])
     torch.manual_seed(seed)
     half = nc.models.create("lenet5-half", num_classes=10, in_channels=1, input_size=28)
     nc.train.fit(half, data, train, seed=seed, progress=False)
@@ -186,10 +213,29 @@ def main() -> None:
         brow.append([f"{b:.0%}", mean_std([p["accuracy"] for p in pts]),
                      f"{100 * statistics.mean(p['fraction'] for p in pts):.1f} %",
                      f"{100 * statistics.mean(p['share0'] for p in pts):.1f} %",
-                     f"{statistics.mean(p['speedup'] for p in pts):.2f}x (min {min(p['speedup'] for p in pts):.2f})"])
+                     f"{statistics.mean(p['speedup'] for p in pts):.2f}x (min {min(p['speedup'] for p in pts):.2f})",
+                     f"{statistics.mean(p['b1'] for p in pts):.2f}x (min {min(p['b1'] for p in pts):.2f})"])
     body += ("\n## Other budgets (same heads, each calibrated on the same 500 held-out training images)\n\n"
-             + md_table(["budget", "test accuracy %", "average MACs of full", "share at first exit", "CPU speedup b64"],
-                        brow))
+             + md_table(["budget", "test accuracy %", "average MACs of full", "share at first exit", "CPU speedup b64",
+                         "CPU speedup b1"], brow))
+    lrow = []
+    for key in (*LINEAR_BUDGETS, "keep"):
+        pts = [r["linear"][key] for r in runs]
+        lrow.append([f"{key:.0%}" if key != "keep" else "none lost on held-out (`accuracy_drop: 0`)",
+                     mean_std([p["accuracy"] for p in pts]),
+                     ", ".join(f"{100 * (p['accuracy'] - p['full_accuracy']):+.1f}" for p in pts),
+                     f"{100 * statistics.mean(p['fraction'] for p in pts):.1f} %",
+                     f"{100 * statistics.mean(p['share0'] for p in pts):.1f} %",
+                     f"{statistics.mean(p['b64'] for p in pts):.2f}x (min {min(p['b64'] for p in pts):.2f})",
+                     f"{statistics.mean(p['b1'] for p in pts):.2f}x (min {min(p['b1'] for p in pts):.2f})"])
+    body += ("\n## SDN's linear exit head (pool 6x6 -> one Linear, 720 -> 10)\n\n"
+             "Same LeNet-5s; the head trained 3 epochs like the one above. At batch 1 every sample pays its exit "
+             "head and the exit test, the staying ones too, so a head's hidden layer (720 -> 128) is a cost on the "
+             "whole stream. Thresholds calibrated on the same 500 held-out training images: for a MACs budget, or "
+             "the cheapest threshold below which no lower one loses a held-out image against the full network "
+             "(`calibrate_accuracy`).\n\n"
+             + md_table(["calibration", "test accuracy %", "difference to full per seed (points)",
+                         "average MACs of full", "share at first exit", "CPU speedup b64", "CPU speedup b1"], lrow))
     body += "\n## Per exit (seed 0)\n\n" + md_table(
         ["exit", "MACs", "accuracy if all exit here %", "share %", "accuracy of those exiting %"],
         [[e["name"], f"{e['macs']:,}", f"{100 * e['accuracy_all']:.2f}", f"{100 * e['share']:.1f}",
@@ -222,16 +268,26 @@ def main() -> None:
                 f"CPU speedup at batch 64 {statistics.mean(speedups):.2f}x (per seed "
                 f"{', '.join(f'{v:.2f}' for v in speedups)}) -> {'>= 1.5x' if fast else '< 1.5x'}.\n")
 
-    body += "\n## Against the goal (same accuracy at <= 50 % average MACs; CPU latency >= 1.5x lower)\n\n"
+    body += ("\n## Against the goal (same accuracy at <= 50 % average MACs; CPU latency >= 1.5x lower at batch 64, "
+             ">= 1.3x at batch 1)\n\n")
     body += verdict(ee_acc, frac, sp64, f"budget {args.budget:.0%}, per batch")
     body += verdict(ee_acc, frac, st64, f"budget {args.budget:.0%}, streamed")
-    for b in EXTRA_BUDGETS:
-        pts = [r["budgets"][b] for r in runs]
-        body += verdict([p["accuracy"] for p in pts], [p["fraction"] for p in pts], [p["speedup"] for p in pts],
-                        f"budget {b:.0%}")
     per_img = statistics.mean(r["latency_b1"]["full_ms"] / r["latency_b1"]["samples"] for r in runs)
     body += (f"- batch 1 (one image at a time, budget {args.budget:.0%}): {statistics.mean(sp1):.2f}x: at this size "
              f"per-call overhead (module calls, the exit test) is a large part of LeNet-5's {per_img:.2f} ms per image.\n")
+    def b1_note(b1: list[float]) -> str:
+        return (f" Batch 1: {statistics.mean(b1):.2f}x (per seed {', '.join(f'{v:.2f}' for v in b1)}) -> "
+                f"{'>= 1.3x' if min(b1) >= 1.3 else 'below 1.3x on some seed'}.\n")
+
+    for b in EXTRA_BUDGETS:
+        pts = [r["budgets"][b] for r in runs]
+        body += verdict([p["accuracy"] for p in pts], [p["fraction"] for p in pts], [p["speedup"] for p in pts],
+                        f"budget {b:.0%}").rstrip("\n") + b1_note([p["b1"] for p in pts])
+    for key in (*LINEAR_BUDGETS, "keep"):
+        pts = [r["linear"][key] for r in runs]
+        label = f"linear head, budget {key:.0%}" if key != "keep" else "linear head, none lost on held-out"
+        body += verdict([p["accuracy"] for p in pts], [p["fraction"] for p in pts], [p["b64"] for p in pts],
+                        label).rstrip("\n") + b1_note([p["b1"] for p in pts])
     write_result("B9_dynamic", "B9: early-exit LeNet-5 on mnist-5k", body)
 
 
