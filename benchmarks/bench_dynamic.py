@@ -74,7 +74,8 @@ def point(mx, threshold: float, data, xs: torch.Tensor, full: int) -> dict:
     mx.set_policy_("max_softmax", threshold)
     test_out, y = exit_outputs(mx, data.loader("test", shuffle=False))
     rep = policy_report(test_out, y, exit_macs(mx, data.example), threshold, "max_softmax")
-    return {"threshold": threshold, "accuracy": rep["accuracy"], "full_accuracy": (test_out[-1].argmax(1) == y).float().mean().item(),
+    return {"threshold": threshold, "accuracy": rep["accuracy"],
+            "full_accuracy": (test_out[-1].argmax(1) == y).float().mean().item(),
             "fraction": rep["avg_macs"] / full, "share0": rep["exits"][0]["share"],
             "b64": compare_latency(mx, xs, batch_size=64)["speedup"],
             "b1": compare_latency(mx, xs[:200], batch_size=1, min_run_time=1.0)["speedup"]}

@@ -19,5 +19,6 @@ from netcompress.dynamic.training import ExitTraining, FrozenBackbone, exit_loss
 __all__ = [
     "MultiExitBase", "MultiExitModel", "MSDNetSmall", "HeadConfig", "early_exit", "early_exit_predict", "early_exit_stream", "confidence",
     "segment_mode", "split_at_exits", "calibrate_accuracy", "calibrate_budget", "compare_latency", "exit_macs",
-    "exit_outputs", "full_macs", "policy_report", "simulate_exits", "tradeoff_curve", "ExitTraining", "FrozenBackbone", "exit_losses", "sdn_weights",
+    "exit_outputs", "full_macs", "policy_report", "simulate_exits", "tradeoff_curve", "ExitTraining", "FrozenBackbone",
+    "exit_losses", "sdn_weights",
 ]
