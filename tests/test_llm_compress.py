@@ -9,8 +9,8 @@ from torch import nn
 
 from netcompress.core.errors import NetcompressError
 from netcompress.prune.llm import mask_from_scores, parse_pattern, prune_, sparsegpt_prune, wanda_score
-from netcompress.quantize.weight_only import (group_params, gptq, hqq, hqq_group, quantize_to, quantize_weights_, rtn,
-                                              shrink_lp)
+from netcompress.quantize.weight_only import (awq, clip_search, group_params, gptq, hqq, hqq_group, packed_bytes,
+                                              quantize_to, quantize_weights_, rtn, shrink_lp)
 
 
 def _hessian(x: torch.Tensor) -> torch.Tensor:
@@ -195,6 +195,74 @@ def test_gptq_brute_force_tiny_row():
     assert best <= err(g) + 1e-12 <= err(rtn(w, 2, 3)) + 1e-12
 
 
+def _awq_reference(w: torch.Tensor, x: torch.Tensor, bits: int, group: int, alpha: float) -> torch.Tensor:
+    """AWQ's effective weight at one alpha, written from the paper: s = mean|x|^alpha (floored at
+    1e-4, normalised by sqrt(max * min)), Q(W diag(s)) diag(s)^-1."""
+    s = x.abs().mean(0).pow(alpha).clamp_min(1e-4)
+    s = s / (s.max() * s.min()).sqrt()
+    return rtn(w * s, bits, group) / s
+
+
+def test_awq_picks_the_grid_alpha_with_the_smallest_output_error_on_the_tokens():
+    """Brute force on the calibration tokens themselves: for every alpha of the grid, the mean
+    output error ||(W - W_alpha) x||^2; AWQ returns the argmin's weight, alpha 0 is RTN."""
+    w, x = _layer(5, rows=12, cols=16, n=200)
+    x = x * torch.linspace(0.2, 6.0, 16, dtype=x.dtype)  # unequal input features, as in LLMs
+    got, alpha = awq(w, _hessian(x), x.abs().mean(0), 3, 8, clip=False)
+    errs = {i / 20: ((w - _awq_reference(w, x, 3, 8, i / 20)) @ x.t()).pow(2).sum(0).mean().item()
+            for i in range(20)}
+    best = min(errs, key=errs.get)
+    assert alpha == best and torch.allclose(got, _awq_reference(w, x, 3, 8, best))
+    assert torch.equal(_awq_reference(w, x, 3, 8, 0.0), rtn(w, 3, 8))
+    assert errs[best] < errs[0.0]
+    # with the clipping step: the same alpha, and the clip search run on the scaled layer
+    clipped, alpha2 = awq(w, _hessian(x), x.abs().mean(0), 3, 8)
+    s = x.abs().mean(0).pow(best).clamp_min(1e-4)
+    s = s / (s.max() * s.min()).sqrt()
+    assert alpha2 == best and torch.allclose(clipped, clip_search(w * s, _hessian(x / s), 3, 8) / s)
+
+
+def test_clip_search_is_the_per_group_argmin_and_helps_a_group_with_an_outlier():
+    """Brute force per row and group over the paper's ratios (1, 0.95, ... 0.55): the kept weights
+    are those of the ratio with the smallest error of that group alone; ratio 1 is RTN. One outlier
+    weight per row, on an input that is nearly silent, stretches min-max RTN's grid; clipping it
+    costs little and gives the other weights finer steps, so the output error falls."""
+    w, x = _layer(6, rows=6, cols=16, n=300)
+    w[:, 3] *= 8.0
+    x[:, 3] *= 0.05
+    h = _hessian(x)
+    got = clip_search(w, h, 3, 8)
+    for a in (0, 8):
+        g, hg = w[:, a:a + 8], h[a:a + 8, a:a + 8]
+        m = g.abs().amax(1, keepdim=True)
+        cands = []
+        for i in range(10):
+            c = torch.minimum(torch.maximum(g, -m * (1 - i / 20)), m * (1 - i / 20))
+            sc, z = group_params(c, 3)
+            cands.append(quantize_to(c, sc.unsqueeze(1), z.unsqueeze(1), 3))
+        errs = torch.stack([(((q - g) @ hg) * (q - g)).sum(1) for q in cands])  # ratios x rows
+        pick = errs.argmin(0)
+        want = torch.stack([cands[pick[r]][r] for r in range(6)])
+        assert torch.allclose(got[:, a:a + 8], want)
+        assert (errs.min(0).values <= errs[0]).all()
+    out_err = lambda v: ((w - v) @ x.t()).pow(2).mean().item()  # noqa: E731
+    assert out_err(got) < 0.7 * out_err(rtn(w, 3, 8))
+
+
+def test_awq_protects_the_weights_of_a_salient_input_feature():
+    """The effect AWQ exists for (Lin et al. 2024, section 3.1): an input feature 50x larger than
+    the others makes its weights' rounding error dominate the output; scaling that column up before
+    rounding shrinks it. The output error falls far below RTN's."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 64, generator=g, dtype=torch.float64)
+    x[:, 5] *= 50.0
+    w = torch.randn(32, 64, generator=g, dtype=torch.float64)
+    out_err = lambda v: ((w - v) @ x.t()).pow(2).mean().item()  # noqa: E731
+    q, alpha = awq(w, _hessian(x), x.abs().mean(0), 4, 64, clip=False)
+    assert alpha > 0 and out_err(q) < 0.5 * out_err(rtn(w, 4, 64))
+    assert packed_bytes(w, 4, 64, input_scale=True) == packed_bytes(w, 4, 64) + 2 * 64
+
+
 def test_hqq_shrink_is_the_soft_threshold_at_p1_with_a_wider_dead_zone_below():
     # HQQ's shrink_lp(x, beta, p) minimises |e|^p + beta/2 (e - x)^2; at p = 1 that is the soft
     # threshold, checked here against a brute-force grid search
@@ -307,17 +375,21 @@ def test_weight_only_model_levels_and_error():
     x = torch.randn(64, 5, 8)
     ref = m(x).detach()
     outs = {}
-    for meth in ("rtn", "hqq", "gptq"):
+    for meth in ("rtn", "hqq", "gptq", "awq"):
         mm = _Tiny()
         mm.load_state_dict(m.state_dict())
-        info = quantize_weights_(mm, meth, 4, 8, calibration=x if meth == "gptq" else None)
+        info = quantize_weights_(mm, meth, 4, 8, calibration=x if meth in ("gptq", "awq") else None)
         assert sorted(info) == ["blocks.0.0", "blocks.0.2", "blocks.1.0", "blocks.1.2"]
         w = mm.blocks[0][0].weight
-        assert all(len(torch.unique(w[r, a:a + 8])) <= 16 for r in range(32) for a in (0, 8))
+        if meth != "awq":  # AWQ's levels are a group's grid divided by each column's input scale
+            assert all(len(torch.unique(w[r, a:a + 8])) <= 16 for r in range(32) for a in (0, 8))
         outs[meth] = (mm(x) - ref).pow(2).mean().item()
+    # (AWQ lowers each layer's own output error, tested above; on this random model the layers'
+    # errors add up to more than RTN's, so no model-level order is asserted for it)
     assert outs["gptq"] < outs["rtn"]
-    with pytest.raises(NetcompressError):
-        quantize_weights_(_Tiny(), "gptq", 4, 8)
+    for meth in ("gptq", "awq"):
+        with pytest.raises(NetcompressError, match=f"{meth} needs calibration"):
+            quantize_weights_(_Tiny(), meth, 4, 8)
 
 
 def _gpt():

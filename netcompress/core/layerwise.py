@@ -8,6 +8,7 @@ block's Linear layers a statistic of its inputs, and calls `apply(name, linear, 
 
 * ``kind="sqnorm"``: the per-input-feature sum of squares over all N tokens, ||X_j||_2^2 (Wanda).
 * ``kind="hessian"``: H = 2 X X^T / N (d_in x d_in), the Hessian of ||W X - W' X||^2 (OBS, GPTQ).
+* ``kind="awq"``: (H, the per-input-feature mean |X_j| over the N tokens) (AWQ).
 
 With ``sequential="layer"`` (the default of the compressors; GPTQ's and SparseGPT's reference code
 call it "true sequential") a block's Linears are visited in groups: the layers that read the same
@@ -32,7 +33,7 @@ from torch import nn
 from netcompress.core.errors import NetcompressError
 from netcompress.core.modes import eval_mode
 
-Kind = Literal["sqnorm", "hessian"]
+Kind = Literal["sqnorm", "hessian", "awq"]
 
 
 def calibration_inputs(calibration: Any, n: int = 64) -> list[torch.Tensor]:
@@ -94,16 +95,21 @@ def block_linears(model: nn.Module, ignore: Iterable[str] = ()) -> list[tuple[nn
 def _collector(kind: Kind, stats: dict[str, list], name: str) -> Callable:
     def hook(mod: nn.Module, inp: tuple, out: Any) -> None:
         x = inp[0].detach().reshape(-1, inp[0].shape[-1]).double()
-        s = stats.setdefault(name, [None, 0])
+        s = stats.setdefault(name, [None, 0, None])
         add = (x * x).sum(0) if kind == "sqnorm" else x.t() @ x
         s[0] = add if s[0] is None else s[0] + add
         s[1] += x.shape[0]
+        if kind == "awq":
+            a = x.abs().sum(0)
+            s[2] = a if s[2] is None else s[2] + a
 
     return hook
 
 
-def _finish(kind: Kind, s: list) -> torch.Tensor:
-    total, n = s
+def _finish(kind: Kind, s: list) -> Any:
+    total, n, absum = s
+    if kind == "awq":
+        return 2.0 * total / n, absum / n
     return total if kind == "sqnorm" else 2.0 * total / n
 
 
@@ -212,7 +218,7 @@ def input_groups(model: nn.Module, block: nn.Module, lin: dict[str, nn.Linear],
 
 @torch.no_grad()
 def sequential_(model: nn.Module, inputs: list[torch.Tensor], kind: Kind,
-                apply: Callable[[str, nn.Linear, torch.Tensor], None], ignore: Iterable[str] = (),
+                apply: Callable[[str, nn.Linear, Any], None], ignore: Iterable[str] = (),
                 sequential: bool | Literal["block", "layer"] = True) -> list[str]:
     """Calibrate and transform every block's Linear layers in order; returns the names visited.
 

@@ -1,4 +1,4 @@
-"""Weight-only quantization of transformers: int8 / int4 per group, round-to-nearest, HQQ or GPTQ.
+"""Weight-only quantization of transformers: int8 / int4 per group, round-to-nearest, HQQ, GPTQ or AWQ.
 
 Each Linear of the model's blocks gets asymmetric min-max integer codes per group of `group_size`
 consecutive input weights of a row (one scale and one zero point per group; groups shorter than
@@ -18,9 +18,18 @@ consecutive input weights of a row (one scale and one zero point per group; grou
   applied lazily per block of columns; a group's scale is taken when its first column is reached
   (from the already updated weights).
 
+* AWQ (Lin et al. 2024, "AWQ: Activation-aware Weight Quantization for LLM Compression and
+  Acceleration"): the weights of input features with large activations matter more, so each input
+  column j is scaled by s_j = mean|X_j|^alpha before RTN and divided by it after, Q(W diag(s))
+  diag(s)^-1 (the input is divided by s at run time, or s folded into the layer before); alpha is
+  searched on a grid of 20 per layer for the smallest output error on the calibration tokens (as
+  torchao's AWQ, which also scales per Linear); then, as the paper, each group's clipping range is
+  searched (`clip_search`: the weights clamped to a shrinking fraction of their largest magnitude
+  before RTN, the fraction with the smallest output error of the group kept).
+
 `quantize_weights_` leaves the dequantized values in the float weights (so every tool keeps
 working on the model) and returns per layer the codes' bit width and the size the packed form takes
-(codes at `bits` each plus an fp16 scale and zero point per group).
+(codes at `bits` each plus an fp16 scale and zero point per group, and AWQ's input scales).
 """
 from __future__ import annotations
 
@@ -147,6 +156,66 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, bits: int = 4, group_size:
     return w.to(weight.dtype)
 
 
+def clip_search(weight: torch.Tensor, hessian: torch.Tensor, bits: int = 4, group_size: int = 128, grid: int = 20,
+                max_shrink: float = 0.5) -> torch.Tensor:
+    """AWQ's clipping step: per row and group, the weights clamped to [-r m, r m] (m = the group's
+    largest |w|, r = 1, 1 - 1/grid, ... down to 1 - max_shrink, exclusive) before min-max RTN, r
+    chosen for the smallest output error of that group alone, d H_gg d^T (the paper's per-group
+    search, cross-group terms ignored). r = 1 is RTN, so no group's error rises. Returns the
+    dequantized weight."""
+    w = weight.detach().double()
+    h = hessian.double()
+    out = torch.empty_like(w)
+    for a, b in _groups(w.shape[1], group_size):
+        g, hg = w[:, a:b], h[a:b, a:b]
+        amax = g.abs().amax(1, keepdim=True)
+        best_err = torch.full((w.shape[0],), float("inf"), dtype=w.dtype)
+        for i in range(max(1, int(max_shrink * grid))):
+            m = amax * (1 - i / grid)
+            c = torch.minimum(torch.maximum(g, -m), m)
+            sc, z = group_params(c, bits)
+            q = quantize_to(c, sc.unsqueeze(1), z.unsqueeze(1), bits)
+            d = q - g
+            err = ((d @ hg) * d).sum(1)
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            out[better, a:b] = q[better]
+    return out.to(weight.dtype)
+
+
+def awq(weight: torch.Tensor, hessian: torch.Tensor, act_mean: torch.Tensor, bits: int = 4, group_size: int = 128,
+        grid: int = 20, clip: bool = True) -> tuple[torch.Tensor, float]:
+    """AWQ on one layer: (the effective dequantized weight Q(W diag(s)) diag(s)^-1, the alpha chosen).
+
+    s = mean|X_j|^alpha per input feature (floored at 1e-4, then divided by sqrt(max s * min s)),
+    alpha searched on {0, 1/grid, ..., (grid - 1)/grid} with RTN for the smallest output error on
+    the calibration tokens, tr(dW H dW^T) / 2 = mean over tokens of ||dW x||^2 (H = 2 X X^T / N);
+    alpha 0 is RTN, so the error is never above RTN's; ties keep the smaller alpha. Then, with
+    `clip`, each group's clipping range is searched on the scaled weights (`clip_search`, the input
+    scaled by 1/s: H_s = diag(1/s) H diag(1/s)), as the paper does after the scales.
+    """
+    w = weight.detach().double()
+    h = hessian.double()
+    a = act_mean.double()
+    best: tuple[float, float, torch.Tensor] | None = None
+    for i in range(grid):
+        alpha = i / grid
+        sc = a.pow(alpha).clamp_min(1e-4)
+        sc = sc / (sc.max() * sc.min()).sqrt()
+        q = rtn(w * sc, bits, group_size) / sc
+        d = q - w
+        err = ((d @ h) * d).sum().item()
+        if best is None or err < best[0]:
+            best = (err, alpha, sc)
+    assert best is not None
+    _, alpha, sc = best
+    if clip:
+        q = clip_search(w * sc, h / sc.unsqueeze(0) / sc.unsqueeze(1), bits, group_size) / sc
+    else:
+        q = rtn(w * sc, bits, group_size) / sc
+    return q.to(weight.dtype), alpha
+
+
 @dataclass(frozen=True)
 class LayerInfo:
     bits: int
@@ -154,58 +223,65 @@ class LayerInfo:
     packed_bytes: int
 
 
-def packed_bytes(weight: torch.Tensor, bits: int, group_size: int) -> int:
-    """Bytes of the packed form: ceil(numel * bits / 8) codes + fp16 scale and zero per group."""
+def packed_bytes(weight: torch.Tensor, bits: int, group_size: int, input_scale: bool = False) -> int:
+    """Bytes of the packed form: ceil(numel * bits / 8) codes + fp16 scale and zero per group
+    (+ one fp16 scale per input feature for AWQ, where the input is divided by s at run time)."""
     rows, cols = weight.shape
-    return -(-rows * cols * bits // 8) + rows * len(_groups(cols, group_size)) * 4
+    return -(-rows * cols * bits // 8) + rows * len(_groups(cols, group_size)) * 4 + (2 * cols if input_scale else 0)
 
 
 @torch.no_grad()
-def quantize_weights_(model: nn.Module, method: Literal["rtn", "hqq", "gptq"] = "gptq", bits: int = 4,
+def quantize_weights_(model: nn.Module, method: Literal["rtn", "hqq", "gptq", "awq"] = "gptq", bits: int = 4,
                       group_size: int = 128, calibration: Any = None, samples: int = 64, blocksize: int = 128,
                       damp: float = 0.01, sequential: bool | Literal["block", "layer"] = True,
-                      ignore: Iterable[str] = ()) -> dict[str, LayerInfo]:
+                      ignore: Iterable[str] = (), clip: bool = True) -> dict[str, LayerInfo]:
     """Weight-only quantize the Linear layers of a transformer's blocks in place.
 
     Args:
         model: changed in place (weights replaced by their dequantized values); unchanged on error.
-        method: 'rtn', 'hqq' (no calibration) or 'gptq' (needs `calibration`: a DataBundle, a
-            tensor or batches).
+        method: 'rtn', 'hqq' (no calibration), 'gptq' or 'awq' (need `calibration`: a DataBundle,
+            a tensor or batches).
         bits: 2..8 (4 and 8 are the usual int4 / int8 weight-only formats).
         group_size: weights per scale along the input dimension (128 in the GPTQ paper; a row is
             one group when it is shorter).
         sequential: calibrate each group of layers sharing an input on the already quantized
             earlier ones (True or "layer"), each block on the earlier blocks ("block"), or all in
             one pass (False); see `netcompress.core.layerwise.sequential_`.
+        clip: awq only: also search each group's clipping range after the scales (the paper's
+            second step; False: scales only, as torchao's AWQ).
 
     Example:
         info = quantize_weights_(model, "gptq", 4, 128, calibration=data)
     """
-    if method not in ("rtn", "hqq", "gptq"):
-        raise NetcompressError(f"weight-only method must be rtn, hqq or gptq, got {method!r}")
+    if method not in ("rtn", "hqq", "gptq", "awq"):
+        raise NetcompressError(f"weight-only method must be rtn, hqq, gptq or awq, got {method!r}")
     if not isinstance(bits, int) or not 2 <= bits <= 8:
         raise NetcompressError(f"bits must be an integer in 2..8, got {bits!r}")
     if group_size < 1:
         raise NetcompressError(f"group_size must be >= 1, got {group_size}")
     info: dict[str, LayerInfo] = {}
 
-    def apply(name: str, m: nn.Linear, stat: torch.Tensor | None) -> None:
-        if stat is not None:
+    def apply(name: str, m: nn.Linear, stat: Any) -> None:
+        if method == "gptq":
             new = gptq(m.weight, stat, bits, group_size, blocksize, damp)
+        elif method == "awq":
+            new, _ = awq(m.weight, stat[0], stat[1], bits, group_size, clip=clip)
         else:
             new = (hqq if method == "hqq" else rtn)(m.weight, bits, group_size)
         m.weight.copy_(new)
-        info[name] = LayerInfo(bits, min(group_size, m.in_features), packed_bytes(m.weight, bits, group_size))
+        info[name] = LayerInfo(bits, min(group_size, m.in_features),
+                               packed_bytes(m.weight, bits, group_size, input_scale=method == "awq"))
 
-    if method != "gptq":
+    if method in ("rtn", "hqq"):
         groups = block_linears(model, ignore)
         for _, lin in groups:
             for n, m in lin.items():
                 apply(n, m, None)
     else:
         if calibration is None:
-            raise NetcompressError("gptq needs calibration data (a DataBundle or input batches)")
-        sequential_(model, calibration_inputs(calibration, samples), "hessian", apply, ignore, sequential)
+            raise NetcompressError(f"{method} needs calibration data (a DataBundle or input batches)")
+        sequential_(model, calibration_inputs(calibration, samples), "hessian" if method == "gptq" else "awq", apply,
+                    ignore, sequential)
     return info
 
 
@@ -217,6 +293,11 @@ def rtn_(model: nn.Module, bits: int = 4, group_size: int = 128, **kw: Any) -> d
 def hqq_(model: nn.Module, bits: int = 4, group_size: int = 128, **kw: Any) -> dict[str, LayerInfo]:
     """HQQ (Badri & Shaji 2023) weight-only quantization per group, no calibration. See `quantize_weights_`."""
     return quantize_weights_(model, "hqq", bits, group_size, **kw)
+
+
+def awq_(model: nn.Module, calibration: Any, bits: int = 4, group_size: int = 128, **kw: Any) -> dict[str, LayerInfo]:
+    """AWQ (Lin et al. 2024) weight-only quantization per group, calibrated. See `quantize_weights_`."""
+    return quantize_weights_(model, "awq", bits, group_size, calibration=calibration, **kw)
 
 
 def gptq_(model: nn.Module, calibration: Any, bits: int = 4, group_size: int = 128, **kw: Any) -> dict[str, LayerInfo]:
