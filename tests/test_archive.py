@@ -245,3 +245,32 @@ def test_fp16_codebook_is_stored_in_two_bytes(tmp_path):
     assert desc["val"] == "codebook" and desc["cb"] == "f16"
     pack(m, tmp_path / "c.ncz")
     assert same_outputs(m, unpack(tmp_path / "c.ncz"), torch.randn(2, 1, 28, 28))
+
+
+@pytest.mark.parametrize("method,bits,group", [("rtn", 4, 64), ("gptq", 4, 32), ("gptq", 3, 128), ("rtn", 8, 256)])
+def test_weight_only_groups_are_stored_as_per_group_integer_grids(method, bits, group):
+    """A row of several weight-only groups (RTN, or GPTQ whose updates leave the grid's extreme codes
+    unused) is found as one integer grid per group: about `bits` bits per weight plus a 32-bit scale
+    per group, bit-exact."""
+    from netcompress.quantize.weight_only import gptq, rtn
+
+    g = torch.Generator().manual_seed(bits)
+    w, x = torch.randn(32, 512, generator=g), torch.randn(256, 512, generator=g)
+    q = rtn(w, bits, group) if method == "rtn" else gptq(w, 2 * x.t() @ x / 256, bits, group)
+    desc, blob = codec.encode_tensor(q)
+    assert desc["val"] == "grid" and desc["rows"] == 32 * 512 // group
+    assert 8 * len(blob) / q.numel() <= bits + 32 / group + 0.05
+    assert torch.equal(codec.decode_tensor(desc, blob, "float32", [32, 512], "t"), q)
+
+
+def test_weight_only_quantized_transformer_archive_is_about_b_bits(tmp_path):
+    """A GPTQ int4 (group 64) gpt's block Linears pack at about 4.5 bits per weight."""
+    torch.manual_seed(0)
+    m = nc.models.create("gpt-tiny", num_classes=256, dim=64, depth=2, n_heads=2).eval()
+    ids = torch.randint(0, 256, (8, 32))
+    nc.quantize.gptq_(m, ids, bits=4, group_size=64)
+    pack(m, tmp_path / "q.ncz")
+    rows = [r for r in inspect(tmp_path / "q.ncz")["layers"] if ".blocks." in f".{r['name']}" and r["name"].endswith("proj.weight")]
+    assert len(rows) == 14 and all("grid" in r["encoding"] and r["bits_per_weight"] <= 4.6 for r in rows)
+    back = unpack(tmp_path / "q.ncz").eval()
+    assert torch.equal(back(ids), m(ids))

@@ -96,18 +96,35 @@ def _values_plan(vals: np.ndarray, allow16: bool) -> list[tuple[int, dict[str, A
     return out
 
 
-def _grid_plan(t: torch.Tensor) -> list[tuple[int, dict[str, Any]]]:
-    """Per-row integer grid: every value of row r is float32(n * s_r) with a small integer n (the
-    output of per-channel uniform quantization, Jacob et al. 2018). Stored as one fp32 scale per row
-    plus the integers, fixed-width or Huffman-coded. Returns [] when the tensor is not such a grid."""
-    if t.dim() < 2 or t.numel() < 64:
-        return []
-    full = t.reshape(t.shape[0], -1).numpy().astype(np.float32)
+GRID_GROUPS = (32, 64, 128, 256, 512, 1024)  # chunk lengths tried besides whole rows (weight-only groups)
+
+
+def _step_candidates(full: np.ndarray, sample: np.ndarray) -> list[np.ndarray]:
+    """Candidate grid steps per row (see `_grid_scales`), in the dtype of `full`."""
     amax = np.abs(full).max(1)
+    gaps = np.diff(np.sort(sample, 1), axis=1)
+    gap = np.where(gaps > 0, gaps, np.inf).min(1) if gaps.shape[1] else np.full(len(full), np.inf)
+    gap = np.where(np.isfinite(gap), gap, 0).astype(full.dtype)
+    cands = [amax / full.dtype.type(2 ** b - 1) for b in range(1, 9)]
+    cands += [amax / full.dtype.type(2 ** (b - 1) - 1) for b in range(2, 9)]
+    cands += [(full.max(1) - full.min(1)) / full.dtype.type(2 ** b - 1) for b in range(2, 9)]
+    # the gap is a difference of rounded values, many ulps off the step: divide the largest value
+    # by its integer instead (about one ulp off), for the gap being 1, 2 or 3 steps
+    steps = np.rint(amax.astype(np.float64) / np.where(gap > 0, gap, 1)).clip(1, 4096)
+    cands += [np.where(gap > 0, amax / (steps * d), 0).astype(full.dtype) for d in (1, 2, 3)]
+    return cands
+
+
+def _grid_scales(full: np.ndarray) -> np.ndarray | None:
+    """Per row of `full` (rows x n, float32) a float32 scale s with every value exactly
+    float32(k * s) for integers |k| < 2048, the smallest span of k found; None when a row has none.
+
+    Candidates per row: the largest |v| or the range over 2^b - 1 (symmetric and min-max grids) and
+    the step implied by the smallest gap between two distinct sampled values (1, 2 or 3 steps: a
+    grid whose extreme codes are not used, as after GPTQ's updates), each +-2 ulp; searched on a
+    sample of the row, then checked on all of it."""
     v = np.concatenate([full[:, :63], full[np.arange(len(full)), np.abs(full).argmax(1)][:, None]], 1)  # search on a sample
-    rng_ = full.max(1) - full.min(1)
-    cands = [amax / np.float32(2 ** b - 1) for b in range(1, 9)] + [amax / np.float32(2 ** (b - 1) - 1) for b in range(2, 9)]
-    cands += [rng_ / np.float32(2 ** b - 1) for b in range(2, 9)]
+    cands = [c.astype(np.float32) for c in _step_candidates(full, v)]
     best_s = np.zeros(v.shape[0], np.float32)
     best_n = np.full(v.shape[0], np.iinfo(np.int64).max)
     for c in cands:
@@ -126,21 +143,54 @@ def _grid_plan(t: torch.Tensor) -> list[tuple[int, dict[str, Any]]]:
             best_s = np.where(better, s, best_s)
             best_n = np.where(better, span, best_n)
     if (best_n == np.iinfo(np.int64).max).any():
-        return []
-    v = full
-    n = np.rint(v / np.where(best_s > 0, best_s, 1)[:, None]).astype(np.int64)
+        return None
+    n = np.rint(full / np.where(best_s > 0, best_s, 1)[:, None]).astype(np.int64)
     n[best_s == 0] = 0
     if (np.abs(n) >= 2048).any() or not np.array_equal((n.astype(np.float32) * best_s[:, None]).astype(np.float32).view(np.uint32),
-                                                        v.view(np.uint32)):
+                                                        full.view(np.uint32)):
+        return None
+    return best_s
+
+
+def _near_grid(chunks: np.ndarray) -> bool:
+    """Whether every chunk looks like an integer grid to within 1e-3 of a step, for one of the
+    candidate steps of `_grid_scales` (no ulp search): a vectorised filter that rejects ordinary
+    float weights at once."""
+    x = chunks.astype(np.float64)
+    ok = np.zeros(len(x), bool)
+    for st in _step_candidates(x, x):
+        r = x / np.where(st > 0, st, 1)[:, None]
+        ok |= ((np.abs(r - np.rint(r)) < 1e-3) & (np.abs(r) < 2048)).all(1)
+    return bool(ok.all())
+
+
+def _grid_plan(t: torch.Tensor) -> list[tuple[int, dict[str, Any]]]:
+    """Integer grid per row, or per chunk of GRID_GROUPS consecutive values of a row: every value of
+    chunk r is float32(n * s_r) with a small integer n (per-channel uniform quantization, Jacob et
+    al. 2018; weight-only RTN / GPTQ per group). Stored as one fp32 scale per chunk plus the
+    integers, fixed-width or Huffman-coded. Returns [] when the tensor is no such grid."""
+    if t.dim() < 2 or t.numel() < 64:
         return []
-    nmin, k = int(n.min()), int(n.max() - n.min() + 1)
-    if k > 1 << 12:
-        return []
-    idx = (n - nmin).ravel()
-    base = {"val": "grid", "rows": int(v.shape[0]), "nmin": nmin, "k": k, "_scales": best_s, "_idx": idx}
-    out = [(32 * v.shape[0] + _fixed_width(k) * idx.size, {**base, "idx_code": "fixed"})]
-    if k > 1:
-        out.append((32 * v.shape[0] + _huff_bits(idx, k), {**base, "idx_code": "huffman"}))
+    rows = t.reshape(t.shape[0], -1).numpy().astype(np.float32)
+    cols = rows.shape[1]
+    out: list[tuple[int, dict[str, Any]]] = []
+    for g in (cols, *[g for g in GRID_GROUPS if g < cols and cols % g == 0]):
+        full = rows.reshape(-1, g)
+        if g != cols and not _near_grid(full[:16]):  # a cheap probe before the exact search
+            continue
+        best_s = _grid_scales(full)
+        if best_s is None:
+            continue
+        n = np.rint(full / np.where(best_s > 0, best_s, 1)[:, None]).astype(np.int64)
+        n[best_s == 0] = 0
+        nmin, k = int(n.min()), int(n.max() - n.min() + 1)
+        if k > 1 << 12:
+            continue
+        idx = (n - nmin).ravel()
+        base = {"val": "grid", "rows": int(full.shape[0]), "nmin": nmin, "k": k, "_scales": best_s, "_idx": idx}
+        out.append((32 * full.shape[0] + _fixed_width(k) * idx.size, {**base, "idx_code": "fixed"}))
+        if k > 1:
+            out.append((32 * full.shape[0] + _huff_bits(idx, k), {**base, "idx_code": "huffman"}))
     return out
 
 
