@@ -41,8 +41,6 @@ import argparse
 import copy
 import gc
 import json
-import math
-import os
 import re
 import signal
 import sys

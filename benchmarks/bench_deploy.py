@@ -79,7 +79,7 @@ def programs(model, x, calib, log):
     t = time.perf_counter()
     fx = fx_int8(model, calib)
     out["FX int8 (old peer)"] = (lambda th, m=fx: m, None, time.perf_counter() - t)
-    log(f"  built programs: " + ", ".join(f"{k} {v[2]:.0f}s" for k, v in out.items()))
+    log("  built programs: " + ", ".join(f"{k} {v[2]:.0f}s" for k, v in out.items()))
     return out
 
 
@@ -230,7 +230,7 @@ def main() -> None:
     load_start = load_line()
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     heads = ["model", "runtime"] + [f"b{b} {th}T ms" for th in THREADS for b in BATCHES] + ["MB", "max diff / top-1 agree"]
-    rows, notes = [], []
+    rows = []
     seeds = [0] if args.quick else [0, 1, 2]
     mn = {}
     for name in ("lenet5", "vgg-small"):

@@ -1,5 +1,4 @@
 """The `dynamic` recipe stage, its config, the CLI command, and msdnet-small."""
-from pathlib import Path
 
 import pytest
 import torch

@@ -1,6 +1,5 @@
 """Structured pruning on any model: functional ops, attention heads, timm and Hugging Face models,
 the eager tracer, the register_layer extension point."""
-import copy
 
 import pytest
 import timm

@@ -6,10 +6,8 @@ limit; the child must end with a NetcompressError, without coming near the limit
 import hashlib
 import json
 import os
-import struct
 import subprocess
 import sys
-import textwrap
 import zlib
 from pathlib import Path
 

@@ -1,6 +1,5 @@
 """The CLI as a careless user meets it: one seed one result, one line and exit 2 for bad input."""
 import hashlib
-import json
 from pathlib import Path
 
 import pytest

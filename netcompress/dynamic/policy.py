@@ -16,7 +16,6 @@ import statistics
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
-from torch import nn
 
 from netcompress.core.errors import NetcompressError
 from netcompress.core.modes import eval_mode

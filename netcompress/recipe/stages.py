@@ -16,7 +16,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
 from pydantic import Field
 from torch import nn
 
