@@ -297,6 +297,8 @@ def test_accuracy_calibration_golden_and_not_fooled_by_a_lucky_threshold():
     assert t > 1 and macs == 10.0 and acc == pytest.approx(5 / 6)
     with pytest.raises(NetcompressError, match="fraction"):
         calibrate_accuracy([exit0, final], y, [1, 10], max_drop=2.0)
+    with pytest.raises(NetcompressError, match="5 targets for outputs of \\[6, 6\\] samples"):
+        calibrate_accuracy([exit0, final], y[:5], [1, 10])
 
 
 def test_batch_one_path_records_no_graph_and_returns_a_fresh_exit_index():

@@ -141,6 +141,9 @@ def calibrate_accuracy(outputs: Sequence[torch.Tensor], targets: torch.Tensor, c
         raise NetcompressError("accuracy calibration needs at least one early exit")
     if not 0.0 <= max_drop <= 1.0:
         raise NetcompressError(f"max_drop must be a fraction in [0, 1], got {max_drop}")
+    if any(z.shape[0] != len(targets) for z in outputs) or len(targets) == 0:
+        raise NetcompressError(f"accuracy calibration: {len(targets)} targets for outputs of "
+                               f"{[int(z.shape[0]) for z in outputs]} samples")
     costs = torch.tensor(cum_macs, dtype=torch.float64)
     scores = [confidence(z, policy).double() for z in outputs[:-1]]
     preds = torch.stack([z.argmax(1) for z in outputs])  # K x N
