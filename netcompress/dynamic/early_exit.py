@@ -107,10 +107,10 @@ class MultiExitModel(MultiExitBase):
     def stepper(self):
         segs = _segments(self)
         if segs is None:
-            return lambda k, state: self._step(None, k, state)
-        # the per-stage work of `_step` with its look-ups done once and kept while the segments and
-        # the head list are the same objects: at batch 1 a call's Python overhead is a visible part
-        # of a small network's time
+            return self._restart_step
+        # each stage's calls with their look-ups done once, kept while the segments and the head
+        # list are the same objects: at batch 1 a call's Python overhead is a visible part of a
+        # small network's time
         heads = self._modules["heads"]
         hit = _STEPPERS.get(self)
         if hit is not None and hit[0] is segs and hit[1] is heads:
@@ -126,31 +126,26 @@ class MultiExitModel(MultiExitBase):
         return step
 
     def step(self, k: int, state: Any) -> tuple[Any, torch.Tensor]:
-        return self._step(_segments(self), k, state)
+        return self.stepper()(k, state)
 
-    def _step(self, segs: list[nn.Module] | None, k: int, state: Any) -> tuple[Any, torch.Tensor]:
-        last = k == self.num_exits - 1
-        if segs is None:  # fallback: recompute the prefix, stop at exit k
-            (x,) = state
-            if last:
-                return state, self.backbone(x)
-            mod = resolve_module(self.backbone, self.exit_names[k])
+    def _restart_step(self, k: int, state: Any) -> tuple[Any, torch.Tensor]:
+        """The fallback stage k: recompute the backbone from the input, stop at exit k."""
+        (x,) = state
+        if k == self.num_exits - 1:
+            return state, self.backbone(x)
+        mod = resolve_module(self.backbone, self.exit_names[k])
 
-            def hook(m, i, o):
-                raise _Stop(o[0] if isinstance(o, (tuple, list)) else o)
+        def hook(m, i, o):
+            raise _Stop(o[0] if isinstance(o, (tuple, list)) else o)
 
-            h = mod.register_forward_hook(hook)
-            try:
-                self.backbone(x)
-            except _Stop as s:
-                return state, self.heads[k](s.value)
-            finally:
-                h.remove()
-            raise NetcompressError(f"exit module {self.exit_names[k]!r} was not called by the backbone")
-        if last:
-            return (), segs[k](*state)
-        live, feat = segs[k](*state)
-        return tuple(live), self.heads[k](feat)
+        h = mod.register_forward_hook(hook)
+        try:
+            self.backbone(x)
+        except _Stop as s:
+            return state, self.heads[k](s.value)
+        finally:
+            h.remove()
+        raise NetcompressError(f"exit module {self.exit_names[k]!r} was not called by the backbone")
 
 
 # ---------------------------------------------------------------- building
