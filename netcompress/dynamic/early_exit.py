@@ -14,6 +14,7 @@ with a hook that stops at the exit; that recomputes the prefix for the samples s
 from __future__ import annotations
 
 import copy
+import functools
 import weakref
 from typing import Any, Callable, Literal, Sequence
 
@@ -68,6 +69,16 @@ def make_head(feature_shape: Sequence[int], num_classes: int, cfg: HeadConfig) -
     return nn.Sequential(*layers)
 
 
+def _segment_step(segs: Sequence[Callable], heads: Sequence[nn.Module], last: int, k: int,
+                  state: Any) -> tuple[Any, torch.Tensor]:
+    """Stage k on cut segments: (live tensors after cut k, exit k's logits); the last stage returns
+    ((), the backbone's output)."""
+    if k == last:
+        return (), segs[k](*state)
+    live, feat = segs[k](*state)
+    return tuple(live), heads[k](feat)
+
+
 class _Stop(Exception):
     def __init__(self, value: torch.Tensor) -> None:
         self.value = value
@@ -115,18 +126,16 @@ class MultiExitModel(MultiExitBase):
         hit = _STEPPERS.get(self)
         if hit is not None and hit[0] is segs and hit[1] is heads:
             return hit[2]
-        fwd, last = [s.forward for s in segs], self.num_exits - 1
-
-        def step(k: int, state: Any) -> tuple[Any, torch.Tensor]:
-            if k == last:
-                return (), fwd[k](*state)
-            live, feat = fwd[k](*state)
-            return tuple(live), heads[k](feat)
+        step = functools.partial(_segment_step, [s.forward for s in segs], heads, self.num_exits - 1)
         _STEPPERS[self] = (segs, heads, step)
         return step
 
     def step(self, k: int, state: Any) -> tuple[Any, torch.Tensor]:
         return self.stepper()(k, state)
+
+    def segment_step(self, segs: Sequence[Callable], k: int, state: Any) -> tuple[Any, torch.Tensor]:
+        """Stage k computed by the given segments (e.g. copies held for an export) and this model's heads."""
+        return _segment_step(segs, self.heads, self.num_exits - 1, k, state)
 
     def _restart_step(self, k: int, state: Any) -> tuple[Any, torch.Tensor]:
         """The fallback stage k: recompute the backbone from the input, stop at exit k."""

@@ -41,7 +41,7 @@ class _Stage(nn.Module):
 
     def forward(self, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.segs is not None:
-            nxt, logits = self.model._step(list(self.segs), self.k, tuple(state))
+            nxt, logits = self.model.segment_step(list(self.segs), self.k, tuple(state))
         else:
             nxt, logits = self.model.step(self.k, tuple(state))
         return (*tuple(nxt), logits)
