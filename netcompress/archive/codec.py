@@ -115,9 +115,10 @@ def _step_candidates(full: np.ndarray, sample: np.ndarray) -> list[np.ndarray]:
     return cands
 
 
-def _grid_scales(full: np.ndarray) -> np.ndarray | None:
+def _grid_scales(full: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """Per row of `full` (rows x n, float32) a float32 scale s with every value exactly
-    float32(k * s) for integers |k| < 2048, the smallest span of k found; None when a row has none.
+    float32(k * s) for integers |k| < 2048, the smallest span of k found, and the integers k;
+    None when a row has none.
 
     Candidates per row: the largest |v| or the range over 2^b - 1 (symmetric and min-max grids) and
     the step implied by the smallest gap between two distinct sampled values (1, 2 or 3 steps: a
@@ -149,7 +150,7 @@ def _grid_scales(full: np.ndarray) -> np.ndarray | None:
     if (np.abs(n) >= 2048).any() or not np.array_equal((n.astype(np.float32) * best_s[:, None]).astype(np.float32).view(np.uint32),
                                                         full.view(np.uint32)):
         return None
-    return best_s
+    return best_s, n
 
 
 def _near_grid(chunks: np.ndarray) -> bool:
@@ -178,11 +179,10 @@ def _grid_plan(t: torch.Tensor) -> list[tuple[int, dict[str, Any]]]:
         full = rows.reshape(-1, g)
         if g != cols and not _near_grid(full[:16]):  # a cheap probe before the exact search
             continue
-        best_s = _grid_scales(full)
-        if best_s is None:
+        found = _grid_scales(full)
+        if found is None:
             continue
-        n = np.rint(full / np.where(best_s > 0, best_s, 1)[:, None]).astype(np.int64)
-        n[best_s == 0] = 0
+        best_s, n = found
         nmin, k = int(n.min()), int(n.max() - n.min() + 1)
         if k > 1 << 12:
             continue

@@ -77,13 +77,15 @@ def _per_group(weight: torch.Tensor, group_size: int, dequant) -> torch.Tensor:
     return out.to(weight.dtype)
 
 
+def _rtn_group(g: torch.Tensor, bits: int) -> torch.Tensor:
+    """Each row of `g` (rows x group) rounded to its own min-max grid, dequantized."""
+    s, z = group_params(g, bits)
+    return quantize_to(g, s.unsqueeze(1), z.unsqueeze(1), bits)
+
+
 def rtn(weight: torch.Tensor, bits: int = 4, group_size: int = 128) -> torch.Tensor:
     """Round-to-nearest per group; returns the dequantized weight."""
-    def dequant(g: torch.Tensor) -> torch.Tensor:
-        s, z = group_params(g, bits)
-        return quantize_to(g, s.unsqueeze(1), z.unsqueeze(1), bits)
-
-    return _per_group(weight, group_size, dequant)
+    return _per_group(weight, group_size, lambda g: _rtn_group(g, bits))
 
 
 def shrink_lp(x: torch.Tensor, beta: float, p: float) -> torch.Tensor:
@@ -172,9 +174,7 @@ def clip_search(weight: torch.Tensor, hessian: torch.Tensor, bits: int = 4, grou
         best_err = torch.full((w.shape[0],), float("inf"), dtype=w.dtype)
         for i in range(max(1, int(max_shrink * grid))):
             m = amax * (1 - i / grid)
-            c = torch.minimum(torch.maximum(g, -m), m)
-            sc, z = group_params(c, bits)
-            q = quantize_to(c, sc.unsqueeze(1), z.unsqueeze(1), bits)
+            q = _rtn_group(torch.minimum(torch.maximum(g, -m), m), bits)
             d = q - g
             err = ((d @ hg) * d).sum(1)
             better = err < best_err
@@ -197,7 +197,7 @@ def awq(weight: torch.Tensor, hessian: torch.Tensor, act_mean: torch.Tensor, bit
     w = weight.detach().double()
     h = hessian.double()
     a = act_mean.double()
-    best: tuple[float, float, torch.Tensor] | None = None
+    best: tuple[float, float, torch.Tensor, torch.Tensor] | None = None
     for i in range(grid):
         alpha = i / grid
         sc = a.pow(alpha).clamp_min(1e-4)
@@ -206,13 +206,11 @@ def awq(weight: torch.Tensor, hessian: torch.Tensor, act_mean: torch.Tensor, bit
         d = q - w
         err = ((d @ h) * d).sum().item()
         if best is None or err < best[0]:
-            best = (err, alpha, sc)
+            best = (err, alpha, sc, q)
     assert best is not None
-    _, alpha, sc = best
+    _, alpha, sc, q = best
     if clip:
         q = clip_search(w * sc, h / sc.unsqueeze(0) / sc.unsqueeze(1), bits, group_size) / sc
-    else:
-        q = rtn(w * sc, bits, group_size) / sc
     return q.to(weight.dtype), alpha
 
 
