@@ -19,9 +19,12 @@ from netcompress.core.config import Config
 from netcompress.core.errors import NetcompressError
 from netcompress.dynamic.base import MultiExitBase, early_exit_predict
 from netcompress.dynamic.early_exit import HeadConfig, MultiExitModel, early_exit, segment_mode
+from netcompress.dynamic.lm_exit import (EarlyExitLM, decode_latency, is_decoder_lm, lm_early_exit, lm_exit_eval,
+                                         lm_exit_outputs, token_costs)
 from netcompress.dynamic.policy import (calibrate_accuracy, calibrate_budget, compare_latency, exit_macs,
                                         exit_outputs, full_macs, plot_curve, policy_report, tradeoff_curve)
 from netcompress.dynamic.training import ExitTraining, FrozenBackbone, sdn_weights
+from netcompress.measure.metrics import count_macs
 from netcompress.train.stage import StageKind, StageResult
 
 
@@ -31,6 +34,13 @@ class DynamicConfig(Config):
     One of `threshold` (fixed), `budget` (average MACs as a fraction of the full network) or
     `accuracy_drop` (the cheapest threshold keeping the full network's accuracy), both calibrated on
     `holdout` training samples that the exits do not train on; budget 0.5 by default.
+
+    A decoder language model (netcompress's GPT) gets per-token early-exit decoding instead
+    (`netcompress.dynamic.lm_exit`): exits are blocks (default one halfway), they
+    share the model's final norm and LM head (`head` must stay default), the whole model trains
+    with the exit losses (`train_backbone` may not be false), accuracy means next-token accuracy,
+    samples are windows, and the latency is decoding `latency_samples` tokens in requests of 64
+    (`latency_batch` prompts decoded together, 1 unless set).
     """
 
     exits: list[str] = Field(default_factory=list, description="backbone module names; empty: the model has exits")
@@ -100,6 +110,8 @@ def run_dynamic(ctx, model: nn.Module, cfg: DynamicConfig):
     per-exit report, accuracy-MACs curve (figure), measured latency."""
     data = ctx.data
     example = data.example
+    if isinstance(model, EarlyExitLM) or is_decoder_lm(model):
+        return run_lm_dynamic(ctx, model, cfg)
     if isinstance(model, MultiExitBase):
         if cfg.exits:
             raise NetcompressError("dynamic: the model already has exits; leave `exits` empty")
@@ -171,6 +183,89 @@ def run_dynamic(ctx, model: nn.Module, cfg: DynamicConfig):
     return StageResult(mx, extra=extra, history=history, metrics=metrics)
 
 
+def run_lm_dynamic(ctx, model: nn.Module, cfg: DynamicConfig):
+    """The `dynamic` stage on a decoder LM: exits after blocks -> joint training (the exit losses of
+    every exit through the shared head, SDN weights) -> threshold (fixed, MACs budget or token
+    accuracy on held-out windows) -> test perplexity of the early-exit model itself and decoding time."""
+    data = ctx.data
+    if "head" in cfg.model_fields_set and cfg.head != HeadConfig():
+        raise NetcompressError("dynamic: head: a language model's exits share its final norm and LM head; leave head out")
+    if "train_backbone" in cfg.model_fields_set and not cfg.train_backbone:
+        raise NetcompressError("dynamic: train_backbone: false leaves a language model's shared exit head nothing to "
+                               "train; leave it out (the whole model trains with the exit losses)")
+    if isinstance(model, EarlyExitLM):
+        if cfg.exits:
+            raise NetcompressError("dynamic: the model already has exits; leave `exits` empty")
+        ee = model
+    else:
+        ee = lm_early_exit(model, cfg.exits)
+    cum, full = token_costs(ee)
+    if cfg.weights == "uniform":
+        weights = [1.0] * len(ee.exits)
+    elif isinstance(cfg.weights, list):
+        if len(cfg.weights) != len(ee.exits):
+            raise NetcompressError(f"dynamic: weights: {len(cfg.weights)} given for {len(ee.exits)} early exits")
+        weights = list(cfg.weights)
+    else:
+        weights = sdn_weights([(i + 1) / len(ee.lm.blocks) for i in ee.exits])
+    train_data, held = holdout_split(data, cfg.holdout)
+    history: list = []
+    if cfg.epochs and cfg.epochs > 0:
+        ee.set_policy_(cfg.policy, None)
+        hist = ctx.fit(ee, {"epochs": cfg.epochs, "lr": cfg.lr, "max_steps": cfg.max_steps},
+                       methods=[ExitTraining(weights, cfg.ramp_epochs, cfg.distill, cfg.temperature)], tag="exits",
+                       data=train_data)
+        history = hist.to_list()
+    ee.eval()
+    held_out, held_y = lm_exit_outputs(ee, held)
+    calib: dict[str, Any] | None = None
+    if cfg.threshold is not None:
+        if isinstance(cfg.threshold, list):
+            raise NetcompressError("dynamic: threshold: a language model's exits share one threshold; give a number")
+        threshold = float(cfg.threshold)
+    elif cfg.accuracy_drop is not None:
+        threshold, reached, acc = calibrate_accuracy(held_out, held_y, cum, cfg.accuracy_drop, cfg.policy)
+        calib = {"accuracy_drop": cfg.accuracy_drop, "holdout_avg_macs": reached, "holdout_fraction": reached / full,
+                 "holdout_accuracy": acc, "holdout_full_accuracy": (held_out[-1].argmax(1) == held_y).float().mean().item()}
+    else:
+        budget = cfg.budget if cfg.budget is not None else 0.5
+        threshold, reached = calibrate_budget(held_out, cum, budget * full, cfg.policy)
+        calib = {"budget": budget, "budget_macs": budget * full, "holdout_avg_macs": reached,
+                 "holdout_fraction": reached / full}
+    ee.set_policy_(cfg.policy, threshold)
+    test = list(data.loader("test", shuffle=False))
+    real = lm_exit_eval(ee, test)
+    test_out, y = lm_exit_outputs(ee, test)
+    names = [f"blocks.{i}" for i in ee.exits] + ["final"]
+    rep = policy_report(test_out, y, cum, threshold, cfg.policy, names)
+    costs = torch.tensor(cum, dtype=torch.float64)
+    avg_macs = float((costs * torch.tensor(real["exit_share"], dtype=torch.float64)).sum())
+    extra: dict[str, Any] = {
+        "policy": cfg.policy, "thresholds": [threshold], "calibration": calib, "language_model": True,
+        "accuracy": real["token_accuracy"], "full_accuracy": (test_out[-1].argmax(1) == y).float().mean().item(),
+        "perplexity": real["perplexity"], "full_perplexity": real["full_perplexity"],
+        "avg_macs": avg_macs, "full_macs": full, "avg_macs_fraction": avg_macs / full, "exits": rep["exits"],
+        "curve": tradeoff_curve(test_out, y, cum, cfg.policy), "exit_weights": weights,
+        "real_exit_share": real["exit_share"], "simulated_accuracy": rep["accuracy"],
+    }
+    if cfg.latency:
+        batch = cfg.latency_batch if "latency_batch" in cfg.model_fields_set else 1
+        x = torch.cat([xb for xb, _ in test])
+        prompt = min(32, x.shape[1] // 2)
+        reqs = max(1, cfg.latency_samples // (64 * batch))
+        if len(x) < reqs * batch:
+            reqs = max(1, len(x) // batch)
+        prompts = x[: reqs * batch, :prompt].reshape(reqs, batch, prompt)
+        extra["latency"] = decode_latency(ee, prompts.to(next(ee.parameters()).device), 64)
+    ctx.figure("token accuracy vs average MACs", plot_curve(extra["curve"], rep["exits"], full, extra["full_accuracy"],
+                                                            rep, title=f"{ctx.name}: {cfg.policy}"))
+    # the runner counts one example window of the model without exits: report the policy's share of it
+    window = count_macs(ee.lm, data.example)
+    extra["window_macs"] = window
+    metrics: dict[str, Any] = {"macs": int(round(avg_macs / full * window))}
+    return StageResult(ee, extra=extra, history=history, metrics=metrics)
+
+
 def summary(ex: dict[str, Any]) -> str:
     """The per-exit table, accuracy and average MACs of a `dynamic` stage's extra."""
     lines = [f"policy {ex['policy']} thresholds {[round(t, 4) for t in ex['thresholds']]}",
@@ -179,8 +274,16 @@ def summary(ex: dict[str, Any]) -> str:
         acc_ex = f"{100 * e['accuracy_exited']:.2f}" if e["accuracy_exited"] is not None else "-"
         lines.append(f"{e['name']:>14s} {e['macs']:>12,d} {100 * e['accuracy_all']:>9.2f} {100 * e['share']:>6.1f}% "
                      f"{acc_ex:>11s}")
-    lines.append(f"accuracy {100 * ex['accuracy']:.2f}% (full network {100 * ex['full_accuracy']:.2f}%), average MACs "
+    what = "token accuracy" if ex.get("language_model") else "accuracy"
+    lines.append(f"{what} {100 * ex['accuracy']:.2f}% (full network {100 * ex['full_accuracy']:.2f}%), average MACs "
                  f"{ex['avg_macs']:,.0f} = {100 * ex['avg_macs_fraction']:.1f}% of {ex['full_macs']:,}")
+    if ex.get("language_model"):
+        lines.append(f"test perplexity {ex['perplexity']:.3f} (full network {ex['full_perplexity']:.3f})")
+        if "latency" in ex:
+            lat = ex["latency"]
+            lines.append(f"CPU time to decode {lat['tokens']} tokens (batch {lat['batch_size']}): full "
+                         f"{lat['full_ms']:.1f} ms, early exit {lat['early_exit_ms']:.1f} ms ({lat['speedup']:.2f}x)")
+        return "\n".join(lines)
     if "latency" in ex:
         lat = ex["latency"]
         lines.append(f"CPU time for {lat['samples']} samples in batches of {lat['batch_size']}: full "
@@ -189,5 +292,6 @@ def summary(ex: dict[str, Any]) -> str:
 
 
 def register(stages) -> None:
-    text = "early exits: heads + exit training + threshold / MACs-budget policy (BranchyNet, SDN, MSDNet)"
+    text = ("early exits: heads + exit training + threshold / MACs-budget policy (BranchyNet, SDN, MSDNet; "
+            "per-token exits for language models, CALM)")
     stages.register("dynamic", StageKind(DynamicConfig, run_dynamic, text, summary=summary))

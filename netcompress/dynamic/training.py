@@ -32,6 +32,9 @@ def exit_losses(outputs: Sequence[torch.Tensor], targets: torch.Tensor, weights:
     """
     if len(weights) != len(outputs) - 1:
         raise NetcompressError(f"exit weights: {len(weights)} given for {len(outputs) - 1} early exits")
+    if outputs[-1].dim() == 3 and targets.dim() == 2:  # a language model's (batch, seq, vocab): per token
+        outputs = [z.reshape(-1, z.shape[-1]) for z in outputs]
+        targets = targets.reshape(-1)
     teacher = outputs[-1].detach()
     parts: dict[str, torch.Tensor] = {}
     for k, (z, w) in enumerate(zip(outputs[:-1], weights)):

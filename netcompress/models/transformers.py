@@ -127,14 +127,23 @@ class ViT(nn.Module):
         return self.head(self.norm(x)[:, 0])
 
 
-def rotary(x: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
-    """Rotary position embedding of x (batch, heads, seq, head_dim), rotate-half layout."""
+def rotary(x: torch.Tensor, base: float = 10000.0, offset: int = 0) -> torch.Tensor:
+    """Rotary position embedding of x (batch, heads, seq, head_dim), rotate-half layout; the first
+    position is `offset` (the tokens already in a key/value cache)."""
     t, d = x.shape[-2], x.shape[-1]
     inv = 1.0 / (base ** (torch.arange(0, d, 2, device=x.device, dtype=torch.float32) / d))
-    ang = torch.outer(torch.arange(t, device=x.device, dtype=torch.float32), inv)
+    ang = torch.outer(torch.arange(offset, offset + t, device=x.device, dtype=torch.float32), inv)
     cos, sin = torch.cat([ang, ang], -1).cos().to(x.dtype), torch.cat([ang, ang], -1).sin().to(x.dtype)
     x1, x2 = x[..., : d // 2], x[..., d // 2 :]
     return x * cos + torch.cat([-x2, x1], -1) * sin
+
+
+def append_kv(cache: list[torch.Tensor], k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grow a key/value cache ([keys, values] along the sequence axis, empty at first); returns its content."""
+    if cache:
+        k, v = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)
+    cache[:] = [k, v]
+    return k, v
 
 
 class CausalSelfAttention(nn.Module):
@@ -158,6 +167,25 @@ class CausalSelfAttention(nn.Module):
         v = self.v_proj(x).view(b, t, -1, self.head_dim).transpose(1, 2)
         q, k = rotary(q), rotary(k)
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=q.shape[1] != k.shape[1])
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
+
+    def keys_values(self, x: torch.Tensor, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotated keys and values (batch, kv_heads, seq, head_dim) of x at positions offset, offset + 1, ..."""
+        b, t, _ = x.shape
+        k = self.k_proj(x).view(b, t, -1, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, -1, self.head_dim).transpose(1, 2)
+        return rotary(k, offset=offset), v
+
+    def cached(self, x: torch.Tensor, cache: list[torch.Tensor]) -> torch.Tensor:
+        """Attention of x's positions after the `cache` ([keys, values], empty at first), which grows by x's
+        keys and values: incremental decoding. Equal to `forward` on the whole sequence."""
+        b, t, _ = x.shape
+        offset = cache[0].shape[2] if cache else 0
+        q = rotary(self.q_proj(x).view(b, t, -1, self.head_dim).transpose(1, 2), offset=offset)
+        k, v = append_kv(cache, *self.keys_values(x, offset))
+        # a query at position offset + i sees keys 0 .. offset + i (the causal mask shifted by offset)
+        mask = None if t == 1 else torch.ones(t, offset + t, dtype=torch.bool, device=x.device).tril(offset)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -185,6 +213,16 @@ class DecoderBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x))
         return x + self.mlp(self.mlp_norm(x))
+
+    def cached(self, x: torch.Tensor, cache: list[torch.Tensor]) -> torch.Tensor:
+        """`forward` of x's positions after those in the attention's key/value `cache` (which grows)."""
+        x = x + self.attn.cached(self.attn_norm(x), cache)
+        return x + self.mlp(self.mlp_norm(x))
+
+    def fill(self, x: torch.Tensor, cache: list[torch.Tensor]) -> None:
+        """Only the keys and values of x's positions, appended to `cache` (a block an early exit skips:
+        its attention state is computed from the exited hidden state, CALM's state propagation)."""
+        append_kv(cache, *self.attn.keys_values(self.attn_norm(x), cache[0].shape[2] if cache else 0))
 
 
 class GPT(nn.Module):
@@ -220,20 +258,54 @@ class GPT(nn.Module):
             x = blk(x)
         return self.norm(x)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        h = self.hidden(input_ids)
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of a block's output x: the final norm and the LM head (also an early exit's head)."""
+        h = self.norm(x)
         return h @ self.tok_emb.weight.t() if self.lm_head is None else self.lm_head(h)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        x = self.tok_emb(input_ids)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.head(x)
+
+    def decode_step(self, ids: torch.Tensor, caches: list[list[torch.Tensor]]) -> torch.Tensor:
+        """Logits of the last position of `ids` (the positions after the cached ones) through every block."""
+        x = self.tok_emb(ids)
+        for blk, cache in zip(self.blocks, caches):
+            x = blk.cached(x, cache)
+        return self.head(x[:, -1])
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, new_tokens: int, temperature: float = 0.0, seed: int = 0) -> torch.Tensor:
-        """Greedy (temperature 0) or sampled continuation of `input_ids` by `new_tokens` tokens."""
-        g = torch.Generator().manual_seed(seed)
-        ids = input_ids
-        for _ in range(new_tokens):
-            logits = self(ids[:, -self.max_len:])[:, -1].float()
-            if temperature <= 0:
-                nxt = logits.argmax(-1, keepdim=True)
-            else:
-                nxt = torch.multinomial(F.softmax(logits / temperature, -1).cpu(), 1, generator=g).to(ids.device)
-            ids = torch.cat([ids, nxt], 1)
-        return ids
+        """Greedy (temperature 0) or sampled continuation of `input_ids` by `new_tokens` tokens, with a
+        key/value cache. See `decode`."""
+        return decode(self.decode_step, len(self.blocks), self.max_len, input_ids, new_tokens, temperature, seed)
+
+
+def decode(step, depth: int, max_len: int, input_ids: torch.Tensor, new_tokens: int, temperature: float = 0.0,
+           seed: int = 0) -> torch.Tensor:
+    """Incremental decoding: `step(ids, caches)` returns the last position's logits of `ids` following
+    the positions in `caches` (one key/value cache per block, grown by the step). When the context
+    would pass `max_len`, the caches restart from the last max_len / 2 tokens (the model never sees
+    positions it was not trained on)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = input_ids[:, -max_len:]
+    out = [input_ids]
+    caches: list[list[torch.Tensor]] = [[] for _ in range(depth)]
+    pending = ids
+    for _ in range(new_tokens):
+        logits = step(pending, caches).float()
+        if temperature <= 0:
+            nxt = logits.argmax(-1, keepdim=True)
+        else:
+            nxt = torch.multinomial(F.softmax(logits / temperature, -1).cpu(), 1, generator=g).to(ids.device)
+        out.append(nxt)
+        ids = torch.cat([ids, nxt], 1)
+        if ids.shape[1] > max_len:
+            ids = ids[:, -(max_len // 2):]
+            caches = [[] for _ in range(depth)]
+            pending = ids
+        else:
+            pending = nxt
+    return torch.cat(out, 1)

@@ -190,7 +190,7 @@ _reg("gpt-tiny-half", lambda **kw: GPT(**{"dim": 64, "depth": 2, "n_heads": 2, *
      "gpt-tiny at half width and half depth (a student)")
 
 # entries that wrap another model (rebuilt from a saved spec), not buildable from a name alone
-COMPOSITE = {"early-exit"}
+COMPOSITE = {"early-exit": "backbone", "early-exit-lm": "lm"}  # name -> the argument naming the inner model
 
 
 def list_models(pattern: str = "*", composite: bool = False) -> list[str]:
@@ -293,7 +293,7 @@ def create(name: str, num_classes: int = 10, in_channels: int | None = None, inp
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return create(name, num_classes, in_channels, input_size, **kwargs)
-    if name in COMPOSITE and "backbone" not in kwargs:
+    if name in COMPOSITE and COMPOSITE[name] not in kwargs:
         raise NetcompressError(f"model {name!r} wraps another model and cannot be built from its name; "
                                "it is made by a stage (e.g. `netcompress dynamic`); pass its saved file instead")
     loader = next((fn for suffix, fn in FILE_LOADERS.items() if name.endswith(suffix)), None)
@@ -345,3 +345,5 @@ _reg("msdnet-small", _lazy("netcompress.dynamic.msdnet", "MSDNetSmall"),
      "multi-scale dense net with 4 exits (Huang et al. 2018), 28x28 / 32x32")
 _reg("early-exit", _lazy("netcompress.dynamic.early_exit", "build_early_exit"),
      "a backbone with exit heads (made by netcompress.dynamic.early_exit; rebuilt on load)")
+_reg("early-exit-lm", _lazy("netcompress.dynamic.lm_exit", "build_early_exit_lm"),
+     "a decoder LM with early exits (made by netcompress.dynamic.lm_exit; rebuilt on load)")
