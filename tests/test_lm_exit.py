@@ -133,7 +133,10 @@ def test_dynamic_stage_on_a_language_model(tiny_text, tmp_path, one_thread):
     assert isinstance(back, EarlyExitLM) and back.exits == ee.exits and back.threshold == ee.threshold
     x = next(iter(tiny_text.loader("test", shuffle=False)))[0]
     torch.testing.assert_close(back(x), ee.eval()(x))
+    res = nc.apply("dynamic", model, tiny_text, max_steps=1, holdout=8, latency=False)  # defaults: nothing lost
+    assert res.extra["calibration"]["accuracy_drop"] == 0.0
+    assert res.extra["calibration"]["holdout_accuracy"] >= res.extra["calibration"]["holdout_full_accuracy"]
     for bad, msg in (({"head": {"hidden": 16}}, "share its final norm"), ({"train_backbone": False}, "train_backbone"),
-                     ({"threshold": [0.5, 0.6]}, "one threshold")):
+                     ({"threshold": [0.5, 0.6]}, "one threshold"), ({"budget": 0.1}, "below the first exit")):
         with pytest.raises(NetcompressError, match=msg):
             nc.apply("dynamic", model, tiny_text, max_steps=1, holdout=8, latency=False, **bad)

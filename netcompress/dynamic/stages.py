@@ -39,7 +39,8 @@ class DynamicConfig(Config):
     (`netcompress.dynamic.lm_exit`): exits are blocks (default one halfway), they
     share the model's final norm and LM head (`head` must stay default), the whole model trains
     with the exit losses (`train_backbone` may not be false), accuracy means next-token accuracy,
-    samples are windows, and the latency is decoding `latency_samples` tokens in requests of 64
+    the default calibration is `accuracy_drop: 0` (a MACs budget loses perplexity fast on small
+    models: `benchmarks/results/B12_lm_exit.md`), samples are windows, and the latency is decoding `latency_samples` tokens in requests of 64
     (`latency_batch` prompts decoded together, 1 unless set).
     """
 
@@ -200,6 +201,9 @@ def run_lm_dynamic(ctx, model: nn.Module, cfg: DynamicConfig):
     else:
         ee = lm_early_exit(model, cfg.exits)
     cum, full = token_costs(ee)
+    if cfg.budget is not None and cfg.budget * full < cum[0]:  # before any training
+        raise NetcompressError(f"dynamic: budget {cfg.budget} is below the first exit's cost per token "
+                               f"({cum[0] / full:.2f} of the model); raise it or add an earlier exit")
     if cfg.weights == "uniform":
         weights = [1.0] * len(ee.exits)
     elif isinstance(cfg.weights, list):
@@ -223,15 +227,15 @@ def run_lm_dynamic(ctx, model: nn.Module, cfg: DynamicConfig):
         if isinstance(cfg.threshold, list):
             raise NetcompressError("dynamic: threshold: a language model's exits share one threshold; give a number")
         threshold = float(cfg.threshold)
-    elif cfg.accuracy_drop is not None:
-        threshold, reached, acc = calibrate_accuracy(held_out, held_y, cum, cfg.accuracy_drop, cfg.policy)
-        calib = {"accuracy_drop": cfg.accuracy_drop, "holdout_avg_macs": reached, "holdout_fraction": reached / full,
-                 "holdout_accuracy": acc, "holdout_full_accuracy": (held_out[-1].argmax(1) == held_y).float().mean().item()}
-    else:
-        budget = cfg.budget if cfg.budget is not None else 0.5
-        threshold, reached = calibrate_budget(held_out, cum, budget * full, cfg.policy)
-        calib = {"budget": budget, "budget_macs": budget * full, "holdout_avg_macs": reached,
+    elif cfg.budget is not None:
+        threshold, reached = calibrate_budget(held_out, cum, cfg.budget * full, cfg.policy)
+        calib = {"budget": cfg.budget, "budget_macs": cfg.budget * full, "holdout_avg_macs": reached,
                  "holdout_fraction": reached / full}
+    else:  # default for a language model: no held-out next-token accuracy lost
+        drop = cfg.accuracy_drop if cfg.accuracy_drop is not None else 0.0
+        threshold, reached, acc = calibrate_accuracy(held_out, held_y, cum, drop, cfg.policy)
+        calib = {"accuracy_drop": drop, "holdout_avg_macs": reached, "holdout_fraction": reached / full,
+                 "holdout_accuracy": acc, "holdout_full_accuracy": (held_out[-1].argmax(1) == held_y).float().mean().item()}
     ee.set_policy_(cfg.policy, threshold)
     test = list(data.loader("test", shuffle=False))
     real = lm_exit_eval(ee, test)
