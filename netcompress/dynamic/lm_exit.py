@@ -233,25 +233,6 @@ def token_costs(model: EarlyExitLM, context: int | None = None) -> tuple[list[in
 
 
 @torch.no_grad()
-def lm_exit_outputs(model: EarlyExitLM, batches: Iterable) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Every exit's logits for every position of `batches` ((ids, targets) windows), flattened to
-    (positions, vocab), and the targets: the input of the policy tools (`calibrate_budget`, ...)."""
-    outs: list[list[torch.Tensor]] = []
-    ys = []
-    dev = next(model.parameters()).device
-    with eval_mode(model):
-        for x, y in batches:
-            zs = model.all_exits(x.to(dev))
-            outs = outs or [[] for _ in zs]
-            for acc, z in zip(outs, zs):
-                acc.append(z.reshape(-1, z.shape[-1]).float().cpu())
-            ys.append(y.reshape(-1))
-    if not ys:
-        raise NetcompressError("no windows to evaluate the exits on")
-    return [torch.cat(o) for o in outs], torch.cat(ys)
-
-
-@torch.no_grad()
 def lm_exit_eval(model: EarlyExitLM, batches: Iterable) -> dict[str, Any]:
     """Perplexity, token accuracy and exit shares of the early-exit model itself (`run`, with state
     propagation) on `batches`, next to the full model's perplexity on the same tokens."""

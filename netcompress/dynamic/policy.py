@@ -16,6 +16,7 @@ import statistics
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
+from torch import nn
 
 from netcompress.core.errors import NetcompressError
 from netcompress.core.modes import eval_mode
@@ -24,8 +25,10 @@ from netcompress.dynamic.base import (MultiExitBase, confidence, early_exit_pred
 
 
 @torch.no_grad()
-def exit_outputs(model: MultiExitBase, batches: Iterable) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Logits of every exit for every sample of `batches` ((x, y) pairs), and the targets."""
+def exit_outputs(model: nn.Module, batches: Iterable) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Logits of every exit for every sample of `batches` ((x, y) pairs), and the targets, from
+    `model.all_exits` (a `MultiExitBase` or an `EarlyExitLM`). Sequence logits (batch, seq, vocab) are
+    flattened to one row per position, the input of the policy tools (`calibrate_budget`, ...)."""
     outs: list[list[torch.Tensor]] = []
     ys = []
     dev = next(model.parameters()).device
@@ -35,8 +38,8 @@ def exit_outputs(model: MultiExitBase, batches: Iterable) -> tuple[list[torch.Te
             if not outs:
                 outs = [[] for _ in zs]
             for acc, z in zip(outs, zs):
-                acc.append(z.float().cpu())
-            ys.append(y)
+                acc.append(z.reshape(-1, z.shape[-1]).float().cpu())
+            ys.append(y.reshape(-1))
     if not ys:
         raise NetcompressError("no samples to evaluate the exits on")
     return [torch.cat(o) for o in outs], torch.cat(ys)

@@ -20,7 +20,7 @@ from netcompress.core.errors import NetcompressError
 from netcompress.dynamic.base import MultiExitBase, early_exit_predict
 from netcompress.dynamic.early_exit import HeadConfig, MultiExitModel, early_exit, segment_mode
 from netcompress.dynamic.lm_exit import (EarlyExitLM, decode_latency, is_decoder_lm, lm_early_exit, lm_exit_eval,
-                                         lm_exit_outputs, token_costs)
+                                         token_costs)
 from netcompress.dynamic.policy import (calibrate_accuracy, calibrate_budget, compare_latency, exit_macs,
                                         exit_outputs, full_macs, plot_curve, policy_report, tradeoff_curve)
 from netcompress.dynamic.training import ExitTraining, FrozenBackbone, sdn_weights
@@ -221,7 +221,7 @@ def run_lm_dynamic(ctx, model: nn.Module, cfg: DynamicConfig):
                        data=train_data)
         history = hist.to_list()
     ee.eval()
-    held_out, held_y = lm_exit_outputs(ee, held)
+    held_out, held_y = exit_outputs(ee, held)
     calib: dict[str, Any] | None = None
     if cfg.threshold is not None:
         if isinstance(cfg.threshold, list):
@@ -239,7 +239,7 @@ def run_lm_dynamic(ctx, model: nn.Module, cfg: DynamicConfig):
     ee.set_policy_(cfg.policy, threshold)
     test = list(data.loader("test", shuffle=False))
     real = lm_exit_eval(ee, test)
-    test_out, y = lm_exit_outputs(ee, test)
+    test_out, y = exit_outputs(ee, test)
     names = [f"blocks.{i}" for i in ee.exits] + ["final"]
     rep = policy_report(test_out, y, cum, threshold, cfg.policy, names)
     costs = torch.tensor(cum, dtype=torch.float64)
