@@ -263,6 +263,26 @@ def test_weight_only_groups_are_stored_as_per_group_integer_grids(method, bits, 
     assert torch.equal(codec.decode_tensor(desc, blob, "float32", [32, 512], "t"), q)
 
 
+@pytest.mark.parametrize("bits,group", [(4, 128), (3, 64), (2, 64), (8, 32)])
+def test_hqq_groups_are_stored_as_affine_grids(bits, group):
+    """HQQ's values (q - z) s, with a float (fp16) zero point z per group, are found as an affine grid
+    per group: the integer codes plus an fp16 scale and zero point, bit-exact."""
+    from netcompress.quantize.weight_only import hqq
+
+    w = torch.randn(32, 512, generator=torch.Generator().manual_seed(bits))
+    q = hqq(w, bits, group)
+    desc, blob = codec.encode_tensor(q)
+    assert desc["val"] == "agrid" and desc["rows"] == 32 * 512 // group
+    assert 8 * len(blob) / q.numel() <= bits + 32 / group + 0.05
+    assert torch.equal(codec.decode_tensor(desc, blob, "float32", [32, 512], "t"), q)
+    sections = desc["sections"]
+    with pytest.raises(NetcompressError, match="bad affine-grid header"):  # a scale section that lies
+        codec.decode_tensor({**desc, "sections": [sections[0] - 2, sections[1] + 2, sections[2]]}, blob, "float32",
+                            [32, 512], "t")
+    with pytest.raises(NetcompressError, match="bad affine-grid header"):
+        codec.decode_tensor({**desc, "rows": 7}, blob, "float32", [32, 512], "t")
+
+
 def test_weight_only_quantized_transformer_archive_is_about_b_bits(tmp_path):
     """A GPTQ int4 (group 64) gpt's block Linears pack at about 4.5 bits per weight."""
     torch.manual_seed(0)
@@ -274,3 +294,9 @@ def test_weight_only_quantized_transformer_archive_is_about_b_bits(tmp_path):
     assert len(rows) == 14 and all("grid" in r["encoding"] and r["bits_per_weight"] <= 4.6 for r in rows)
     back = unpack(tmp_path / "q.ncz").eval()
     assert torch.equal(back(ids), m(ids))
+    h = nc.models.create("gpt-tiny", num_classes=256, dim=64, depth=2, n_heads=2).eval()
+    nc.quantize.hqq_(h, bits=4, group_size=64)  # float zero points: affine grids
+    pack(h, tmp_path / "h.ncz")
+    rows = [r for r in inspect(tmp_path / "h.ncz")["layers"] if ".blocks." in f".{r['name']}" and r["name"].endswith("proj.weight")]
+    assert len(rows) == 14 and all("agrid" in r["encoding"] and r["bits_per_weight"] <= 4.6 for r in rows)
+    assert torch.equal(unpack(tmp_path / "h.ncz").eval()(ids), h(ids))

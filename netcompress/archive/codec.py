@@ -165,6 +165,53 @@ def _near_grid(chunks: np.ndarray) -> bool:
     return bool(ok.all())
 
 
+def _affine_scales(full: np.ndarray, max_shift: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Per row of `full` (rows x n, float32) a scale s and a zero point z, both fp16 values, with
+    every value exactly float32((n - z) * s) for integers 0 <= n < 4096 (the product exact in
+    float64): an asymmetric grid with a float zero point, as HQQ's (Badri & Shaji 2023). Returns
+    (s, z, n), or None when a row has none.
+
+    s is the smallest gap between two distinct values of the row, or a half or third of it, or its
+    range over a whole number of such gaps or over 2^b - 1, rounded to fp16; z is the row's smallest value's -v / s plus an
+    integer c (that value's own code, unknown: c = 0, 1, ... up to `max_shift` are tried until the
+    fp16 rounding of z reproduces every value)."""
+    v = full.astype(np.float64)
+    lo, hi = v.min(1), v.max(1)
+    srt = np.sort(v, 1)
+    gaps = np.diff(srt, axis=1)
+    gap = np.where(gaps > 0, gaps, np.inf).min(1) if gaps.shape[1] else np.full(len(v), np.inf)
+    flat = ~np.isfinite(gap)  # one distinct value: s = 1, z = -v
+    gap = np.where(flat, 1.0, gap)
+    steps = np.maximum(np.rint((hi - lo) / gap), 1)
+    best_s = np.zeros(len(v))
+    best_z = np.zeros(len(v))
+    found = np.zeros(len(v), bool)
+    # the smallest gap may span 2 or 3 steps when a short group leaves codes unused; HQQ's own
+    # scale is the range of the original weights over 2^b - 1
+    cands = [gap, (hi - lo) / steps, gap / 2, gap / 3] + [(hi - lo) / (2 ** b - 1) for b in range(1, 9)]
+    for cand in cands:
+        s16 = np.where(flat, 1.0, cand).astype(np.float16).astype(np.float64)
+        ok_s = (s16 > 0) & np.isfinite(s16) & ~found
+        if not ok_s.any():
+            continue
+        base = -lo / np.where(s16 > 0, s16, 1)
+        for c in range(max_shift):
+            todo = ok_s & ~found
+            if not todo.any():
+                break
+            z = (base + c).astype(np.float16).astype(np.float64)
+            n = np.rint(v / np.where(s16 > 0, s16, 1)[:, None] + z[:, None])
+            good = todo & np.isfinite(z) & (n >= 0).all(1) & (n < 4096).all(1)
+            good &= ((((n - z[:, None]) * s16[:, None]).astype(np.float32).view(np.uint32)) == full.view(np.uint32)).all(1)
+            best_s = np.where(good, s16, best_s)
+            best_z = np.where(good, z, best_z)
+            found |= good
+    if not found.all():
+        return None
+    n = np.rint(v / best_s[:, None] + best_z[:, None]).astype(np.int64)
+    return best_s, best_z, n
+
+
 def _grid_plan(t: torch.Tensor) -> list[tuple[int, dict[str, Any]]]:
     """Integer grid per row, or per chunk of GRID_GROUPS consecutive values of a row: every value of
     chunk r is float32(n * s_r) with a small integer n (per-channel uniform quantization, Jacob et
@@ -178,9 +225,11 @@ def _grid_plan(t: torch.Tensor) -> list[tuple[int, dict[str, Any]]]:
     for g in (cols, *[g for g in GRID_GROUPS if g < cols and cols % g == 0]):
         full = rows.reshape(-1, g)
         if g != cols and not _near_grid(full[:16]):  # a cheap probe before the exact search
+            out += _affine_plan(full)
             continue
         found = _grid_scales(full)
         if found is None:
+            out += _affine_plan(full)
             continue
         best_s, n = found
         nmin, k = int(n.min()), int(n.max() - n.min() + 1)
@@ -191,6 +240,33 @@ def _grid_plan(t: torch.Tensor) -> list[tuple[int, dict[str, Any]]]:
         out.append((32 * full.shape[0] + _fixed_width(k) * idx.size, {**base, "idx_code": "fixed"}))
         if k > 1:
             out.append((32 * full.shape[0] + _huff_bits(idx, k), {**base, "idx_code": "huffman"}))
+    return out
+
+
+def _affine_plan(full: np.ndarray) -> list[tuple[int, dict[str, Any]]]:
+    """Plans for chunks that are affine grids (`_affine_scales`): fp16 scale and zero point per chunk
+    plus the integer codes."""
+    probe = full[:16].astype(np.float64)  # a cheap filter first: (v - min) / smallest gap near integers
+    gaps = np.diff(np.sort(probe, 1), axis=1)
+    step = np.where(gaps > 0, gaps, np.inf).min(1)
+    if not np.isfinite(step).all():
+        return []
+    near = False
+    for d in (1, 2, 3):  # the smallest gap is 1, 2 or 3 steps
+        r = (probe - probe.min(1, keepdims=True)) / (step[:, None] / d)
+        near |= bool((np.abs(r - np.rint(r)) < 1e-2).all() and (r < 4096).all())
+    if not near:
+        return []
+    found = _affine_scales(full)
+    if found is None:
+        return []
+    best_s, best_z, n = found
+    k = int(n.max() + 1)
+    idx = n.ravel()
+    base = {"val": "agrid", "rows": int(full.shape[0]), "k": k, "_scales": best_s, "_zeros": best_z, "_idx": idx}
+    out = [(32 * full.shape[0] + _fixed_width(k) * idx.size, {**base, "idx_code": "fixed"})]
+    if k > 1:
+        out.append((32 * full.shape[0] + _huff_bits(idx, k), {**base, "idx_code": "huffman"}))
     return out
 
 
@@ -247,6 +323,10 @@ def encode_tensor(t: torch.Tensor, coding: str = "huffman", info: dict[str, floa
     if enc["val"] == "grid":
         sections.append(enc["_scales"].astype("<f4").tobytes())
         sections.append(_encode_ints(enc["_idx"], enc["idx_code"], _fixed_width(enc["k"]), enc["k"]))
+    elif enc["val"] == "agrid":
+        sections.append(enc["_scales"].astype("<f2").tobytes())
+        sections.append(enc["_zeros"].astype("<f2").tobytes())
+        sections.append(_encode_ints(enc["_idx"], enc["idx_code"], _fixed_width(enc["k"]), enc["k"]))
     elif enc["val"] == "raw32":
         sections.append(vals.astype("<f4").tobytes())
     elif enc["val"] == "raw16":
@@ -279,9 +359,9 @@ def _entropy_info(enc: dict[str, Any]) -> tuple[float, float]:
         g = enc["_gaps"]
         ent += hf.entropy_bits(g) * len(g)
         bits += enc["gap_bits"] * len(g) if enc["gap_code"] == "fixed" else _huff_bits(g, 1 << enc["gap_bits"])
-    if enc["val"] in ("codebook", "grid"):
+    if enc["val"] in ("codebook", "grid", "agrid"):
         i = enc["_idx"]
-        k = enc["k"] if enc["val"] == "grid" else len(enc["_cb"])
+        k = enc["k"] if enc["val"] in ("grid", "agrid") else len(enc["_cb"])
         ent += hf.entropy_bits(i) * len(i)
         bits += _fixed_width(k) * len(i) if enc["idx_code"] == "fixed" else _huff_bits(i, k)
     return float(ent), float(bits)
@@ -375,6 +455,15 @@ def decode_tensor(desc: dict[str, Any], blob: bytes, dtype: str, shape: list[int
         ix = _decode_ints(parts[1], desc.get("idx_code"), _fixed_width(k), count, k, where + " (integers)")
         q = (ix + nmin).astype(np.float32).reshape(rows, -1)
         vals = (q * scales[:, None]).astype(np.float32).ravel()
+    elif val == "agrid":
+        k, rows = desc.get("k"), desc.get("rows")
+        _need(pos == "dense" and isinstance(k, int) and 1 <= k <= 1 << 12 and isinstance(rows, int) and rows >= 1
+              and numel % rows == 0 and len(parts) == 3 and len(parts[0]) == 2 * rows and len(parts[1]) == 2 * rows,
+              where, "bad affine-grid header")
+        sc = np.frombuffer(parts[0], dtype="<f2").astype(np.float64)
+        zp = np.frombuffer(parts[1], dtype="<f2").astype(np.float64)
+        ix = _decode_ints(parts[2], desc.get("idx_code"), _fixed_width(k), count, k, where + " (integers)")
+        vals = ((ix.reshape(rows, -1) - zp[:, None]) * sc[:, None]).astype(np.float32).ravel()
     elif val == "codebook":
         k, cbt = desc.get("k"), desc.get("cb", "f32")
         item = {"f32": 4, "f16": 2}.get(cbt, 0) if isinstance(cbt, str) else 0
