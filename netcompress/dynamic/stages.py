@@ -40,8 +40,8 @@ class DynamicConfig(Config):
     share the model's final norm and LM head (`head` must stay default), the whole model trains
     with the exit losses (`train_backbone` may not be false), accuracy means next-token accuracy,
     the default calibration is `accuracy_drop: 0` (a MACs budget loses perplexity fast on small
-    models: `benchmarks/results/B12_lm_exit.md`), samples are windows, and the latency is decoding `latency_samples` tokens in requests of 64
-    (`latency_batch` prompts decoded together, 1 unless set).
+    models: `benchmarks/results/B12_lm_exit.md`), samples are windows, and the latency is decoding
+    `latency_samples` tokens in requests of 64 (`latency_batch` prompts decoded together, 1 unless set).
     """
 
     exits: list[str] = Field(default_factory=list, description="backbone module names; empty: the model has exits")
@@ -96,14 +96,35 @@ def exit_labels(model: MultiExitBase) -> list[str]:
     return [f"exit{k}" for k in range(model.num_exits - 1)] + ["final"]
 
 
-def _weights(cfg: DynamicConfig, cum: list[int], full: int, k: int) -> list[float]:
-    if cfg.weights == "sdn" or (cfg.weights == "auto" and cfg.train_backbone):
-        return sdn_weights([c / full for c in cum[:-1]])
+def _weights(cfg: DynamicConfig, positions: list[float], joint: bool) -> list[float]:
+    """Each early exit's loss weight; `positions` are the exits' relative depths (SDN's q_i) and
+    `joint` says whether the backbone trains too ('auto' is then SDN's weights, else uniform)."""
+    if cfg.weights == "sdn" or (cfg.weights == "auto" and joint):
+        return sdn_weights(positions)
     if cfg.weights in ("uniform", "auto"):
-        return [1.0] * (k - 1)
-    if len(cfg.weights) != k - 1:
-        raise NetcompressError(f"dynamic: weights: {len(cfg.weights)} given for {k - 1} early exits")
+        return [1.0] * len(positions)
+    if len(cfg.weights) != len(positions):
+        raise NetcompressError(f"dynamic: weights: {len(cfg.weights)} given for {len(positions)} early exits")
     return list(cfg.weights)
+
+
+def _calibrate(cfg: DynamicConfig, held_out: list[torch.Tensor], held_y: torch.Tensor, cum: list[int], full: int,
+               default: str) -> tuple[float | list[float], dict[str, Any] | None]:
+    """The threshold from `cfg` (fixed, a MACs budget or an accuracy drop, calibrated on the held-out
+    outputs) and what the calibration reached; `default` ('budget' = 0.5, or 'accuracy' = no drop)
+    applies when `cfg` names none."""
+    if cfg.threshold is not None:
+        return cfg.threshold, None
+    if cfg.budget is not None or (cfg.accuracy_drop is None and default == "budget"):
+        budget = cfg.budget if cfg.budget is not None else 0.5
+        threshold, reached = calibrate_budget(held_out, cum, budget * full, cfg.policy)
+        return threshold, {"budget": budget, "budget_macs": budget * full, "holdout_avg_macs": reached,
+                           "holdout_fraction": reached / full}
+    drop = cfg.accuracy_drop if cfg.accuracy_drop is not None else 0.0
+    threshold, reached, acc = calibrate_accuracy(held_out, held_y, cum, drop, cfg.policy)
+    return threshold, {"accuracy_drop": drop, "holdout_avg_macs": reached, "holdout_fraction": reached / full,
+                       "holdout_accuracy": acc,
+                       "holdout_full_accuracy": (held_out[-1].argmax(1) == held_y).float().mean().item()}
 
 
 def run_dynamic(ctx, model: nn.Module, cfg: DynamicConfig):
@@ -123,7 +144,7 @@ def run_dynamic(ctx, model: nn.Module, cfg: DynamicConfig):
         mx = early_exit(model, cfg.exits, cfg.head, example_inputs=example)
     cum = exit_macs(mx, example)
     full = full_macs(mx, example)
-    weights = _weights(cfg, cum, full, mx.num_exits)
+    weights = _weights(cfg, [c / full for c in cum[:-1]], cfg.train_backbone)
     train_data, held = holdout_split(data, cfg.holdout)
     history: list = []
     if cfg.epochs and cfg.epochs > 0:
@@ -141,18 +162,7 @@ def run_dynamic(ctx, model: nn.Module, cfg: DynamicConfig):
         history = hist.to_list()
     mx.eval()
     held_out, held_y = exit_outputs(mx, held)
-    if cfg.threshold is not None:
-        threshold: float | list[float] = cfg.threshold
-        calib = None
-    elif cfg.accuracy_drop is not None:
-        threshold, reached, acc = calibrate_accuracy(held_out, held_y, cum, cfg.accuracy_drop, cfg.policy)
-        calib = {"accuracy_drop": cfg.accuracy_drop, "holdout_avg_macs": reached, "holdout_fraction": reached / full,
-                 "holdout_accuracy": acc, "holdout_full_accuracy": (held_out[-1].argmax(1) == held_y).float().mean().item()}
-    else:
-        budget = cfg.budget if cfg.budget is not None else 0.5
-        threshold, reached = calibrate_budget(held_out, cum, budget * full, cfg.policy)
-        calib = {"budget": budget, "budget_macs": budget * full, "holdout_avg_macs": reached,
-                 "holdout_fraction": reached / full}
+    threshold, calib = _calibrate(cfg, held_out, held_y, cum, full, "budget")
     mx.set_policy_(cfg.policy, threshold)
     test_out, y = exit_outputs(mx, data.loader("test", shuffle=False))
     names = exit_labels(mx)
@@ -200,18 +210,13 @@ def run_lm_dynamic(ctx, model: nn.Module, cfg: DynamicConfig):
         ee = model
     else:
         ee = lm_early_exit(model, cfg.exits)
+    if isinstance(cfg.threshold, list):
+        raise NetcompressError("dynamic: threshold: a language model's exits share one threshold; give a number")
     cum, full = token_costs(ee)
     if cfg.budget is not None and cfg.budget * full < cum[0]:  # before any training
         raise NetcompressError(f"dynamic: budget {cfg.budget} is below the first exit's cost per token "
                                f"({cum[0] / full:.2f} of the model); raise it or add an earlier exit")
-    if cfg.weights == "uniform":
-        weights = [1.0] * len(ee.exits)
-    elif isinstance(cfg.weights, list):
-        if len(cfg.weights) != len(ee.exits):
-            raise NetcompressError(f"dynamic: weights: {len(cfg.weights)} given for {len(ee.exits)} early exits")
-        weights = list(cfg.weights)
-    else:
-        weights = sdn_weights([(i + 1) / len(ee.lm.blocks) for i in ee.exits])
+    weights = _weights(cfg, [(i + 1) / len(ee.lm.blocks) for i in ee.exits], True)
     train_data, held = holdout_split(data, cfg.holdout)
     history: list = []
     if cfg.epochs and cfg.epochs > 0:
@@ -222,21 +227,8 @@ def run_lm_dynamic(ctx, model: nn.Module, cfg: DynamicConfig):
         history = hist.to_list()
     ee.eval()
     held_out, held_y = exit_outputs(ee, held)
-    calib: dict[str, Any] | None = None
-    if cfg.threshold is not None:
-        if isinstance(cfg.threshold, list):
-            raise NetcompressError("dynamic: threshold: a language model's exits share one threshold; give a number")
-        threshold = float(cfg.threshold)
-    elif cfg.budget is not None:
-        threshold, reached = calibrate_budget(held_out, cum, cfg.budget * full, cfg.policy)
-        calib = {"budget": cfg.budget, "budget_macs": cfg.budget * full, "holdout_avg_macs": reached,
-                 "holdout_fraction": reached / full}
-    else:  # default for a language model: no held-out next-token accuracy lost
-        drop = cfg.accuracy_drop if cfg.accuracy_drop is not None else 0.0
-        threshold, reached, acc = calibrate_accuracy(held_out, held_y, cum, drop, cfg.policy)
-        calib = {"accuracy_drop": drop, "holdout_avg_macs": reached, "holdout_fraction": reached / full,
-                 "holdout_accuracy": acc, "holdout_full_accuracy": (held_out[-1].argmax(1) == held_y).float().mean().item()}
-    ee.set_policy_(cfg.policy, threshold)
+    threshold, calib = _calibrate(cfg, held_out, held_y, cum, full, "accuracy")  # LM default: no accuracy lost
+    ee.set_policy_(cfg.policy, float(threshold))
     test = list(data.loader("test", shuffle=False))
     real = lm_exit_eval(ee, test)
     test_out, y = exit_outputs(ee, test)
@@ -245,7 +237,7 @@ def run_lm_dynamic(ctx, model: nn.Module, cfg: DynamicConfig):
     costs = torch.tensor(cum, dtype=torch.float64)
     avg_macs = float((costs * torch.tensor(real["exit_share"], dtype=torch.float64)).sum())
     extra: dict[str, Any] = {
-        "policy": cfg.policy, "thresholds": [threshold], "calibration": calib, "language_model": True,
+        "policy": cfg.policy, "thresholds": [float(threshold)], "calibration": calib, "language_model": True,
         "accuracy": real["token_accuracy"], "full_accuracy": (test_out[-1].argmax(1) == y).float().mean().item(),
         "perplexity": real["perplexity"], "full_perplexity": real["full_perplexity"],
         "avg_macs": avg_macs, "full_macs": full, "avg_macs_fraction": avg_macs / full, "exits": rep["exits"],
