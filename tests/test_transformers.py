@@ -222,6 +222,7 @@ def test_transformer_recipes_run_end_to_end_on_a_tiny_budget(recipe, extra, tmp_
     if recipe.startswith("gpt"):
         assert all("perplexity" in e["extra"] for e in res.entries)
         assert by["sparsegpt-50"]["nonzero_params"] < 0.6 * base["nonzero_params"]
+        assert by["int4-hqq"]["bytes"] < base["bytes"] / 4  # affine grids, not 19-bit codebooks
         ee = by["early-exit"]["extra"]
         assert ee["language_model"] and ee["perplexity"] > 1 and 0 < ee["avg_macs_fraction"] < 1.2
         assert (tmp_path / "run" / "report.md").read_text().count("perplexity") >= 1
