@@ -45,5 +45,11 @@ stage_cases = {
 }
 for name, (kind, model, cfg) in stage_cases.items():
     results[name] = nc.recipe.apply(kind, model, data, **ctx_kw, **cfg).model.state_dict()
+# per-token exits of a language model: 64 - 8 held-out windows = 7 full global batches of 8
+text = nc.data.load("pydoc-text-tiny")
+torch.manual_seed(9)
+gpt = nc.models.create_for("gpt-tiny", text, dim=32, depth=2, n_heads=2)
+results["lm-early-exit"] = nc.recipe.apply("dynamic", gpt, text, seed=3, train={**STEPS, "batch_size": 8},
+                                           holdout=8, epochs=1, latency=False).model.state_dict()
 if dist_info().rank == 0:
     torch.save(results, out)
