@@ -108,6 +108,10 @@ def test_bad_exits_are_one_clear_error():
         lm_early_exit(torch.nn.Sequential(torch.nn.Embedding(4, 4)))
     with pytest.raises(NetcompressError, match="no threshold"):
         lm_early_exit(m).eval().run(torch.zeros(1, 3, dtype=torch.long))
+    ee = lm_early_exit(m).eval()
+    ee.threshold = "0.5"  # as a tampered model file could set it
+    with pytest.raises(NetcompressError, match="must be a number"):
+        ee(torch.zeros(1, 3, dtype=torch.long))
 
 
 @pytest.fixture(scope="module")

@@ -120,6 +120,8 @@ class EarlyExitLM(nn.Module):
         key/value cache per block, see `DecoderBlock.cached`) the positions follow the cached ones."""
         if self.threshold is None:
             raise NetcompressError("early exit: no threshold set (set_policy_ or the dynamic stage sets one)")
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)):
+            raise NetcompressError(f"early exit: threshold must be a number, got {self.threshold!r}")
         lm, blocks = self.lm, self.lm.blocks
         cut = score_cut(self.threshold, self.policy)
         x = lm.tok_emb(ids)
