@@ -42,6 +42,7 @@ stage_cases = {
     "kmeans-finetune": ("quantize", mlp(7), {"method": "kmeans", "bits": 3, "epochs": 1}),
     "early-exit": ("dynamic", net(8), {"exits": ["features.2"], "holdout": 128, "epochs": 1, "latency": False,
                                        "train_backbone": True}),
+    "sparse-vd": ("sparse-vd", mlp(10), {"epochs": 1, "finetune_epochs": 0}),
 }
 for name, (kind, model, cfg) in stage_cases.items():
     results[name] = nc.recipe.apply(kind, model, data, **ctx_kw, **cfg).model.state_dict()
@@ -51,5 +52,11 @@ torch.manual_seed(9)
 gpt = nc.models.create_for("gpt-tiny", text, dim=32, depth=2, n_heads=2)
 results["lm-early-exit"] = nc.recipe.apply("dynamic", gpt, text, seed=3, train={**STEPS, "batch_size": 8},
                                            holdout=8, epochs=1, latency=False).model.state_dict()
+# transformer KD: logits + hidden states through projection adapters (the method's own parameters)
+torch.manual_seed(11)
+small = nc.models.create_for("gpt-tiny", text, dim=16, depth=1, n_heads=2)
+res = nc.distill.distill("hidden", gpt, small, text, seed=3, train=nc.train.TrainConfig(**{**STEPS, "batch_size": 8}),
+                         epochs=1, max_steps=4)
+results["hidden"] = res.student.state_dict()
 if dist_info().rank == 0:
     torch.save(results, out)

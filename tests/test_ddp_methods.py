@@ -2,7 +2,7 @@
 
 Tolerance: 1e-4 (absolute and relative) on every weight after 4 steps. The two runs see the same
 global batches (1,408 samples, global batch 64); what may differ is the order of float reductions.
-All processes run in one `torchrun` group for all 14 methods, to pay the start-up once."""
+All processes run in one `torchrun` group for all 16 methods, to pay the start-up once."""
 import os
 import subprocess
 import sys
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 METHODS = ["kd", "fitnet", "at", "rkd", "sp", "dml", "born-again", "takd", "slimming", "qat-uniform",
-           "binaryconnect", "kmeans-finetune", "early-exit", "lm-early-exit"]
+           "binaryconnect", "kmeans-finetune", "early-exit", "lm-early-exit", "sparse-vd", "hidden"]
 
 
 @pytest.fixture(scope="module")

@@ -39,6 +39,7 @@ from netcompress.core.config import Config
 from netcompress.core.errors import NetcompressError
 from netcompress.core.method import Method
 from netcompress.prune.unstructured import MASK, MaskMethod, finalize_
+from netcompress.train.distributed import dist_info
 
 K1, K2, K3 = 0.63576, 1.87320, 1.48695
 LOG_ALPHA_CLIP = 10.0
@@ -77,7 +78,19 @@ class _SVDOMixin:
             return self._mean(x, self.weight * self.keep_mask().to(self.weight.dtype), self.bias)
         mu = self._mean(x, self.weight, self.bias)
         var = self._mean(x * x, torch.exp(self.log_alpha()) * self.weight * self.weight, None)
-        return mu + torch.sqrt(var + 1e-8) * torch.randn_like(mu)
+        return mu + torch.sqrt(var + 1e-8) * batch_noise(mu)
+
+
+def batch_noise(like: torch.Tensor) -> torch.Tensor:
+    """Standard normal noise shaped like `like` whose sample i is the same however the batch is split
+    over data-parallel ranks: each rank draws the whole global batch's noise (every rank's random
+    state is the same) and keeps its own samples, rank r's j-th being the global batch's r + W j
+    (the sharding of `netcompress.data`'s loaders and DistributedSampler). One process: randn_like."""
+    info = dist_info()
+    if not info.enabled:
+        return torch.randn_like(like)
+    full = torch.randn((like.shape[0] * info.world_size, *like.shape[1:]), dtype=like.dtype, device=like.device)
+    return full[info.rank::info.world_size]
 
 
 class LinearSVDO(_SVDOMixin, nn.Linear):
