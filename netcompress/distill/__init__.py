@@ -30,7 +30,7 @@ def distill(method: str, teacher, student, data, *, seed: int = 0, progress: boo
     """Run one distillation protocol end to end with `netcompress.train.fit`.
 
     Args:
-        method: a name in `DISTILLERS` (kd, fitnet, at, rkd, sp, dml, born-again, takd).
+        method: a name in `DISTILLERS` (kd, fitnet, at, rkd, sp, dml, born-again, takd, hidden).
         teacher, student: models (student: a model, None for born-again, or a reference for
             `build_student`: a zoo name, ``{name, kwargs}``, a file, or ``from-teacher``).
         data: a DataBundle.

@@ -46,7 +46,7 @@ class DistillConfig(Config):
     """The `distill` stage / CLI settings (fields not used by a method are ignored by it).
 
     Attributes:
-        method: kd, fitnet, at, rkd, sp, dml, born-again, takd.
+        method: kd, fitnet, at, rkd, sp, dml, born-again, takd, hidden.
         teacher: "baseline", an earlier stage's name, or a saved model file.
         student: a zoo name, ``{name, kwargs}`` or a model file; born-again defaults to the
             teacher's architecture, dml to the stage's input model architecture.

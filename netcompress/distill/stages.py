@@ -18,7 +18,7 @@ from pathlib import Path
 from torch import nn
 
 from netcompress.core.errors import NetcompressError
-from netcompress.distill.protocols import DistillConfig, build_student, fresh_copy, run_distill
+from netcompress.distill.protocols import DISTILLERS, DistillConfig, build_student, fresh_copy, run_distill
 from netcompress.train.stage import StageContext, StageKind, StageResult
 
 
@@ -89,5 +89,5 @@ def summary(extra: dict) -> str:
 
 def register(stages) -> None:
     stages.register("distill", StageKind(DistillConfig, run_stage,
-                                         "knowledge distillation: kd, fitnet, at, rkd, sp, dml, born-again, takd",
+                                         "knowledge distillation: " + ", ".join(DISTILLERS),
                                          summary=summary))
