@@ -14,7 +14,8 @@ from netcompress.cli import build_parser, main
 from netcompress.recipe.stages import STAGES
 
 MODEL = "lenet5-quarter"
-# kind -> list of (case id, config); a new stage kind needs a tiny case here (the test says so)
+# kind -> list of (case id, config[, {model, data} instead of MODEL on digits]); a new stage kind needs a
+# tiny case here (the test says so)
 CASES = {
     "train": [("train", {"epochs": 1})],
     "finetune": [("finetune", {})],
@@ -28,7 +29,8 @@ CASES = {
     "pack": [("pack", {"coding": "huffman"})],
     "design": [("lowrank", {"op": "lowrank", "budget": 0.5, "conv": "channel"})],
     "sparse-vd": [("sparse-vd", {"epochs": 1, "max_steps": 3, "finetune_epochs": 1})],
-    "dynamic": [("exits", {"exits": ["features.2"], "holdout": 100, "latency": False, "budget": 0.5})],
+    "dynamic": [("exits", {"exits": ["features.2"], "holdout": 100, "latency": False, "budget": 0.5}),
+                ("lm-exits", {"holdout": 8, "latency": False}, {"model": "gpt-tiny", "data": "pydoc-text-tiny"})],
     "sparsify": [("sparsegpt", {"criterion": "sparsegpt", "sparsity": 0.5, "samples": 16})],
     "weight-only": [("gptq-int4", {"method": "gptq", "bits": 4, "group_size": 16, "samples": 16})],
     "export": [("onnx-int8", {"format": "onnx", "int8": True, "calibration_samples": 32, "check_samples": 32,
@@ -109,24 +111,25 @@ def _digest(path: Path) -> str:
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("kind,case,cfg", [(k, c, cfg) for k, cases in CASES.items() for c, cfg in cases],
-                         ids=[f"{k}-{c}" for k, cases in CASES.items() for c, _ in cases])
-def test_cli_and_recipe_stage_give_the_same_model(tmp_path, kind, case, cfg, one_thread):
-    model = MODEL
+@pytest.mark.parametrize("kind,case,cfg,where", [(k, c[0], c[1], c[2] if len(c) > 2 else {})
+                                                  for k, cases in CASES.items() for c in cases],
+                         ids=[f"{k}-{c[0]}" for k, cases in CASES.items() for c in cases])
+def test_cli_and_recipe_stage_give_the_same_model(tmp_path, kind, case, cfg, where, one_thread):
+    model, dataset = where.get("model", MODEL), where.get("data", "digits")
     if kind in TRAINED_FIRST:
         data = nc.data.load("digits", batch_size=32, seed=3)
         m = nc.models.create_for(MODEL, data)
         nc.train.fit(m, data, epochs=1, max_steps=60, seed=3, progress=False)
         model = str(tmp_path / "trained.pt")
         nc.models.save(m, model)
-    recipe = {"name": "parity", "seed": 3, "data": "digits", "model": model, "train": TRAIN,
+    recipe = {"name": "parity", "seed": 3, "data": dataset, "model": model, "train": TRAIN,
               "measure": {"latency": False}, "stages": [{kind: cfg}]}
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     res = nc.recipe.run_recipe(tmp_path / "r.yaml", out=tmp_path / "run", progress=False)
     stage_dir = next((tmp_path / "run" / "stages").glob("01-*"))
     artifacts = [p for p in stage_dir.iterdir() if p.name not in ("model.pt", "done.json", "key.txt", "figures") and p.suffix != ".ckpt"]
     out = tmp_path / ("cli" + (artifacts[0].suffix if artifacts else ".pt"))
-    argv = [kind, model, "--data", "digits", "--seed", "3", *flags(cfg), "--train-epochs", "0",
+    argv = [kind, model, "--data", dataset, "--seed", "3", *flags(cfg), "--train-epochs", "0",
             "--train-max-steps", "2", "--train-batch-size", "32", "--out", str(out)]
     assert main(argv) == 0
     assert len(artifacts) <= 1
