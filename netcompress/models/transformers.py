@@ -258,16 +258,15 @@ class GPT(nn.Module):
             x = blk(x)
         return self.norm(x)
 
-    def head(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of a block's output x: the final norm and the LM head (also an early exit's head)."""
-        h = self.norm(x)
+    def _vocab(self, h: torch.Tensor) -> torch.Tensor:
         return h @ self.tok_emb.weight.t() if self.lm_head is None else self.lm_head(h)
 
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of a block's output x: the final norm and the LM head (also an early exit's head)."""
+        return self._vocab(self.norm(x))
+
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        x = self.tok_emb(input_ids)
-        for blk in self.blocks:
-            x = blk(x)
-        return self.head(x)
+        return self._vocab(self.hidden(input_ids))
 
     def decode_step(self, ids: torch.Tensor, caches: list[list[torch.Tensor]]) -> torch.Tensor:
         """Logits of the last position of `ids` (the positions after the cached ones) through every block."""
