@@ -32,7 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from netcompress.core.errors import NetcompressError
 from netcompress.core.modes import eval_mode
-from netcompress.dynamic.base import POLICIES, confidence, score_cut
+from netcompress.dynamic.base import confidence, score_cut
 from netcompress.models.transformers import decode
 from netcompress.models.zoo import create
 
@@ -105,8 +105,7 @@ class EarlyExitLM(nn.Module):
 
     def set_policy_(self, policy: str = "max_softmax", threshold: float | None = None) -> "EarlyExitLM":
         """Set the exit rule in place; `threshold=None` returns every exit's logits again."""
-        if policy not in POLICIES:
-            raise NetcompressError(f"unknown exit policy {policy!r}; choose one of {', '.join(POLICIES)}")
+        score_cut(0.0, policy)  # validates the name
         self.policy, self.threshold = policy, None if threshold is None else float(threshold)
         return self
 
@@ -237,8 +236,8 @@ def token_costs(model: EarlyExitLM, context: int | None = None) -> tuple[list[in
 @torch.no_grad()
 def lm_exit_eval(model: EarlyExitLM, batches: Iterable) -> dict[str, Any]:
     """Perplexity, token accuracy and exit shares of the early-exit model itself (`run`, with state
-    propagation) on `batches`, next to the full model's perplexity on the same tokens."""
-    nll = full_nll = 0.0
+    propagation) on `batches`."""
+    nll = 0.0
     correct = n = 0
     counts = torch.zeros(model.num_exits, dtype=torch.long)
     dev = next(model.parameters()).device
@@ -247,14 +246,12 @@ def lm_exit_eval(model: EarlyExitLM, batches: Iterable) -> dict[str, Any]:
             x, y = x.to(dev), y.to(dev)
             logits, exit_at = model.run(x)
             nll += F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1), reduction="sum").item()
-            full = model.lm(x)
-            full_nll += F.cross_entropy(full.reshape(-1, full.shape[-1]).float(), y.reshape(-1), reduction="sum").item()
             correct += int((logits.argmax(-1) == y).sum())
             n += y.numel()
             counts += torch.bincount(exit_at.reshape(-1).cpu(), minlength=model.num_exits)
     if n == 0:
         raise NetcompressError("no windows to evaluate the exits on")
-    return {"perplexity": math.exp(nll / n), "full_perplexity": math.exp(full_nll / n), "token_accuracy": correct / n,
+    return {"perplexity": math.exp(nll / n), "token_accuracy": correct / n,
             "exit_share": (counts.double() / n).tolist(), "tokens": n}
 
 

@@ -9,9 +9,11 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
@@ -239,7 +241,7 @@ def run_lm_dynamic(ctx, model: nn.Module, cfg: DynamicConfig):
     extra: dict[str, Any] = {
         "policy": cfg.policy, "thresholds": [float(threshold)], "calibration": calib, "language_model": True,
         "accuracy": real["token_accuracy"], "full_accuracy": (test_out[-1].argmax(1) == y).float().mean().item(),
-        "perplexity": real["perplexity"], "full_perplexity": real["full_perplexity"],
+        "perplexity": real["perplexity"], "full_perplexity": math.exp(F.cross_entropy(test_out[-1], y).item()),
         "avg_macs": avg_macs, "full_macs": full, "avg_macs_fraction": avg_macs / full, "exits": rep["exits"],
         "curve": tradeoff_curve(test_out, y, cum, cfg.policy), "exit_weights": weights,
         "real_exit_share": real["exit_share"], "simulated_accuracy": rep["accuracy"],
