@@ -99,11 +99,16 @@ def _values_plan(vals: np.ndarray, allow16: bool) -> list[tuple[int, dict[str, A
 GRID_GROUPS = (32, 64, 128, 256, 512, 1024)  # chunk lengths tried besides whole rows (weight-only groups)
 
 
+def _min_gap(x: np.ndarray) -> np.ndarray:
+    """Per row, the smallest difference between two distinct values (inf for a row of one value)."""
+    gaps = np.diff(np.sort(x, 1), axis=1)
+    return np.where(gaps > 0, gaps, np.inf).min(1) if gaps.shape[1] else np.full(len(x), np.inf)
+
+
 def _step_candidates(full: np.ndarray, sample: np.ndarray) -> list[np.ndarray]:
     """Candidate grid steps per row (see `_grid_scales`), in the dtype of `full`."""
     amax = np.abs(full).max(1)
-    gaps = np.diff(np.sort(sample, 1), axis=1)
-    gap = np.where(gaps > 0, gaps, np.inf).min(1) if gaps.shape[1] else np.full(len(full), np.inf)
+    gap = _min_gap(sample)
     gap = np.where(np.isfinite(gap), gap, 0).astype(full.dtype)
     cands = [amax / full.dtype.type(2 ** b - 1) for b in range(1, 9)]
     cands += [amax / full.dtype.type(2 ** (b - 1) - 1) for b in range(2, 9)]
@@ -177,9 +182,7 @@ def _affine_scales(full: np.ndarray, max_shift: int = 256) -> tuple[np.ndarray, 
     fp16 rounding of z reproduces every value)."""
     v = full.astype(np.float64)
     lo, hi = v.min(1), v.max(1)
-    srt = np.sort(v, 1)
-    gaps = np.diff(srt, axis=1)
-    gap = np.where(gaps > 0, gaps, np.inf).min(1) if gaps.shape[1] else np.full(len(v), np.inf)
+    gap = _min_gap(v)
     flat = ~np.isfinite(gap)  # one distinct value: s = 1, z = -v
     gap = np.where(flat, 1.0, gap)
     steps = np.maximum(np.rint((hi - lo) / gap), 1)
@@ -194,13 +197,14 @@ def _affine_scales(full: np.ndarray, max_shift: int = 256) -> tuple[np.ndarray, 
         ok_s = (s16 > 0) & np.isfinite(s16) & ~found
         if not ok_s.any():
             continue
-        base = -lo / np.where(s16 > 0, s16, 1)
+        sd = np.where(s16 > 0, s16, 1)
+        r, base = v / sd[:, None], -lo / sd
         for c in range(max_shift):
             todo = ok_s & ~found
             if not todo.any():
                 break
             z = (base + c).astype(np.float16).astype(np.float64)
-            n = np.rint(v / np.where(s16 > 0, s16, 1)[:, None] + z[:, None])
+            n = np.rint(r + z[:, None])
             good = todo & np.isfinite(z) & (n >= 0).all(1) & (n < 4096).all(1)
             good &= ((((n - z[:, None]) * s16[:, None]).astype(np.float32).view(np.uint32)) == full.view(np.uint32)).all(1)
             best_s = np.where(good, s16, best_s)
@@ -224,10 +228,8 @@ def _grid_plan(t: torch.Tensor) -> list[tuple[int, dict[str, Any]]]:
     out: list[tuple[int, dict[str, Any]]] = []
     for g in (cols, *[g for g in GRID_GROUPS if g < cols and cols % g == 0]):
         full = rows.reshape(-1, g)
-        if g != cols and not _near_grid(full[:16]):  # a cheap probe before the exact search
-            out += _affine_plan(full)
-            continue
-        found = _grid_scales(full)
+        # chunks shorter than a row get a cheap probe before the exact search
+        found = _grid_scales(full) if g == cols or _near_grid(full[:16]) else None
         if found is None:
             out += _affine_plan(full)
             continue
@@ -236,10 +238,18 @@ def _grid_plan(t: torch.Tensor) -> list[tuple[int, dict[str, Any]]]:
         if k > 1 << 12:
             continue
         idx = (n - nmin).ravel()
-        base = {"val": "grid", "rows": int(full.shape[0]), "nmin": nmin, "k": k, "_scales": best_s, "_idx": idx}
-        out.append((32 * full.shape[0] + _fixed_width(k) * idx.size, {**base, "idx_code": "fixed"}))
-        if k > 1:
-            out.append((32 * full.shape[0] + _huff_bits(idx, k), {**base, "idx_code": "huffman"}))
+        out += _index_plans(32 * full.shape[0], {"val": "grid", "rows": int(full.shape[0]), "nmin": nmin, "k": k,
+                                                 "_scales": best_s, "_idx": idx})
+    return out
+
+
+def _index_plans(header_bits: int, base: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
+    """(bits, plan) for a grid whose `k` integer codes `base["_idx"]` are stored fixed-width or
+    Huffman-coded after `header_bits` of scales."""
+    idx, k = base["_idx"], base["k"]
+    out = [(header_bits + _fixed_width(k) * idx.size, {**base, "idx_code": "fixed"})]
+    if k > 1:
+        out.append((header_bits + _huff_bits(idx, k), {**base, "idx_code": "huffman"}))
     return out
 
 
@@ -247,8 +257,7 @@ def _affine_plan(full: np.ndarray) -> list[tuple[int, dict[str, Any]]]:
     """Plans for chunks that are affine grids (`_affine_scales`): fp16 scale and zero point per chunk
     plus the integer codes."""
     probe = full[:16].astype(np.float64)  # a cheap filter first: (v - min) / smallest gap near integers
-    gaps = np.diff(np.sort(probe, 1), axis=1)
-    step = np.where(gaps > 0, gaps, np.inf).min(1)
+    step = _min_gap(probe)
     if not np.isfinite(step).all():
         return []
     near = False
@@ -261,13 +270,8 @@ def _affine_plan(full: np.ndarray) -> list[tuple[int, dict[str, Any]]]:
     if found is None:
         return []
     best_s, best_z, n = found
-    k = int(n.max() + 1)
-    idx = n.ravel()
-    base = {"val": "agrid", "rows": int(full.shape[0]), "k": k, "_scales": best_s, "_zeros": best_z, "_idx": idx}
-    out = [(32 * full.shape[0] + _fixed_width(k) * idx.size, {**base, "idx_code": "fixed"})]
-    if k > 1:
-        out.append((32 * full.shape[0] + _huff_bits(idx, k), {**base, "idx_code": "huffman"}))
-    return out
+    return _index_plans(32 * full.shape[0], {"val": "agrid", "rows": int(full.shape[0]), "k": int(n.max() + 1),
+                                             "_scales": best_s, "_zeros": best_z, "_idx": n.ravel()})
 
 
 def _encode_ints(x: np.ndarray, code: str, width: int, nsym: int) -> bytes:
@@ -320,12 +324,11 @@ def encode_tensor(t: torch.Tensor, coding: str = "huffman", info: dict[str, floa
         vals = enc["_vals"]
     else:
         vals = flat
-    if enc["val"] == "grid":
-        sections.append(enc["_scales"].astype("<f4").tobytes())
-        sections.append(_encode_ints(enc["_idx"], enc["idx_code"], _fixed_width(enc["k"]), enc["k"]))
-    elif enc["val"] == "agrid":
-        sections.append(enc["_scales"].astype("<f2").tobytes())
-        sections.append(enc["_zeros"].astype("<f2").tobytes())
+    if enc["val"] in ("grid", "agrid"):
+        if enc["val"] == "grid":
+            sections.append(enc["_scales"].astype("<f4").tobytes())
+        else:
+            sections += [enc["_scales"].astype("<f2").tobytes(), enc["_zeros"].astype("<f2").tobytes()]
         sections.append(_encode_ints(enc["_idx"], enc["idx_code"], _fixed_width(enc["k"]), enc["k"]))
     elif enc["val"] == "raw32":
         sections.append(vals.astype("<f4").tobytes())
