@@ -214,6 +214,9 @@ def awq(weight: torch.Tensor, hessian: torch.Tensor, act_mean: torch.Tensor, bit
     return q.to(weight.dtype), alpha
 
 
+CALIBRATED = ("gptq", "awq")  # the methods that need calibration inputs (rtn and hqq need none)
+
+
 @dataclass(frozen=True)
 class LayerInfo:
     bits: int
@@ -270,7 +273,7 @@ def quantize_weights_(model: nn.Module, method: Literal["rtn", "hqq", "gptq", "a
         info[name] = LayerInfo(bits, min(group_size, m.in_features),
                                packed_bytes(m.weight, bits, group_size, input_scale=method == "awq"))
 
-    if method in ("rtn", "hqq"):
+    if method not in CALIBRATED:
         groups = block_linears(model, ignore)
         for _, lin in groups:
             for n, m in lin.items():

@@ -34,10 +34,11 @@ class WeightOnlyConfig(Config):
 
 def run_weight_only(ctx, model: nn.Module, cfg: WeightOnlyConfig):
     """Quantize; extra holds the bits, group size and packed bytes of every layer."""
-    from netcompress.quantize.weight_only import quantize_weights_
+    from netcompress.quantize.weight_only import CALIBRATED, quantize_weights_
 
-    calibration = ctx.data if cfg.method in ("gptq", "awq") else None
-    info = quantize_weights_(model, cfg.method, cfg.bits, cfg.group_size, calibration, cfg.samples, cfg.blocksize, cfg.damp, cfg.sequential, cfg.ignore, cfg.clip)
+    calibration = ctx.data if cfg.method in CALIBRATED else None
+    info = quantize_weights_(model, cfg.method, cfg.bits, cfg.group_size, calibration, cfg.samples, cfg.blocksize,
+                             cfg.damp, cfg.sequential, cfg.ignore, cfg.clip)
     layers = {n: {"bits": i.bits, "group_size": i.group_size, "packed_bytes": i.packed_bytes} for n, i in info.items()}
     return StageResult(model, extra={"method": cfg.method, "bits": cfg.bits, "group_size": cfg.group_size,
                                      "packed_bytes": sum(i.packed_bytes for i in info.values()), "layers": layers})
