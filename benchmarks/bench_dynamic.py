@@ -69,6 +69,11 @@ def ort_latency(mx, xs: torch.Tensor) -> dict:
             "b64": compare_latency(rt, xs, batch_size=64, reference=full)}
 
 
+def mean_min(speedups: list[float]) -> str:
+    """'1.51x (min 1.48)': the mean over seeds and the worst seed."""
+    return f"{statistics.mean(speedups):.2f}x (min {min(speedups):.2f})"
+
+
 def point(mx, threshold: float, test: tuple, cum: list[int], xs: torch.Tensor, full: int) -> dict:
     """Test accuracy, MACs and CPU speedups (batch 64 and batch 1) of `mx` at `threshold`;
     `test` = its exits' test outputs and targets (`exit_outputs`), `cum` = its `exit_macs`."""
@@ -167,8 +172,7 @@ def main() -> None:
         ["full LeNet-5", mean_std(full_acc), f"{fm:,}", "100 %", "1.00x", "1.00x", "1.00x"],
         [f"early exit, budget {args.budget:.0%}", mean_std(ee_acc), f"{statistics.mean(r['avg_macs'] for r in runs):,.0f}",
          f"{100 * statistics.mean(frac):.1f} ± {100 * statistics.stdev(frac) if len(frac) > 1 else 0:.1f} %",
-         f"{statistics.mean(sp64):.2f}x (min {min(sp64):.2f})", f"{statistics.mean(st64):.2f}x (min {min(st64):.2f})",
-         f"{statistics.mean(sp1):.2f}x (min {min(sp1):.2f})"],
+         mean_min(sp64), mean_min(st64), mean_min(sp1)],
         ["static LeNet-5-half (peer)", mean_std(half_acc), f"{runs[0]['static_half']['macs']:,}",
          f"{100 * runs[0]['static_half']['macs'] / fm:.1f} %", "-", "-", "-"],
     ]
@@ -209,8 +213,7 @@ def main() -> None:
         brow.append([f"{b:.0%}", mean_std([p["accuracy"] for p in pts]),
                      f"{100 * statistics.mean(p['fraction'] for p in pts):.1f} %",
                      f"{100 * statistics.mean(p['share0'] for p in pts):.1f} %",
-                     f"{statistics.mean(p['b64'] for p in pts):.2f}x (min {min(p['b64'] for p in pts):.2f})",
-                     f"{statistics.mean(p['b1'] for p in pts):.2f}x (min {min(p['b1'] for p in pts):.2f})"])
+                     mean_min([p["b64"] for p in pts]), mean_min([p["b1"] for p in pts])])
     body += ("\n## Other budgets (same heads, each calibrated on the same 500 held-out training images)\n\n"
              + md_table(["budget", "test accuracy %", "average MACs of full", "share at first exit", "CPU speedup b64",
                          "CPU speedup b1"], brow))
@@ -222,8 +225,7 @@ def main() -> None:
                      ", ".join(f"{100 * (p['accuracy'] - p['full_accuracy']):+.1f}" for p in pts),
                      f"{100 * statistics.mean(p['fraction'] for p in pts):.1f} %",
                      f"{100 * statistics.mean(p['share0'] for p in pts):.1f} %",
-                     f"{statistics.mean(p['b64'] for p in pts):.2f}x (min {min(p['b64'] for p in pts):.2f})",
-                     f"{statistics.mean(p['b1'] for p in pts):.2f}x (min {min(p['b1'] for p in pts):.2f})"])
+                     mean_min([p["b64"] for p in pts]), mean_min([p["b1"] for p in pts])])
     body += ("\n## SDN's linear exit head (pool 6x6 -> one Linear, 720 -> 10)\n\n"
              "Same LeNet-5s; the head trained 3 epochs like the one above. At batch 1 every sample pays its exit "
              "head and the exit test, the staying ones too, so a head's hidden layer (720 -> 128) is a cost on the "
