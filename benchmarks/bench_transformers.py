@@ -197,11 +197,6 @@ def vit_seed(seed: int, epochs: float, student_epochs: float, tmp: str, early_ex
     e = res.extra
     r.update(ee_acc=e["accuracy"], ee_full_acc=e["full_accuracy"], ee_macs=e["avg_macs_fraction"],
              ee_ms=e["latency"]["early_exit_ms"], ee_full_ms=e["latency"]["full_ms"])
-    try:
-        nc.prune.plan(copy.deepcopy(base), "l1", 0.5, example_inputs=data.example)
-        r["heads"] = "channel graph accepts vit-tiny (row not run by this script yet)"
-    except Exception as ex:
-        r["heads"] = f"not available: {type(ex).__name__}: {str(ex)[:100]}"
     return r
 
 
@@ -300,7 +295,8 @@ def main() -> None:
                              [[ms(pct("ee_full_acc"), 2), ms(pct("ee_acc"), 2), ms([x["ee_macs"] for x in v], 3),
                                ms([x["ee_full_ms"] for x in v], 1), ms([x["ee_ms"] for x in v], 1),
                                ms([x["ee_full_ms"] / x["ee_ms"] for x in v], 2)]]))
-        body.append(f"\nHeads + MLP pruning to 50 % MACs: {v[0]['heads']}\n")
+        body.append("\nHeads + MLP pruning to 50 % MACs with recovery: B12_transformer_prune.md "
+                    "(bench_transformer_prune.py). Early exit on converged ViTs: B12_vit_early_exit.md.\n")
     name = "B12_transformers_converged" if a.converged else "B12_transformers"
     name += "_gpt" if a.skip_vit else "_vit" if a.skip_gpt else ""
     write_result(name, "B12: transformers (gpt-tiny on pydoc-text, vit-tiny on mnist-5k)", "\n".join(body))

@@ -60,3 +60,29 @@ def test_count_macs_when_a_parameter_is_passed_between_modules():
     m = M()
     assert nc.measure.count_macs(m, torch.randn(2, 4)) == 16
     assert all(p.requires_grad for p in m.parameters())
+
+
+def test_fused_attention_counts_like_its_matmuls():
+    """Torch has no FLOP formula for the CPU kernel of scaled_dot_product_attention: without ours a
+    transformer's attention scores cost nothing. The fused call (plain, causal, grouped-query) must
+    count what the same attention written as matmuls counts."""
+    import torch.nn.functional as F
+    from torch import nn as _nn
+
+    class Attn(_nn.Module):
+        def __init__(self, fused, kv_heads, causal):
+            super().__init__()
+            self.fused, self.kv_heads, self.causal = fused, kv_heads, causal
+
+        def forward(self, q):  # q: (batch, 4 heads, tokens, 8)
+            k = v = q[:, : self.kv_heads]
+            if self.fused:
+                return F.scaled_dot_product_attention(q, k, v, is_causal=self.causal,
+                                                      enable_gqa=self.kv_heads != q.shape[1])
+            k = v = k.repeat_interleave(q.shape[1] // self.kv_heads, dim=1)
+            return torch.softmax(q @ k.transpose(-1, -2), -1) @ v
+
+    x = torch.randn(1, 4, 10, 8)
+    for kv_heads, causal in [(4, False), (4, True), (2, False)]:
+        fused = nc.measure.count_macs(Attn(True, kv_heads, causal), x)
+        assert fused == nc.measure.count_macs(Attn(False, kv_heads, causal), x) == 2 * 4 * 10 * 10 * 8

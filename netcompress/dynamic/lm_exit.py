@@ -28,11 +28,11 @@ from typing import Any, Iterable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from netcompress.core.errors import NetcompressError
 from netcompress.core.modes import eval_mode
 from netcompress.dynamic.base import confidence, score_cut
+from netcompress.measure import MacCounter
 from netcompress.models.transformers import decode
 from netcompress.models.zoo import create
 
@@ -209,10 +209,10 @@ def token_costs(model: EarlyExitLM, context: int | None = None) -> tuple[list[in
     dim = lm.tok_emb.embedding_dim
 
     def macs(fn) -> int:
-        counter = FlopCounterMode(display=False)
+        counter = MacCounter()
         with counter:
             fn()
-        return int(counter.get_total_flops() // 2)
+        return counter.macs
 
     with eval_mode(lm):
         x = torch.zeros(1, 1, dim, device=dev)
@@ -220,10 +220,7 @@ def token_costs(model: EarlyExitLM, context: int | None = None) -> tuple[list[in
         for blk in lm.blocks:
             cache: list[torch.Tensor] = []
             blk.fill(torch.zeros(1, c, dim, device=dev), cache)
-            # FlopCounterMode counts no CPU scaled_dot_product_attention: add q.K^T and p.V for c + 1 keys
-            q_proj = getattr(getattr(blk, "attn", None), "q_proj", None)
-            attn = 2 * q_proj.out_features * (c + 1) if isinstance(q_proj, nn.Linear) else 0
-            full_block.append(macs(lambda: blk.cached(x, list(cache))) + attn)
+            full_block.append(macs(lambda: blk.cached(x, list(cache))))
             fill.append(macs(lambda: blk.fill(x, list(cache))))
         head = macs(lambda: lm.head(x))
     cum = []

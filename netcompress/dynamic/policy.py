@@ -22,6 +22,7 @@ from netcompress.core.errors import NetcompressError
 from netcompress.core.modes import eval_mode
 from netcompress.dynamic.base import (MultiExitBase, confidence, early_exit_predict, early_exit_stream,
                                       expand_thresholds, score_cut, user_threshold)
+from netcompress.measure import MacCounter
 
 
 @torch.no_grad()
@@ -48,31 +49,27 @@ def exit_outputs(model: nn.Module, batches: Iterable) -> tuple[list[torch.Tensor
 @torch.no_grad()
 def exit_macs(model: MultiExitBase, example: torch.Tensor) -> list[int]:
     """Cumulative MACs (batch 1) of a sample leaving at each exit: its stages plus the heads it ran."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     with eval_mode(model):
         state = model.start(example[:1])
         for k in range(model.num_exits):  # warm-up: builds cached segments outside the counter
             state, _ = model.step(k, state)
         state, total, out = model.start(example[:1]), 0, []
         for k in range(model.num_exits):
-            counter = FlopCounterMode(display=False)
+            counter = MacCounter()
             with counter:
                 state, _ = model.step(k, state)
-            total += counter.get_total_flops() // 2
-            out.append(int(total))
+            total += counter.macs
+            out.append(total)
     return out
 
 
 @torch.no_grad()
 def full_macs(model: MultiExitBase, example: torch.Tensor) -> int:
     """MACs (batch 1) of the full network without early heads."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
+    counter = MacCounter()
     with eval_mode(model), counter:
         model.full_forward(example[:1])
-    return int(counter.get_total_flops() // 2)
+    return counter.macs
 
 
 def simulate_exits(outputs: Sequence[torch.Tensor], thresholds: float | Sequence[float], policy: str) -> torch.Tensor:

@@ -14,9 +14,9 @@ Example:
 import sys
 import types
 
-from netcompress.measure.metrics import Metrics, count_macs, count_params, file_bytes, latency_ms, measure, macs_by_module
+from netcompress.measure.metrics import MacCounter, Metrics, count_macs, count_params, file_bytes, latency_ms, measure, macs_by_module
 
-__all__ = ["Metrics", "count_macs", "count_params", "file_bytes", "latency_ms", "measure", "macs_by_module"]
+__all__ = ["MacCounter", "Metrics", "count_macs", "count_params", "file_bytes", "latency_ms", "measure", "macs_by_module"]
 
 
 class _CallableModule(types.ModuleType):

@@ -1,8 +1,11 @@
 """Metrics of a model.
 
-* MACs: `torch.utils.flop_counter.FlopCounterMode` counts FLOPs of every aten op of one forward
+* MACs: `MacCounter` (torch's `FlopCounterMode`) counts FLOPs of every aten op of one forward
   pass at batch 1; a multiply-accumulate is 2 FLOPs. Dense counting: zeros in a masked weight
-  still cost (only physically smaller layers reduce MACs).
+  still cost (only physically smaller layers reduce MACs). Torch has no formula for the CPU
+  kernel of `scaled_dot_product_attention`; `MacCounter` adds one, so attention scores and their
+  weighted sum count on CPU as they do on GPU (every query against every key, causal or not,
+  as torch counts its GPU kernels).
 * bytes: the size of a real file on disk: the model saved with `netcompress.models.save`, or the
   archive / int8 file a stage produced (pass `file=`).
 * latency: `torch.utils.benchmark.Timer.blocked_autorange`, median, batch 1 and 64, fixed threads.
@@ -17,6 +20,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from netcompress.core.batch import Batch, call, head, repeat_to, to_device
 from netcompress.core.errors import NetcompressError
@@ -82,35 +86,53 @@ class _Frozen:
             p.requires_grad_(True)
 
 
+def _sdpa_flops(query_shape, key_shape, value_shape, *args: Any, **kwargs: Any) -> int:
+    """FLOPs of fused attention: q.K^T and p.V, every query against every key (grouped-query
+    attention: the query heads count, the key / value heads are shared)."""
+    b, h, lq, e = query_shape
+    s, ev = key_shape[-2], value_shape[-1]
+    return 2 * b * h * lq * s * (e + ev)
+
+
+_EXTRA_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flops}
+
+
+class MacCounter(FlopCounterMode):
+    """`FlopCounterMode` that also counts CPU fused attention; `.macs` = FLOPs // 2."""
+
+    def __init__(self) -> None:
+        super().__init__(display=False, custom_mapping=_EXTRA_FORMULAS)
+
+    @property
+    def macs(self) -> int:
+        return int(self.get_total_flops() // 2)
+
+
 @torch.no_grad()
 def count_macs(model: nn.Module, example_inputs: Batch) -> int:
     """Multiply-accumulates of one forward pass of one sample (batch 1); inputs as in `core.batch`."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     x = head(example_inputs, 1)
-    counter = FlopCounterMode(display=False)
+    counter = MacCounter()
     with eval_mode(model), _Frozen(model), counter:
         call(model, x)
-    return int(counter.get_total_flops() // 2)
+    return counter.macs
 
 
 @torch.no_grad()
 def macs_by_module(model: nn.Module, example_inputs: Batch) -> dict[str, int]:
     """MACs per leaf module with weights (qualified name -> MACs at batch 1)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     out: dict[str, int] = {}
     x = head(example_inputs, 1)
     handles = []
     for name, mod in model.named_modules():
         if len(list(mod.children())) == 0 and any(True for _ in mod.parameters(recurse=False)):
             def pre(m, inp, name=name):
-                m._nc_counter = FlopCounterMode(display=False)
+                m._nc_counter = MacCounter()
                 m._nc_counter.__enter__()
 
             def post(m, inp, outp, name=name):
                 m._nc_counter.__exit__(None, None, None)
-                out[name] = out.get(name, 0) + int(m._nc_counter.get_total_flops() // 2)
+                out[name] = out.get(name, 0) + m._nc_counter.macs
                 del m._nc_counter
 
             handles += [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)]

@@ -193,15 +193,13 @@ def plan(model: nn.Module, criterion: str = "l1", ratio: float = 0.5, *, example
 
 def _macs(model: nn.Module, x: Any) -> int:
     """MACs at batch 1 for any example input (a tensor, a tuple or a dict of tensors)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     from netcompress.core.graph_trace import first_sample
-    from netcompress.measure import count_macs
+    from netcompress.measure import MacCounter, count_macs
 
     if isinstance(x, torch.Tensor):
         return count_macs(model, x)
     x = first_sample(x, next((p.device for p in model.parameters()), None))
-    counter = FlopCounterMode(display=False)
+    counter = MacCounter()
     with eval_mode(model), torch.no_grad(), counter:
         model(**x) if isinstance(x, dict) else model(*x)
-    return int(counter.get_total_flops() // 2)
+    return counter.macs
