@@ -301,6 +301,33 @@ def test_accuracy_calibration_golden_and_not_fooled_by_a_lucky_threshold():
         calibrate_accuracy([exit0, final], y[:5], [1, 10])
 
 
+@pytest.mark.parametrize("policy", ["max_softmax", "entropy"])
+def test_calibrate_accuracy_sweep_matches_trying_every_threshold(policy):
+    """The calibration sweeps the distinct scores once; it must pick what simulating every candidate
+    threshold picks, ties (rounded logits) and three exits included."""
+    from netcompress.dynamic.base import confidence, user_threshold
+
+    def run(outs, y, cum, threshold):
+        exit_at = simulate_exits(outs, threshold, policy)
+        right = torch.stack([z.argmax(1) for z in outs]).gather(0, exit_at[None])[0] == y
+        return threshold, torch.tensor(cum, dtype=torch.float64)[exit_at].mean().item(), right.double().mean().item()
+
+    g = torch.Generator().manual_seed(0)
+    for trial in range(40):
+        k, n = 2 + trial % 3, 5 + trial
+        outs = [(3 * torch.randn(n, 3, generator=g)).round() for _ in range(k)]
+        y = torch.randint(0, 3, (n,), generator=g)
+        cum = list(range(1, 2 * k, 2))
+        for drop in (0.0, 0.1):
+            best = run(outs, y, cum, user_threshold(math.inf, policy))
+            for cut in torch.unique(torch.cat([confidence(z, policy) for z in outs[:-1]])).flip(0).tolist():
+                r = run(outs, y, cum, user_threshold(cut, policy))
+                if r[2] < run(outs, y, cum, user_threshold(math.inf, policy))[2] - drop - 1e-12:
+                    break
+                best = r
+            assert calibrate_accuracy(outs, y, cum, drop, policy) == pytest.approx(best, rel=1e-12)
+
+
 def test_batch_one_path_records_no_graph_and_returns_a_fresh_exit_index():
     torch.manual_seed(0)
     mx = early_exit(nc.models.create("lenet5", in_channels=1, input_size=28), ["features.1"],

@@ -145,22 +145,33 @@ def calibrate_accuracy(outputs: Sequence[torch.Tensor], targets: torch.Tensor, c
         raise NetcompressError(f"accuracy calibration: {len(targets)} targets for outputs of "
                                f"{[int(z.shape[0]) for z in outputs]} samples")
     costs = torch.tensor(cum_macs, dtype=torch.float64)
-    scores = [confidence(z, policy).double() for z in outputs[:-1]]
-    preds = torch.stack([z.argmax(1) for z in outputs])  # K x N
-    right = preds == targets[None]  # K x N: is exit k right on sample n
+    scores = torch.stack([confidence(z, policy).double() for z in outputs[:-1]])  # (K-1) x N
+    right = torch.stack([z.argmax(1) for z in outputs]) == targets[None]  # K x N: is exit k right on sample n
+    n = right.shape[1]
     target = right[-1].double().mean().item() - max_drop - 1e-12
-
-    def at(cut: float) -> tuple[float, float]:
-        exit_at = _exits_for_cuts(scores, [cut] * (k_total - 1), k_total)
-        acc = right.gather(0, exit_at[None]).double().mean().item()
-        return costs[exit_at].mean().item(), acc
-
-    best = (math.inf, *at(math.inf))
-    for cut in reversed(torch.unique(torch.cat(scores)).tolist()):  # descending: more samples leave
-        macs, acc = at(cut)
-        if acc < target:
-            break
-        best = (cut, macs, acc)
+    # One sweep down the distinct scores instead of re-simulating every cut. At cut c a sample leaves
+    # at its first exit scoring >= c; that exit is always a "record" (a score above all earlier ones),
+    # and as c falls past a record's score the sample moves there from its next record (or the end).
+    record = scores > torch.cat([torch.full((1, n), -math.inf, dtype=torch.float64),
+                                 scores.cummax(0).values[:-1]])
+    moved_from = torch.empty_like(scores, dtype=torch.long)
+    nxt = torch.full((n,), k_total - 1, dtype=torch.long)
+    for k in reversed(range(k_total - 1)):
+        moved_from[k] = nxt
+        nxt = torch.where(record[k], k, nxt)
+    cuts = torch.unique(scores).flip(0)  # descending: more samples leave at each
+    ks, ns = record.nonzero(as_tuple=True)
+    group = cuts.numel() - 1 - torch.searchsorted(cuts.flip(0), scores[ks, ns])
+    old = moved_from[ks, ns]
+    d_cost = torch.zeros(cuts.numel(), dtype=torch.float64).index_add_(0, group, costs[ks] - costs[old])
+    d_right = torch.zeros(cuts.numel(), dtype=torch.long).index_add_(
+        0, group, right[ks, ns].long() - right[old, ns].long())
+    macs = costs[-1].item() * n + d_cost.cumsum(0)
+    acc = (int(right[-1].sum()) + d_right.cumsum(0)).double() / n
+    fails = (acc < target).nonzero()
+    last = int(fails[0]) - 1 if fails.numel() else cuts.numel() - 1  # the lowest cut before the first failure
+    best = ((math.inf, costs[-1].item(), right[-1].double().mean().item()) if last < 0 else
+            (cuts[last].item(), macs[last].item() / n, acc[last].item()))
     return user_threshold(best[0], policy), best[1], best[2]
 
 
