@@ -20,6 +20,7 @@ CASES = {
     "train": [("train", {"epochs": 1})],
     "finetune": [("finetune", {})],
     "prune": [("channels", {"ratio": 0.5, "criterion": "fpgm"}),
+              ("channels-macs-iterative", {"macs": 0.5, "schedule": "iterative", "steps": 2}),
               ("weights-agp", {"sparsity": 0.8, "schedule": "agp", "epochs": 1})],
     "distill": [("kd", {"method": "kd", "student": "lenet5-quarter", "epochs": 1})],
     "quantize": [("kmeans", {"method": "kmeans", "bits": {"Conv2d": 4, "Linear": 3}}),

@@ -166,6 +166,31 @@ def test_iterative_channels_reaches_the_ratio_with_finetune_between():
     assert calls == [10, 5] and small.features[0].out_channels == 5 and m.features[0].out_channels == 20
 
 
+def test_macs_target_keeps_the_most_macs_at_or_below_it():
+    """`macs=` picks the smallest ratio at or below the target: no ratio on a fine grid keeps more
+    MACs without going over. Iteratively, each round keeps the same share of the MACs left."""
+    from netcompress.measure import count_macs
+    from netcompress.prune import iterative_channels
+
+    m, x = nc.models.create("lenet5"), torch.randn(2, 1, 28, 28)
+    dense = count_macs(m, x)
+    for target in (0.5, 0.2):
+        got = count_macs(channels(m, "l1", macs=target, example_inputs=x), x) / dense
+        grid = [count_macs(channels(m, "l1", r / 50, example_inputs=x), x) / dense for r in range(50)]
+        assert got == max(f for f in grid if f <= target)
+    kept = []
+    small = iterative_channels(m, lambda model, methods: kept.append(count_macs(model, x) / dense), steps=2, macs=0.25,
+                               example_inputs=x)
+    assert kept[0] <= 0.5 and kept[1] <= 0.25 and kept[1] == count_macs(small, x) / dense and kept[1] > 0.2
+    with pytest.raises(NetcompressError, match="ratio or macs, not both"):
+        channels(m, "l1", 0.5, macs=0.5, example_inputs=x)
+    with pytest.raises(NetcompressError, match=r"macs must be a fraction .* got 1\.5"):
+        channels(m, "l1", macs=1.5, example_inputs=x)
+    with pytest.raises(NetcompressError, match="still keeps 0.0"):
+        channels(m, "l1", macs=0.001, example_inputs=x)
+    assert m.features[0].out_channels == 20
+
+
 def test_bad_inputs():
     m = nc.models.create("lenet5")
     x = torch.randn(1, 1, 28, 28)

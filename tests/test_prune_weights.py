@@ -160,7 +160,13 @@ def test_prune_stage_weights_iterative_and_agp(digits, tmp_path):
                                        ({"granularity": "channel"}, "ratio"),
                                        ({"ratio": 0.5, "criterion": "magic"}, "unknown criterion"),
                                        ({"ratio": 0.5, "schedule": "agp"}, "agp"),
-                                       ({"ratio": 0.5, "colour": 1}, "unknown key")])
+                                       ({"ratio": 0.5, "colour": 1}, "unknown key"),
+                                       ({"ratio": 0.5, "macs": 0.5}, "ratio or macs"),
+                                       ({"macs": 1.0}, "macs"),
+                                       ({"sparsity": 0.5, "macs": 0.5, "granularity": "weight"},
+                                        "macs is for granularity channel"),
+                                       ({"granularity": "block", "ratio": 0.5, "macs": 0.5},
+                                        "macs is for granularity channel")])
 def test_prune_stage_config_errors(bad, match):
     from netcompress.prune.stages import PruneConfig
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from netcompress.core.errors import NetcompressError
 from netcompress.core.method import Method
-from netcompress.prune.structured import channels
+from netcompress.prune.structured import channels, ratio_or_macs
 from netcompress.prune.unstructured import FilterFn, MaskMethod, finalize_, weights_
 
 Finetune = Callable[[nn.Module, Sequence[Method]], Any]
@@ -29,7 +29,7 @@ def step_sparsities(final: float, steps: int) -> list[float]:
 
 def iterative_weights_(model: nn.Module, finetune: Finetune | None, sparsity: float | Mapping[str, float] = 0.9,
                        steps: int = 3, criterion: str = "l1", scope: str = "global",
-                       filter_fn: FilterFn | None = None, finalize: bool = True) -> nn.Module:
+                       filter_fn: FilterFn | None = None, finalize: bool = True, seed: int = 0) -> nn.Module:
     """Iterative magnitude pruning (Han et al. 2015): `steps` rounds of `weights_` towards
     `sparsity`, each followed by `finetune(model, [MaskMethod()])`; masks become permanent at the end.
 
@@ -41,25 +41,29 @@ def iterative_weights_(model: nn.Module, finetune: Finetune | None, sparsity: fl
     else:
         plans = step_sparsities(sparsity, steps)
     for s in plans:
-        weights_(model, criterion, s, scope, filter_fn)
+        weights_(model, criterion, s, scope, filter_fn, seed=seed)
         if finetune is not None:
             finetune(model, [MaskMethod()])
     return finalize_(model) if finalize else model
 
 
-def iterative_channels(model: nn.Module, finetune: Finetune | None, ratio: float = 0.5, steps: int = 3, *,
+def iterative_channels(model: nn.Module, finetune: Finetune | None, ratio: float | None = None, steps: int = 3, *,
                        example_inputs: torch.Tensor, criterion: str = "l1", data: Any = None,
-                       scope: str = "layer", ignore: Iterable[str] = (), seed: int = 0) -> nn.Module:
+                       scope: str = "layer", ignore: Iterable[str] = (), seed: int = 0, calibration: int = 256,
+                       macs: float | None = None) -> nn.Module:
     """Iterative filter pruning: `steps` rounds of `channels`, each removing the same share of the
-    channels left (together `ratio` of every group), each followed by `finetune(model, [])`.
+    channels left (together `ratio` of every group; default 0.5), or each keeping the same share of
+    the MACs left (together `macs` of the model's MACs), each followed by `finetune(model, [])`.
     Returns the new model (the input model is unchanged)."""
     if steps < 1:
         raise NetcompressError(f"steps must be >= 1, got {steps}")
-    per_step = 1.0 - (1.0 - ratio) ** (1.0 / steps)
+    ratio, macs = ratio_or_macs(ratio, macs)
+    per_step = ({"macs": macs ** (1.0 / steps)} if macs is not None else
+                {"ratio": 1.0 - (1.0 - ratio) ** (1.0 / steps)})
     cur = model
     for _ in range(steps):
-        r = per_step
-        cur = channels(cur, criterion, r, example_inputs=example_inputs, data=data, scope=scope, ignore=ignore, seed=seed)
+        cur = channels(cur, criterion, example_inputs=example_inputs, data=data, scope=scope, ignore=ignore, seed=seed,
+                       calibration=calibration, **per_step)
         if finetune is not None:
             finetune(cur, [])
     return cur

@@ -12,9 +12,9 @@ from netcompress.core.config import Config
 from netcompress.core.errors import NetcompressError
 from netcompress.prune.depth import DEPTH_CRITERIA, plan_depth, remove_blocks
 from netcompress.prune.importance import CRITERIA
-from netcompress.prune.schedule import SlimmingMethod
-from netcompress.prune.structured import channels, per_layer, plan
-from netcompress.prune.unstructured import AGPMethod, MaskMethod, finalize_, weights_
+from netcompress.prune.schedule import SlimmingMethod, iterative_channels, iterative_weights_
+from netcompress.prune.structured import per_layer, plan
+from netcompress.prune.unstructured import AGPMethod, weights_
 from netcompress.train.bn import recalibrate_bn_
 from netcompress.train.stage import StageKind, StageResult
 
@@ -30,6 +30,8 @@ class PruneConfig(Config):
     criterion: str = Field("l1", description="l1, l2, fpgm, slimming, apoz, taylor, output_norm, random "
                            "(weight: l1, random; block: influence (the default there), random)")
     ratio: float | None = Field(None, ge=0, lt=1, description="channel: fraction of channels removed; block: of blocks")
+    macs: float | None = Field(None, gt=0, lt=1, description="channel: instead of ratio, keep at most this fraction "
+                               "of the dense MACs (the smallest ratio that gets there, by bisection)")
     sparsity: float | dict[str, float] | None = Field(None, description="weight: fraction of zero weights")
     scope: Literal["layer", "global"] | None = Field(None, description="default: layer (channel), global (weight)")
     schedule: Literal["oneshot", "iterative", "agp"] = Field(
@@ -66,11 +68,13 @@ class PruneConfig(Config):
                 raise ValueError("sparsity is for granularity weight; use ratio")
             if self.schedule != "oneshot":
                 raise ValueError("block pruning is one-shot")
+            if self.macs is not None:
+                raise ValueError("macs is for granularity channel")
             if self.criterion not in DEPTH_CRITERIA:
                 raise ValueError(f"block criterion must be {' or '.join(DEPTH_CRITERIA)}, got {self.criterion!r}")
         elif self.granularity == "channel":
-            if self.ratio is None:
-                raise ValueError("channel pruning needs ratio")
+            if (self.ratio is None) == (self.macs is None):
+                raise ValueError("channel pruning needs ratio or macs (one of them)")
             if self.sparsity is not None:
                 raise ValueError("sparsity is for granularity weight; use ratio")
             if self.schedule == "agp":
@@ -80,8 +84,9 @@ class PruneConfig(Config):
         else:
             if self.sparsity is None:
                 raise ValueError("weight pruning needs sparsity")
-            if self.ratio is not None:
-                raise ValueError("ratio is for granularity channel; use sparsity")
+            if self.ratio is not None or self.macs is not None:
+                raise ValueError(f"{'ratio' if self.ratio is not None else 'macs'} is for granularity channel; "
+                                 "use sparsity")
             if self.criterion not in ("l1", "random"):
                 raise ValueError(f"weight criterion must be l1 or random, got {self.criterion!r}")
             vals = self.sparsity.values() if isinstance(self.sparsity, dict) else [self.sparsity]
@@ -124,6 +129,9 @@ def run_prune(ctx, model: nn.Module, cfg: PruneConfig):
     over: dict[str, Any] = {**ctx.budget(cfg.epochs, cfg.lr), "max_steps": cfg.max_steps}
     history: list[dict[str, float]] = []
 
+    steps = cfg.steps if cfg.schedule == "iterative" else 1
+    rounds = iter(range(steps))
+
     def finetune(m: nn.Module, methods, tag: str) -> None:
         if over["epochs"] > 0:
             history.extend(ctx.fit(m, over, methods=methods, tag=tag).to_list())
@@ -131,6 +139,12 @@ def run_prune(ctx, model: nn.Module, cfg: PruneConfig):
     def recalibrate(m: nn.Module) -> None:
         if cfg.recalibrate_bn:
             recalibrate_bn_(m, ctx.data, cfg.calibration_samples)
+
+    def after_round(m: nn.Module, methods) -> None:  # the schedules' `finetune` callback, once per round
+        k = next(rounds)
+        if cfg.granularity == "channel":
+            recalibrate(m)
+        finetune(m, methods, f"finetune{k}" if steps > 1 else "finetune")
 
     before = model
     if cfg.granularity == "block":
@@ -145,15 +159,9 @@ def run_prune(ctx, model: nn.Module, cfg: PruneConfig):
         history.extend(ctx.fit(model, {"epochs": cfg.slimming_epochs, "max_steps": cfg.max_steps},
                                methods=[SlimmingMethod(cfg.slimming_lambda)], tag="slimming").to_list())
     if cfg.granularity == "channel":
-        scope = cfg.scope or "layer"
-        steps = cfg.steps if cfg.schedule == "iterative" else 1
-        r = 1.0 - (1.0 - cfg.ratio) ** (1.0 / steps)
-        cur = model
-        for k in range(steps):
-            cur = channels(cur, cfg.criterion, r, example_inputs=ctx.data.example, data=ctx.data, scope=scope,
-                           ignore=cfg.ignore, seed=ctx.seed, calibration=cfg.calibration_samples)
-            recalibrate(cur)
-            finetune(cur, [], f"finetune{k}" if steps > 1 else "finetune")
+        cur = iterative_channels(model, after_round, cfg.ratio, steps, example_inputs=ctx.data.example,
+                                 criterion=cfg.criterion, data=ctx.data, scope=cfg.scope or "layer", ignore=cfg.ignore,
+                                 seed=ctx.seed, calibration=cfg.calibration_samples, macs=cfg.macs)
         per = per_layer(before, cur)
         what = "channels"
     else:
@@ -171,16 +179,7 @@ def run_prune(ctx, model: nn.Module, cfg: PruneConfig):
             finetune(cur, [agp], "agp")
             agp.finalize(cur)
         else:
-            steps = cfg.steps if cfg.schedule == "iterative" else 1
-            from netcompress.prune.schedule import step_sparsities
-
-            sp = cfg.sparsity
-            plans = ([{k: s for k, s in zip(sp, vals)} for vals in zip(*(step_sparsities(v, steps) for v in sp.values()))]
-                     if isinstance(sp, dict) else step_sparsities(sp, steps))
-            for k, s in enumerate(plans):
-                weights_(cur, cfg.criterion, s, scope, seed=ctx.seed)
-                finetune(cur, [MaskMethod()], f"finetune{k}" if steps > 1 else "finetune")
-            finalize_(cur)
+            iterative_weights_(cur, after_round, cfg.sparsity, steps, cfg.criterion, scope, seed=ctx.seed)
         per = _weight_per_layer(cur)
         what = "weights"
     _chart(ctx, per, what)
@@ -207,7 +206,7 @@ def dry_run_prune(ctx, model: nn.Module, cfg: PruneConfig) -> str:
     if cfg.granularity == "channel":
         return str(plan(model, cfg.criterion, cfg.ratio, example_inputs=ctx.data.example, data=ctx.data,
                         scope=cfg.scope or "layer", ignore=cfg.ignore, seed=ctx.seed,
-                        calibration=cfg.calibration_samples))
+                        calibration=cfg.calibration_samples, macs=cfg.macs))
     masks = weights_(model, cfg.criterion, cfg.sparsity, cfg.scope or "global", seed=ctx.seed)
     return "\n".join(f"{name:40s} keeps {int(m.sum())} of {m.numel()} weights" for name, m in masks.items())
 

@@ -45,9 +45,18 @@ class PrunePlan:
         return "\n".join(lines)
 
 
-def _validate(criterion: str, ratio: float, scope: str, example_inputs: Any) -> None:
+def ratio_or_macs(ratio: float | None, macs: float | None) -> tuple[float | None, float | None]:
+    """(ratio, macs) after the defaults: one of the two, ratio 0.5 when neither is given."""
+    if ratio is not None and macs is not None:
+        raise NetcompressError(f"give ratio or macs, not both (ratio={ratio!r}, macs={macs!r})")
+    if macs is not None and (isinstance(macs, bool) or not isinstance(macs, (int, float)) or not 0 < macs < 1):
+        raise NetcompressError(f"macs must be a fraction of the dense MACs in (0, 1), got {macs!r}")
+    return (0.5 if ratio is None and macs is None else ratio), macs
+
+
+def _validate(criterion: str, ratio: float | None, scope: str, example_inputs: Any) -> None:
     CRITERIA.get(criterion)
-    if not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
+    if ratio is not None and (not isinstance(ratio, (int, float)) or not 0 <= ratio < 1):
         raise NetcompressError(f"ratio must be in [0, 1), got {ratio!r}")
     if scope not in ("layer", "global"):
         raise NetcompressError(f"scope must be 'layer' or 'global', got {scope!r}")
@@ -88,23 +97,55 @@ def select(scores: list[torch.Tensor], graph: ChannelGraph, ratio: float, scope:
     return removed
 
 
-def _analyse(model: nn.Module, criterion: str, ratio: float, example_inputs: Any, data: Any,
+def _analyse(model: nn.Module, criterion: str, ratio: float | None, example_inputs: Any, data: Any,
              scope: str, ignore: Iterable[str], seed: int, calibration: int, attention: str = "heads",
-             width: bool = True):
+             width: bool = True, macs: float | None = None):
+    ratio, macs = ratio_or_macs(ratio, macs)
     _validate(criterion, ratio, scope, example_inputs)
     batches = calibration_batches(data, calibration)
     if criterion in NEEDS_DATA and not batches:
         raise NetcompressError(f"criterion {criterion!r} needs calibration data: pass data=")
     graph = ChannelGraph.build(model, example_inputs, ignore, attention=attention, width=width)
     scores = CRITERIA.get(criterion)(ScoreContext(model, graph, batches, seed))
-    return graph, select(scores, graph, ratio, scope)
+    if macs is None:
+        return graph, select(scores, graph, ratio, scope)
+    return graph, _select_for_macs(model, graph, scores, scope, macs, example_inputs)
 
 
-def channels(model: nn.Module, criterion: str = "l1", ratio: float = 0.5, *, example_inputs: Any,
+def _select_for_macs(model: nn.Module, graph: ChannelGraph, scores: list[torch.Tensor], scope: str, macs: float,
+                     x: Any, steps: int = 14) -> list[int]:
+    """The removal of the smallest ratio whose pruned model keeps at most `macs` of the MACs
+    (bisection on the ratio: a larger ratio removes a superset of the channels, so fewer MACs)."""
+    dense = _macs(model, x)
+
+    def kept(r: float) -> tuple[list[int], float]:
+        removed = select(scores, graph, r, scope)
+        return removed, _macs(graph.prune(removed), x) / dense
+
+    best, least = kept(_MAX_RATIO)
+    if least > macs:
+        raise NetcompressError(f"macs {macs}: with every group cut to one channel the model still keeps "
+                               f"{least:.3f} of its MACs (what cannot shrink: the outputs, ignored modules)")
+    lo, hi = 0.0, _MAX_RATIO
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        removed, frac = kept(mid)
+        if frac <= macs:
+            hi, best = mid, removed
+        else:
+            lo = mid
+    return best
+
+
+_MAX_RATIO = 1 - 1e-9  # every group down to its last channel
+
+
+def channels(model: nn.Module, criterion: str = "l1", ratio: float | None = None, *, example_inputs: Any,
              data: Any = None, scope: Literal["layer", "global"] = "layer", ignore: Iterable[str] = (),
              seed: int = 0, calibration: int = 256, attention: Literal["heads", "head_dim", "none"] = "heads",
-             width: bool = True) -> nn.Module:
-    """Remove the least important `ratio` of channels; returns a new, smaller model.
+             width: bool = True, macs: float | None = None) -> nn.Module:
+    """Remove the least important `ratio` of channels (or as many as it takes to keep `macs` of the
+    MACs); returns a new, smaller model.
 
     Coupled channels (conv outputs, their BatchNorm, every consumer's inputs, residual partners,
     concatenation slices, depthwise groups, flatten blocks, channel shuffles) are removed together.
@@ -120,7 +161,7 @@ def channels(model: nn.Module, criterion: str = "l1", ratio: float = 0.5, *, exa
         criterion: a name in `CRITERIA` (l1, l2, fpgm, slimming, apoz, taylor, output_norm, random);
             output_norm scores what a channel adds to the outputs of its consumers (for a head, its
             output after the output projection; Kobayashi et al. 2020).
-        ratio: fraction of each group's channels to remove, in [0, 1).
+        ratio: fraction of each group's channels to remove, in [0, 1); default 0.5.
         example_inputs: a real input batch (the first sample is traced): a tensor, a tuple of
             tensors or a dict of named tensors (e.g. {'input_ids': ...}).
         data: calibration data for apoz / taylor / output_norm (a DataBundle or (x, y) batches).
@@ -128,12 +169,16 @@ def channels(model: nn.Module, criterion: str = "l1", ratio: float = 0.5, *, exa
         ignore: module names (prefixes or fnmatch patterns) whose channels stay.
         attention: 'heads' (whole heads), 'head_dim' (the same dimensions of every head) or 'none'.
         width: also prune the LayerNorm / RMSNorm-normalised width (a transformer's embedding width).
+        macs: instead of `ratio`, keep at most this fraction of the model's MACs (batch 1, counted as
+            `netcompress.measure.count_macs` does): the smallest ratio that gets there, by bisection
+            over the same ranking (about 15 trial removals, each counted).
 
     Example:
         small = channels(model, "l1", 0.5, example_inputs=data.example)
+        half = channels(model, "l1", macs=0.5, example_inputs=data.example)
     """
     graph, removed = _analyse(model, criterion, ratio, example_inputs, data, scope, ignore, seed, calibration,
-                              attention, width)
+                              attention, width, macs)
     new = graph.prune(removed)
     if hasattr(model, "netcompress_spec"):
         new.netcompress_spec = model.netcompress_spec
@@ -153,10 +198,10 @@ def per_layer(before: nn.Module, after: nn.Module) -> dict[str, dict[str, int]]:
     return out
 
 
-def plan(model: nn.Module, criterion: str = "l1", ratio: float = 0.5, *, example_inputs: Any,
+def plan(model: nn.Module, criterion: str = "l1", ratio: float | None = None, *, example_inputs: Any,
          data: Any = None, scope: Literal["layer", "global"] = "layer", ignore: Iterable[str] = (),
          seed: int = 0, calibration: int = 256, attention: Literal["heads", "head_dim", "none"] = "heads",
-         width: bool = True) -> PrunePlan:
+         width: bool = True, macs: float | None = None) -> PrunePlan:
     """Dry run of `channels` with the same arguments: the groups, the channels each would lose, and
     parameters / MACs before and after. The model is not changed.
 
@@ -169,7 +214,7 @@ def plan(model: nn.Module, criterion: str = "l1", ratio: float = 0.5, *, example
     for _ in range(50):  # list what the graph cannot handle, leave it unpruned, and go on
         try:
             graph, removed = _analyse(model, criterion, ratio, example_inputs, data, scope, ignore, seed,
-                                      calibration, attention, width)
+                                      calibration, attention, width, macs)
             break
         except NetcompressError as e:
             mod = getattr(e, "module", None)
