@@ -34,6 +34,21 @@ def test_latency_is_measured_and_mode_restored():
     assert 0 < t1 < t64 and m.training
 
 
+def test_latency_leaves_torchs_loggers_as_they_were():
+    """Timing must not change global state: the logger raised for torch.utils.benchmark's import is
+    put back (it stayed at ERROR, hiding every later cpp_extension message of the user's program)."""
+    import logging
+
+    log = logging.getLogger("torch.utils.cpp_extension")
+    before = log.level
+    try:
+        log.setLevel(logging.INFO)
+        latency_ms(nc.models.create("lenet5"), torch.zeros(1, 1, 28, 28), min_run_time=0.01)
+        assert log.level == logging.INFO
+    finally:
+        log.setLevel(before)
+
+
 def test_count_macs_when_a_parameter_is_passed_between_modules():
     """torch's module tracker asserts on a grad-requiring leaf module input under no_grad (timm PiT
     passes its class token between stages); counting freezes parameters and restores them."""

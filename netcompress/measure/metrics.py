@@ -16,7 +16,7 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -145,19 +145,32 @@ def macs_by_module(model: nn.Module, example_inputs: Batch) -> dict[str, int]:
     return out
 
 
-def latency_ms(model: nn.Module, example_inputs: Batch, batch_size: int = 1, threads: int = 1,
-               min_run_time: float = 0.2) -> float:
-    """Median CPU latency in milliseconds of one forward pass at `batch_size`."""
+def median_ms(fn: Callable[[], Any], threads: int = 1, min_run_time: float = 0.2) -> float:
+    """Median milliseconds of one `fn()` call with `threads` CPU threads (`torch.utils.benchmark`'s
+    `blocked_autorange`: blocks of calls until `min_run_time` seconds, median over the blocks).
+
+    The first import of `torch.utils.benchmark` pulls in `torch.utils.cpp_extension`, which on a CUDA
+    build of torch without a CUDA runtime logs where it found CUDA_HOME: a fact about the machine, not
+    about the measurement. That one logger is raised to ERROR for the import and put back after."""
     import logging
 
-    # torch.utils.benchmark imports cpp_extension, which warns about CUDA_HOME on CPU-only machines
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-    from torch.utils import benchmark
+    log = logging.getLogger("torch.utils.cpp_extension")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        from torch.utils import benchmark
+    finally:
+        log.setLevel(level)
+    t = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
+    return t.blocked_autorange(min_run_time=min_run_time).median * 1e3
 
+
+def latency_ms(model: nn.Module, example_inputs: Batch, batch_size: int = 1, threads: int = 1,
+               min_run_time: float = 0.2) -> float:
+    """Median CPU latency in milliseconds of one forward pass at `batch_size` (`median_ms`)."""
     x = repeat_to(to_device(example_inputs, "cpu"), batch_size)
     with eval_mode(model), torch.inference_mode():
-        t = benchmark.Timer(stmt="call(model, x)", globals={"model": model, "x": x, "call": call}, num_threads=threads)
-        return t.blocked_autorange(min_run_time=min_run_time).median * 1e3
+        return median_ms(lambda: call(model, x), threads, min_run_time)
 
 
 def file_bytes(path: str | os.PathLike) -> int:

@@ -29,6 +29,7 @@ from torch import nn
 from netcompress.core.errors import NetcompressError
 from netcompress.core.modes import eval_mode
 from netcompress.core.optional import need
+from netcompress.measure.metrics import median_ms
 
 Inputs = Any  # torch.Tensor | tuple[torch.Tensor, ...] | dict[str, torch.Tensor]
 
@@ -394,20 +395,14 @@ def runtime_module(program: bytes, fmt: str, threads: int = 1) -> nn.Module:
 
 def runtime_latency_ms(module: nn.Module, example: Inputs, batch_size: int = 1, threads: int = 1,
                        min_run_time: float = 0.2) -> float:
-    """Median latency (ms) of one call at `batch_size`: torch.utils.benchmark after a warm-up call.
+    """Median latency (ms) of one call at `batch_size`: `median_ms` after a warm-up call.
 
     Works for eager modules and for runtime modules (whose own thread setting is used).
     """
-    import logging
-
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-    from torch.utils import benchmark
-
     args, kwargs = split_inputs(at_batch(example, batch_size))
     with eval_mode(module), torch.inference_mode():
         module(*args, **kwargs)  # warm-up: first-call allocations and kernel selection
-        t = benchmark.Timer(stmt="m(*a, **k)", globals={"m": module, "a": args, "k": kwargs}, num_threads=threads)
-        return t.blocked_autorange(min_run_time=min_run_time).median * 1e3
+        return median_ms(lambda: module(*args, **kwargs), threads, min_run_time)
 
 
 def compare_outputs(reference: nn.Module, candidate: nn.Module, inputs: Sequence[Inputs]) -> dict[str, float]:
