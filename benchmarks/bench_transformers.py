@@ -16,12 +16,8 @@ Per seed, in one process (same data, same base models for every row of that seed
   vs distilled (per-token logit KD + hidden states through projections + attention relations,
   method `hidden`). Goal: KD recovers >= 50 % of the teacher-vs-alone gap (perplexity for the LM,
   accuracy for the ViT).
-* vit-tiny early exit: class-token exits after blocks 0, 1, 2 trained on a frozen backbone, one
-  max-softmax threshold calibrated on 500 held-out training images to 60 % of the MACs; test
-  accuracy, average MACs and the wall time of the batched early-exit inference vs the full model.
-  Goal: same accuracy at <= 60 % of the MACs.
-* Head + MLP structured pruning to 50 % MACs + KD: needs the channel graph for attention models
-  (another issue); the script runs it only when `netcompress.prune.channels` accepts vit-tiny.
+* Not here: ViT early exit (`bench_vit_early_exit.py`, converged models, timed alone) and head + MLP
+  pruning to half the MACs (`bench_transformer_prune.py`, peer in `bench_head_prune_peer.py`).
 
     nice -n 10 python benchmarks/bench_transformers.py            # 3 seeds, short budgets
     nice -n 10 python benchmarks/bench_transformers.py --full     # longer training
@@ -33,7 +29,6 @@ import argparse
 import copy
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -46,8 +41,6 @@ import netcompress as nc  # noqa: E402
 from _common import md_table, write_result  # noqa: E402
 from netcompress.distill.methods import KD  # noqa: E402
 from netcompress.distill.transformer import HiddenKD  # noqa: E402
-from netcompress.dynamic.stages import DynamicConfig, run_dynamic  # noqa: E402
-from netcompress.recipe.stages import StageContext  # noqa: E402
 from netcompress.train import TrainConfig  # noqa: E402
 from netcompress.train.lm import evaluate_lm  # noqa: E402
 
@@ -170,8 +163,7 @@ def gpt_seed(seed: int, steps: int, student_steps: int, schedule: str = "constan
     return r
 
 
-def vit_seed(seed: int, epochs: float, student_epochs: float, tmp: str, early_exit: bool = True) -> dict:
-    train = TrainConfig(epochs=epochs, **VIT_TRAIN)
+def vit_seed(seed: int, epochs: float, student_epochs: float) -> dict:
     t0 = time.perf_counter()
     base, data = dense_vit(seed, epochs)
     r = {"train_s": time.perf_counter() - t0, "dense": nc.train.evaluate(base, data)}
@@ -184,19 +176,10 @@ def vit_seed(seed: int, epochs: float, student_epochs: float, tmp: str, early_ex
                  loss_fn=kd.task_loss)
     kd.finalize(kd_student)
     r["student_alone"], r["student_kd"] = nc.train.evaluate(alone, data), nc.train.evaluate(kd_student, data)
-    if not early_exit:  # measured on the converged model by bench_vit_early_exit.py
-        k = KD(base, kd.temperature, kd.alpha)  # the logit term alone, as for gpt
-        nc.train.fit(init, data, st, seed=seed, progress=False, evaluate_each_epoch=False, methods=[k], loss_fn=k.task_loss)
-        k.finalize(init)
-        r["student_kd_logits"] = nc.train.evaluate(init, data)
-        return r
-    ctx = StageContext(data=data, train=train, seed=seed, out_dir=Path(tmp) / f"ee{seed}", name="early-exit", progress=False)
-    cfg = DynamicConfig(exits=["blocks.0", "blocks.1", "blocks.2"], head={"hidden": 0}, epochs=3, lr=2e-3,
-                        budget=0.6, holdout=500, latency=True, latency_samples=1000, latency_batch=64)
-    res = run_dynamic(ctx, copy.deepcopy(base), cfg)
-    e = res.extra
-    r.update(ee_acc=e["accuracy"], ee_full_acc=e["full_accuracy"], ee_macs=e["avg_macs_fraction"],
-             ee_ms=e["latency"]["early_exit_ms"], ee_full_ms=e["latency"]["full_ms"])
+    k = KD(base, kd.temperature, kd.alpha)  # the logit term alone, as for gpt
+    nc.train.fit(init, data, st, seed=seed, progress=False, evaluate_each_epoch=False, methods=[k], loss_fn=k.task_loss)
+    k.finalize(init)
+    r["student_kd_logits"] = nc.train.evaluate(init, data)
     return r
 
 
@@ -210,7 +193,7 @@ def main() -> None:
     ap.add_argument("--full", action="store_true", help="longer training (gpt 1000 steps, vit 20 epochs)")
     ap.add_argument("--converged", action="store_true",
                     help="dense models trained to convergence (gpt 800 cosine steps, vit 30 epochs) and students "
-                         "given the same budget; early exit left to bench_vit_early_exit.py")
+                         "given the same budget")
     ap.add_argument("--skip-vit", action="store_true")
     ap.add_argument("--skip-gpt", action="store_true")
     a = ap.parse_args()
@@ -221,14 +204,13 @@ def main() -> None:
     if a.converged:  # the dense settings of bench_transformer_prune.py; students as long as their teacher
         (gsteps, gstud), (vep, vstud), schedule = (800, 800), (30, 30), "cosine"
     g, v = [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        for s in a.seeds:
-            if not a.skip_gpt:
-                g.append(gpt_seed(s, gsteps, gstud, schedule))
-                print("gpt", s, g[-1], flush=True)
-            if not a.skip_vit:
-                v.append(vit_seed(s, vep, vstud, tmp, early_exit=not a.converged))
-                print("vit", s, v[-1], flush=True)
+    for s in a.seeds:
+        if not a.skip_gpt:
+            g.append(gpt_seed(s, gsteps, gstud, schedule))
+            print("gpt", s, g[-1], flush=True)
+        if not a.skip_vit:
+            v.append(vit_seed(s, vep, vstud))
+            print("vit", s, v[-1], flush=True)
     body = [f"Seeds {a.seeds}; gpt-tiny {gsteps} steps (batch 16 x 128 bytes, AdamW 3e-3, {schedule} lr), students {gstud} steps; "
             f"vit-tiny {vep} epochs, students {vstud} epochs (AdamW 2e-3, cosine). 1 thread.\n"]
     if g:
@@ -273,7 +255,7 @@ def main() -> None:
         body.append("\nSeconds per seed: train " + ms([x["train_s"] for x in g], 0) + ", SparseGPT " +
                     ms([x["sparsegpt@50%_s"] for x in g], 1) + ", Wanda " + ms([x["wanda@50%_s"] for x in g], 1) +
                     ", GPTQ " + ms([x["int4-gptq_s"] for x in g], 1) + " (each includes its calibration passes).\n")
-    if v and a.converged:
+    if v:
         pct = lambda k: [100 * x[k] for x in v]  # noqa: E731
         gap = [(x["student_kd"] - x["student_alone"]) / (x["dense"] - x["student_alone"]) for x in v]
         body.append("\n## vit-tiny on mnist-5k (test accuracy %)\n")
@@ -284,19 +266,8 @@ def main() -> None:
                     f"{ms(pct('student_kd_logits'), 2)} %, gap recovered {ms(gl, 2)}.\n")
         body.append("\nPer seed (dense, alone, KD): " + "; ".join(
             f"{100 * x['dense']:.1f} / {100 * x['student_alone']:.1f} / {100 * x['student_kd']:.1f}" for x in v) + "\n")
-    elif v:
-        pct = lambda k: [100 * x[k] for x in v]  # noqa: E731
-        gap = [(x["student_kd"] - x["student_alone"]) / (x["dense"] - x["student_alone"]) for x in v]
-        body.append("\n## vit-tiny on mnist-5k (test accuracy %)\n")
-        body.append(md_table(["dense", "student alone", "student KD", "gap recovered"],
-                             [[ms(pct("dense"), 2), ms(pct("student_alone"), 2), ms(pct("student_kd"), 2), ms(gap, 2)]]))
-        body.append("\nEarly exit (exits after blocks 0-2, budget 60 % calibrated on held-out training images):\n\n")
-        body.append(md_table(["full accuracy", "early-exit accuracy", "avg MACs / full", "ms full (1000 imgs)", "ms early exit", "speedup"],
-                             [[ms(pct("ee_full_acc"), 2), ms(pct("ee_acc"), 2), ms([x["ee_macs"] for x in v], 3),
-                               ms([x["ee_full_ms"] for x in v], 1), ms([x["ee_ms"] for x in v], 1),
-                               ms([x["ee_full_ms"] / x["ee_ms"] for x in v], 2)]]))
-        body.append("\nHeads + MLP pruning to 50 % MACs with recovery: B12_transformer_prune.md "
-                    "(bench_transformer_prune.py). Early exit on converged ViTs: B12_vit_early_exit.md.\n")
+    body.append("\nNot in this file: head + MLP pruning to 50 % MACs with recovery (B12_transformer_prune.md) and "
+                "early exit on converged ViTs (B12_vit_early_exit.md).\n")
     name = "B12_transformers_converged" if a.converged else "B12_transformers"
     name += "_gpt" if a.skip_vit else "_vit" if a.skip_gpt else ""
     write_result(name, "B12: transformers (gpt-tiny on pydoc-text, vit-tiny on mnist-5k)", "\n".join(body))
