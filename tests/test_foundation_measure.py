@@ -101,3 +101,31 @@ def test_fused_attention_counts_like_its_matmuls():
     for kv_heads, causal in [(4, False), (4, True), (2, False)]:
         fused = nc.measure.count_macs(Attn(True, kv_heads, causal), x)
         assert fused == nc.measure.count_macs(Attn(False, kv_heads, causal), x) == 2 * 4 * 10 * 10 * 8
+
+
+def test_torch_attention_modules_count_outside_their_fast_path():
+    """In eval mode without grad, nn.MultiheadAttention and nn.TransformerEncoderLayer run fused ops
+    that have no FLOP formula (a torchvision ViT counted 11.3 of its 17.6 GMACs). Counting takes
+    the slow path, which is the same math, and leaves torch's fast-path switch as it was."""
+    from torch import nn as _nn
+
+    class MHA(_nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = _nn.MultiheadAttention(64, 4, batch_first=True)
+
+        def forward(self, x):
+            return self.attn(x, x, x, need_weights=False)[0]
+
+    x = torch.randn(1, 10, 64)
+    attention = 2 * 10 * 10 * 64  # q.K^T and p.V over 4 heads of 16
+    assert nc.measure.count_macs(MHA().eval(), x) == 10 * 4 * 64 * 64 + attention
+    layer = _nn.TransformerEncoderLayer(64, 4, 128, batch_first=True).eval()
+    assert nc.measure.count_macs(layer, x) == 10 * (4 * 64 * 64 + 2 * 64 * 128) + attention
+    assert torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        nc.measure.count_macs(layer, x)
+        assert not torch.backends.mha.get_fastpath_enabled()
+    finally:
+        torch.backends.mha.set_fastpath_enabled(True)

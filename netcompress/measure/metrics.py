@@ -5,7 +5,7 @@
   still cost (only physically smaller layers reduce MACs). Torch has no formula for the CPU
   kernel of `scaled_dot_product_attention`; `MacCounter` adds one, so attention scores and their
   weighted sum count on CPU as they do on GPU (every query against every key, causal or not,
-  as torch counts its GPU kernels).
+  as torch counts its GPU kernels), and it counts `nn.MultiheadAttention` outside its fused fast path.
 * bytes: the size of a real file on disk: the model saved with `netcompress.models.save`, or the
   archive / int8 file a stage produced (pass `file=`).
 * latency: `torch.utils.benchmark.Timer.blocked_autorange`, median, batch 1 and 64, fixed threads.
@@ -98,10 +98,30 @@ _EXTRA_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _
 
 
 class MacCounter(FlopCounterMode):
-    """`FlopCounterMode` that also counts CPU fused attention; `.macs` = FLOPs // 2."""
+    """`FlopCounterMode` that also counts CPU fused attention; `.macs` = FLOPs // 2.
+
+    While it counts, `nn.MultiheadAttention` / `nn.TransformerEncoderLayer` leave their inference
+    fast path (`torch.backends.mha`, restored on exit): its fused ops (`_native_multi_head_attention`,
+    `_transformer_encoder_layer_fwd`) have no FLOP formula, so a torchvision ViT's attention and
+    whole encoder layers counted 0. The slow path computes the same thing through counted ops."""
 
     def __init__(self) -> None:
         super().__init__(display=False, custom_mapping=_EXTRA_FORMULAS)
+
+    def __enter__(self) -> "MacCounter":
+        self._fastpath = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)
+        try:
+            return super().__enter__()
+        except BaseException:
+            torch.backends.mha.set_fastpath_enabled(self._fastpath)
+            raise
+
+    def __exit__(self, *args: Any) -> None:
+        try:
+            super().__exit__(*args)
+        finally:
+            torch.backends.mha.set_fastpath_enabled(self._fastpath)
 
     @property
     def macs(self) -> int:
