@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import netcompress as nc  # noqa: E402
 from _common import md_table, write_result  # noqa: E402
-from bench_transformers import GPT_STEPS, GPT_TRAIN, ppl  # noqa: E402
+from bench_transformers import GPT_STEPS, GPT_TRAIN, ms, ppl  # noqa: E402
 from netcompress.dynamic import (calibrate_accuracy, calibrate_budget, decode_latency, exit_outputs,  # noqa: E402
                                  lm_exit_eval, token_costs)
 from netcompress.dynamic.stages import holdout_split  # noqa: E402
@@ -92,10 +92,6 @@ def one(depth: int, seed: int) -> dict:
     r["seconds"] = time.time() - t0
     print(f"depth {depth} seed {seed} done in {r['seconds']:.0f} s", flush=True)
     return r
-
-
-def ms(xs: list[float], p: int = 3) -> str:
-    return f"{statistics.mean(xs):.{p}f} ± {statistics.stdev(xs) if len(xs) > 1 else 0.0:.{p}f}"
 
 
 def main() -> None:
