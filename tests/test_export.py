@@ -80,6 +80,65 @@ def test_early_exit_policy_runs_outside_the_graph(trained, mnist_small):
     assert 0 < int((at_rt == 0).sum()) < len(xs)  # some leave early, some do not
 
 
+def test_early_exit_single_sample_is_one_onnx_program_with_the_rest_behind_each_if(trained, mnist_small):
+    """A single sample runs `single.onnx` in one runtime call: each exit test is an ONNX If whose
+    else-branch holds the rest of the network (a sample that leaves computes nothing after its
+    exit); it gives the exits and logits of the stage-by-stage path and of the eager model, for the
+    exported thresholds and for thresholds set after loading; another policy runs stage by stage."""
+    import io
+    import zipfile
+
+    import onnx
+
+    from netcompress.dynamic.base import early_exit_predict
+    from netcompress.export.early_exit import EarlyExitRuntime, export_early_exit
+
+    ee = nc.dynamic.early_exit(copy.deepcopy(trained), exits=["features.1", "features.4"],
+                               example_inputs=mnist_small.example).eval()
+    xs = _held_out(mnist_small, 40)
+    with torch.no_grad():
+        conf = [o.softmax(1).max(1).values for o in ee.all_exits(xs)[:2]]
+    ee.set_policy_("max_softmax", [float(conf[0].median()), float(conf[1].quantile(0.3))])
+    blob = export_early_exit(ee, xs[:2], "onnx")
+    with zipfile.ZipFile(io.BytesIO(blob)) as z:
+        graph = onnx.load_from_string(z.read("single.onnx")).graph
+
+    def branch(node, name):
+        return onnx.helper.get_attribute_value(next(a for a in node.attribute if a.name == name))
+
+    top = [n.op_type for n in graph.node]
+    assert top.count("Conv") == 1 and top.count("If") == 1  # conv1 and the first exit test only
+    else1 = branch(next(n for n in graph.node if n.op_type == "If"), "else_branch")
+    ops1 = [n.op_type for n in else1.node]
+    assert ops1.count("Conv") == 1 and ops1.count("If") == 1  # conv2, then the second exit test
+    else2 = branch(next(n for n in else1.node if n.op_type == "If"), "else_branch")
+    assert "Gemm" in [n.op_type for n in else2.node]  # the classifier only after both tests fail
+
+    rt = EarlyExitRuntime(blob)
+    calls = []
+    run_single = rt.single.outputs
+    rt.single.outputs = lambda *a: calls.append(1) or run_single(*a)
+    for thresholds in (ee.thresholds, [float(conf[0].quantile(0.7)), float(conf[1].median())]):
+        ee.set_policy_("max_softmax", thresholds)
+        rt.set_policy_("max_softmax", thresholds)
+        calls.clear()
+        ones = [early_exit_predict(rt, xs[i:i + 1]) for i in range(len(xs))]
+        assert len(calls) == len(xs)  # one runtime call per sample
+        l1, a1 = torch.cat([o[0] for o in ones]), torch.cat([o[1] for o in ones])
+        rt.single, single = None, rt.single  # the stage-by-stage path, one sample at a time
+        staged = [early_exit_predict(rt, xs[i:i + 1]) for i in range(len(xs))]
+        rt.single = single
+        le, ae = early_exit_predict(ee, xs)
+        assert torch.equal(a1, torch.cat([s[1] for s in staged])) and torch.equal(a1, ae)
+        assert set(a1.tolist()) == {0, 1, 2}  # every exit is taken by some sample
+        assert torch.allclose(l1, torch.cat([s[0] for s in staged]), atol=1e-5) and torch.allclose(l1, le, atol=1e-4)
+    rt.set_policy_("entropy", 0.5)
+    ee.set_policy_("entropy", 0.5)
+    calls.clear()
+    _, a_ent = early_exit_predict(rt, xs[:1])
+    assert not calls and torch.equal(a_ent, early_exit_predict(ee, xs[:1])[1])
+
+
 def test_executorch_fp32_and_int8(trained, mnist_small, tmp_path):
     xs = _held_out(mnist_small, 64)
     res = export(trained, "executorch", example_inputs=mnist_small.example, check_inputs=[xs], out=tmp_path / "m.pte")

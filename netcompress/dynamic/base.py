@@ -128,6 +128,12 @@ class MultiExitBase(nn.Module):
         """`step` with any per-call validation done once (used by `early_exit_predict`)."""
         return self.step
 
+    def predict_one(self, x: torch.Tensor, cuts: list[float], policy: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Early exit of one sample in a single call, for a model that has such a path (a deployed
+        program with the policy inside its graph); None runs the stage-by-stage loop. `cuts` are
+        score cuts (`score_cut`), one per early exit."""
+        return None
+
     def full_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The full network alone (no early heads): the latency reference."""
         state = self.start(x)
@@ -212,6 +218,9 @@ def _predict(model: MultiExitBase, x: torch.Tensor, cuts: list[float], policy: s
     state = model.start(x)
     n = x.shape[0]
     if n == 1:  # no batch bookkeeping for a single sample
+        one = model.predict_one(x, cuts, policy)
+        if one is not None:
+            return one
         for k, cut in enumerate(cuts):
             state, logits = step(k, state)
             if confidence(logits, policy).item() >= cut:

@@ -12,7 +12,8 @@ before anything is written. It passes when
 
 A failed check or export raises one `NetcompressError` naming the module / op; the file is written
 through a temporary file and renamed, so a failure leaves no half file. Early-exit models export
-as one graph per stage with the exit policy in Python (see `netcompress.export.early_exit`).
+as one graph per stage with the exit policy in Python for batches, and (ONNX) one graph with the
+policy inside for a single sample (see `netcompress.export.early_exit`).
 
 Example:
     res = export(model, "onnx", example_inputs=data.example, out="model.onnx")

@@ -1,18 +1,25 @@
-"""Early-exit models in a deployment runtime: one graph per stage, the exit policy outside the graph.
+"""Early-exit models in a deployment runtime: one graph per stage, the exit policy outside the graph,
+and (ONNX) one graph for a single sample with the policy inside it.
 
 A multi-exit model (`netcompress.dynamic`) runs stage by stage: stage k maps the live state to
 (next state, logits of exit k). Each stage is exported as its own graph (ONNX: one `.onnx` per
 stage, one output per state tensor and the logits; ExecuTorch: methods `stage{k}_b{n}` of one
-`.pte`, each output flattened into one row per sample), and the exit policy (confidence vs
-threshold, samples leaving the batch) runs in Python between the runtime calls, with the same code
-as the eager model (`early_exit_predict`). The policy stays outside the graph because ONNX `If` /
-`torch.cond` would keep the whole batch together and ExecuTorch plans static shapes; a stage call
-costs one runtime dispatch, which `benchmarks/bench_deploy.py` measures.
+`.pte`, each output flattened into one row per sample), and for a batch the exit policy
+(confidence vs threshold, samples leaving the batch) runs in Python between the runtime calls,
+with the same code as the eager model (`early_exit_predict`): ONNX `If` / `torch.cond` would keep
+the whole batch together, and ExecuTorch plans static shapes.
+
+A single sample (the on-device request) has no batch to split, so ONNX files also hold
+`single.onnx`: every stage in one graph, each exit test an ONNX `If` (exported from `torch.cond`)
+whose else-branch holds the rest of the network, with the per-exit cuts as a graph input (a new
+threshold needs no new export). One runtime call per request instead of one per stage and a
+Python policy step between them; `benchmarks/bench_dynamic.py` measures both.
 
 The file is a zip (stored, not compressed) holding `policy.json` and the stage programs.
 """
 from __future__ import annotations
 
+import copy
 import io
 import json
 import zipfile
@@ -23,8 +30,8 @@ from torch import nn
 
 from netcompress.core.errors import NetcompressError
 from netcompress.core.modes import eval_mode
-from netcompress.dynamic.base import MultiExitBase
-from netcompress.measure.runtime import OrtModule, PteModule, onnx_program, pte_program
+from netcompress.dynamic.base import MultiExitBase, confidence
+from netcompress.measure.runtime import OrtModule, PteModule, onnx_program, pte_program, rename_input
 
 
 class _Stage(nn.Module):
@@ -74,10 +81,68 @@ def export_early_exit(model: MultiExitBase, example: torch.Tensor, fmt: str) -> 
         if fmt == "onnx":  # one output per state tensor and the logits: nothing is copied into a flat row
             for k, st in enumerate(ins):
                 z.writestr(f"stage{k}.onnx", onnx_program(_Stage(model, k), st, all_outputs=True))
+            z.writestr("single.onnx", single_program(model, example[:1]))
         else:
             progs = {f"stage{k}": (_StageTuple(_Stage(model, k)), st) for k, st in enumerate(ins)}
             z.writestr("program.pte", pte_program(progs))
     return buf.getvalue()
+
+
+class _Single(nn.Module):
+    """The early-exit model for one sample as one graph: ``(x, cuts) -> (logits, exit index)``.
+
+    Exit k is taken when ``confidence(logits_k)`` (the model's policy) is >= ``cuts[k]``; each test
+    is a `torch.cond` whose false branch runs the remaining stages, so a sample that exits early
+    computes nothing past its exit. ``cuts`` holds one score cut per early exit (`score_cut`).
+    """
+
+    def __init__(self, model: MultiExitBase) -> None:
+        super().__init__()
+        self.stages = nn.ModuleList(_Stage(model, k) for k in range(model.num_exits))
+        self.policy = model.policy
+
+    def forward(self, x: torch.Tensor, cuts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # exit k is returned as base + k with base computed from an input: a bare constant as a
+        # branch output becomes an initializer that is also a graph output, which the ONNX
+        # optimizer reports on every export
+        base = cuts[:1].mul(0).long()
+        return self._from(0, (x,), cuts, base)
+
+    def _from(self, k: int, state: tuple[torch.Tensor, ...], cuts: torch.Tensor,
+              base: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        *nxt, logits = self.stages[k](*state)
+        if k == len(self.stages) - 1:
+            return logits, base + k
+        leave = confidence(logits, self.policy)[0] >= cuts[k]
+
+        def stop(logits: torch.Tensor, cuts: torch.Tensor, base: torch.Tensor, *nxt: torch.Tensor):
+            return logits.clone(), base + k
+
+        def go_on(logits: torch.Tensor, cuts: torch.Tensor, base: torch.Tensor, *nxt: torch.Tensor):
+            return self._from(k + 1, tuple(nxt), cuts, base)
+
+        return torch.cond(leave, stop, go_on, (logits, cuts, base, *nxt))
+
+
+def single_program(model: MultiExitBase, example: torch.Tensor) -> bytes:
+    """`_Single` of `model` as an ONNX program for batch 1: inputs ``input`` [1, ...] and ``cuts``
+    [num_exits - 1] (float32), outputs ``logits`` and ``exit``."""
+    import onnx  # noqa: F401  (a clear ImportError before the export)
+
+    single = _Single(copy.deepcopy(model).cpu().eval()).eval()
+    args = (example[:1].detach().cpu(), torch.zeros(model.num_exits - 1))
+    try:
+        ep = torch.export.export(single, args)
+        prog = torch.onnx.export(ep, (), dynamo=True, verbose=False, external_data=False,
+                                 output_names=["logits", "exit"])
+    except Exception as e:
+        raise NetcompressError(f"onnx: cannot export the single-sample early-exit program of {type(model).__name__} "
+                               f"({type(e).__name__}: {str(e).strip().splitlines()[0][:200]})") from None
+    proto = prog.model_proto
+    for old, new in zip([i.name for i in proto.graph.input], ("input", "cuts")):
+        if old != new:
+            rename_input(proto, old, new)
+    return proto.SerializeToString()
 
 
 class _StageTuple(nn.Module):
@@ -109,8 +174,12 @@ class EarlyExitRuntime(MultiExitBase):
             self.fmt = info["format"]
             if self.fmt == "onnx":
                 self.stages = [OrtModule(z.read(f"stage{k}.onnx"), threads) for k in range(info["num_exits"])]
+                # files written before the single-sample program run every request stage by stage
+                self.single = OrtModule(z.read("single.onnx"), threads) if "single.onnx" in z.namelist() else None
             else:
                 self.pte = PteModule(z.read("program.pte"), threads, prefix="stage0")
+                self.single = None
+        self.single_policy = info["policy"]  # the policy compiled into single.onnx
         self.program, self.threads, self.shapes = blob, threads, info["shapes"]
         self.flat = info.get("flat", True)  # files written before the ONNX stages had one output per tensor
         self._n = info["num_exits"]
@@ -139,6 +208,14 @@ class EarlyExitRuntime(MultiExitBase):
             outs.append(flat[:, at:at + size].reshape(n, *shp))
             at += size
         return tuple(outs[:-1]), outs[-1]
+
+    def predict_one(self, x: torch.Tensor, cuts: list[float], policy: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """One sample through `single.onnx` (one runtime call); None where the file has no such
+        program or `policy` is not the one compiled into it (the stage-by-stage path runs then)."""
+        if self.single is None or policy != self.single_policy:
+            return None
+        logits, at = self.single.outputs(x, torch.tensor(cuts, dtype=torch.float32))
+        return logits, at.to(torch.long)
 
     def __deepcopy__(self, memo) -> "EarlyExitRuntime":
         return type(self)(self.program, self.threads)

@@ -226,11 +226,11 @@ def onnx_program(model: nn.Module, example: Inputs, opset: int | None = None, al
         raise NetcompressError(f"onnx: the graph takes {len(graph_inputs)} inputs, the example has {len(names)}")
     for old, new in zip(graph_inputs, names):  # the runtime is fed by these names
         if old != new:
-            _rename_input(proto, old, new)
+            rename_input(proto, old, new)
     return proto.SerializeToString()
 
 
-def _rename_input(proto, old: str, new: str) -> None:
+def rename_input(proto, old: str, new: str) -> None:
     for i in proto.graph.input:
         if i.name == old:
             i.name = new
