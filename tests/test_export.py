@@ -139,6 +139,29 @@ def test_early_exit_single_sample_is_one_onnx_program_with_the_rest_behind_each_
     assert not calls and torch.equal(a_ent, early_exit_predict(ee, xs[:1])[1])
 
 
+def test_msdnet_exports_and_runs_from_its_input_in_every_runtime_path(mnist_small):
+    """A multi-exit model whose `start` is a layer (MSDNet's first multi-scale layer): stage 0 of
+    the export starts from the input, so the runtime's batch, stage-by-stage and single-sample
+    paths all give the eager model's exits."""
+    from netcompress.dynamic.base import early_exit_predict
+    from netcompress.export.early_exit import EarlyExitRuntime, export_early_exit
+
+    torch.manual_seed(0)
+    m = nc.models.create_for("msdnet-small", mnist_small).eval()
+    xs = _held_out(mnist_small, 12)
+    with torch.no_grad():
+        conf = m.all_exits(xs)[0].softmax(1).max(1).values.sort().values
+    m.set_policy_("max_softmax", float(conf[5:7].mean()))  # between two samples: no tie on the threshold
+    rt = EarlyExitRuntime(export_early_exit(m, xs[:2], "onnx"))
+    with torch.inference_mode():
+        want = early_exit_predict(m, xs)[1]
+        assert 0 < int((want == 0).sum()) < len(xs)
+        assert torch.equal(early_exit_predict(rt, xs)[1], want)
+        assert torch.equal(torch.cat([early_exit_predict(rt, xs[i:i + 1])[1] for i in range(len(xs))]), want)
+        rt.single = None
+        assert torch.equal(torch.cat([early_exit_predict(rt, xs[i:i + 1])[1] for i in range(len(xs))]), want)
+
+
 def test_executorch_fp32_and_int8(trained, mnist_small, tmp_path):
     xs = _held_out(mnist_small, 64)
     res = export(trained, "executorch", example_inputs=mnist_small.example, check_inputs=[xs], out=tmp_path / "m.pte")

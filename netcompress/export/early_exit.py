@@ -34,8 +34,15 @@ from netcompress.dynamic.base import MultiExitBase, confidence
 from netcompress.measure.runtime import OrtModule, PteModule, onnx_program, pte_program, rename_input
 
 
+def _as_state(state: Any) -> tuple:
+    """A stage state as a tuple (a single tensor is a state of one tensor)."""
+    return (state,) if isinstance(state, torch.Tensor) else tuple(state)
+
+
 class _Stage(nn.Module):
-    """Stage k of a multi-exit model as a plain forward: (*state) -> (*next state, logits)."""
+    """Stage k of a multi-exit model as a plain forward: (*state) -> (*next state, logits). Stage 0
+    takes the input and starts with the model's own `start` (MSDNet's first layer, for one), so
+    every runtime call begins from the input as the eager model does."""
 
     def __init__(self, model: MultiExitBase, k: int) -> None:
         super().__init__()
@@ -47,22 +54,27 @@ class _Stage(nn.Module):
         self.segs = nn.ModuleList(segs) if segs is not None else None
 
     def forward(self, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.k == 0:
+            state = _as_state(self.model.start(state[0]))
         if self.segs is not None:
             nxt, logits = self.model.segment_step(list(self.segs), self.k, tuple(state))
         else:
             nxt, logits = self.model.step(self.k, tuple(state))
-        return (*tuple(nxt), logits)
+        return (*_as_state(nxt), logits)
 
 
 def _stage_inputs(model: MultiExitBase, x: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
-    state, out = model.start(x), []
+    """The inputs of each exported stage: the input for stage 0, then the state stage k-1 leaves."""
+    out, state = [(x,)], _as_state(model.start(x))
     with torch.no_grad():
         for k in range(model.num_exits):
-            st = tuple(state)
-            if not all(isinstance(t, torch.Tensor) for t in st):
+            if not all(isinstance(t, torch.Tensor) for t in state):
                 raise NetcompressError(f"early-exit stage {k}: the state passed between stages is not a tuple of tensors")
-            out.append(st)
-            state, _ = model.step(k, st)
+            if k == model.num_exits - 1:
+                break
+            nxt, _ = model.step(k, state)
+            state = _as_state(nxt)
+            out.append(state)
     return out
 
 
