@@ -11,7 +11,10 @@ Per seed, in one process, every row from the same dense model:
   - joint training (SDN weights, 0.5 self-distillation from the last exit), 6 epochs, heads on the
     class token or on the mean over the tokens.
   Reported: test accuracy with early exit, the same model's full-depth accuracy, average MACs,
-  CPU time of 1000 test images at batch 64 (full vs early exit, 1 thread).
+  CPU time of 1000 test images at batch 64 (full vs early exit, 1 thread). For the joint token-mean
+  heads, also batch 1 (the first 200 test images, one at a time): eager, and deployed to ONNX
+  Runtime (`nc.export`) through the single-sample program (one graph, each exit test an ONNX If)
+  and stage by stage, against the plain vit-tiny in ONNX Runtime.
 Goal (issue 15): the same accuracy at <= 60 % of the average MACs.
 
     python benchmarks/bench_vit_early_exit.py                  # 3 seeds, ~10 min on 1 core
@@ -33,7 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import netcompress as nc  # noqa: E402
 from _common import md_table, write_result  # noqa: E402
 from bench_transformers import VIT_EPOCHS, VIT_TRAIN, dense_vit, ms  # noqa: E402
+from netcompress.dynamic.base import early_exit_predict  # noqa: E402
+from netcompress.dynamic.policy import compare_latency  # noqa: E402
 from netcompress.dynamic.stages import DynamicConfig, run_dynamic  # noqa: E402
+from netcompress.export.early_exit import EarlyExitRuntime, export_early_exit  # noqa: E402
+from netcompress.measure.runtime import OrtModule, onnx_program  # noqa: E402
 from netcompress.recipe.stages import StageContext  # noqa: E402
 from netcompress.train import TrainConfig  # noqa: E402
 
@@ -44,6 +51,28 @@ SETTINGS = {
                                              train_backbone=True, distill=0.5),
 }
 EXTRA_EPOCHS = 6
+BATCH1 = "joint, token-mean heads, 6 epochs"
+
+
+def batch1(mx, data) -> dict:
+    """Batch-1 speedups of the early-exit model `mx` over its full depth on the first 200 test
+    images: eager, and in ONNX Runtime (single-sample program / stage by stage) over the plain
+    backbone in ONNX Runtime; and whether the runtime's exits and predictions are the eager ones."""
+    xs = torch.cat([x for x, _ in data.loader("test", batch_size=200, shuffle=False)])[:200]
+    blob = export_early_exit(mx, xs[:2], "onnx")
+    rt, staged = EarlyExitRuntime(blob, threads=1), EarlyExitRuntime(blob, threads=1)
+    staged.single = None
+    full = OrtModule(onnx_program(mx.backbone, xs[:2]), threads=1)
+    with torch.inference_mode():
+        le, ee = early_exit_predict(mx, xs)
+        ones = [early_exit_predict(rt, xs[i:i + 1]) for i in range(len(xs))]
+        lr, er = torch.cat([o[0] for o in ones]), torch.cat([o[1] for o in ones])
+    lat = {k: compare_latency(m, xs, batch_size=1, min_run_time=1.0, reference=ref)
+           for k, m, ref in (("eager", mx, None), ("ort_single", rt, full), ("ort_staged", staged, full))}
+    return {"agree": ((lr.argmax(1) == le.argmax(1)) & (er == ee)).float().mean().item(),
+            **{k: v["speedup"] for k, v in lat.items()}, "eager_full_ms": lat["eager"]["full_ms"],
+            "ort_full_ms": lat["ort_single"]["full_ms"], "ort_single_ms": lat["ort_single"]["early_exit_ms"],
+            "ort_staged_ms": lat["ort_staged"]["early_exit_ms"]}
 
 
 def one(seed: int, tmp: str) -> dict:
@@ -58,9 +87,12 @@ def one(seed: int, tmp: str) -> dict:
                            name="early-exit", progress=False)
         cfg = DynamicConfig(exits=["blocks.0", "blocks.1", "blocks.2"], lr=2e-3, budget=0.6, holdout=500,
                             latency=True, latency_samples=1000, latency_batch=64, **kw)
-        e = run_dynamic(ctx, copy.deepcopy(base), cfg).extra
+        res = run_dynamic(ctx, copy.deepcopy(base), cfg)
+        e = res.extra
         r[label] = dict(acc=100 * e["accuracy"], full=100 * e["full_accuracy"], macs=e["avg_macs_fraction"],
                         full_ms=e["latency"]["full_ms"], ee_ms=e["latency"]["early_exit_ms"])
+        if label == BATCH1:
+            r["b1"] = batch1(res.model, data)
     return r
 
 
@@ -94,6 +126,19 @@ def main() -> None:
             + md_table(["model", "test accuracy % (early exit)", "same model, full depth", "avg MACs / full",
                         "early exit minus dense", "early exit minus its full depth", "speedup"], rows)
             + "\n" + "; ".join(verdicts) + ".\n\nGoal (issue 15): the same accuracy at <= 60 % of the MACs.\n")
+    b1 = [r["b1"] for r in runs]
+    body += (f"\n## Batch 1 ({BATCH1}; the first 200 test images one at a time, 1 thread)\n\n"
+             "Speedup over the same model's full depth: eager PyTorch, and deployed to ONNX Runtime (`nc.export`) "
+             "against the plain vit-tiny in ONNX Runtime, through the single-sample program (`single.onnx`: one "
+             "graph, each exit test an ONNX If, one runtime call per image) and stage by stage (one runtime call "
+             "per stage, the policy in Python between them).\n\n"
+             + md_table(["seed", "runtime = eager exits and predictions %", "eager speedup", "ORT full ms / image",
+                         "ORT single program ms / image", "speedup", "ORT stage by stage ms / image", "speedup"],
+                        [[s, f"{100 * x['agree']:.1f}", f"{x['eager']:.2f}", f"{x['ort_full_ms'] / 200:.3f}",
+                          f"{x['ort_single_ms'] / 200:.3f}", f"{x['ort_single']:.2f}",
+                          f"{x['ort_staged_ms'] / 200:.3f}", f"{x['ort_staged']:.2f}"] for s, x in zip(a.seeds, b1)])
+             + "\nMean: eager " + ms([x["eager"] for x in b1], 2) + ", ONNX Runtime single program "
+             + ms([x["ort_single"] for x in b1], 2) + ", stage by stage " + ms([x["ort_staged"] for x in b1], 2) + ".\n")
     write_result("B12_vit_early_exit", "B12 (early exit): vit-tiny on mnist-5k at 60 % of the MACs", body)
 
 
