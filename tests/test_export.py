@@ -139,6 +139,38 @@ def test_early_exit_single_sample_is_one_onnx_program_with_the_rest_behind_each_
     assert not calls and torch.equal(a_ent, early_exit_predict(ee, xs[:1])[1])
 
 
+def test_early_exit_export_without_a_single_sample_program_still_runs(trained, mnist_small, monkeypatch):
+    """When the single-sample graph cannot be exported, the file keeps its stages, records why, says
+    so in one warning, and single samples run stage by stage with the eager exits."""
+    import importlib
+    import io
+    import zipfile
+
+    from netcompress.core.errors import NetcompressError
+    from netcompress.dynamic.base import early_exit_predict
+
+    ee_mod = importlib.import_module("netcompress.export.early_exit")  # nc.export is the function
+
+    def fail(model, example):
+        raise NetcompressError("onnx: cannot export the single-sample early-exit program of X (op cond)")
+
+    monkeypatch.setattr(ee_mod, "single_program", fail)
+    ee = nc.dynamic.early_exit(copy.deepcopy(trained), exits=["features.1"], example_inputs=mnist_small.example).eval()
+    xs = _held_out(mnist_small, 16)
+    with torch.no_grad():
+        conf = ee.all_exits(xs)[0].softmax(1).max(1).values.sort().values
+    ee.set_policy_("max_softmax", float(conf[7:9].mean()))
+    with pytest.warns(UserWarning, match="single samples will run stage by stage"):
+        blob = ee_mod.export_early_exit(ee, xs[:2], "onnx")
+    with zipfile.ZipFile(io.BytesIO(blob)) as z:
+        assert "single.onnx" not in z.namelist()
+        assert "op cond" in json.loads(z.read("policy.json"))["single_error"]
+    rt = ee_mod.EarlyExitRuntime(blob)
+    assert rt.single is None
+    got = torch.cat([early_exit_predict(rt, xs[i:i + 1])[1] for i in range(len(xs))])
+    assert torch.equal(got, early_exit_predict(ee, xs)[1])
+
+
 def test_msdnet_exports_and_runs_from_its_input_in_every_runtime_path(mnist_small):
     """A multi-exit model whose `start` is a layer (MSDNet's first multi-scale layer): stage 0 of
     the export starts from the input, so the runtime's batch, stage-by-stage and single-sample

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import warnings
 import zipfile
 from typing import Any
 
@@ -89,12 +90,17 @@ def export_early_exit(model: MultiExitBase, example: torch.Tensor, fmt: str) -> 
         arity = [len(st) for st in ins]
         policy = {"policy": model.policy, "thresholds": model.thresholds, "num_exits": model.num_exits,
                   "state_arity": arity, "format": fmt, "shapes": stage_shapes(model, example), "flat": fmt != "onnx"}
-        z.writestr("policy.json", json.dumps(policy))
         if fmt == "onnx":  # one output per state tensor and the logits: nothing is copied into a flat row
             for k, st in enumerate(ins):
                 z.writestr(f"stage{k}.onnx", onnx_program(_Stage(model, k), st, all_outputs=True))
-            z.writestr("single.onnx", single_program(model, example[:1]))
+            try:
+                z.writestr("single.onnx", single_program(model, example[:1]))
+            except NetcompressError as e:  # the stages above are complete: single samples run through them
+                policy["single_error"] = str(e)
+                warnings.warn(f"{e}; single samples will run stage by stage", UserWarning, stacklevel=3)
+            z.writestr("policy.json", json.dumps(policy))
         else:
+            z.writestr("policy.json", json.dumps(policy))
             progs = {f"stage{k}": (_StageTuple(_Stage(model, k)), st) for k, st in enumerate(ins)}
             z.writestr("program.pte", pte_program(progs))
     return buf.getvalue()
@@ -186,7 +192,8 @@ class EarlyExitRuntime(MultiExitBase):
             self.fmt = info["format"]
             if self.fmt == "onnx":
                 self.stages = [OrtModule(z.read(f"stage{k}.onnx"), threads) for k in range(info["num_exits"])]
-                # files written before the single-sample program run every request stage by stage
+                # files written before the single-sample program, or where it could not be exported
+                # (`single_error`), run every request stage by stage
                 self.single = OrtModule(z.read("single.onnx"), threads) if "single.onnx" in z.namelist() else None
             else:
                 self.pte = PteModule(z.read("program.pte"), threads, prefix="stage0")
