@@ -127,6 +127,42 @@ class _SizeNet(nn.Module):
         return self.fc(self.b(self.a(x)).reshape(n, -1))
 
 
+class _MaskNet(nn.Module):
+    """A backbone whose forward takes optional arguments after the input (like timm's ViT)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(4, 4, 3), nn.ReLU())
+        self.fc = nn.Linear(4 * 24 * 24, 10)
+
+    def forward(self, x, mask=None, scale: float = 1.0, *, flag: bool = False):
+        h = self.b(self.a(x))
+        if mask is not None:
+            h = h * mask
+        return self.fc(h.flatten(1)) * scale
+
+
+@pytest.mark.parametrize("name", ["custom", "timm:vit_tiny_patch16_224?depth=3"])
+def test_optional_forward_arguments_do_not_force_the_restart_fallback(name):
+    """Arguments after the input with defaults (timm's VisionTransformer: attn_mask=None,
+    is_causal=False) are fixed at their defaults for tracing, so the backbone splits into segments
+    (each stage computed once) and the exits match the backbone's own features."""
+    if name == "custom":
+        model, exits, x = _MaskNet().eval(), ["a"], _x(6)
+    else:
+        model = nc.models.create(name, num_classes=10, in_channels=1, input_size=32).eval()
+        exits, x = ["blocks.0", "blocks.1"], _x(6, 1, 32)
+    mx = early_exit(model, exits, example_inputs=x[:2]).eval()
+    assert segment_mode(mx) == "segments"
+    with torch.no_grad():
+        outs = mx.all_exits(x)
+        assert torch.allclose(outs[-1], model(x), atol=1e-5)
+        t = float(torch.softmax(outs[0], 1).max(1).values.median())
+        logits, exit_at = early_exit_predict(mx, x, t)
+    assert torch.equal(exit_at, simulate_exits(outs, t, "max_softmax"))
+
+
 def test_fallback_restart_mode_gives_same_predictions():
     mx = early_exit(_SizeNet(), ["a"], example_inputs=_x(2)).eval()
     assert segment_mode(mx) == "restart"

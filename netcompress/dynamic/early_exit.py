@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import weakref
 from typing import Any, Callable, Literal, Sequence
 
@@ -342,6 +343,15 @@ def segment_mode(model: MultiExitModel) -> str:
     return "segments" if _segments(model) is not None else "restart"
 
 
+def _optional_args(backbone: nn.Module) -> dict[str, Any]:
+    """The forward's arguments after the input that have defaults, fixed at those defaults (the
+    model is called with the input alone): traced as placeholders they would cross every cut as
+    non-tensor values (timm's VisionTransformer takes ``attn_mask=None, is_causal=False``)."""
+    params = list(inspect.signature(backbone.forward).parameters.values())[1:]
+    return {p.name: p.default for p in params
+            if p.default is not inspect.Parameter.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
 def split_at_exits(backbone: nn.Module, exits: Sequence[str], example: torch.Tensor) -> list[nn.Module]:
     """Cut `backbone` into len(exits) + 1 GraphModules sharing its modules.
 
@@ -350,7 +360,7 @@ def split_at_exits(backbone: nn.Module, exits: Sequence[str], example: torch.Ten
     cannot be traced or a non-tensor value crosses a cut.
     """
     try:
-        graph = _ExitTracer(exits).trace(backbone)
+        graph = _ExitTracer(exits).trace(backbone, concrete_args=_optional_args(backbone))
     except Exception as e:  # noqa: BLE001 - any tracing failure means: use the fallback
         raise NetcompressError(f"cannot trace the backbone with torch.fx: {type(e).__name__}: {e}") from None
     root = fx.GraphModule(backbone, graph)
