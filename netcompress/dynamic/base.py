@@ -214,13 +214,14 @@ def early_exit_predict(model: MultiExitBase, x: torch.Tensor, thresholds: float 
 
 
 def _predict(model: MultiExitBase, x: torch.Tensor, cuts: list[float], policy: str) -> tuple[torch.Tensor, torch.Tensor]:
-    step = model.stepper()
-    state = model.start(x)
     n = x.shape[0]
-    if n == 1:  # no batch bookkeeping for a single sample
+    if n == 1:  # a model with a one-call path for a single sample (a deployed program) takes it
         one = model.predict_one(x, cuts, policy)
         if one is not None:
             return one
+    step = model.stepper()
+    state = model.start(x)
+    if n == 1:  # no batch bookkeeping for a single sample
         for k, cut in enumerate(cuts):
             state, logits = step(k, state)
             if confidence(logits, policy).item() >= cut:
