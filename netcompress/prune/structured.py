@@ -99,7 +99,8 @@ def select(scores: list[torch.Tensor], graph: ChannelGraph, ratio: float, scope:
 
 def _analyse(model: nn.Module, criterion: str, ratio: float | None, example_inputs: Any, data: Any,
              scope: str, ignore: Iterable[str], seed: int, calibration: int, attention: str = "heads",
-             width: bool = True, macs: float | None = None):
+             width: bool = True, macs: float | None = None) -> tuple[ChannelGraph, list[int], nn.Module | None]:
+    """(graph, channel classes to remove, the pruned model where finding them built it: `macs`)."""
     ratio, macs = ratio_or_macs(ratio, macs)
     _validate(criterion, ratio, scope, example_inputs)
     batches = calibration_batches(data, calibration)
@@ -108,19 +109,21 @@ def _analyse(model: nn.Module, criterion: str, ratio: float | None, example_inpu
     graph = ChannelGraph.build(model, example_inputs, ignore, attention=attention, width=width)
     scores = CRITERIA.get(criterion)(ScoreContext(model, graph, batches, seed))
     if macs is None:
-        return graph, select(scores, graph, ratio, scope)
-    return graph, _select_for_macs(model, graph, scores, scope, macs, example_inputs)
+        return graph, select(scores, graph, ratio, scope), None
+    return graph, *_select_for_macs(model, graph, scores, scope, macs, example_inputs)
 
 
 def _select_for_macs(model: nn.Module, graph: ChannelGraph, scores: list[torch.Tensor], scope: str, macs: float,
-                     x: Any, steps: int = 14) -> list[int]:
-    """The removal of the smallest ratio whose pruned model keeps at most `macs` of the MACs
-    (bisection on the ratio: a larger ratio removes a superset of the channels, so fewer MACs)."""
+                     x: Any, steps: int = 14) -> tuple[list[int], nn.Module]:
+    """The removal of the smallest ratio whose pruned model keeps at most `macs` of the MACs, and
+    that pruned model (bisection on the ratio: a larger ratio removes a superset of the channels,
+    so fewer MACs)."""
     dense = _macs(model, x)
 
-    def kept(r: float) -> tuple[list[int], float]:
+    def kept(r: float) -> tuple[tuple[list[int], nn.Module], float]:
         removed = select(scores, graph, r, scope)
-        return removed, _macs(graph.prune(removed), x) / dense
+        small = graph.prune(removed)
+        return (removed, small), _macs(small, x) / dense
 
     best, least = kept(_MAX_RATIO)
     if least > macs:
@@ -129,9 +132,9 @@ def _select_for_macs(model: nn.Module, graph: ChannelGraph, scores: list[torch.T
     lo, hi = 0.0, _MAX_RATIO
     for _ in range(steps):
         mid = (lo + hi) / 2
-        removed, frac = kept(mid)
+        cand, frac = kept(mid)
         if frac <= macs:
-            hi, best = mid, removed
+            hi, best = mid, cand
         else:
             lo = mid
     return best
@@ -177,9 +180,9 @@ def channels(model: nn.Module, criterion: str = "l1", ratio: float | None = None
         small = channels(model, "l1", 0.5, example_inputs=data.example)
         half = channels(model, "l1", macs=0.5, example_inputs=data.example)
     """
-    graph, removed = _analyse(model, criterion, ratio, example_inputs, data, scope, ignore, seed, calibration,
-                              attention, width, macs)
-    new = graph.prune(removed)
+    graph, removed, new = _analyse(model, criterion, ratio, example_inputs, data, scope, ignore, seed, calibration,
+                                   attention, width, macs)
+    new = new if new is not None else graph.prune(removed)
     if hasattr(model, "netcompress_spec"):
         new.netcompress_spec = model.netcompress_spec
     return new
@@ -213,8 +216,8 @@ def plan(model: nn.Module, criterion: str = "l1", ratio: float | None = None, *,
     ignore, notes = list(ignore), []
     for _ in range(50):  # list what the graph cannot handle, leave it unpruned, and go on
         try:
-            graph, removed = _analyse(model, criterion, ratio, example_inputs, data, scope, ignore, seed,
-                                      calibration, attention, width, macs)
+            graph, removed, small = _analyse(model, criterion, ratio, example_inputs, data, scope, ignore, seed,
+                                             calibration, attention, width, macs)
             break
         except NetcompressError as e:
             mod = getattr(e, "module", None)
@@ -227,7 +230,7 @@ def plan(model: nn.Module, criterion: str = "l1", ratio: float | None = None, *,
     gone = set(removed)
     groups = [{"id": g.id, "total": len(g.classes), "remove": sum(c in gone for c in g.classes),
                "members": [f"{m}[{k}]" for m, k in g.members]} for g in graph.groups]
-    small = graph.prune(removed)
+    small = small if small is not None else graph.prune(removed)
     frozen = [m.module for m in graph.members if m.kind == "out"
               and bool((graph.uf.roots(m.labels) == 0).all())]
     if frozen:
