@@ -171,6 +171,51 @@ def test_early_exit_export_without_a_single_sample_program_still_runs(trained, m
     assert torch.equal(got, early_exit_predict(ee, xs)[1])
 
 
+def test_early_exit_int8_onnx_quantizes_every_stage_on_its_own_inputs(trained, mnist_small, tmp_path):
+    """int8 early exit (ONNX): every stage a QDQ program calibrated on what that stage sees; the
+    export's int8 check compares every exit's logits; most samples leave at the eager model's exit
+    (int8 moves the confidences of those near the threshold), and single samples run stage by
+    stage; ExecuTorch int8 is one clear error."""
+    import io
+    import zipfile
+
+    import onnx
+
+    from netcompress.core.errors import NetcompressError
+    from netcompress.dynamic.base import early_exit_predict
+
+    from netcompress.dynamic.training import ExitTraining, FrozenBackbone
+
+    torch.manual_seed(0)
+    ee = nc.dynamic.early_exit(copy.deepcopy(trained), exits=["features.1"], example_inputs=mnist_small.example)
+    fb = FrozenBackbone()  # a trained head: confidences spread out, as in use
+    nc.train.fit(ee, mnist_small, methods=[fb, ExitTraining([0.5])], max_steps=60, epochs=1, progress=False,
+                 evaluate_each_epoch=False)
+    fb.finalize(ee)
+    ee.eval()
+    xs = _held_out(mnist_small, 128)
+    with torch.no_grad():
+        ee.set_policy_("max_softmax", float(ee.all_exits(xs)[0].softmax(1).max(1).values.median()))
+    fp32 = export(ee, "onnx", example_inputs=mnist_small.example, check_inputs=[xs])
+    res = export(ee, "onnx", int8=True, calibration=mnist_small.calibration(128), example_inputs=mnist_small.example,
+                 check_inputs=[xs], out=tmp_path / "ee.int8.onnx")
+    assert res.check["passed"] and res.int8 and res.early_exit and res.check["samples"] == 2 * len(xs)  # both exits
+    with zipfile.ZipFile(io.BytesIO(res.path.read_bytes())) as z:
+        assert "single.onnx" not in z.namelist()
+        ops = [[n.op_type for n in onnx.load_from_string(z.read(f"stage{k}.onnx")).graph.node] for k in range(2)]
+    assert all("QuantizeLinear" in o and "Conv" in o for o in ops)
+    assert res.bytes < fp32.bytes / 2  # int8 weights in both stages (fp32 also holds single.onnx)
+    rt = load_exported(res.path)
+    _, at_eager = early_exit_predict(ee, xs)
+    _, at_rt = early_exit_predict(rt, xs)
+    same = float((at_rt == at_eager).float().mean())
+    assert same >= 0.75 and same == pytest.approx(res.check["same_exit"])  # int8 moves confidences near the threshold
+    one = torch.cat([early_exit_predict(rt, xs[i:i + 1])[1] for i in range(16)])
+    assert rt.single is None and torch.equal(one, at_rt[:16])
+    with pytest.raises(NetcompressError, match="ONNX only"):
+        export(ee, "executorch", int8=True, calibration=mnist_small.calibration(128), example_inputs=mnist_small.example)
+
+
 def test_msdnet_exports_and_runs_from_its_input_in_every_runtime_path(mnist_small):
     """A multi-exit model whose `start` is a layer (MSDNet's first multi-scale layer): stage 0 of
     the export starts from the input, so the runtime's batch, stage-by-stage and single-sample

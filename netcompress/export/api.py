@@ -13,7 +13,8 @@ before anything is written. It passes when
 A failed check or export raises one `NetcompressError` naming the module / op; the file is written
 through a temporary file and renamed, so a failure leaves no half file. Early-exit models export
 as one graph per stage with the exit policy in Python for batches, and (ONNX) one graph with the
-policy inside for a single sample (see `netcompress.export.early_exit`).
+policy inside for a single sample (see `netcompress.export.early_exit`); they are checked exit by
+exit, and int8 (ONNX) quantizes each stage on the inputs it sees.
 
 Example:
     res = export(model, "onnx", example_inputs=data.example, out="model.onnx")
@@ -76,6 +77,17 @@ def _is_multi_exit(model: nn.Module) -> bool:
     return isinstance(model, MultiExitBase)
 
 
+class _EveryExit(nn.Module):
+    """A multi-exit model's logits of every exit for every sample, stacked: [exits, batch, classes]."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack(self.model.all_exits(x))
+
+
 def _check_batches(check_inputs: Any, example: Inputs) -> list[Inputs]:
     if check_inputs is None:
         return [example]
@@ -92,11 +104,9 @@ def lower(model: nn.Module, fmt: Format, example: Inputs, int8: bool = False, ca
     if fmt not in SUFFIX:
         raise NetcompressError(f"export format {fmt!r} unknown; valid: onnx, executorch")
     if _is_multi_exit(model):
-        if int8:
-            raise NetcompressError("export: int8 early-exit models are not supported (export fp32, or quantize the backbone first)")
         from netcompress.export.early_exit import export_early_exit
 
-        return export_early_exit(model, example, fmt)
+        return export_early_exit(model, example, fmt, int8, calibration)
     if int8:
         if calibration is None:
             raise NetcompressError("export --int8 needs calibration data (real training inputs)")
@@ -130,9 +140,21 @@ def load_exported(path: str | os.PathLike, threads: int = 1) -> nn.Module:
 def check_export(model: nn.Module, runtime: nn.Module, inputs: list[Inputs], int8: bool,
                  fp32_tolerance: float = 1e-4, int8_tolerance: float = 0.25,
                  min_top1: float = 0.99, min_top1_int8: float = 0.9) -> dict[str, Any]:
-    """Compare the runtime with the PyTorch model on `inputs`; raises NetcompressError when it fails."""
+    """Compare the runtime with the PyTorch model on `inputs`; raises NetcompressError when it fails.
+
+    An early-exit model is compared exit by exit (every exit's logits for every input, so a sample
+    whose confidence sits on the threshold cannot swap one head's logits for another's);
+    `same_exit` reports the share of samples that leave at the same exit."""
     try:
-        c = compare_outputs(model, runtime, inputs)
+        if _is_multi_exit(model) and _is_multi_exit(runtime):
+            from netcompress.dynamic.base import early_exit_predict
+
+            c = compare_outputs(_EveryExit(model), _EveryExit(runtime), inputs)
+            if model.thresholds is not None:
+                same = [early_exit_predict(model, x)[1] == early_exit_predict(runtime, x)[1] for x in inputs]
+                c["same_exit"] = float(torch.cat(same).float().mean())
+        else:
+            c = compare_outputs(model, runtime, inputs)
     except NetcompressError:
         raise
     except Exception as e:

@@ -33,6 +33,7 @@ from netcompress.core.errors import NetcompressError
 from netcompress.core.modes import eval_mode
 from netcompress.dynamic.base import MultiExitBase, confidence
 from netcompress.measure.runtime import OrtModule, PteModule, onnx_program, pte_program, rename_input
+from netcompress.quantize.deploy import calibration_inputs, quantize_onnx
 
 
 def _as_state(state: Any) -> tuple:
@@ -79,10 +80,19 @@ def _stage_inputs(model: MultiExitBase, x: torch.Tensor) -> list[tuple[torch.Ten
     return out
 
 
-def export_early_exit(model: MultiExitBase, example: torch.Tensor, fmt: str) -> bytes:
-    """A zip with policy.json and one program per stage (ONNX) or one multi-method program (.pte)."""
+def export_early_exit(model: MultiExitBase, example: torch.Tensor, fmt: str, int8: bool = False,
+                      calibration: Any = None) -> bytes:
+    """A zip with policy.json and one program per stage (ONNX) or one multi-method program (.pte).
+
+    With `int8` (ONNX only), every stage is a static int8 QDQ program calibrated on the inputs that
+    stage sees when `calibration` (real training inputs) runs through the eager model; single
+    samples then run stage by stage (no single-sample graph)."""
     if not isinstance(example, torch.Tensor):
         raise NetcompressError("early-exit export takes one input tensor")
+    if int8 and fmt != "onnx":
+        raise NetcompressError("int8 early-exit export: ONNX only (export the early-exit model to ExecuTorch in fp32)")
+    if int8 and calibration is None:
+        raise NetcompressError("export --int8 needs calibration data (real training inputs)")
     buf = io.BytesIO()
     # eval mode for the stage inputs and the traces; the caller's per-module flags come back after
     with eval_mode(model), zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
@@ -90,7 +100,13 @@ def export_early_exit(model: MultiExitBase, example: torch.Tensor, fmt: str) -> 
         arity = [len(st) for st in ins]
         policy = {"policy": model.policy, "thresholds": model.thresholds, "num_exits": model.num_exits,
                   "state_arity": arity, "format": fmt, "shapes": stage_shapes(model, example), "flat": fmt != "onnx"}
-        if fmt == "onnx":  # one output per state tensor and the logits: nothing is copied into a flat row
+        if fmt == "onnx" and int8:
+            calib = [_stage_inputs(model, x) for x in calibration_inputs(calibration)]
+            for k, st in enumerate(ins):
+                z.writestr(f"stage{k}.onnx", quantize_onnx(_Stage(model, k), [c[k] for c in calib], st, all_outputs=True))
+            policy["single_error"] = "int8: the stages are quantized one by one; single samples run stage by stage"
+            z.writestr("policy.json", json.dumps(policy))
+        elif fmt == "onnx":  # one output per state tensor and the logits: nothing is copied into a flat row
             for k, st in enumerate(ins):
                 z.writestr(f"stage{k}.onnx", onnx_program(_Stage(model, k), st, all_outputs=True))
             try:
