@@ -32,7 +32,7 @@ from torch import nn
 from netcompress.core.errors import NetcompressError
 from netcompress.core.modes import eval_mode
 from netcompress.dynamic.base import MultiExitBase, confidence
-from netcompress.measure.runtime import OrtModule, PteModule, onnx_program, pte_program, rename_input
+from netcompress.measure.runtime import OrtModule, PteModule, first_line, onnx_program, pte_program, rename_input
 from netcompress.quantize.deploy import calibration_inputs, quantize_onnx
 
 
@@ -171,7 +171,7 @@ def single_program(model: MultiExitBase, example: torch.Tensor) -> bytes:
                                  output_names=["logits", "exit"])
     except Exception as e:
         raise NetcompressError(f"onnx: cannot export the single-sample early-exit program of {type(model).__name__} "
-                               f"({type(e).__name__}: {str(e).strip().splitlines()[0][:200]})") from None
+                               f"({type(e).__name__}: {first_line(e)})") from None
     proto = prog.model_proto
     for old, new in zip([i.name for i in proto.graph.input], ("input", "cuts")):
         if old != new:

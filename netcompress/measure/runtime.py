@@ -138,7 +138,7 @@ def _module_of(ep: torch.export.ExportedProgram, op: str) -> str | None:
     return None
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
     for line in text.splitlines():
         if "No ONNX function found" in line or "DispatchError" in line:
@@ -195,7 +195,7 @@ def _raise_export_error(model: nn.Module, example: Inputs, e: BaseException, wha
     inner = model.model if isinstance(model, _Logits) else model
     where = locate_failure(inner, example, lambda m, a, k: torch.export.export(m, a, k))
     op = _op_of(str(e))
-    first = _first_line(e)
+    first = first_line(e)
     raise NetcompressError(f"{what}: cannot export {type(inner).__name__}"
                            + (f": module {where!r} ({type(dict(inner.named_modules())[where]).__name__})" if where else "")
                            + (f", op {op}" if op else "") + f" ({type(e).__name__}: {first})") from None
@@ -218,7 +218,7 @@ def onnx_program(model: nn.Module, example: Inputs, opset: int | None = None, al
         where = _module_of(ep, op) if op else None
         raise NetcompressError(f"onnx: cannot translate {type(model).__name__} to ONNX"
                                + (f": module {where}" if where else "") + (f", op {op}" if op else "")
-                               + f" ({type(e).__name__}: {_first_line(e)})") from None
+                               + f" ({type(e).__name__}: {first_line(e)})") from None
     proto = prog.model_proto
     names = input_names(example)
     graph_inputs = [i.name for i in proto.graph.input]
@@ -277,7 +277,7 @@ def pte_program(model: nn.Module | dict[str, tuple[nn.Module, Inputs]], example:
         where = next((w for w in (_module_of(ep, op) for ep in eps.values()) if w), None) if op else None
         raise NetcompressError(f"executorch: cannot lower {type(model).__name__}"
                                + (f": module {where}" if where else "") + (f", op {op}" if op else "")
-                               + f" ({type(e).__name__}: {_first_line(e)})") from None
+                               + f" ({type(e).__name__}: {first_line(e)})") from None
 
 
 class OrtModule(nn.Module):
