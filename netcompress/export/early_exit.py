@@ -100,25 +100,24 @@ def export_early_exit(model: MultiExitBase, example: torch.Tensor, fmt: str, int
         arity = [len(st) for st in ins]
         policy = {"policy": model.policy, "thresholds": model.thresholds, "num_exits": model.num_exits,
                   "state_arity": arity, "format": fmt, "shapes": stage_shapes(model, example), "flat": fmt != "onnx"}
-        if fmt == "onnx" and int8:
-            calib = [_stage_inputs(model, x) for x in calibration_inputs(calibration)]
+        if fmt == "onnx":  # one output per state tensor and the logits: nothing is copied into a flat row
+            calib = [_stage_inputs(model, x) for x in calibration_inputs(calibration)] if int8 else None
             for k, st in enumerate(ins):
-                z.writestr(f"stage{k}.onnx", quantize_onnx(_Stage(model, k), [c[k] for c in calib], st, all_outputs=True))
-            policy["single_error"] = "int8: the stages are quantized one by one; single samples run stage by stage"
-            z.writestr("policy.json", json.dumps(policy))
-        elif fmt == "onnx":  # one output per state tensor and the logits: nothing is copied into a flat row
-            for k, st in enumerate(ins):
-                z.writestr(f"stage{k}.onnx", onnx_program(_Stage(model, k), st, all_outputs=True))
-            try:
-                z.writestr("single.onnx", single_program(model, example[:1]))
-            except NetcompressError as e:  # the stages above are complete: single samples run through them
-                policy["single_error"] = str(e)
-                warnings.warn(f"{e}; single samples will run stage by stage", UserWarning, stacklevel=3)
-            z.writestr("policy.json", json.dumps(policy))
+                stage = _Stage(model, k)
+                z.writestr(f"stage{k}.onnx", quantize_onnx(stage, [c[k] for c in calib], st, all_outputs=True) if int8
+                           else onnx_program(stage, st, all_outputs=True))
+            if int8:
+                policy["single_error"] = "int8: the stages are quantized one by one; single samples run stage by stage"
+            else:
+                try:
+                    z.writestr("single.onnx", single_program(model, example[:1]))
+                except NetcompressError as e:  # the stages above are complete: single samples run through them
+                    policy["single_error"] = str(e)
+                    warnings.warn(f"{e}; single samples will run stage by stage", UserWarning, stacklevel=3)
         else:
-            z.writestr("policy.json", json.dumps(policy))
             progs = {f"stage{k}": (_StageTuple(_Stage(model, k)), st) for k, st in enumerate(ins)}
             z.writestr("program.pte", pte_program(progs))
+        z.writestr("policy.json", json.dumps(policy))
     return buf.getvalue()
 
 

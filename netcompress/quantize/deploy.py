@@ -63,7 +63,7 @@ def calibration_inputs(calibration: Any) -> list[Inputs]:
 
 def onnx_int8(model: nn.Module, calibration: Any, example: Inputs | None = None, *, per_channel: bool = True,
               fmt: Literal["qdq", "qoperator"] = "qdq", activations: Literal["u8", "s8"] = "u8",
-              preprocess: bool = True, reduce_range: bool = False, all_outputs: bool = False) -> bytes:
+              preprocess: bool = True, reduce_range: bool = False) -> bytes:
     """Static int8 ONNX (QDQ by default) for ONNX Runtime, calibrated on `calibration`; returns bytes.
 
     Args:
@@ -75,18 +75,17 @@ def onnx_int8(model: nn.Module, calibration: Any, example: Inputs | None = None,
         activations: 'u8' (asymmetric, the x86 VNNI path) or 's8' (symmetric).
         preprocess: run `quant_pre_process` first (shape inference + graph optimisation).
         reduce_range: 7-bit weights, for CPUs without VNNI whose u8 x s8 products can saturate.
-        all_outputs: every tensor of the tuple the model returns is an output (`onnx_program`).
     """
     return quantize_onnx(model, calibration_inputs(calibration), example, per_channel=per_channel, fmt=fmt,
-                         activations=activations, preprocess=preprocess, reduce_range=reduce_range,
-                         all_outputs=all_outputs)
+                         activations=activations, preprocess=preprocess, reduce_range=reduce_range)
 
 
 def quantize_onnx(model: nn.Module, batches: list[Inputs], example: Inputs | None = None, *, per_channel: bool = True,
                   fmt: Literal["qdq", "qoperator"] = "qdq", activations: Literal["u8", "s8"] = "u8",
                   preprocess: bool = True, reduce_range: bool = False, all_outputs: bool = False) -> bytes:
     """`onnx_int8` on `batches` taken as they are: each one the model's positional inputs (a
-    tensor or a tuple of tensors, e.g. an early-exit stage's state) or a dict of named inputs."""
+    tensor or a tuple of tensors, e.g. an early-exit stage's state) or a dict of named inputs;
+    `all_outputs`: every tensor of the tuple the model returns is an output (`onnx_program`)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
