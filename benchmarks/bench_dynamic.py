@@ -57,25 +57,34 @@ def _ctx(data, seed, tmp, train):
     return StageContext(data=data, train=train, seed=seed, out_dir=Path(tmp), name="dynamic", progress=False)
 
 
+def ort_batch1(mx, xs: torch.Tensor, blob: bytes, full) -> dict:
+    """`xs` one at a time through the early-exit model deployed to ONNX Runtime (`blob`, written by
+    `nc.export`), 1 thread: the share with the eager model's exit and prediction, and the speedups
+    over `full` (the plain backbone in ONNX Runtime) through the single-sample program
+    (`single.onnx`: every exit test an ONNX If, one call per image) and stage by stage."""
+    rt, staged = EarlyExitRuntime(blob, threads=1), EarlyExitRuntime(blob, threads=1)
+    staged.single = None  # the stage-by-stage path for single samples too
+    with torch.inference_mode():
+        lm, em = early_exit_predict(mx, xs)
+        ones = [early_exit_predict(rt, xs[i:i + 1]) for i in range(len(xs))]
+        l1, e1 = torch.cat([o[0] for o in ones]), torch.cat([o[1] for o in ones])
+    return {"agree_b1": ((l1.argmax(1) == lm.argmax(1)) & (e1 == em)).float().mean().item(),
+            "b1": compare_latency(rt, xs, batch_size=1, min_run_time=1.0, reference=full),
+            "b1_staged": compare_latency(staged, xs, batch_size=1, min_run_time=1.0, reference=full)}
+
+
 def ort_latency(mx, xs: torch.Tensor) -> dict:
     """The same early-exit model deployed to ONNX Runtime (`nc.export`'s early-exit format) against
     the plain backbone in ONNX Runtime, 1 thread: batch 64 (all test images; one program per stage,
-    the policy in Python between the runtime calls) and batch 1 (the first 200), both through the
-    single-sample program (`single.onnx`: every exit test an ONNX If, one call per image) and stage
-    by stage as at batch 64; plus agreement with the eager model."""
+    the policy in Python between the runtime calls) and batch 1 (the first 200, `ort_batch1`); plus
+    agreement with the eager model."""
     blob = export_early_exit(mx, xs[:2], "onnx")
-    rt, staged = EarlyExitRuntime(blob, threads=1), EarlyExitRuntime(blob, threads=1)
-    staged.single = None  # the stage-by-stage path for single samples too
+    rt = EarlyExitRuntime(blob, threads=1)
     full = OrtModule(onnx_program(mx.backbone, xs[:2]), threads=1)
     with torch.inference_mode():
         (lr, er), (lm, em) = early_exit_predict(rt, xs), early_exit_predict(mx, xs)
         same = ((lr.argmax(1) == lm.argmax(1)) & (er == em)).float().mean().item()
-        ones = [early_exit_predict(rt, xs[i:i + 1]) for i in range(200)]
-        l1, e1 = torch.cat([o[0] for o in ones]), torch.cat([o[1] for o in ones])
-        same1 = ((l1.argmax(1) == lm[:200].argmax(1)) & (e1 == em[:200])).float().mean().item()
-    return {"agree": same, "agree_b1": same1,
-            "b1": compare_latency(rt, xs[:200], batch_size=1, min_run_time=1.0, reference=full),
-            "b1_staged": compare_latency(staged, xs[:200], batch_size=1, min_run_time=1.0, reference=full),
+    return {"agree": same, **ort_batch1(mx, xs[:200], blob, full),
             "b64": compare_latency(rt, xs, batch_size=64, reference=full)}
 
 

@@ -36,10 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import netcompress as nc  # noqa: E402
 from _common import md_table, write_result  # noqa: E402
 from bench_transformers import VIT_EPOCHS, VIT_TRAIN, dense_vit, ms  # noqa: E402
-from netcompress.dynamic.base import early_exit_predict  # noqa: E402
+from bench_dynamic import ort_batch1  # noqa: E402
 from netcompress.dynamic.policy import compare_latency  # noqa: E402
 from netcompress.dynamic.stages import DynamicConfig, run_dynamic  # noqa: E402
-from netcompress.export.early_exit import EarlyExitRuntime, export_early_exit  # noqa: E402
+from netcompress.export.early_exit import export_early_exit  # noqa: E402
 from netcompress.measure.runtime import OrtModule, onnx_program  # noqa: E402
 from netcompress.recipe.stages import StageContext  # noqa: E402
 from netcompress.train import TrainConfig  # noqa: E402
@@ -56,23 +56,15 @@ BATCH1 = "joint, token-mean heads, 6 epochs"
 
 def batch1(mx, data) -> dict:
     """Batch-1 speedups of the early-exit model `mx` over its full depth on the first 200 test
-    images: eager, and in ONNX Runtime (single-sample program / stage by stage) over the plain
-    backbone in ONNX Runtime; and whether the runtime's exits and predictions are the eager ones."""
+    images: eager, and in ONNX Runtime (single-sample program / stage by stage, B9's `ort_batch1`)
+    over the plain backbone in ONNX Runtime; and whether the runtime's exits and predictions are
+    the eager ones."""
     xs = torch.cat([x for x, _ in data.loader("test", batch_size=200, shuffle=False)])[:200]
-    blob = export_early_exit(mx, xs[:2], "onnx")
-    rt, staged = EarlyExitRuntime(blob, threads=1), EarlyExitRuntime(blob, threads=1)
-    staged.single = None
-    full = OrtModule(onnx_program(mx.backbone, xs[:2]), threads=1)
-    with torch.inference_mode():
-        le, ee = early_exit_predict(mx, xs)
-        ones = [early_exit_predict(rt, xs[i:i + 1]) for i in range(len(xs))]
-        lr, er = torch.cat([o[0] for o in ones]), torch.cat([o[1] for o in ones])
-    lat = {k: compare_latency(m, xs, batch_size=1, min_run_time=1.0, reference=ref)
-           for k, m, ref in (("eager", mx, None), ("ort_single", rt, full), ("ort_staged", staged, full))}
-    return {"agree": ((lr.argmax(1) == le.argmax(1)) & (er == ee)).float().mean().item(),
-            **{k: v["speedup"] for k, v in lat.items()}, "eager_full_ms": lat["eager"]["full_ms"],
-            "ort_full_ms": lat["ort_single"]["full_ms"], "ort_single_ms": lat["ort_single"]["early_exit_ms"],
-            "ort_staged_ms": lat["ort_staged"]["early_exit_ms"]}
+    eager = compare_latency(mx, xs, batch_size=1, min_run_time=1.0)
+    o = ort_batch1(mx, xs, export_early_exit(mx, xs[:2], "onnx"), OrtModule(onnx_program(mx.backbone, xs[:2]), threads=1))
+    return {"agree": o["agree_b1"], "eager": eager["speedup"], "ort_single": o["b1"]["speedup"],
+            "ort_staged": o["b1_staged"]["speedup"], "eager_full_ms": eager["full_ms"], "ort_full_ms": o["b1"]["full_ms"],
+            "ort_single_ms": o["b1"]["early_exit_ms"], "ort_staged_ms": o["b1_staged"]["early_exit_ms"]}
 
 
 def one(seed: int, tmp: str) -> dict:
