@@ -1,4 +1,6 @@
 """Golden tests for each channel criterion on hand-made weights."""
+import copy
+
 import torch
 from torch import nn
 
@@ -79,17 +81,33 @@ def test_apoz_counts_positive_activations():
     torch.testing.assert_close(s, torch.tensor([1.0, 0.0, 0.5, 0.0]))
 
 
-def test_taylor_is_weight_times_gradient():
-    m = _net([[1, 2], [0, 0], [3, 1], [-1, 1]])
-    x = torch.randn(4, 2, 3, 3)
-    y = torch.tensor([0, 1, 2, 0])
-    s = _scores(m, "taylor", [(x, y)])
-    m.zero_grad()
+def _gate_grad(m, x, y):
+    """dL/ds for a gate s = 1 on each channel where the head reads it: the first-order change of the
+    loss when that channel is removed."""
+    m = copy.deepcopy(m)
+    s = torch.ones(1, 4, 1, 1, requires_grad=True)
+    h = m.head.register_forward_pre_hook(lambda _m, a: (a[0] * s,))
     nn.functional.cross_entropy(m(x), y).backward()
-    expect = (m.conv.weight * m.conv.weight.grad).abs().flatten(1).sum(1) \
-        + (m.bn.weight * m.bn.weight.grad).abs() + (m.bn.bias * m.bn.bias.grad).abs()
-    torch.testing.assert_close(s, expect.detach())
-    assert s[1] < s[0]  # a zero filter with beta 0 has no first-order effect beyond its BN
+    h.remove()
+    return s.grad.flatten(), m
+
+
+def test_taylor_is_the_squared_first_order_change_of_removing_each_channel():
+    m = _net([[1, 2], [0, 0], [3, 1], [-1, 1]], gammas=(1.0, 0.5, 2.0, 1.5), betas=(0.1, 0.0, -0.2, 0.3))
+    torch.manual_seed(0)
+    batches = [(torch.randn(4, 2, 3, 3), torch.tensor([0, 1, 2, 0])), (torch.randn(3, 2, 3, 3), torch.tensor([2, 2, 1]))]
+    s = _scores(m, "taylor", batches)
+    gates = [_gate_grad(m, x, y) for x, y in batches]
+    torch.testing.assert_close(s, torch.stack([g.pow(2) for g, _ in gates]).mean(0))
+    # behind a ReLU, the same as Molchanov et al. 2019's BatchNorm form (gamma dL/dgamma + beta dL/dbeta)^2
+    bn_form = [(c.bn.weight * c.bn.weight.grad + c.bn.bias * c.bn.bias.grad).detach() for _, c in gates]
+    torch.testing.assert_close(s, torch.stack(bn_form).pow(2).mean(0))
+    assert s[1] == 0  # a zero filter with beta 0: nothing to remove
+    # the signed sum, squared: not the sum of |w * dL/dw| over the head's weights
+    c = copy.deepcopy(m)
+    nn.functional.cross_entropy(c(batches[0][0]), batches[0][1]).backward()
+    per_weight = (c.head.weight * c.head.weight.grad).abs().sum((0, 2, 3))
+    assert not torch.allclose(_scores(m, "taylor", batches[:1]), per_weight.pow(2))
 
 
 def test_random_is_seeded_and_registry_lists_all():

@@ -190,43 +190,69 @@ def apoz(ctx: ScoreContext) -> list[torch.Tensor]:
     return out
 
 
+# where `taylor` reads a channel: the layers that read it (its consumers' input columns), else its
+# norm's scale and shift, else its own filters
+_TAYLOR_KINDS = (("in", "in_grouped", "param_in"), ("norm",), ("out", "dw", "emb", "param"))
+
+
 def taylor(ctx: ScoreContext) -> list[torch.Tensor]:
-    """First-order Taylor importance |w * dL/dw| summed over each filter and the calibration
-    batches (Molchanov et al. 2017/2019); BN gamma/beta included. L is the task loss
-    `netcompress.train.loop.default_loss`: cross-entropy on the model's logits (`logits_of`: a
-    tensor, the last exit of a list, a Hugging Face output's `.logits`), per token (mean over every
-    position) for sequence logits (N, T, V) with (N, T) targets. Batches may be tensors, tuples or
-    dicts of named tensors. The gradients are taken on a copy of the model in eval mode (fixed BN
-    statistics: the importance of the deployed network); the model itself is unchanged."""
+    """First-order Taylor importance (Molchanov et al. 2017, 2019): the estimated change of the loss
+    when a channel is removed, squared and averaged over the calibration batches.
+
+    Per batch, a channel's change is c = sum(w * dL/dw) over the weights that read it (the input
+    columns of every layer that consumes it: zeroing them removes the channel, and the sum equals
+    the channel's activation times dL/d(activation), summed over samples and positions, the 2017
+    criterion); its score is the mean of c^2 over the batches (the 2019 paper's estimate). The sum
+    comes before the square: weights whose contributions cancel do not count, unlike a sum of
+    |w * dL/dw| per weight. Behind a ReLU (or max-pool) the consumer form equals the 2019 paper's
+    BatchNorm form (gamma dL/dgamma + beta dL/dbeta)^2. Channels no layer reads (only norms or a
+    parameter) use their norm's scale and shift, else their own filters.
+
+    L is the task loss `netcompress.train.loop.default_loss`: cross-entropy on the model's logits
+    (`logits_of`: a tensor, the last exit of a list, a Hugging Face output's `.logits`), per token
+    (mean over every position) for sequence logits (N, T, V) with (N, T) targets. Batches may be
+    tensors, tuples or dicts of named tensors. The gradients are taken on a copy of the model in
+    eval mode (fixed BN statistics: the importance of the deployed network); the model itself is
+    unchanged."""
     batches = ctx.need_batches("taylor")
     model = copy.deepcopy(ctx.model)
-    model.zero_grad(set_to_none=True)
-    acc = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    params = dict(model.named_parameters())
+    plan: list[list[tuple[str, int, torch.Tensor]]] = []  # per group: (parameter, channel dim, class index)
+    for gr in ctx.graph.groups:
+        ent: list[tuple[str, int, torch.Tensor]] = []
+        seen: set[tuple[str, int]] = set()  # once per tensor: the eager tracer also lists a layer's bias as a 'param'
+        for kinds in _TAYLOR_KINDS:
+            for mem in _members(ctx.graph, gr, kinds):
+                idx = ctx.graph.class_index(mem, gr.classes)
+                for mod_name, pname, dim, _ in member_slices(ctx.model, mem):
+                    pn = f"{mod_name}.{pname}" if mod_name else pname
+                    if pn in params and params[pn].dim() > dim and (pn, dim) not in seen:
+                        seen.add((pn, dim))
+                        ent.append((pn, dim, idx))
+            if ent:
+                break
+        plan.append(ent)
+    scores = [torch.zeros(len(gr.classes), dtype=torch.float64) for gr in ctx.graph.groups]
 
     def step(out: Any, y: torch.Tensor) -> None:
-        default_loss(out, y).backward()
-        with torch.no_grad():
-            for n, p in model.named_parameters():
-                if p.grad is not None:
-                    acc[n] += (p * p.grad).abs()
         model.zero_grad(set_to_none=True)
+        default_loss(out, y).backward()
+        rows: dict[tuple[str, int], torch.Tensor] = {}
+        with torch.no_grad():
+            for total, ent in zip(scores, plan):
+                change = torch.zeros_like(total)
+                for pn, dim, idx in ent:
+                    grad = params[pn].grad
+                    if grad is None:
+                        continue
+                    if (pn, dim) not in rows:
+                        t = (params[pn] * grad).movedim(dim, 0)
+                        rows[(pn, dim)] = t.reshape(t.shape[0], -1).sum(1).double().cpu()
+                    change += _scatter(idx, rows[(pn, dim)], len(change))
+                total += change.pow(2)
 
     _run(model, batches, step, grad=True)
-    scores = []
-    for gr in ctx.graph.groups:
-        total = torch.zeros(len(gr.classes))
-        seen: set[tuple[str, int]] = set()  # once per tensor: the eager tracer also lists a layer's bias as a 'param'
-        for mem in _members(ctx.graph, gr, ("out", "dw", "emb", "norm", "param")):
-            for mod_name, pname, dim, _ in member_slices(ctx.model, mem):
-                pn = f"{mod_name}.{pname}" if mod_name else pname
-                if pn not in acc or acc[pn].dim() <= dim or (pn, dim) in seen:
-                    continue
-                seen.add((pn, dim))
-                t = acc[pn].movedim(dim, 0).cpu()
-                rows = t.reshape(t.shape[0], -1).sum(1)
-                total += _scatter(ctx.graph.class_index(mem, gr.classes), rows, len(gr.classes))
-        scores.append(total)
-    return scores
+    return [(t / len(batches)).float() for t in scores]
 
 
 _CHUNK = 1 << 22  # elements of one intermediate tensor of per-class contributions (16 MiB in float32)
