@@ -15,6 +15,12 @@ measured right after pruning (no fine-tune) and after a short fine-tune (`--ft-s
 = about half an epoch), 3 seeds, each criterion compared with random seed by seed (paired).
     python benchmarks/bench_prune_b4.py --hard        # writes results/prune_b4_hard.md
     python benchmarks/bench_prune_b4.py --hard --recalibrate --threads 1   # adaptive BN after each removal
+
+`--iterative` (with --hard) prunes as Molchanov et al. 2017/2019 do: the same removal in `--rounds`
+steps (each removing the same share of the channels left, `nc.prune.iterative_channels`), the
+BatchNorm statistics re-estimated and `--round-steps` fine-tune steps after each, at 75 % and 90 %;
+accuracy after the schedule, then after the same final fine-tune as the one-shot setting.
+    python benchmarks/bench_prune_b4.py --hard --iterative --threads 1   # results/prune_b4_iterative.md
 """
 from __future__ import annotations
 
@@ -35,7 +41,7 @@ import netcompress as nc  # noqa: E402
 from netcompress.core.graph import ChannelGraph  # noqa: E402
 from netcompress.measure import count_macs  # noqa: E402
 from netcompress.prune import channels  # noqa: E402
-from netcompress.prune.schedule import SlimmingMethod  # noqa: E402
+from netcompress.prune.schedule import SlimmingMethod, iterative_channels  # noqa: E402
 
 CRITERIA = ["l1", "l2", "fpgm", "slimming", "apoz", "taylor", "random"]
 
@@ -114,7 +120,7 @@ def hard(args) -> None:
     data = nc.data.load("mnist-5k")
     x = data.example
     t0 = time.time()
-    targets = {"75%": 0.25, "90%": 0.10, "95%": 0.05}
+    targets = {"75%": 0.25, "90%": 0.10} if args.iterative else {"75%": 0.25, "90%": 0.10, "95%": 0.05}
     probe = nc.models.create("vgg-small", in_channels=1, input_size=28)
     ratios = {k: ratio_for(probe.eval(), x, v) for k, v in targets.items()}
     macs_dense = count_macs(probe, x)
@@ -127,8 +133,15 @@ def hard(args) -> None:
         for level, r in ratios.items():
             for crit in CRITERIA:
                 src = slim if crit == "slimming" else base
-                small = channels(src.cpu().eval(), crit, r, example_inputs=x, data=data, seed=seed)
-                if args.recalibrate:  # adaptive BN: the pruned network's own statistics, no gradient step
+                if args.iterative:
+                    def round_ft(m, _hist, seed=seed):
+                        nc.train.recalibrate_bn_(m, data, 256)
+                        nc.train.fit(m, data, epochs=1, max_steps=args.round_steps, lr=0.01, seed=seed, progress=False)
+                    small = iterative_channels(src.cpu().eval(), round_ft, r, args.rounds, example_inputs=x,
+                                               criterion=crit, data=data, seed=seed)
+                else:
+                    small = channels(src.cpu().eval(), crit, r, example_inputs=x, data=data, seed=seed)
+                if args.recalibrate or args.iterative:  # adaptive BN: the pruned network's own statistics, no gradient step
                     nc.train.recalibrate_bn_(small, data, 256)
                 macs_kept[level] = count_macs(small, x) / macs_dense
                 res.setdefault((level, crit, "pruned"), []).append(nc.train.evaluate(small, data))
@@ -136,7 +149,7 @@ def hard(args) -> None:
                 res.setdefault((level, crit, "ft"), []).append(hh.final_test_acc)
                 print(f"  {level} {crit}: pruned {res[(level, crit, 'pruned')][-1]:.4f} ft {hh.final_test_acc:.4f} "
                       f"({time.time() - t0:.0f}s)", flush=True)
-    rows, summary = [], []
+    rows, summary, summary_p = [], [], []
     for level in targets:
         for crit in CRITERIA:
             p, f = res[(level, crit, "pruned")], res[(level, crit, "ft")]
@@ -145,27 +158,40 @@ def hard(args) -> None:
                 dp, vp = _paired(p, res[(level, "random", "pruned")])
                 df, vf = _paired(f, res[(level, "random", "ft")])
                 row += [dp, vp, df, vf]
+                if vp == "yes":
+                    summary_p.append(f"{crit} at {level} ({dp} points)")
                 if vf == "yes":
                     summary.append(f"{crit} at {level} ({df} points after fine-tune)")
             else:
                 row += ["", "", "", ""]
             rows.append(row)
+    after = "after the schedule" if args.iterative else "after pruning"
     body = (f"- model: vgg-small (BatchNorm), mnist-5k fixed split (4,000 train / 1,000 test); seeds: {seeds}\n"
             f"- budget: baseline {epochs} epochs SGD lr 0.05 cosine (accuracy {mean_std(base_acc)}); after pruning "
             f"{args.ft_steps} fine-tune steps (batch 64, lr 0.01); slimming first trains {args.slim_epochs} epoch(s) "
             f"with lambda {args.slim_lambda} on |gamma| from the same baseline\n"
+            + (f"- iterative (Molchanov et al.): each ratio removed in {args.rounds} rounds (each removes the same share of "
+               f"the channels left), after each round the BatchNorm statistics re-estimated on 256 training samples and "
+               f"{args.round_steps} fine-tune steps (batch 64, lr 0.01); '{after}' is measured after the last round, "
+               "BatchNorm re-estimated, before the final fine-tune\n" if args.iterative else "")
             + ("- after each removal the BatchNorm statistics are re-estimated on 256 training samples "
                "(`nc.train.recalibrate_bn_`, the prune stage's default) before any accuracy is measured\n"
-               if args.recalibrate else "")
+               if args.recalibrate and not args.iterative else "")
             + "- MACs removed -> channel ratio per group: "
             + ", ".join(f"{k} -> {ratios[k]:.3f} (kept {100 * macs_kept[k]:.1f} % of {macs_dense / 1e6:.1f}M)" for k in targets)
             + "\n- 'vs random': per-seed difference to random pruning of the same baseline (paired), mean ± std, points. "
               "'beats random' = better on every seed and the mean difference exceeds its spread.\n\n"
-            + md_table(["MACs removed", "criterion", "acc after pruning", "acc after fine-tune", "vs random (pruned)",
-                        "beats random (pruned)", "vs random (fine-tuned)", "beats random (fine-tuned)"], rows)
+            + md_table(["MACs removed", "criterion", f"acc {after}", "acc after fine-tune", f"vs random ({after})",
+                        f"beats random ({after})", "vs random (fine-tuned)", "beats random (fine-tuned)"], rows)
+            + f"\nBeat random {after}: " + ("; ".join(summary_p) if summary_p else "none") + ".\n"
             + "\nBeat random after the fine-tune: " + ("; ".join(summary) if summary else "none") + ".\n"
             + f"\nTotal time {time.time() - t0:.0f} s.\n")
-    write_result("prune_b4_hard_recalibrated" if args.recalibrate else "prune_b4_hard", "B4 (hard setting): pruning criteria at 75-95 % fewer MACs, vgg-small / mnist-5k", body)
+    if args.iterative:
+        write_result("prune_b4_iterative", "B4 (hard setting, iterative): pruning criteria at 75 and 90 % fewer MACs "
+                     "in rounds, vgg-small / mnist-5k", body)
+    else:
+        write_result("prune_b4_hard_recalibrated" if args.recalibrate else "prune_b4_hard",
+                     "B4 (hard setting): pruning criteria at 75-95 % fewer MACs, vgg-small / mnist-5k", body)
 
 
 def main() -> None:
@@ -182,6 +208,10 @@ def main() -> None:
     ap.add_argument("--slim-lambda", type=float, default=1e-4, help="--hard: Network Slimming's lambda")
     ap.add_argument("--recalibrate", action="store_true", help="--hard: re-estimate BatchNorm statistics after "
                     "each removal (results/prune_b4_hard_recalibrated.md)")
+    ap.add_argument("--iterative", action="store_true", help="--hard: remove in --rounds rounds with BN re-estimated "
+                    "and --round-steps fine-tune steps after each (results/prune_b4_iterative.md)")
+    ap.add_argument("--rounds", type=int, default=5, help="--iterative: pruning rounds")
+    ap.add_argument("--round-steps", type=int, default=10, help="--iterative: fine-tune steps after each round")
     args = ap.parse_args()
     if args.hard:
         return hard(args)
