@@ -196,13 +196,13 @@ _TAYLOR_KINDS = (("in", "in_grouped", "param_in"), ("norm",), ("out", "dw", "emb
 
 
 def taylor(ctx: ScoreContext) -> list[torch.Tensor]:
-    """First-order Taylor importance (Molchanov et al. 2017, 2019): the estimated change of the loss
-    when a channel is removed, squared and averaged over the calibration batches.
+    """First-order Taylor importance (Molchanov et al. 2017, 2019): the loss change of removing a channel.
 
-    Per batch, a channel's change is c = sum(w * dL/dw) over the weights that read it (the input
-    columns of every layer that consumes it: zeroing them removes the channel, and the sum equals
-    the channel's activation times dL/d(activation), summed over samples and positions, the 2017
-    criterion); its score is the mean of c^2 over the batches (the 2019 paper's estimate). The sum
+    Per calibration batch, a channel's first-order change is c = sum(w * dL/dw) over the weights
+    that read it (the input columns of every layer that consumes it: zeroing them removes the
+    channel, and the sum equals the channel's activation times dL/d(activation), summed over
+    samples and positions, the 2017 criterion); its score is the mean of c^2 over the batches (the
+    2019 paper's estimate). The sum
     comes before the square: weights whose contributions cancel do not count, unlike a sum of
     |w * dL/dw| per weight. Behind a ReLU (or max-pool) the consumer form equals the 2019 paper's
     BatchNorm form (gamma dL/dgamma + beta dL/dbeta)^2. Channels no layer reads (only norms or a
