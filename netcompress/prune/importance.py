@@ -202,11 +202,10 @@ def taylor(ctx: ScoreContext) -> list[torch.Tensor]:
     that read it (the input columns of every layer that consumes it: zeroing them removes the
     channel, and the sum equals the channel's activation times dL/d(activation), summed over
     samples and positions, the 2017 criterion); its score is the mean of c^2 over the batches (the
-    2019 paper's estimate). The sum
-    comes before the square: weights whose contributions cancel do not count, unlike a sum of
-    |w * dL/dw| per weight. Behind a ReLU (or max-pool) the consumer form equals the 2019 paper's
-    BatchNorm form (gamma dL/dgamma + beta dL/dbeta)^2. Channels no layer reads (only norms or a
-    parameter) use their norm's scale and shift, else their own filters.
+    2019 paper's estimate). The sum comes before the square: weights whose contributions cancel do
+    not count, unlike a sum of |w * dL/dw| per weight. Behind a ReLU (or max-pool) the consumer form
+    equals the 2019 paper's BatchNorm form (gamma dL/dgamma + beta dL/dbeta)^2. Channels no layer
+    reads (only norms or a parameter) use their norm's scale and shift, else their own filters.
 
     L is the task loss `netcompress.train.loop.default_loss`: cross-entropy on the model's logits
     (`logits_of`: a tensor, the last exit of a list, a Hugging Face output's `.logits`), per token
