@@ -8,6 +8,8 @@ unpacked from the .ncz file. Accuracy is the last-epoch figure; nothing is selec
 
     python benchmarks/bench_sparse_vd.py                 # 1 seed
     python benchmarks/bench_sparse_vd.py --seeds 3       # the 3-seed table
+    python benchmarks/bench_sparse_vd.py --seeds 3 --first-seed 3 --models lenet300 --methods sparse-vd
+        # held-out seeds 3-5 for the recipe chosen on seeds 0-2 (results/B1_sparse_vd_seeds3-5.md)
 """
 from __future__ import annotations
 
@@ -45,6 +47,8 @@ def _spread(xs: list[float]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1; another "
+                    "first seed writes its own file (held-out seeds that played no part in choosing a recipe)")
     ap.add_argument("--models", default="lenet300,lenet5")
     ap.add_argument("--methods", default="sparse-vd,deep-compression")
     args = ap.parse_args()
@@ -56,7 +60,7 @@ def main() -> None:
             for method in args.methods.split(","):
                 recipe = ROOT / "recipes" / f"{method}-{name}.yaml"
                 base, final, ratios, nbytes, nonzero = [], [], [], [], []
-                for seed in range(args.seeds):
+                for seed in range(args.first_seed, args.first_seed + args.seeds):
                     out = Path(tmp) / f"{method}-{name}-{seed}"
                     run_recipe(recipe, out=out, overrides=[f"seed={seed}"], progress=False)
                     metrics = json.loads((out / "metrics.json").read_text())
@@ -72,7 +76,7 @@ def main() -> None:
                     nonzero.append(by["pack"]["nonzero_params"])
                     print(f"{method} {name} seed {seed}: {100 * by['baseline']['accuracy']:.2f} -> {100 * acc:.2f} %, "
                           f"{info['file_bytes']} B = {ratios[-1]:.1f}x", flush=True)
-                    if seed == 0:
+                    if seed == args.first_seed:
                         for st in metrics:
                             stage_rows.append([name, method, st["stage"], f"{100 * st['accuracy']:.2f}",
                                                st["nonzero_params"], st["bytes"]])
@@ -88,20 +92,23 @@ def main() -> None:
                              f"{statistics.mean(nonzero):.0f}", f"{total / statistics.mean(nonzero):.0f}x",
                              f"{statistics.mean(nbytes):.0f}", f"{statistics.mean(ratios):.1f}x (min {min(ratios):.1f}x)",
                              ("met" if ok else "missed") if method == "sparse-vd" else "", PAPER[(name, method)]])
+    first = f"seed {args.first_seed}"
     body = ("## Archive bytes vs dense fp32, accuracy (mean ± std over seeds)\n\n"
             + md_table(["model", "method", "baseline acc %", "compressed acc %", "points lost", "nonzero params",
                         "params reduction", ".ncz bytes", "bytes ratio vs dense fp32",
                         "goal (lenet5 >= 100x, lenet300 >= 40x, <= 0.3 points)", "paper"], rows)
-            + f"\n{args.seeds} seed(s); each recipe trains its own baseline (10 epochs) with the seed. Accuracy of the "
+            + f"\n{args.seeds} seed(s) from seed {args.first_seed}; each recipe trains its own baseline (10 epochs) with the seed. Accuracy of the "
               "compressed model is measured on the model unpacked from the .ncz file. Points lost = baseline - "
               "compressed, per seed, then mean ± std. The papers trained on the full 60,000-image MNIST; mnist-5k "
-              "has 4,000 training images.\n\n## Sparse VD: kept weights per layer (seed 0)\n\n"
+              "has 4,000 training images.\n\n"
+              f"## Sparse VD: kept weights per layer ({first})\n\n"
             + md_table(["model", "layer", "weights", "kept (log alpha <= 3)", "reduction"], layer_rows)
-            + "\n## Sparse VD: sparsity % after each training epoch (seed 0)\n\n"
+            + f"\n## Sparse VD: sparsity % after each training epoch ({first})\n\n"
             + md_table(["model", "sparsity per epoch"], curve_rows)
-            + "\n## Stages (seed 0)\n\n"
+            + f"\n## Stages ({first})\n\n"
             + md_table(["model", "method", "stage", "accuracy %", "nonzero params", "bytes on disk"], stage_rows))
-    write_result("B1_sparse_vd", "B1: Sparse Variational Dropout vs Deep Compression on LeNet-300-100 and LeNet-5 (mnist-5k)", body)
+    suffix = f"_seeds{args.first_seed}-{args.first_seed + args.seeds - 1}" if args.first_seed else ""
+    write_result("B1_sparse_vd" + suffix, "B1: Sparse Variational Dropout vs Deep Compression on LeNet-300-100 and LeNet-5 (mnist-5k)", body)
 
 
 if __name__ == "__main__":
