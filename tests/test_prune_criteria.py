@@ -95,6 +95,8 @@ def _gate_grad(m, x, y):
 def test_taylor_is_the_squared_first_order_change_of_removing_each_channel():
     m = _net([[1, 2], [0, 0], [3, 1], [-1, 1]], gammas=(1.0, 0.5, 2.0, 1.5), betas=(0.1, 0.0, -0.2, 0.3))
     torch.manual_seed(0)
+    with torch.no_grad():  # a head that weighs the channels differently per class (all ones: no gradient reaches them)
+        m.head.weight.copy_(torch.randn(3, 4, 1, 1))
     batches = [(torch.randn(4, 2, 3, 3), torch.tensor([0, 1, 2, 0])), (torch.randn(3, 2, 3, 3), torch.tensor([2, 2, 1]))]
     s = _scores(m, "taylor", batches)
     gates = [_gate_grad(m, x, y) for x, y in batches]
@@ -103,6 +105,7 @@ def test_taylor_is_the_squared_first_order_change_of_removing_each_channel():
     bn_form = [(c.bn.weight * c.bn.weight.grad + c.bn.bias * c.bn.bias.grad).detach() for _, c in gates]
     torch.testing.assert_close(s, torch.stack(bn_form).pow(2).mean(0))
     assert s[1] == 0  # a zero filter with beta 0: nothing to remove
+    assert bool((s[[0, 2, 3]] > 1e-6).all()) and len(set(s.tolist())) == 4
 
 
 def test_random_is_seeded_and_registry_lists_all():
