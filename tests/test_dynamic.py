@@ -11,6 +11,7 @@ from netcompress.dynamic import MultiExitModel, early_exit, early_exit_predict, 
 from netcompress.dynamic.policy import (calibrate_accuracy, calibrate_budget, exit_macs, exit_outputs, full_macs, policy_report,
                                         simulate_exits)
 from netcompress.dynamic.training import ExitTraining, FrozenBackbone, exit_losses
+from netcompress.export.early_exit import export_early_exit
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +162,55 @@ def test_optional_forward_arguments_do_not_force_the_restart_fallback(name):
         t = float(torch.softmax(outs[0], 1).max(1).values.median())
         logits, exit_at = early_exit_predict(mx, x, t)
     assert torch.equal(exit_at, simulate_exits(outs, t, "max_softmax"))
+
+
+def test_hugging_face_vit_returning_an_output_object_gets_exits(tmp_path):
+    """A Hugging Face ViT returns an ImageClassifierOutput, not a tensor: the multi-exit copy reads
+    its logits (a forward hook on the copy, rebuilt on load), trains, exits like the simulated
+    policy at batch 64 and batch 1, and saves and loads with the same exits."""
+    data = nc.data.load("mnist-5k")
+    torch.manual_seed(0)
+    model = nc.models.create_for("hf:vit", data, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                 intermediate_size=64)
+    assert not isinstance(model.eval()(data.example[:2]), torch.Tensor)
+    mx = early_exit(model, ["vit.layers.0"], example_inputs=data.example)
+    nc.train.fit(mx, data, epochs=1, max_steps=3, lr=1e-3, seed=0, progress=False)
+    mx.eval()
+    x = data.example[:16]
+    with torch.no_grad():
+        outs = mx.all_exits(x)
+        assert not torch.allclose(outs[-1], model.eval()(x).logits)  # trained: the copy moved, the input model did not
+        assert torch.allclose(outs[-1], mx.backbone(x), atol=1e-6)
+    t = float(torch.softmax(outs[0], 1).max(1).values.median())
+    logits, exit_at = early_exit_predict(mx, x, t)
+    assert torch.equal(exit_at, simulate_exits(outs, t, "max_softmax")) and 0 < int(exit_at.sum()) < 16
+    one, one_at = early_exit_predict(mx, x[:1], t)
+    assert one_at.item() == exit_at[0].item() and torch.allclose(one, logits[:1], atol=1e-5)
+    nc.models.save(mx, tmp_path / "mx.pt")
+    back = nc.models.load(tmp_path / "mx.pt").eval()
+    with torch.no_grad():
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(back.all_exits(x), outs))
+
+
+def test_a_restart_mode_model_refuses_export_with_one_clear_line():
+    mx = early_exit(_SizeNet(), ["a"], example_inputs=_x(2)).eval()
+    assert segment_mode(mx) == "restart"
+    with pytest.raises(NetcompressError, match=r"^onnx: cannot export this early-exit model: torch.fx cannot cut its "
+                       r"backbone at the exits \['a'\] into stages \(it runs in restart mode\)"):
+        export_early_exit(mx, _x(2), "onnx")
+
+
+def test_an_output_without_logits_is_refused():
+    class Headless(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return {"last_hidden_state": self.a(x)}
+
+    with pytest.raises(NetcompressError, match="returns dict; early_exit needs a tensor of logits"):
+        early_exit(Headless(), ["a"], example_inputs=torch.randn(2, 4))
 
 
 def test_fallback_restart_mode_gives_same_predictions():

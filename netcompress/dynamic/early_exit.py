@@ -161,8 +161,21 @@ class MultiExitModel(MultiExitBase):
 # ---------------------------------------------------------------- building
 
 
-def _probe(backbone: nn.Module, names: Sequence[str], x: torch.Tensor) -> tuple[list[str], dict[str, torch.Size], torch.Tensor]:
-    """Forward once: the order in which the exit modules run, their output shapes, the output."""
+def _output_logits(module: nn.Module, args: Any, out: Any) -> torch.Tensor:
+    """Forward hook on a backbone that returns an output object (a Hugging Face ``ModelOutput``):
+    the multi-exit model, its heads' training and its policy see the object's ``logits``."""
+    return out if isinstance(out, torch.Tensor) else out["logits"] if isinstance(out, dict) else out.logits
+
+
+def _logits_field(out: Any) -> torch.Tensor | None:
+    """The ``logits`` tensor of an output object or mapping (a Hugging Face ``ModelOutput``), else None."""
+    v = out.get("logits") if isinstance(out, dict) else getattr(out, "logits", None)
+    return v if isinstance(v, torch.Tensor) and v.dim() == 2 else None
+
+
+def _probe(backbone: nn.Module, names: Sequence[str], x: torch.Tensor) -> tuple[list[str], dict[str, torch.Size], Any]:
+    """Forward once: the order in which the exit modules run, their output shapes, the output (a
+    tensor of logits, or an output object with a ``logits`` tensor)."""
     mods = {n: resolve_module(backbone, n) for n in names}  # clear error for a bad name
     calls: list[str] = []
     shapes: dict[str, torch.Size] = {}
@@ -185,8 +198,9 @@ def _probe(backbone: nn.Module, names: Sequence[str], x: torch.Tensor) -> tuple[
         c = calls.count(n)
         if c != 1:
             raise NetcompressError(f"exit module {n!r} runs {c} times in one forward pass; an exit must run exactly once")
-    if not isinstance(out, torch.Tensor):
-        raise NetcompressError(f"the backbone returns {type(out).__name__}; early_exit needs a tensor of logits")
+    if not isinstance(out, torch.Tensor) and _logits_field(out) is None:
+        raise NetcompressError(f"the backbone returns {type(out).__name__}; early_exit needs a tensor of logits "
+                               "(or an output object with a logits tensor)")
     return sorted(names, key=calls.index), shapes, out
 
 
@@ -231,7 +245,8 @@ def early_exit(model: nn.Module, exits: Sequence[str], head: HeadConfig | dict |
         raise NetcompressError("early_exit: '' is the whole model; name an inner module")
     x = _example(model, example_inputs)
     order, shapes, out = _probe(model, exits, x)  # validates before anything is built
-    num_classes = int(out.shape[1])
+    wrapped = not isinstance(out, torch.Tensor)  # an output object: the copy returns its logits
+    num_classes = int((out if not wrapped else _logits_field(out)).shape[1])
     if callable(head) and not isinstance(head, (dict, HeadConfig)):
         heads = [head(tuple(shapes[n]), num_classes) for n in order]
         head_dict = None
@@ -239,25 +254,30 @@ def early_exit(model: nn.Module, exits: Sequence[str], head: HeadConfig | dict |
         cfg = head if isinstance(head, HeadConfig) else HeadConfig.from_dict(head or {}, "early_exit: head")
         heads = [make_head(tuple(shapes[n]), num_classes, cfg) for n in order]
         head_dict = cfg.to_dict()
-    mx = MultiExitModel(copy.deepcopy(model), order, heads).to(next(model.parameters()).device)
+    backbone = copy.deepcopy(model)
+    if wrapped:
+        backbone.register_forward_hook(_output_logits)
+    mx = MultiExitModel(backbone, order, heads).to(next(model.parameters()).device)
     mx._input_shape = list(x.shape[1:])
     spec = getattr(model, "netcompress_spec", None)
     if spec is not None and head_dict is not None:
         mx.netcompress_spec = {"name": "early-exit", "kwargs": {
             "backbone": spec, "exits": order, "head": head_dict, "input_shape": list(x.shape[1:]),
-            "num_classes": num_classes}}
+            "num_classes": num_classes, **({"output": "logits"} if wrapped else {})}}
     mx.training = model.training  # the heads take the model's mode; the backbone copy keeps its modules' own
     mx.heads.train(model.training)
     return mx
 
 
 def build_early_exit(backbone: dict, exits: list[str], head: dict, input_shape: list[int],
-                     num_classes: int = 10, **_: Any) -> MultiExitModel:
+                     num_classes: int = 10, output: Literal["tensor", "logits"] = "tensor", **_: Any) -> MultiExitModel:
     """Zoo factory ("early-exit") used by `netcompress.models.load` to rebuild a saved multi-exit model."""
     from netcompress.models.zoo import create
 
     bb = create(backbone["name"], **backbone.get("kwargs", {}))
     bb.netcompress_spec = backbone
+    if output == "logits":
+        bb.register_forward_hook(_output_logits)
     _, shapes, _ = _probe(bb, exits, torch.zeros(2, *input_shape))
     cfg = HeadConfig.from_dict(head, "early-exit: head")
     return MultiExitModel(bb, exits, [make_head(tuple(shapes[n]), num_classes, cfg) for n in exits])
@@ -416,6 +436,6 @@ def _check_segments(backbone: nn.Module, segments: list[nn.Module], x: torch.Ten
                 if not isinstance(v, torch.Tensor) or v.dim() == 0 or v.shape[0] != x.shape[0]:
                     raise NetcompressError("a non-batch value crosses an exit cut")
             state = tuple(live)
-        out = segments[-1](*state)
-        if not torch.allclose(out, backbone(x), atol=1e-5, rtol=1e-4):
+        out = segments[-1](*state)  # an output object where a hook gives the backbone's logits
+        if not isinstance(out, torch.Tensor) or not torch.allclose(out, backbone(x), atol=1e-5, rtol=1e-4):
             raise NetcompressError("segments do not reproduce the backbone")

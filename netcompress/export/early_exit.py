@@ -93,6 +93,12 @@ def export_early_exit(model: MultiExitBase, example: torch.Tensor, fmt: str, int
         raise NetcompressError("int8 early-exit export: ONNX only (export the early-exit model to ExecuTorch in fp32)")
     if int8 and calibration is None:
         raise NetcompressError("export --int8 needs calibration data (real training inputs)")
+    from netcompress.dynamic.early_exit import MultiExitModel, segment_mode
+
+    if isinstance(model, MultiExitModel) and segment_mode(model) == "restart":
+        raise NetcompressError(f"{fmt}: cannot export this early-exit model: torch.fx cannot cut its backbone at the "
+                               f"exits {model.exit_names} into stages (it runs in restart mode); export the backbone "
+                               "alone, or place the exits where torch.fx can cut")
     buf = io.BytesIO()
     # eval mode for the stage inputs and the traces; the caller's per-module flags come back after
     with eval_mode(model), zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
