@@ -5,6 +5,8 @@ import pytest
 import torch
 from torch import nn
 
+from exit_thresholds import between
+
 import netcompress as nc
 from netcompress.core.errors import NetcompressError
 from netcompress.dynamic import MultiExitModel, early_exit, early_exit_predict, early_exit_stream, segment_mode
@@ -181,7 +183,7 @@ def test_hugging_face_vit_returning_an_output_object_gets_exits(tmp_path):
         outs = mx.all_exits(x)
         assert not torch.allclose(outs[-1], model.eval()(x).logits)  # trained: the copy moved, the input model did not
         assert torch.allclose(outs[-1], mx.backbone(x), atol=1e-6)
-    t = float(torch.softmax(outs[0], 1).max(1).values.median())
+    t = between(torch.softmax(outs[0], 1).max(1).values, 0.5)  # batch 1 and 16 may differ in the last bits
     logits, exit_at = early_exit_predict(mx, x, t)
     assert torch.equal(exit_at, simulate_exits(outs, t, "max_softmax")) and 0 < int(exit_at.sum()) < 16
     one, one_at = early_exit_predict(mx, x[:1], t)
