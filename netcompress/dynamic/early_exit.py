@@ -161,21 +161,27 @@ class MultiExitModel(MultiExitBase):
 # ---------------------------------------------------------------- building
 
 
-def _output_logits(module: nn.Module, args: Any, out: Any) -> torch.Tensor:
-    """Forward hook on a backbone that returns an output object (a Hugging Face ``ModelOutput``):
-    the multi-exit model, its heads' training and its policy see the object's ``logits``."""
-    return out if isinstance(out, torch.Tensor) else out["logits"] if isinstance(out, dict) else out.logits
-
-
 def _logits_field(out: Any) -> torch.Tensor | None:
-    """The ``logits`` tensor of an output object or mapping (a Hugging Face ``ModelOutput``), else None."""
+    """The output itself when it is a tensor, else the ``logits`` tensor [batch, classes] of an
+    output object or mapping (a Hugging Face ``ModelOutput``), else None."""
+    if isinstance(out, torch.Tensor):
+        return out
     v = out.get("logits") if isinstance(out, dict) else getattr(out, "logits", None)
     return v if isinstance(v, torch.Tensor) and v.dim() == 2 else None
 
 
-def _probe(backbone: nn.Module, names: Sequence[str], x: torch.Tensor) -> tuple[list[str], dict[str, torch.Size], Any]:
-    """Forward once: the order in which the exit modules run, their output shapes, the output (a
-    tensor of logits, or an output object with a ``logits`` tensor)."""
+def _output_logits(module: nn.Module, args: Any, out: Any) -> torch.Tensor:
+    """Forward hook on a backbone that returns an output object (a Hugging Face ``ModelOutput``):
+    the multi-exit model, its heads' training and its policy see the object's ``logits``."""
+    logits = _logits_field(out)
+    if logits is None:  # a hook returning None would keep the object
+        raise NetcompressError(f"the backbone returns {type(out).__name__} without a logits tensor")
+    return logits
+
+
+def _probe(backbone: nn.Module, names: Sequence[str], x: torch.Tensor) -> tuple[list[str], dict[str, torch.Size], torch.Tensor, bool]:
+    """Forward once: the order in which the exit modules run, their output shapes, the output's
+    logits, and whether the output is an object holding them (not a tensor)."""
     mods = {n: resolve_module(backbone, n) for n in names}  # clear error for a bad name
     calls: list[str] = []
     shapes: dict[str, torch.Size] = {}
@@ -198,10 +204,11 @@ def _probe(backbone: nn.Module, names: Sequence[str], x: torch.Tensor) -> tuple[
         c = calls.count(n)
         if c != 1:
             raise NetcompressError(f"exit module {n!r} runs {c} times in one forward pass; an exit must run exactly once")
-    if not isinstance(out, torch.Tensor) and _logits_field(out) is None:
+    logits = _logits_field(out)
+    if logits is None:
         raise NetcompressError(f"the backbone returns {type(out).__name__}; early_exit needs a tensor of logits "
                                "(or an output object with a logits tensor)")
-    return sorted(names, key=calls.index), shapes, out
+    return sorted(names, key=calls.index), shapes, logits, logits is not out
 
 
 def _example(model: nn.Module, example_inputs: torch.Tensor | None) -> torch.Tensor:
@@ -244,9 +251,8 @@ def early_exit(model: nn.Module, exits: Sequence[str], head: HeadConfig | dict |
     if "" in exits:
         raise NetcompressError("early_exit: '' is the whole model; name an inner module")
     x = _example(model, example_inputs)
-    order, shapes, out = _probe(model, exits, x)  # validates before anything is built
-    wrapped = not isinstance(out, torch.Tensor)  # an output object: the copy returns its logits
-    num_classes = int((out if not wrapped else _logits_field(out)).shape[1])
+    order, shapes, logits, wrapped = _probe(model, exits, x)  # validates before anything is built
+    num_classes = int(logits.shape[1])
     if callable(head) and not isinstance(head, (dict, HeadConfig)):
         heads = [head(tuple(shapes[n]), num_classes) for n in order]
         head_dict = None
@@ -278,7 +284,7 @@ def build_early_exit(backbone: dict, exits: list[str], head: dict, input_shape: 
     bb.netcompress_spec = backbone
     if output == "logits":
         bb.register_forward_hook(_output_logits)
-    _, shapes, _ = _probe(bb, exits, torch.zeros(2, *input_shape))
+    _, shapes, _, _ = _probe(bb, exits, torch.zeros(2, *input_shape))
     cfg = HeadConfig.from_dict(head, "early-exit: head")
     return MultiExitModel(bb, exits, [make_head(tuple(shapes[n]), num_classes, cfg) for n in exits])
 
