@@ -101,16 +101,25 @@ def _paired(accs: list[float], rnd: list[float]) -> tuple[str, str]:
     return (f"{statistics.mean(d):+.2f} ± {sd:.2f}", verdict)
 
 
-def train_base_and_slim(data, seed: int, epochs: float, slim_epochs: float, slim_lambda: float):
-    """The seed's vgg-small baseline (SGD lr 0.05) and its copy trained further with the slimming
-    penalty (the slimming criterion's input); returns (base, slim, baseline history)."""
+def train_base(data, seed: int, epochs: float):
+    """The seed's vgg-small baseline (SGD lr 0.05); returns (model, history)."""
     torch.manual_seed(seed)
     base = nc.models.create("vgg-small", in_channels=1, input_size=28)
-    h = nc.train.fit(base, data, epochs=epochs, lr=0.05, seed=seed, progress=False)
+    return base, nc.train.fit(base, data, epochs=epochs, lr=0.05, seed=seed, progress=False)
+
+
+def sparsity_train(base, data, seed: int, epochs: float, lam: float):
+    """A copy of `base` trained further (lr 0.01) with the slimming penalty lambda * sum |gamma|
+    (the slimming criterion's input); returns (model, history)."""
     slim = copy.deepcopy(base)
-    nc.train.fit(slim, data, epochs=slim_epochs, lr=0.01, seed=seed, progress=False,
-                 methods=[SlimmingMethod(slim_lambda)])
-    return base, slim, h
+    return slim, nc.train.fit(slim, data, epochs=epochs, lr=0.01, seed=seed, progress=False,
+                              methods=[SlimmingMethod(lam)])
+
+
+def train_base_and_slim(data, seed: int, epochs: float, slim_epochs: float, slim_lambda: float):
+    """The seed's baseline and its sparsity-trained copy; returns (base, slim, baseline history)."""
+    base, h = train_base(data, seed, epochs)
+    return base, sparsity_train(base, data, seed, slim_epochs, slim_lambda)[0], h
 
 
 def slim_sweep(args) -> None:
@@ -132,14 +141,10 @@ def slim_sweep(args) -> None:
         return nc.train.evaluate(small, data)
 
     for seed in range(args.seeds or 3):
-        torch.manual_seed(seed)
-        base = nc.models.create("vgg-small", in_channels=1, input_size=28)
-        nc.train.fit(base, data, epochs=args.epochs or 3, lr=0.05, seed=seed, progress=False)
+        base, _ = train_base(data, seed, args.epochs or 3)
         rnd = pruned_acc(base, "random", seed)
         for lam in [0.0, *lambdas]:
-            slim = copy.deepcopy(base)
-            h = nc.train.fit(slim, data, epochs=args.slim_epochs, lr=0.01, seed=seed, progress=False,
-                             methods=[SlimmingMethod(lam)])
+            slim, h = sparsity_train(base, data, seed, args.slim_epochs, lam)
             g = torch.cat([m.weight.detach().abs().flatten() for m in slim.modules()
                            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)])
             d = res.setdefault(f"{lam:g}", {})
