@@ -129,10 +129,9 @@ def run_seed(data, seed: int, epochs: float, head_epochs: float, budget: float, 
                         holdout=500, latency=True, latency_samples=1000, latency_batch=64)
     res = run_dynamic(_ctx(data, seed, tmp, train), full, cfg)
     ex = res.extra
-    xs = torch.cat([x for x, _ in data.loader("test", batch_size=200, shuffle=False)])
+    xs, ys = (torch.cat(t) for t in zip(*data.loader("test", batch_size=200, shuffle=False)))
     ex["latency_b1"] = compare_latency(res.model, xs[:200], batch_size=1, min_run_time=1.0)
     ex["ort"] = ort_latency(res.model, xs)
-    ys = torch.cat([y for _, y in data.loader("test", batch_size=200, shuffle=False)])
     ex["ort_int8"] = ort_int8(res.model, xs, ys, list(data.calibration(512)))
     # more operating points from the same heads: each budget calibrated on the same held-out images
     mx = res.model
