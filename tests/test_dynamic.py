@@ -117,7 +117,8 @@ def test_cached_segments_follow_a_backbone_edited_in_place():
 
 
 class _SizeNet(nn.Module):
-    """A non-batch value (x.size(0)) crosses the exit cut: segments are refused, fallback used."""
+    """A size read from the input (x.size(0)) is used after the exit cut: torch.fx would pass a
+    non-tensor across it; the torch.export graph reads the size again from the live tensor."""
 
     def __init__(self):
         super().__init__()
@@ -128,6 +129,17 @@ class _SizeNet(nn.Module):
     def forward(self, x):
         n = x.size(0)
         return self.fc(self.b(self.a(x)).reshape(n, -1))
+
+
+class _BranchNet(_SizeNet):
+    """A branch on the input's values after the exit: neither torch.fx nor torch.export can cut
+    the graph there, so stages restart from the input (the fallback)."""
+
+    def forward(self, x):
+        h = self.b(self.a(x))
+        if bool(h.mean() > 1e9):  # never true on these inputs, but only known at run time
+            h = -h
+        return self.fc(h.flatten(1))
 
 
 class _MaskNet(nn.Module):
@@ -194,11 +206,60 @@ def test_hugging_face_vit_returning_an_output_object_gets_exits(tmp_path):
         assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(back.all_exits(x), outs))
 
 
-def test_a_restart_mode_model_refuses_export_with_one_clear_line():
+def test_hugging_face_vit_is_cut_into_stages_by_torch_export_and_ships_to_both_runtimes():
+    """torch.fx cannot trace a Hugging Face ViT; the torch.export graph is cut at the exit (the
+    batch size and the attention mask are computed again after the cut, only the hidden states
+    cross it), the stages share the backbone's weights, and the model exports to ONNX Runtime and
+    ExecuTorch, where every sample leaves at eager's exit with eager's logits."""
+    from netcompress.dynamic.early_exit import _segments
+    from netcompress.export.early_exit import EarlyExitRuntime
+
+    data = nc.data.load("mnist-5k")
+    torch.manual_seed(0)
+    model = nc.models.create_for("hf:vit", data, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                 intermediate_size=64)
+    mx = early_exit(model, ["vit.layers.0"], example_inputs=data.example).eval()
+    assert segment_mode(mx) == "segments"
+    x = next(iter(data.test))[0][:16]
+    with torch.no_grad():
+        live, _ = _segments(mx)[0](x)
+        hidden = mx.backbone.vit.layers[0](mx.backbone.vit.embeddings(x))
+        hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+        assert len(live) == 1 and torch.equal(live[0], hidden)  # the hidden states alone cross the cut
+        mx.backbone.vit.layers[1].mlp.fc2.weight.mul_(2)  # the stages read the backbone's own weights
+        outs = mx.all_exits(x)
+    t = between(torch.softmax(outs[0], 1).max(1).values, 0.5)
+    mx.set_policy_("max_softmax", [t])
+    ref, ref_at = early_exit_predict(mx, x)
+    assert torch.equal(ref_at, simulate_exits(outs, [t], "max_softmax")) and 0 < int(ref_at.sum()) < 16
+    assert torch.allclose(ref[ref_at == 1], outs[1][ref_at == 1], atol=1e-5)
+    for fmt in ("onnx", "executorch"):
+        rt = EarlyExitRuntime(export_early_exit(mx, x[:2], fmt))
+        logits, at = early_exit_predict(rt, x)
+        assert torch.equal(at, ref_at) and torch.allclose(logits, ref, atol=1e-4), fmt
+        one, one_at = early_exit_predict(rt, x[:1])
+        assert one_at.item() == ref_at[0].item() and torch.allclose(one, ref[:1], atol=1e-4), fmt
+
+
+def test_a_size_read_from_the_input_after_the_cut_is_read_again_from_the_live_tensor():
+    """_SizeNet reshapes by x.size(0) after the exit: torch.fx would pass an int across the cut,
+    so the torch.export graph is cut instead, and the stages reproduce the model at batch 1 and 8."""
     mx = early_exit(_SizeNet(), ["a"], example_inputs=_x(2)).eval()
+    assert segment_mode(mx) == "segments"
+    for n in (1, 8):
+        x = _x(n)
+        with torch.no_grad():
+            outs = mx.all_exits(x)
+            state, first = mx.step(0, (x,))
+            _, last = mx.step(1, state)
+        assert torch.allclose(first, outs[0], atol=1e-6) and torch.allclose(last, outs[1], atol=1e-6)
+
+
+def test_a_restart_mode_model_refuses_export_with_one_clear_line():
+    mx = early_exit(_BranchNet(), ["a"], example_inputs=_x(2)).eval()
     assert segment_mode(mx) == "restart"
-    with pytest.raises(NetcompressError, match=r"^onnx: cannot export this early-exit model: torch.fx cannot cut its "
-                       r"backbone at the exits \['a'\] into stages \(it runs in restart mode\)"):
+    with pytest.raises(NetcompressError, match=r"^onnx: cannot export this early-exit model: neither torch.fx nor torch.export "
+                       r"can cut its backbone at the exits \['a'\] into stages \(it runs in restart mode\)"):
         export_early_exit(mx, _x(2), "onnx")
 
 
@@ -216,7 +277,7 @@ def test_an_output_without_logits_is_refused():
 
 
 def test_fallback_restart_mode_gives_same_predictions():
-    mx = early_exit(_SizeNet(), ["a"], example_inputs=_x(2)).eval()
+    mx = early_exit(_BranchNet(), ["a"], example_inputs=_x(2)).eval()
     assert segment_mode(mx) == "restart"
     x = _x(8)
     with torch.no_grad():
@@ -237,7 +298,7 @@ def test_stream_mode_rebatches_and_predicts_like_per_batch(kind):
         r = nc.models.create("resnet8", in_channels=1, input_size=28)
         mx, x = early_exit(r, ["layer1", "layer2.0"]).eval(), _x(50)
     elif kind == "restart":
-        mx, x = early_exit(_SizeNet(), ["a"], example_inputs=_x(2)).eval(), _x(50)
+        mx, x = early_exit(_BranchNet(), ["a"], example_inputs=_x(2)).eval(), _x(50)
     else:
         mx, x = nc.models.create("msdnet-small", in_channels=1, input_size=28).eval(), _x(50)
     with torch.no_grad():

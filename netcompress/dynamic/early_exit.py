@@ -6,10 +6,14 @@ computed stage by stage. Design choice: we trace the backbone once with `torch.f
 kept as leaves) and cut the graph at the exit nodes into segments; each segment is a small
 GraphModule sharing the backbone's modules and takes / returns exactly the tensors that are live
 across the cut (residual branches included). The segments are a runtime cache, never the model:
-the model stays the plain backbone plus heads and is saved as such. When a backbone cannot be
-traced, or a non-tensor value (e.g. ``x.size(0)``) crosses a cut, we fall back to a forward pass
-with a hook that stops at the exit; that recomputes the prefix for the samples still in flight
-(correct, but the saving is smaller) and `segment_mode(model)` reports which one is used.
+the model stays the plain backbone plus heads and is saved as such. When torch.fx cannot trace the
+backbone (a Hugging Face model) or a non-tensor value (``x.size(0)``) would cross a cut, the graph
+comes from `torch.export` (flat ATen, dynamic batch, parameters read by name from the backbone);
+there sizes, and values made of sizes and parameters alone (an attention mask), are computed again
+after a cut instead of crossing it. When neither works (a branch on the input's values), we fall
+back to a forward pass with a hook that stops at the exit; that recomputes the prefix for the
+samples still in flight (correct, but the saving is smaller) and `segment_mode(model)` reports
+which one is used.
 """
 from __future__ import annotations
 
@@ -382,27 +386,139 @@ def split_at_exits(backbone: nn.Module, exits: Sequence[str], example: torch.Ten
     """Cut `backbone` into len(exits) + 1 GraphModules sharing its modules.
 
     Segment k < last maps the live tensors at cut k-1 to (live tensors at cut k, exit k's feature);
-    the last segment returns the backbone's output. Raises NetcompressError when the backbone
-    cannot be traced or a non-tensor value crosses a cut.
+    the last segment returns the backbone's output. The graph comes from `torch.fx` with the exit
+    modules as leaves, or, where that cannot trace the backbone (a Hugging Face model, a size read
+    from the input), from `torch.export` with a dynamic batch (`_exported_graph`). Raises
+    NetcompressError when neither gives a graph whose cuts carry only batch-first tensors.
     """
     try:
+        root, graph, feats = _fx_graph(backbone, exits)
+        return _cut(backbone, root, graph, feats, example)
+    except NetcompressError as fx_error:
+        try:
+            root, graph, feats = _exported_graph(backbone, exits, example)
+        except NetcompressError as e:
+            raise NetcompressError(f"{fx_error}; {e}") from None
+        return _cut(backbone, root, graph, feats, example)
+
+
+def _fx_graph(backbone: nn.Module, exits: Sequence[str]) -> tuple[nn.Module, fx.Graph, list[fx.Node]]:
+    """(root, graph, the node of each exit) from `torch.fx`, the exit modules kept as leaves."""
+    try:
         graph = _ExitTracer(exits).trace(backbone, concrete_args=_optional_args(backbone))
-    except Exception as e:  # noqa: BLE001 - any tracing failure means: use the fallback
+    except Exception as e:  # noqa: BLE001 - any tracing failure means: try the next way
         raise NetcompressError(f"cannot trace the backbone with torch.fx: {type(e).__name__}: {e}") from None
-    root = fx.GraphModule(backbone, graph)
     nodes = list(graph.nodes)
-    pos = {n: i for i, n in enumerate(nodes)}
-    cut_pos = []
+    feats = []
     for name in exits:
         found = [n for n in nodes if n.op == "call_module" and n.target == name]
         if len(found) != 1:
             raise NetcompressError(f"exit {name!r} appears {len(found)} times in the traced graph")
-        cut_pos.append(pos[found[0]])
+        feats.append(found[0])
+    return fx.GraphModule(backbone, graph), graph, feats
+
+
+class _Called(nn.Module):
+    """Calls the backbone as a module, so its forward hooks run in the export (a Hugging Face
+    model's `_output_logits`)."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.b = backbone
+
+    def forward(self, x: torch.Tensor) -> Any:
+        return self.b(x)
+
+
+def _exported_graph(backbone: nn.Module, exits: Sequence[str], example: torch.Tensor
+                    ) -> tuple[nn.Module, fx.Graph, list[fx.Node]]:
+    """(root, graph, the node of each exit) from `torch.export` (non-strict, dynamic batch).
+
+    The exported graph is flat ATen: parameters and buffers are read by name from the backbone
+    (so the segments keep sharing its weights), and each node records the modules it ran inside
+    (``nn_module_stack``). An exit's feature is the value computed inside the exit module that is
+    used outside it and equals what a forward hook sees (the first element of a tuple output)."""
+    try:
+        with eval_mode(backbone), torch.no_grad():
+            ep = torch.export.export(_Called(backbone), (example,), strict=False,
+                                     dynamic_shapes=({0: torch.export.Dim("batch")},))
+        flat = ep.module(check_guards=False)
+    except Exception as e:  # noqa: BLE001 - any export failure means: no segments
+        raise NetcompressError(f"cannot export the backbone with torch.export: {type(e).__name__}: {e}") from None
+    graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    for n in flat.graph.nodes:
+        if n.op == "call_module" or (n.op == "call_function" and not n.users):  # guards, shape asserts
+            continue
+        if n.op == "get_attr":
+            if not str(n.target).startswith("b."):
+                raise NetcompressError(f"the exported backbone reads a constant {n.target!r} that is not one of its tensors")
+            env[n] = graph.get_attr(str(n.target)[2:])
+            env[n].meta = dict(n.meta)
+        elif n.op == "output":
+            outs = n.args[0]
+            if not (isinstance(outs, (tuple, list)) and len(outs) == 1):
+                raise NetcompressError("the exported backbone does not return one tensor")
+            graph.output(env[outs[0]])
+        else:
+            env[n] = graph.node_copy(n, lambda a: env[a])
+    root = fx.GraphModule(backbone, graph)
+
+    def inside(n: fx.Node, name: str) -> bool:
+        return any(path == "b." + name for path, _ in (n.meta.get("nn_module_stack") or {}).values())
+
+    with Taps(backbone, exits) as taps, eval_mode(backbone), torch.no_grad():
+        backbone(example)
+        interp = fx.Interpreter(root, garbage_collect_values=False)
+        interp.run(example)
+        want = {name: taps[name] for name in exits}
+    feats = []
+    for name in exits:
+        found = [n for n in graph.nodes if inside(n, name) and any(not inside(u, name) for u in n.users)
+                 and isinstance(interp.env.get(n), torch.Tensor) and interp.env[n].shape == want[name].shape
+                 and torch.equal(interp.env[n], want[name])]
+        if not found:
+            raise NetcompressError(f"exit {name!r}: no value of the exported graph is the module's output")
+        feats.append(found[-1])
+    return root, graph, feats
+
+
+def _is_size(n: fx.Node) -> bool:
+    """A node of an exported graph that computes a size (a SymInt), not a tensor."""
+    return isinstance(n.meta.get("val"), torch.SymInt)
+
+
+def _reads_input(nodes: Sequence[fx.Node]) -> dict[fx.Node, bool]:
+    """Per node: does its value depend on the input's values? Sizes read from a tensor and
+    anything computed from parameters, constants and sizes alone (an attention mask built from
+    ``arange`` and the batch size) do not: those are computed again after a cut, never passed."""
+    out: dict[fx.Node, bool] = {}
+    for n in nodes:
+        if n.op == "placeholder":
+            out[n] = True
+        elif n.op == "get_attr" or _is_size(n):
+            out[n] = False
+        else:
+            out[n] = any(out[a] for a in n.all_input_nodes)
+    return out
+
+
+def _cut(backbone: nn.Module, root: nn.Module, graph: fx.Graph, feats: Sequence[fx.Node],
+         example: torch.Tensor) -> list[nn.Module]:
+    """The segments of `graph` cut after each exit node in `feats` (checked against the backbone).
+
+    Only values computed from the input's values cross a cut; a segment computes again what it
+    needs of the rest: parameters are re-read, a size is read from a tensor passed to it (the
+    batch size from ``x.size(0)``), and values made of those alone are recomputed."""
+    nodes = list(graph.nodes)
+    pos = {n: i for i, n in enumerate(nodes)}
+    data = _reads_input(nodes)
+    cut_pos = [pos[f] for f in feats]
     if cut_pos != sorted(cut_pos):
         raise NetcompressError("exits are not in graph order")
 
     def live_after(p: int) -> list[fx.Node]:
-        return [n for n in nodes[: p + 1] if n.op != "get_attr" and any(pos[u] > p for u in n.users)]
+        return [n for n in nodes[: p + 1] if data[n] and any(pos[u] > p for u in n.users)]
 
     bounds = [-1] + cut_pos + [len(nodes) - 1]
     segments: list[nn.Module] = []
@@ -412,10 +528,20 @@ def split_at_exits(backbone: nn.Module, exits: Sequence[str], example: torch.Ten
         env: dict[fx.Node, fx.Node] = {}
         for i, n in enumerate(live_after(lo) if lo >= 0 else []):
             env[n] = g.placeholder(f"live_{i}")
+            env[n].meta = dict(n.meta)
+        passed = list(env.values())
 
         def arg(n: fx.Node) -> fx.Node:
-            if n not in env and n.op == "get_attr":  # parameters are re-read, never passed along
+            if n in env:
+                return env[n]
+            if n.op == "get_attr":  # parameters are re-read, never passed along
                 env[n] = g.get_attr(n.target)
+            elif _is_size(n) and (found := _size_of(n, passed, g)) is not None:
+                env[n] = found
+            elif n.op == "placeholder" or data[n]:
+                raise NetcompressError(f"{n.name} is needed after an exit cut but is not passed across it")
+            else:  # made of parameters, constants and sizes: computed again here
+                env[n] = g.node_copy(n, arg)
             return env[n]
 
         for n in nodes[lo + 1: hi + 1]:
@@ -429,6 +555,17 @@ def split_at_exits(backbone: nn.Module, exits: Sequence[str], example: torch.Ten
         segments.append(fx.GraphModule(root, g))
     _check_segments(backbone, segments, example)
     return segments
+
+
+def _size_of(n: fx.Node, tensors: Sequence[fx.Node], g: fx.Graph) -> fx.Node | None:
+    """The size `n` read from one of the tensors passed to a segment, or None where none has it
+    (a size computed from others is then computed again from them)."""
+    want = n.meta["val"].node.expr
+    for t in tensors:
+        for d, s in enumerate(getattr(t.meta.get("val"), "shape", ())):
+            if isinstance(s, torch.SymInt) and s.node.expr == want:
+                return g.call_function(torch.ops.aten.sym_size.int, (t, d))
+    return None
 
 
 @torch.no_grad()

@@ -96,9 +96,9 @@ def export_early_exit(model: MultiExitBase, example: torch.Tensor, fmt: str, int
     from netcompress.dynamic.early_exit import MultiExitModel, segment_mode
 
     if isinstance(model, MultiExitModel) and segment_mode(model) == "restart":
-        raise NetcompressError(f"{fmt}: cannot export this early-exit model: torch.fx cannot cut its backbone at the "
-                               f"exits {model.exit_names} into stages (it runs in restart mode); export the backbone "
-                               "alone, or place the exits where torch.fx can cut")
+        raise NetcompressError(f"{fmt}: cannot export this early-exit model: neither torch.fx nor torch.export can cut "
+                               f"its backbone at the exits {model.exit_names} into stages (it runs in restart mode); "
+                               "export the backbone alone, or place the exits where the graph can be cut")
     buf = io.BytesIO()
     # eval mode for the stage inputs and the traces; the caller's per-module flags come back after
     with eval_mode(model), zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
