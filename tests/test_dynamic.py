@@ -226,7 +226,10 @@ def test_hugging_face_vit_is_cut_into_stages_by_torch_export_and_ships_to_both_r
         hidden = mx.backbone.vit.layers[0](mx.backbone.vit.embeddings(x))
         hidden = hidden[0] if isinstance(hidden, tuple) else hidden
         assert len(live) == 1 and torch.equal(live[0], hidden)  # the hidden states alone cross the cut
+        calls = [n.target for seg in _segments(mx) for n in seg.graph.nodes if n.op == "call_function"]
+        assert torch.ops.aten.arange.default not in calls  # the mask's index grid is a constant, built once
         mx.backbone.vit.layers[1].mlp.fc2.weight.mul_(2)  # the stages read the backbone's own weights
+        mx.backbone.vit.layers[1].mlp.fc1 = nn.Linear(32, 64)  # a replaced module: the stages are cut again
         outs = mx.all_exits(x)
     t = between(torch.softmax(outs[0], 1).max(1).values, 0.5)
     mx.set_policy_("max_softmax", [t])

@@ -317,7 +317,7 @@ def _links(backbone: nn.Module, segs: list[nn.Module] | None) -> list[tuple[dict
     if segs is None:
         names = sorted(n for n, _ in backbone.named_modules() if n)
     else:
-        names = sorted({n.target for seg in segs for n in seg.graph.nodes if n.op in ("call_module", "get_attr")})
+        names = sorted({name for seg in segs for name in seg.netcompress_paths})
     seen: set[tuple[int, str]] = set()
     out: list[tuple[dict, str, Any]] = []
     for name in names:
@@ -397,9 +397,11 @@ def split_at_exits(backbone: nn.Module, exits: Sequence[str], example: torch.Ten
     except NetcompressError as fx_error:
         try:
             root, graph, feats = _exported_graph(backbone, exits, example)
+            return _cut(backbone, root, graph, feats, example)
         except NetcompressError as e:
             raise NetcompressError(f"{fx_error}; {e}") from None
-        return _cut(backbone, root, graph, feats, example)
+        except Exception as e:  # noqa: BLE001 - an exported graph these cuts do not handle: no segments
+            raise NetcompressError(f"{fx_error}; cannot cut the exported graph: {type(e).__name__}: {e}") from None
 
 
 def _fx_graph(backbone: nn.Module, exits: Sequence[str]) -> tuple[nn.Module, fx.Graph, list[fx.Node]]:
@@ -448,7 +450,7 @@ def _exported_graph(backbone: nn.Module, exits: Sequence[str], example: torch.Te
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
     for n in flat.graph.nodes:
-        if n.op == "call_module" or (n.op == "call_function" and not n.users):  # guards, shape asserts
+        if n.op == "call_module":  # the input guards
             continue
         if n.op == "get_attr":
             if not str(n.target).startswith("b."):
@@ -462,6 +464,9 @@ def _exported_graph(backbone: nn.Module, exits: Sequence[str], example: torch.Te
             graph.output(env[outs[0]])
         else:
             env[n] = graph.node_copy(n, lambda a: env[a])
+    for n in reversed(list(graph.nodes)):  # shape asserts, and values nothing reads (last first: whole chains)
+        if n.op in ("call_function", "get_attr") and not n.users:
+            graph.erase_node(n)
     root = fx.GraphModule(backbone, graph)
 
     def inside(n: fx.Node, name: str) -> bool:
@@ -503,16 +508,59 @@ def _reads_input(nodes: Sequence[fx.Node]) -> dict[fx.Node, bool]:
     return out
 
 
+def _constants(nodes: Sequence[fx.Node]) -> dict[fx.Node, torch.Tensor]:
+    """The values of an exported graph's ATen calls that read nothing (``arange(17)``, and what is
+    computed from such values alone: the index grid of an attention mask), computed once here; every
+    segment reads them as constants instead of running those calls again on each forward."""
+    out: dict[fx.Node, torch.Tensor] = {}
+    for n in nodes:
+        tags = getattr(n.target, "tags", None)  # ATen operator overloads only, never a seeded random one
+        if (n.op == "call_function" and tags is not None and torch.Tag.nondeterministic_seeded not in tags
+                and all(a in out for a in n.all_input_nodes)):
+            with torch.no_grad():
+                v = n.target(*fx.map_arg(n.args, out.__getitem__), **fx.map_arg(n.kwargs, out.__getitem__))
+            if isinstance(v, torch.Tensor):
+                out[n] = v
+    return out
+
+
+def _segment_module(root: nn.Module, g: fx.Graph, consts: dict[str, torch.Tensor]) -> fx.GraphModule:
+    """A GraphModule of `g` whose parameters and modules are `root`'s own objects held under flat
+    names (one attribute look-up each per call, not one per level of the dotted path); the dotted
+    paths are kept in ``netcompress_paths`` for `_links`."""
+    attrs: dict[str, Any] = {}
+    paths: set[str] = set()
+    for n in g.nodes:
+        if n.op not in ("get_attr", "call_module"):
+            continue
+        target = str(n.target)
+        if target in consts:
+            attrs[target] = consts[target]
+            continue
+        paths.add(target)
+        obj: Any = root
+        for part in target.split("."):
+            obj = getattr(obj, part)
+        n.target = f"a{len(attrs)}_{target.replace('.', '_')}"
+        attrs[n.target] = obj
+    seg = fx.GraphModule(attrs, g)
+    seg.netcompress_paths = sorted(paths)
+    return seg
+
+
 def _cut(backbone: nn.Module, root: nn.Module, graph: fx.Graph, feats: Sequence[fx.Node],
          example: torch.Tensor) -> list[nn.Module]:
     """The segments of `graph` cut after each exit node in `feats` (checked against the backbone).
 
     Only values computed from the input's values cross a cut; a segment computes again what it
     needs of the rest: parameters are re-read, a size is read from a tensor passed to it (the
-    batch size from ``x.size(0)``), and values made of those alone are recomputed."""
+    batch size from ``x.size(0)``), values computed from nothing are constants (`_constants`), and
+    values made of those alone are recomputed."""
     nodes = list(graph.nodes)
     pos = {n: i for i, n in enumerate(nodes)}
     data = _reads_input(nodes)
+    folded = _constants(nodes)
+    const_name = {n: f"const{i}" for i, n in enumerate(folded)}
     cut_pos = [pos[f] for f in feats]
     if cut_pos != sorted(cut_pos):
         raise NetcompressError("exits are not in graph order")
@@ -526,6 +574,7 @@ def _cut(backbone: nn.Module, root: nn.Module, graph: fx.Graph, feats: Sequence[
         lo, hi = bounds[k], bounds[k + 1]
         g = fx.Graph()
         env: dict[fx.Node, fx.Node] = {}
+        consts: dict[str, torch.Tensor] = {}
         for i, n in enumerate(live_after(lo) if lo >= 0 else []):
             env[n] = g.placeholder(f"live_{i}")
             env[n].meta = dict(n.meta)
@@ -536,6 +585,9 @@ def _cut(backbone: nn.Module, root: nn.Module, graph: fx.Graph, feats: Sequence[
                 return env[n]
             if n.op == "get_attr":  # parameters are re-read, never passed along
                 env[n] = g.get_attr(n.target)
+            elif n in folded:
+                consts[const_name[n]] = folded[n]
+                env[n] = g.get_attr(const_name[n])
             elif _is_size(n) and (found := _size_of(n, passed, g)) is not None:
                 env[n] = found
             elif n.op == "placeholder" or data[n]:
@@ -547,12 +599,12 @@ def _cut(backbone: nn.Module, root: nn.Module, graph: fx.Graph, feats: Sequence[
         for n in nodes[lo + 1: hi + 1]:
             if n.op == "output":
                 g.output(fx.map_arg(n.args[0], arg))
-            else:
+            elif n.op != "get_attr" and n not in folded:  # both read where first used
                 env[n] = g.node_copy(n, arg)
         if k < len(bounds) - 2:
             outs = live_after(hi)
             g.output((tuple(env[n] for n in outs), env[nodes[hi]]))
-        segments.append(fx.GraphModule(root, g))
+        segments.append(_segment_module(root, g, consts))
     _check_segments(backbone, segments, example)
     return segments
 
