@@ -244,6 +244,40 @@ def test_hugging_face_vit_is_cut_into_stages_by_torch_export_and_ships_to_both_r
         assert one_at.item() == ref_at[0].item() and torch.allclose(one, ref[:1], atol=1e-4), fmt
 
 
+@pytest.mark.parametrize("arch,kwargs,exit_name,runtime", [
+    ("resnet", dict(task="image-classification", embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1],
+                    layer_type="basic"), "resnet.encoder.stages.0", True),
+    ("convnext", dict(task="image-classification", hidden_sizes=[16, 32], depths=[1, 1], num_stages=2, patch_size=2),
+     "convnext.encoder.stages.0", True),
+    # torch.onnx cannot translate Swin's window reshapes, even for the plain model: eager stages only
+    ("swin", dict(embed_dim=16, depths=[1, 1], num_heads=[2, 2], patch_size=2, window_size=7),
+     "swin.encoder.layers.0", False),
+])
+def test_other_hugging_face_image_classifiers_are_cut_into_stages(arch, kwargs, exit_name, runtime):
+    """The torch.export cut is not ViT-specific: a CNN (ResNet, ConvNeXt) and a windowed transformer
+    (Swin) from Hugging Face get stages whose chain is each exit's logits, and exits like the policy."""
+    from netcompress.export.early_exit import EarlyExitRuntime
+
+    data = nc.data.load("mnist-5k")
+    torch.manual_seed(0)
+    model = nc.models.create_for(f"hf:{arch}", data, **kwargs)
+    mx = early_exit(model, [exit_name], example_inputs=data.example).eval()
+    assert segment_mode(mx) == "segments"
+    x = next(iter(data.test))[0][:16]
+    with torch.no_grad():
+        outs = mx.all_exits(x)
+        state, first = mx.step(0, (x,))
+        _, last = mx.step(1, state)
+    assert torch.allclose(first, outs[0], atol=1e-5) and torch.allclose(last, outs[1], atol=1e-5)
+    t = between(torch.softmax(outs[0], 1).max(1).values, 0.5)
+    mx.set_policy_("max_softmax", [t])
+    ref, ref_at = early_exit_predict(mx, x)
+    assert torch.equal(ref_at, simulate_exits(outs, [t], "max_softmax")) and 0 < int(ref_at.sum()) < 16
+    if runtime:
+        logits, at = early_exit_predict(EarlyExitRuntime(export_early_exit(mx, x[:2], "onnx")), x)
+        assert torch.equal(at, ref_at) and torch.allclose(logits, ref, atol=1e-4)
+
+
 def test_a_size_read_from_the_input_after_the_cut_is_read_again_from_the_live_tensor():
     """_SizeNet reshapes by x.size(0) after the exit: torch.fx would pass an int across the cut,
     so the torch.export graph is cut instead, and the stages reproduce the model at batch 1 and 8."""
