@@ -270,6 +270,26 @@ def test_onnx_int8_keeps_held_out_accuracy(trained, mnist_small, tmp_path):
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # QDQ int8, run by ONNX Runtime's integer kernels
 
 
+def test_onnx_int8_of_a_transformer_keeps_layer_norm_in_float_and_warns_nothing(mnist_small, caplog):
+    """ONNX Runtime's QDQ default also quantizes LayerNormalization, whose scale is a vector that
+    per-channel quantization cannot split (it logs 'Axis 1 is out-of-range' per norm): int8 export
+    leaves every LayerNormalization in float, quantizes the MatMuls, and logs no warning."""
+    import onnx
+
+    from netcompress.quantize.deploy import onnx_int8
+
+    torch.manual_seed(0)
+    m = nc.models.create_for("vit-tiny", mnist_small, depth=2).eval()
+    with caplog.at_level("WARNING"):
+        graph = onnx.load_from_string(onnx_int8(m, mnist_small.calibration(64))).graph
+    assert not [r for r in caplog.records if r.levelname == "WARNING"], [r.getMessage() for r in caplog.records]
+    made_by = {o: n for n in graph.node for o in n.output}
+    norms = [n for n in graph.node if n.op_type == "LayerNormalization"]
+    assert norms and all(made_by.get(n.input[1]) is None for n in norms)  # the scale is a float initializer
+    assert any(made_by[n.input[1]].op_type == "DequantizeLinear" for n in graph.node if n.op_type == "MatMul"
+               and n.input[1] in made_by)
+
+
 def test_timm_cnn_and_transformer_export():
     import timm as timm_lib
 

@@ -87,6 +87,7 @@ def quantize_onnx(model: nn.Module, batches: list[Inputs], example: Inputs | Non
     tensor or a tuple of tensors, e.g. an early-exit stage's state) or a dict of named inputs;
     `all_outputs`: every tensor of the tuple the model returns is an output (`onnx_program`)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.registry import QDQRegistry
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if not batches:
@@ -106,6 +107,10 @@ def quantize_onnx(model: nn.Module, batches: list[Inputs], example: Inputs | Non
             feed = kwargs if kwargs else dict(zip(names, args))
             return {k: v.detach().cpu().numpy() for k, v in feed.items()}
 
+    # QDQ quantizes every op it knows (ONNX Runtime's default) except LayerNormalization: its scale
+    # is one vector, which per-channel quantization cannot split along the weight axis (onnxruntime
+    # warns and falls back per op), and the CPU runtime has no int8 LayerNormalization to run
+    ops = [op for op in QDQRegistry if op != "LayerNormalization"] if fmt == "qdq" else None
     with tempfile.TemporaryDirectory(prefix="nc-int8-") as d:
         src, pre, dst = Path(d) / "fp32.onnx", Path(d) / "pre.onnx", Path(d) / "int8.onnx"
         src.write_bytes(fp32)
@@ -117,7 +122,7 @@ def quantize_onnx(model: nn.Module, batches: list[Inputs], example: Inputs | Non
                             quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator,
                             activation_type=QuantType.QUInt8 if activations == "u8" else QuantType.QInt8,
                             weight_type=QuantType.QInt8, per_channel=per_channel, reduce_range=reduce_range,
-                            extra_options={"ActivationSymmetric": activations == "s8"})
+                            op_types_to_quantize=ops, extra_options={"ActivationSymmetric": activations == "s8"})
         except Exception as e:
             raise NetcompressError(f"int8: onnxruntime could not quantize {type(model).__name__} "
                                    f"({type(e).__name__}: {str(e).strip()[:200]})") from None
