@@ -231,6 +231,11 @@ def test_hugging_face_vit_is_cut_into_stages_by_torch_export_and_ships_to_both_r
         mx.backbone.vit.layers[1].mlp.fc2.weight.mul_(2)  # the stages read the backbone's own weights
         mx.backbone.vit.layers[1].mlp.fc1 = nn.Linear(32, 64)  # a replaced module: the stages are cut again
         outs = mx.all_exits(x)
+        cut = _segments(mx)
+        assert _segments(mx) is cut
+        mx.double()  # another dtype (or device) of the same parameter objects: cut again there
+        assert _segments(mx) is not cut
+        mx.float()
     t = between(torch.softmax(outs[0], 1).max(1).values, 0.5)
     mx.set_policy_("max_softmax", [t])
     ref, ref_at = early_exit_predict(mx, x)

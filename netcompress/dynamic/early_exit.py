@@ -337,14 +337,17 @@ def _links(backbone: nn.Module, segs: list[nn.Module] | None) -> list[tuple[dict
 
 
 def _segments(model: MultiExitModel) -> list[nn.Module] | None:
-    """The cached segments of `model` (None: fallback), rebuilt when the backbone's structure changed.
+    """The cached segments of `model` (None: fallback), rebuilt when the backbone's structure changed
+    or its parameters moved to another device or dtype (a torch.export graph fixes the device of the
+    tensors it creates, and its constants were computed on it).
 
     Validation is one dict look-up per step of the paths the segments use (`_links`): every module
     (or tensor) they use must still be the object found under its name in the backbone."""
     hit = _CACHE.get(model)
     if hit is not None:
-        names, backbone, links, segs = hit
-        if names == tuple(model.exit_names) and backbone is model.backbone:
+        names, backbone, links, segs, placed = hit
+        if (names == tuple(model.exit_names) and backbone is model.backbone
+                and (placed is None or (placed[0].device, placed[0].dtype) == placed[1:])):
             for table, key, obj in links:
                 if table.get(key) is not obj:
                     break
@@ -354,7 +357,9 @@ def _segments(model: MultiExitModel) -> list[nn.Module] | None:
         segs = split_at_exits(model.backbone, model.exit_names, _example_for(model))
     except NetcompressError:
         segs = None
-    _CACHE[model] = (tuple(model.exit_names), model.backbone, _links(model.backbone, segs), segs)
+    p = next(model.backbone.parameters(), None)
+    _CACHE[model] = (tuple(model.exit_names), model.backbone, _links(model.backbone, segs), segs,
+                     None if p is None else (p, p.device, p.dtype))
     return segs
 
 
