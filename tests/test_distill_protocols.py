@@ -2,6 +2,7 @@
 gradients never reach the teacher; the recipe stage and the CLI work."""
 import copy
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -161,6 +162,78 @@ def test_dml_step_gives_each_peer_only_its_own_gradient(small):
     DML().loss_terms(group, x, y, out)["kl0"].backward()
     assert any(p.grad is not None for p in a.parameters())
     assert all(p.grad is None for p in b.parameters())  # peer 1's output is detached in peer 0's loss
+
+
+def test_dml_weight_ramps_up_over_the_first_share_of_the_steps(small):
+    """The mutual term starts at exp(-5) of its weight and reaches it after `rampup` of the budget,
+    which `fit` gives the method before the first step; rampup 0 is the paper's constant weight."""
+    m = DML(weight=2.0, rampup=0.5)
+    m.on_train_begin(100)
+    at = []
+    for step in (0, 25, 50, 99):
+        m.after_step(None, step)
+        at.append(m.current_weight())
+    assert at == pytest.approx([2 * math.exp(-5), 2 * math.exp(-5 * 0.25), 2.0, 2.0])
+    a, b = student(), student()
+    x, y = next(iter(small.train))
+    group = Peers([a, b])
+    out = group(x)
+    m.after_step(None, 0)
+    ramped = m.loss_terms(group, x, y, out)["kl0"]
+    flat = DML(weight=2.0).loss_terms(group, x, y, out)["kl0"]
+    assert ramped.item() == pytest.approx(math.exp(-5) * flat.item(), rel=1e-5)
+    with pytest.raises(NetcompressError, match="rampup"):
+        DML(rampup=1.5)
+
+    class Budget(nc.core.Method):
+        def on_train_begin(self, total_steps):
+            self.total = total_steps
+
+    seen = Budget()
+    nc.train.fit(student(), small, methods=[seen], epochs=1, max_steps=3, progress=False)
+    assert seen.total == 3
+    nc.train.fit(student(), small, methods=[seen], epochs=2, progress=False, batch_size=64)
+    assert seen.total == 2 * 4  # 256 training images in batches of 64
+
+
+def test_dml_step_is_checkpointed(small):
+    m = DML(rampup=0.3)
+    m.after_step(None, 17)
+    again = DML(rampup=0.3)
+    again.load_state_dict(m.state_dict())
+    assert again.step == 17
+
+
+def test_dml_defaults_ramp_to_weight_two_and_the_paper_keeps_one(small, monkeypatch):
+    made = []
+    real = nc.distill.methods.DML.__init__
+
+    def spy(self, *a, **k):
+        real(self, *a, **k)
+        made.append((self.weight, self.rampup))
+
+    monkeypatch.setattr(nc.distill.methods.DML, "__init__", spy)
+    distill("dml", None, student(), small, **TINY)
+    distill("dml", None, student(), small, rampup=0, **TINY)
+    distill("dml", None, student(), small, rampup=0.1, weights={"kl": 0.5}, **TINY)
+    assert made == [(2.0, 0.3), (1.0, 0.0), (0.5, 0.1)]
+
+
+def test_distill_result_depends_on_the_seed_alone(small):
+    """`distill(..., seed=s)` builds peers (and any other model) from `s`, not from whatever the
+    caller drew before, and gives the caller's RNG state back."""
+    torch.manual_seed(3)
+    s = student()
+    runs = []
+    for draws in (0, 5):
+        torch.rand(draws)
+        state = torch.get_rng_state()
+        r = distill("dml", None, copy.deepcopy(s), small, seed=1, **TINY)
+        assert torch.equal(torch.get_rng_state(), state)
+        runs.append(_state(r.models["peer1"]))
+    assert _same(*runs)
+    other = distill("dml", None, copy.deepcopy(s), small, seed=2, **TINY)
+    assert not _same(runs[0], _state(other.models["peer1"]))
 
 
 def test_born_again_k_generations_plus_ensemble(small, teacher):

@@ -16,7 +16,8 @@ class Method:
 
     Order inside `fit`, per step: forward -> `loss_terms` -> backward -> `after_backward`
     -> optimizer.step -> `after_step`. Per epoch: `on_epoch_end`. Once: `prepare` before training,
-    `finalize` after it (called by the owner of the method, not by `fit`).
+    `on_train_begin` with the step budget before the first step, `finalize` after training (called by
+    the owner of the method, not by `fit`).
     """
 
     name: str = "method"
@@ -27,6 +28,10 @@ class Method:
     def extra_parameters(self) -> list[nn.Parameter]:
         """Parameters trained together with the model (regressors, adapters, exit heads)."""
         return []
+
+    def on_train_begin(self, total_steps: int) -> None:
+        """Called by `fit` before its first step with the number of optimizer steps it will take
+        (the whole budget, also when it resumes part way); schedules over training read it."""
 
     def loss_terms(
         self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, outputs: Any

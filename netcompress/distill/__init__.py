@@ -7,6 +7,8 @@ Example:
     kd = KD(teacher, temperature=4.0, alpha=0.9)
     train_student(student, kd, make_fit(data, epochs=5))
 """
+import torch
+
 from netcompress.distill import losses
 from netcompress.train.loop import TrainConfig
 from netcompress.distill.features import Adapter, make_adapter
@@ -38,12 +40,21 @@ def distill(method: str, teacher, student, data, *, seed: int = 0, progress: boo
         config: `DistillConfig` fields (temperature, alpha, weights, layers, epochs, lr, ...); the
             same defaults as the recipe stage and `netcompress distill`, lr and epochs included
             (`default_lr`, `default_epochs`).
+
+    The models the protocol builds (a student by name, DML's other peers, Born-Again's
+    generations, TAKD's assistant, regressors and adapters) are initialised from `seed`, as in
+    the command and the recipe stage, on a fork of torch's global RNG: the result does not depend
+    on what the caller drew before, and the caller's RNG state is left as it was.
     """
     cfg = DistillConfig.from_dict({"method": method, **config}, "distill")
     train = train or TrainConfig()
-    if isinstance(student, (str, dict, ModelRef)):
-        student = build_student(student, data, "distill", teacher)
-    return run_distill(cfg, teacher, student, data, make_fit(data, train, seed=seed, progress=progress), train=train)
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        if isinstance(student, (str, dict, ModelRef)):
+            student = build_student(student, data, "distill", teacher)
+        return run_distill(cfg, teacher, student, data, make_fit(data, train, seed=seed, progress=progress),
+                           train=train)
 
 
 def kd(teacher, student, data, **config) -> DistillResult:

@@ -267,6 +267,8 @@ def fit(
     budget = int(round(cfg.epochs * steps_per_epoch))
     if cfg.max_steps is not None:
         budget = min(budget, cfg.max_steps)
+    for m in methods:
+        m.on_train_begin(budget)
     amp = cfg.amp and dev.type == "cuda"
     show = (sys.stderr.isatty() if progress is None else progress) and info.rank == 0
     # no terminal (a log file, CI, a pipe): one plain line per epoch instead of a progress bar
