@@ -272,7 +272,8 @@ def main() -> None:
             f"test split, torch threads 1. {'Full budget.' if args.full else 'Short default budget (use --full for 10/15 epochs).'}\n\n"
             "Defaults: T=4, alpha=0.9 (kd, fitnet stage 2, born-again, takd); AT weight 500 (beta/2, beta=1e3, "
             "authors' code mode) on the last layer of each resolution; RKD 25/50 and SP 3000 on the penultimate "
-            "embedding (classifier.1); DML 2 peers, T=1.\n\n")
+            "embedding (classifier.1); DML 2 peers, T=1, the mutual weight ramped up to 2 over the first 30 % of the "
+            "steps.\n\n")
     if suffix:
         body += (f"Student {STUDENT[0]} is a BatchNorm network: at lr {args.lr:g} and {ep:g} epochs its scratch run is far from "
                  "converged (BatchNorm test accuracy is unstable early), so the gaps here are large and noisy. The notes at "

@@ -4,7 +4,8 @@ to teach.
 DML (Zhang et al. 2018) trains N peers, each on CE + KL to the others' predictions. Its signal is the
 peers' disagreement on the training images. On mnist-5k every student here fits its training set
 (99.6-100 % training accuracy), so this script measures, after
-`nc.distill.distill("dml", None, student, data)` with all defaults (2 peers, T 1, 20 epochs):
+`nc.distill.distill("dml", None, student, data)` with all defaults (2 peers, T 1, 20 epochs, the
+mutual term's weight ramped up to 2 over the first 30 % of the steps):
 
 * the peers' agreement and mutual KL (T 1, nats per image) on the 4,000 training images, where the
   DML term acts, and on the 1,000 test images;
@@ -120,7 +121,9 @@ def main() -> None:
               "images: the DML term, which only sees training images, has almost nothing left to pass on. On the same "
               f"images a teacher's T²-scaled KD term is {min(ratio):.0f}-{max(ratio):.0f} times the mutual KL. Every "
               "student here memorises mnist-5k's 4,000 training images; mutual learning has something to pass on only "
-              "where the peers cannot (more data, or augmented views of it).\n"
+              "where the peers cannot (more data, or augmented views of it). Its default ramp (`defaults_dml.md`) keeps "
+              "the term small while the peers are random; late in training there is little left for any weight to "
+              "scale.\n"
             + "\n## Born-Again from the student alone\n\n"
               "Generation 0 is the 20-epoch student alone of each row above (the control); generations 1-2 with "
               "`nc.distill.distill('born-again', alone, None, data)` defaults (T 4, alpha 0.9, 20 epochs each). "
