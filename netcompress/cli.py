@@ -19,6 +19,7 @@ from netcompress.archive import format_table, inspect, unpack
 from netcompress.commands import add_stage_commands, check_output_file, load_model
 from netcompress.core.config import format_validation_error
 from netcompress.core.errors import NetcompressError
+from netcompress.core.seeding import forked_rng
 from netcompress.data import DATASETS, load as load_data
 from netcompress.distill.protocols import DISTILLERS
 from netcompress.measure import measure
@@ -35,25 +36,6 @@ def _print_metrics(m, as_json: bool) -> None:
         print(json.dumps(m.to_dict(), indent=2))
     else:
         print(m)
-
-
-class torch_seeded:
-    """Seed torch's global RNG for one command and restore the previous state afterwards, so a
-    command's models, data order and results are a function of its seed alone (`--seed`, else 0)."""
-
-    def __init__(self, seed: int) -> None:
-        self.seed = seed
-
-    def __enter__(self) -> None:
-        import torch
-
-        self._state = torch.get_rng_state()
-        torch.manual_seed(self.seed)
-
-    def __exit__(self, *exc) -> None:
-        import torch
-
-        torch.set_rng_state(self._state)
 
 
 def _param_count(name: str) -> str:
@@ -171,7 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
-        with torch_seeded(getattr(args, "seed", None) or 0):
+        # a command's models, data order and results are a function of its seed alone (`--seed`, else 0)
+        with forked_rng(getattr(args, "seed", None) or 0, cuda=False):
             return int(args.func(args) or 0)
     except ValidationError as e:  # a config a command built from its flags
         if debug:

@@ -7,8 +7,7 @@ Example:
     kd = KD(teacher, temperature=4.0, alpha=0.9)
     train_student(student, kd, make_fit(data, epochs=5))
 """
-import torch
-
+from netcompress.core.seeding import forked_rng
 from netcompress.distill import losses
 from netcompress.train.loop import TrainConfig
 from netcompress.distill.features import Adapter, make_adapter
@@ -48,9 +47,7 @@ def distill(method: str, teacher, student, data, *, seed: int = 0, progress: boo
     """
     cfg = DistillConfig.from_dict({"method": method, **config}, "distill")
     train = train or TrainConfig()
-    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(seed)
+    with forked_rng(seed):
         if isinstance(student, (str, dict, ModelRef)):
             student = build_student(student, data, "distill", teacher)
         return run_distill(cfg, teacher, student, data, make_fit(data, train, seed=seed, progress=progress),

@@ -16,6 +16,7 @@ from torch import nn
 
 from netcompress.core.errors import NetcompressError
 from netcompress.core.registry import Registry
+from netcompress.core.seeding import forked_rng
 from netcompress.models.transformers import GPT, ViT
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
@@ -290,8 +291,7 @@ def create(name: str, num_classes: int = 10, in_channels: int | None = None, inp
     from netcompress.models import io
 
     if seed is not None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with forked_rng(seed, cuda=False):
             return create(name, num_classes, in_channels, input_size, **kwargs)
     if name in COMPOSITE and COMPOSITE[name] not in kwargs:
         raise NetcompressError(f"model {name!r} wraps another model and cannot be built from its name; "

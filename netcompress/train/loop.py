@@ -28,6 +28,7 @@ from netcompress.core.batch import call, logits_of, to_device
 from netcompress.core.errors import NetcompressError
 from netcompress.core.method import Method
 from netcompress.core.modes import eval_mode
+from netcompress.core.seeding import forked_rng
 from netcompress.train.distributed import barrier, dist_info, init_distributed
 
 LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
@@ -172,8 +173,7 @@ def _keeps_caller_rng(fn):
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
-        cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-        with torch.random.fork_rng(devices=cuda):
+        with forked_rng():
             return fn(*args, **kwargs)
 
     return run
