@@ -81,6 +81,18 @@ def _teacher(name: str, data, path: Path) -> float:
     return nc.train.evaluate(teacher, data)
 
 
+def alone_runs(init: nn.Module, data, seed: int) -> dict[str, float]:
+    """The two controls of a student: trained alone with fit defaults ("alone") and for the
+    distillation phases' own budget ("alone2"), each from a copy of `init`; test accuracies."""
+    patient = nc.distill.default_epochs(nc.distill.DistillConfig(), nc.train.TrainConfig())
+    out = {}
+    for name, kw in (("alone", {}), ("alone2", {"epochs": patient})):
+        a = copy.deepcopy(init)
+        nc.train.fit(a, data, seed=seed, progress=False, **kw)
+        out[name] = nc.train.evaluate(a, data)
+    return out
+
+
 def run_one(key: str, seed: int, methods: list[str], teacher_path: str) -> dict:
     """Every method and both controls for one student and one seed; plain lists, so a worker can return it."""
     torch.set_num_threads(1)
@@ -88,14 +100,10 @@ def run_one(key: str, seed: int, methods: list[str], teacher_path: str) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="bench-defaults-"))
     teacher = nc.models.load(teacher_path)
     label, make = STUDENTS[key]
-    patient = nc.distill.default_epochs(nc.distill.DistillConfig(), nc.train.TrainConfig())
     out: dict = {"key": key, "seed": seed, "cli": None, "na": {}, "acc": {}, "extra": {}}
     torch.manual_seed(seed)
     init = make(data)
-    for name, kw in (("alone", {}), ("alone2", {"epochs": patient})):
-        a = copy.deepcopy(init)
-        nc.train.fit(a, data, seed=seed, progress=False, **kw)
-        out[name] = nc.train.evaluate(a, data)
+    out.update(alone_runs(init, data, seed))
     for m in methods:
         try:
             res = nc.distill.distill(m, teacher, copy.deepcopy(init), data, seed=seed)

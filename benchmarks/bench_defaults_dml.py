@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import netcompress as nc  # noqa: E402
 from _common import md_table, mean_std, write_result  # noqa: E402
-from bench_defaults import STUDENTS  # noqa: E402
+from bench_defaults import STUDENTS, alone_runs  # noqa: E402
 
 RUNS = {"paper": {"rampup": 0.0}, "paper x2": {"rampup": 0.0, "weights": {"kl": 2.0}}, "default": {}}
 
@@ -41,14 +41,9 @@ RUNS = {"paper": {"rampup": 0.0}, "paper x2": {"rampup": 0.0, "weights": {"kl": 
 def run_one(key: str, seed: int) -> dict:
     torch.set_num_threads(1)
     data = nc.data.load("mnist-5k")
-    patient = nc.distill.default_epochs(nc.distill.DistillConfig(), nc.train.TrainConfig())
     torch.manual_seed(seed)
     init = STUDENTS[key][1](data)
-    out: dict = {"key": key, "seed": seed}
-    for name, kw in (("alone", {}), ("alone2", {"epochs": patient})):
-        a = copy.deepcopy(init)
-        nc.train.fit(a, data, seed=seed, progress=False, **kw)
-        out[name] = nc.train.evaluate(a, data)
+    out: dict = {"key": key, "seed": seed, **alone_runs(init, data, seed)}
     for name, kw in RUNS.items():
         res = nc.distill.distill("dml", None, copy.deepcopy(init), data, seed=seed, **kw)
         out[name] = res.accuracy

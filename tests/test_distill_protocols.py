@@ -196,7 +196,7 @@ def test_dml_weight_ramps_up_over_the_first_share_of_the_steps(small):
     assert seen.total == 2 * 4  # 256 training images in batches of 64
 
 
-def test_dml_step_is_checkpointed(small):
+def test_dml_step_is_checkpointed():
     m = DML(rampup=0.3)
     m.after_step(None, 17)
     again = DML(rampup=0.3)
