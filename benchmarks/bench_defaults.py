@@ -190,8 +190,10 @@ def run(seeds: int, methods: list[str], students: list[str], jobs: int, teacher_
               "stops learning alone); the KD-term methods train at train.lr / T = 0.0125 "
               "(`netcompress.distill.default_lr`: the T²-scaled KD gradient is up to T times a CE "
               "gradient); AT / RKD / SP add the KD term (alpha 0.9) and lower the papers' feature weights "
-              "on the first step so the feature term starts no larger than the cross-entropy (at the "
-              "paper's weights AT reached 7.4 % and SP 22 % on lenet5-quarter, lenet5 teacher). The Python function and "
+              "on the first step so the feature term starts no larger than the task loss the student trains "
+              "with, (1 - alpha) CE = 0.1 CE (at the paper's weights AT reached 7.4 % and SP 22 % on "
+              "lenet5-quarter, lenet5 teacher); DML's mutual term ramps up to weight 2 over the first 30 % "
+              "of the steps. The Python function and "
               "the CLI command are the same handler with the same config, so KD's CLI column agrees with "
               "the Python one seed by seed.\n")
     name = "defaults_distill" if teacher_name == "vgg-small" else f"defaults_distill_{teacher_name}"

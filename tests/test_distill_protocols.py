@@ -361,24 +361,28 @@ def trained_teacher(small):
 def test_feature_weights_are_balanced_against_the_task_loss_unless_given(small, trained_teacher, method, key):
     """At the papers' weights the AT / SP terms start at 5-9x the cross-entropy on LeNet-5 and a
     BatchNorm-free student collapses (7 % / 22 % with defaults on mnist-5k); by default the first
-    step lowers the weight so the term starts no larger than the (unweighted) CE, with the default KD
-    term (alpha 0.9: the logged task loss is 0.1 CE) and without it. Given weights are kept."""
+    step lowers the weight so the term starts at the task loss the student trains with:
+    (1 - alpha) CE beside the default KD term (alpha 0.9), the CE without it (alpha 0), and the full
+    CE when there is no task term (alpha 1). Given weights are kept."""
     teacher = trained_teacher
-    for alpha in (None, 0.0):
+    first = {}
+    for alpha in (None, 0.0, 1.0):
         torch.manual_seed(0)
         r = distill(method, teacher, student(), small, epochs=1, max_steps=1,
                     **({} if alpha is None else {"alpha": alpha}))
-        first = r.histories[method][0]
-        ce = first["task"] / (1 - (0.9 if alpha is None else alpha))
+        first[alpha] = r.histories[method][0]
         assert 0 < r.extra["weight_scale"] < 1
-        assert first[key] <= ce * (1 + 1e-5)
-        assert first[key] == pytest.approx(ce, rel=1e-4)  # lowered to the CE, not below
-        assert ("kd" in first) == (alpha is None)
+        assert ("kd" in first[alpha]) == (alpha != 0.0)
+    ce = first[0.0]["task"]  # the same student, batch and first forward in each run
+    assert first[None]["task"] == pytest.approx(0.1 * ce, rel=1e-4)
+    assert first[None][key] == pytest.approx(0.1 * ce, rel=1e-4)  # lowered to the task loss, not below
+    assert first[0.0][key] == pytest.approx(ce, rel=1e-4)
+    assert first[1.0]["task"] == 0 and first[1.0][key] == pytest.approx(ce, rel=1e-4)
     torch.manual_seed(0)
     paper = {"at": 500.0, "sp": 3000.0}[key]
     given = distill(method, teacher, student(), small, epochs=1, max_steps=1, weights={key: paper})
     assert "weight_scale" not in given.extra
-    assert given.histories[method][0][key] > first[key]
+    assert given.histories[method][0][key] > first[None][key]
 
 
 def test_balancing_factor_is_checkpointed(small, teacher):

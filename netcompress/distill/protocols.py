@@ -56,8 +56,8 @@ class DistillConfig(Config):
             uses T 1 unless alpha is given, then `temperature`.
         weights: per-term weights overriding the paper defaults: fitnet {hint}, at {at},
             rkd {distance, angle}, sp {sp}, dml {kl}. Without them, at / rkd / sp lower the paper's
-            weights on the first step so the feature term starts no larger than the cross-entropy
-            (`methods._FeatureMethod`); given weights are used as they are.
+            weights on the first step so the feature term starts no larger than the task loss,
+            (1 - alpha) CE (`methods._FeatureMethod`); given weights are used as they are.
         layers: module names, or [student_name, teacher_name] pairs, for feature methods.
         epochs, lr, max_steps: training budget of each phase (default: `default_epochs`, twice the
             recipe's ``train.epochs``; `default_lr`; no step limit).
