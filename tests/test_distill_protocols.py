@@ -374,10 +374,10 @@ def test_feature_weights_are_balanced_against_the_task_loss_unless_given(small, 
         assert 0 < r.extra["weight_scale"] < 1
         assert ("kd" in first[alpha]) == (alpha != 0.0)
     ce = first[0.0]["task"]  # the same student, batch and first forward in each run
-    assert first[None]["task"] == pytest.approx(0.1 * ce, rel=1e-4)
-    assert first[None][key] == pytest.approx(0.1 * ce, rel=1e-4)  # lowered to the task loss, not below
-    assert first[0.0][key] == pytest.approx(ce, rel=1e-4)
-    assert first[1.0]["task"] == 0 and first[1.0][key] == pytest.approx(ce, rel=1e-4)
+    assert first[None]["task"] == pytest.approx(0.1 * ce, rel=1e-4) and first[1.0]["task"] == 0
+    for alpha, ref in ((None, 0.1 * ce), (0.0, ce), (1.0, ce)):
+        assert first[alpha][key] <= ref * (1 + 1e-5)  # no larger than the task loss
+        assert first[alpha][key] == pytest.approx(ref, rel=1e-4)  # lowered to it, not below
     torch.manual_seed(0)
     paper = {"at": 500.0, "sp": 3000.0}[key]
     given = distill(method, teacher, student(), small, epochs=1, max_steps=1, weights={key: paper})
