@@ -28,8 +28,11 @@ def cpu_model() -> str:
 
 
 def machine_header() -> str:
+    """The header of a result file. The CPU kernels torch dispatches to (AVX2, AVX512, ...) are part of
+    it: trained models differ across them in the last float bits, and the difference grows with training."""
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return (f"- machine: {cpu_model()}, {os.cpu_count()} cores, GPU: {gpu}\n"
+    return (f"- machine: {cpu_model()}, {os.cpu_count()} cores, torch CPU kernels "
+            f"{torch.backends.cpu.get_cpu_capability()}, GPU: {gpu}\n"
             f"- software: Python {platform.python_version()}, torch {torch.__version__}, threads {torch.get_num_threads()}\n"
             f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}\n"
             f"- command: `{' '.join([Path(sys.argv[0]).name and 'python ' + os.path.relpath(sys.argv[0]), *sys.argv[1:]])}`\n")
