@@ -65,6 +65,10 @@ def test_unknown_timm_and_hf_names_are_one_clear_error():
         nc.models.create("hf:bert?task=speech")
     with pytest.raises(NetcompressError, match="no config file"):
         nc.models.create("hf:/nonexistent/config.json")
+    # fields that do not fit together: a padding id outside the vocabulary (transformers asserts)
+    with pytest.raises(NetcompressError, match="cannot build a 'llama' model: Padding_idx"):
+        nc.models.create("hf:llama?task=causal-lm&vocab_size=16&pad_token_id=32&hidden_size=16&num_attention_heads=2"
+                         "&num_hidden_layers=1&intermediate_size=32")
 
 
 def test_hf_hub_id_offline_is_a_clear_error(monkeypatch):

@@ -151,6 +151,112 @@ def test_unhandled_op_is_one_clear_error_and_the_model_is_unchanged():
     assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
 
 
+# -- forms met in unseen models: parameter-free norms, Linear subclasses, caches, keyword matmuls --
+class _FreeNorm(nn.Module):
+    """OLMo's LayerNorm: no parameters, F.layer_norm with the module's own normalized_shape."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.normalized_shape = (d,)
+
+    def forward(self, x):
+        return F.layer_norm(x, self.normalized_shape, None, None, 1e-5)
+
+
+class _MatmulLinear(nn.Linear):
+    """Falcon's Linear: the same layer written as x @ W.T + b."""
+
+    def forward(self, x):
+        return x @ self.weight.T + self.bias
+
+
+class _ScaledLinear(nn.Linear):
+    """A Linear subclass that is not a plain linear layer (a learned output scale)."""
+
+    def __init__(self, i, o):
+        super().__init__(i, o)
+        self.s = nn.Parameter(torch.rand(o) + 0.5)
+
+    def forward(self, x):
+        return (x @ self.weight.T + self.bias) * self.s
+
+
+class _UnseenForms(nn.Module):
+    def __init__(self, d=16):
+        super().__init__()
+        self.fc1, self.norm1 = _MatmulLinear(8, d), nn.LayerNorm(d, elementwise_affine=False)
+        self.fc2, self.norm2 = nn.Linear(d, 32), _FreeNorm(32)
+        self.q, self.k = nn.Linear(32, 24), nn.Linear(32, 24)
+        self.freq = nn.Parameter(torch.rand(12))
+        self.fc3 = nn.Linear(24, 5)
+
+    def forward(self, x):
+        h = self.norm1(self.fc1(x).relu())
+        h = self.norm2(self.fc2(h))
+        q = torch.cat([torch.tensor([]), self.q(h)], dim=-1)  # a cache starts as an empty 1-d tensor
+        q = q * torch.repeat_interleave(self.freq, 2, dim=-1)  # interleaved rotary frequencies
+        k = self.k(h)
+        s = torch.zeros(x.shape[0], 1, 1).baddbmm(batch1=q.unsqueeze(1), batch2=k.unsqueeze(2), beta=1.0, alpha=0.5)
+        return self.fc3(k * s.squeeze(-1))  # ALiBi's keyword call above
+
+
+def test_forms_of_unseen_models_prune_and_run():
+    torch.manual_seed(0)
+    m, x = _UnseenForms(), torch.randn(4, 8)
+    small = _prune_checks(m, x, parity=False)
+    assert small.fc1.out_features == 8 and small.norm1.normalized_shape == (8,)  # weight-free LayerNorm followed
+    assert small.fc2.out_features == 16 and small.norm2.normalized_shape == (16,)  # and a hand-written one
+    # through cat, repeat_interleave (channel pairs share a frequency) and baddbmm's keywords
+    assert small.q.out_features == small.k.out_features == 12 and small.freq.shape == (6,)
+
+
+def test_linear_subclass_is_a_linear_layer_only_when_it_computes_one():
+    from netcompress.core.graph_layers import _is_linear_like
+
+    assert _is_linear_like(_MatmulLinear(4, 3)) and not _is_linear_like(_ScaledLinear(4, 3))
+    assert not _is_linear_like(nn.Linear(4, 3))  # torch's own: handled as itself
+    lin = _MatmulLinear(4, 3)
+    rng = torch.get_rng_state()
+    _is_linear_like(lin)
+    assert torch.equal(rng, torch.get_rng_state())  # the probe draws from its own generator
+
+
+def test_width_false_keeps_a_hand_written_norm_width():
+    class HandNorm(nn.Module):
+        def __init__(self, d):
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(d))
+
+        def forward(self, x):
+            mu = x.mean(-1, keepdim=True)
+            return self.weight * (x - mu) / (x.var(-1, keepdim=True) + 1e-5).sqrt()
+
+    m = nn.Sequential(nn.Linear(8, 16), HandNorm(16), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    x = torch.randn(3, 8)
+    kept = channels(m, "l1", 0.5, example_inputs=x, width=False)
+    assert (kept[0].out_features, kept[2].out_features) == (16, 16)
+    assert channels(m, "l1", 0.5, example_inputs=x)[0].out_features == 8
+
+
+class _LiteralWidth(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.width = nn.Linear(8, 16), nn.Linear(16, 4), 16
+
+    def forward(self, x):
+        return self.b(self.a(x).relu() + torch.zeros(self.width))  # a size the trace cannot see as one
+
+
+def test_a_pruned_model_that_does_not_run_is_one_clear_error_and_the_model_is_unchanged():
+    m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), _LiteralWidth())
+    before, x = _state(m), torch.randn(3, 4)
+    with pytest.raises(NetcompressError, match=r"pruned model fails in module '3' .*ignore=\['3'\]"):
+        channels(m, "l1", 0.5, example_inputs=x)
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+    small = channels(m, "l1", 0.5, example_inputs=x, ignore=["3"])  # as the message says
+    assert (small[0].out_features, small[2].out_features) == (4, 8) and small(x).shape == (3, 4)
+
+
 # -- token layouts: class tokens, positional embeddings, sizes computed from widths, token mixing --
 class _ClassTokenNoPos(nn.Module):
     """A class token concatenated before the patch tokens with no positional embedding after (BEiT)."""
@@ -327,7 +433,10 @@ def _hf(name):
                                                        num_labels=10)), {"pixel_values": torch.randn(2, 3, 32, 32)}
     cfg = dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128, **small)
     cls = {"llama": (T.LlamaForCausalLM, T.LlamaConfig), "qwen2": (T.Qwen2ForCausalLM, T.Qwen2Config),
-           "mistral": (T.MistralForCausalLM, T.MistralConfig)}[name]
+           "mistral": (T.MistralForCausalLM, T.MistralConfig)}.get(name)
+    if cls is None:  # any other causal LM family, from its config class's defaults
+        return T.AutoModelForCausalLM.from_config(T.AutoConfig.for_model(
+            name, pad_token_id=0, bos_token_id=0, eos_token_id=0, **cfg)), ids
     return cls[0](cls[1](**cfg)), ids
 
 
@@ -373,6 +482,33 @@ SLOW_HF = ["roberta", "vit", "qwen2", "mistral"]
 def test_hugging_face_more(arch):
     m, x = _hf(arch)
     _prune_checks(m, x, atol=1e-4)
+
+
+# causal LMs whose forwards differ from LLaMA's: a key/value cache concatenated to an empty tensor
+# (OPT), ALiBi through baddbmm keywords (BLOOM), a Linear subclass computing x @ W.T (Falcon), a
+# parameter-free LayerNorm (OLMo), q/k norms over the whole projection (OLMo 2), rotary frequencies
+# through repeat_interleave (Cohere)
+CAUSAL_LM = ["opt", "falcon", "olmo2"]
+SLOW_CAUSAL_LM = ["bloom", "olmo", "cohere", "phi", "gpt_neox", "gpt_bigcode"]
+
+
+def _causal_lm(arch):
+    torch.manual_seed(0)
+    m, x = _hf(arch)
+    # OLMo 2 normalises q and k over all heads at once: removing a head is not zeroing it
+    small = _prune_checks(m, x, atol=1e-4, parity=arch != "olmo2")
+    assert sum(p.numel() for p in small.parameters()) < 0.6 * sum(p.numel() for p in m.parameters())
+
+
+@pytest.mark.parametrize("arch", CAUSAL_LM)
+def test_hugging_face_causal_lm_families(arch):
+    _causal_lm(arch)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", SLOW_CAUSAL_LM)
+def test_hugging_face_causal_lm_families_slow(arch):
+    _causal_lm(arch)
 
 
 FAST_TIMM = ["mobilenetv3_small_050", "convnextv2_atto"]

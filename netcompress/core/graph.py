@@ -185,6 +185,8 @@ class ChannelGraph:
         self.members: list[Member] = []
         self.groups: list[Group] = []
         self.fixers: list[Callable[[nn.Module, "ChannelGraph", set[int]], None]] = []
+        self.example: Any = None  # the traced first sample (set by `build`): pruned models are checked on it
+        self._out_shape: tuple[int, ...] | None = None
         self.tracer = "fx"
 
     @classmethod
@@ -199,8 +201,9 @@ class ChannelGraph:
             ignore: qualified module names (or fnmatch patterns, or prefixes) to leave unpruned.
             attention: 'heads' (remove whole attention heads / key-value groups), 'head_dim'
                 (remove the same dimensions of every head) or 'none' (attention stays).
-            width: also prune channels normalised by LayerNorm / RMSNorm / GroupNorm(1) (the
-                embedding width of a transformer, coupled through every block).
+            width: also prune channels normalised by LayerNorm / RMSNorm / GroupNorm(1) or by a
+                mean / variance over channels in a hand-written norm (the embedding width of a
+                transformer, coupled through every block).
 
         Example:
             g = ChannelGraph.build(nc.models.create("resnet8"), torch.randn(1, 3, 32, 32))
@@ -221,7 +224,39 @@ class ChannelGraph:
         with eval_mode(model), torch.no_grad():
             run_labels(g, x, ignore)
         g._make_groups()
+        g.example = x
         return g
+
+    def _run(self, model: nn.Module) -> tuple[int, ...] | None:
+        """The shape of `model`'s first output tensor on the traced example (eval mode, no grad);
+        later outputs (attention maps, key/value caches) may rightly lose heads."""
+        from netcompress.core.graph_trace import _output_tensors
+
+        x = self.example
+        with eval_mode(model), torch.no_grad():
+            out = model(**x) if isinstance(x, dict) else model(*x) if isinstance(x, tuple) else model(x)
+        first = _output_tensors(out)[:1]
+        return tuple(first[0].shape) if first else None
+
+    def check_runs(self, new: nn.Module) -> None:
+        """Raise a NetcompressError naming the module where the pruned model `new` fails on the
+        traced example, or if its first output changes shape: a size the trace did not see as one
+        (a literal, an attribute read inside a module's forward) kept the old width."""
+        if self.example is None:
+            return
+        if self._out_shape is None:
+            self._out_shape = self._run(self.model)
+        try:
+            shape = self._run(new)
+        except Exception as e:  # any failure of the user's forward on the pruned weights
+            where = _failing_module(new, e.__traceback__)
+            hint = f"; pass ignore=[{where!r}] to leave it unpruned" if where else ""
+            raise NetcompressError(f"the pruned model fails in module {where or '<top>'!r} on the example input "
+                                   f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): a size "
+                                   f"there did not follow the removed channels{hint}") from None
+        if shape != self._out_shape:
+            raise NetcompressError(f"the pruned model's output changes shape on the example input ({self._out_shape} "
+                                   f"-> {shape}): a model output was pruned")
 
     def _make_groups(self) -> None:
         """Classes touched by the same set of (module, kind) members form one group. Vectorised: one
@@ -361,7 +396,20 @@ class ChannelGraph:
         from netcompress.core.graph_layers import fix_hf_config
 
         fix_hf_config(new)
+        self.check_runs(new)
         return new
+
+
+def _failing_module(model: nn.Module, tb: Any) -> str | None:
+    """The qualified name of the innermost module of `model` whose forward is on traceback `tb`."""
+    names = {id(m): n for n, m in model.named_modules() if n}
+    found = None
+    while tb is not None:
+        mod = tb.tb_frame.f_locals.get("self")
+        if isinstance(mod, nn.Module) and id(mod) in names:
+            found = names[id(mod)]
+        tb = tb.tb_next
+    return found
 
 
 def fix_attributes(mod: nn.Module) -> None:

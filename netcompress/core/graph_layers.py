@@ -176,6 +176,25 @@ def _conv1d_rule(it: "_LabelInterpreter", n: fx.Node, m: nn.Module, value: Any) 
     return it._layer(n.target, m, lab, value)
 
 
+def _is_linear_like(m: nn.Module) -> bool:
+    """An nn.Linear subclass with its own forward that computes the linear layer all the same
+    (Falcon's ``x @ self.weight.T + self.bias``): checked on a fixed probe input, so a subclass that
+    adds anything (a low-rank update, a scale, quantization) is traced through instead."""
+    if not isinstance(m, nn.Linear) or type(m).forward is nn.Linear.forward or list(m.children()):
+        return False
+    w = m.weight
+    if not isinstance(w, torch.Tensor) or w.dim() != 2 or not w.is_floating_point() or w.is_meta:
+        return False
+    probe = torch.randn(2, w.shape[1], generator=torch.Generator().manual_seed(0)).to(w.device, w.dtype)
+    try:
+        with torch.no_grad():
+            out = m(probe)
+            ref = nn.functional.linear(probe, w, m.bias)
+    except Exception:  # a forward that needs more than one tensor is not a plain linear layer
+        return False
+    return isinstance(out, torch.Tensor) and out.shape == ref.shape and bool(torch.allclose(out, ref, rtol=1e-4, atol=1e-5))
+
+
 def _is_rmsnorm_like(m: nn.Module) -> bool:
     w = getattr(m, "weight", None)
     return (type(m).__name__.endswith("RMSNorm") and not isinstance(m, nn.RMSNorm) and isinstance(w, torch.Tensor)
@@ -316,8 +335,18 @@ def _attention_rule(it: "_LabelInterpreter", n: fx.Node, m: nn.Module, value: An
         it.add(full, "in", x, 1)
         it.add(full, "out", lay)
     for path in spec.head_norms:
-        if isinstance(getattr(m.get_submodule(path), "weight", None), torch.Tensor):
+        w = getattr(m.get_submodule(path), "weight", None)
+        if not isinstance(w, torch.Tensor):
+            continue
+        # one head's width (Qwen3, Gemma 3) or the whole projection's (OLMo 2: q over h heads, k over kv)
+        whole = kv_lay if path.startswith("k") else q_lay
+        if w.shape[0] == hd:
             it.add(f"{name}.{path}", "norm", per_dim)
+        elif w.shape[0] == len(whole):
+            it.add(f"{name}.{path}", "norm", whole)
+        else:
+            raise NetcompressError(f"module {name}.{path!r}: a norm of width {w.shape[0]} fits neither one head "
+                                   f"({hd}) nor the projection ({len(whole)}); pass ignore=[{name!r}]")
     for path in spec.q_norms:
         it.add(f"{name}.{path}", "norm", q_lay)
     if spec.o is not None:
@@ -426,7 +455,7 @@ def leaf_rule(m: nn.Module) -> Rule | None:
             return _registered_rule(_REGISTRY[cls])
     if isinstance(m, nn.MultiheadAttention):
         return _mha_rule
-    if is_conv1d_t(m):
+    if is_conv1d_t(m) or _is_linear_like(m):
         return _conv1d_rule
     if _is_rmsnorm_like(m):
         return _norm_rule

@@ -46,7 +46,7 @@ hypot atan2 copysign xlogy normalize sub_ rsub mul_ true_divide heaviside relu6_
 MOVES = set("""view reshape flatten transpose swapaxes swapdims permute chunk split tensor_split unbind squeeze
 unsqueeze expand expand_as view_as reshape_as t repeat stack cat concat concatenate getitem movedim moveaxis
 narrow unflatten roll flip select tile broadcast_to split_with_sizes hstack vstack gather index_select
-take_along_dim""".split())
+take_along_dim repeat_interleave""".split())
 REDUCE = {"mean": 1, "sum": 1, "amax": 1, "amin": 1, "std": 1, "var": 1, "prod": 1, "logsumexp": 1, "max": 1,
           "min": 1, "argmax": 1, "argmin": 1, "norm": 2, "vector_norm": 2, "nansum": 1, "nanmean": 1, "all": 1,
           "any": 1, "count_nonzero": 1}
@@ -432,6 +432,12 @@ class _LabelInterpreter(fx.Interpreter):
             out = [neutral(s) for s in shapes]
         else:
             dims = [dims] if isinstance(dims, int) else list(dims)
+            if not self.g.width and name in ("mean", "var", "std"):
+                # statistics over channels: a hand-written LayerNorm (Cohere's), whose width stays
+                sq = squash(lab)
+                for d in dims:
+                    if sq.shape[d] > 1:
+                        self.uf.freeze(sq)
             out = [reduce(lab, dims, keep, s, self.uf) for s in shapes]
         return tuple(out) if isinstance(value, tuple) else out[0]
 
@@ -447,9 +453,35 @@ class _LabelInterpreter(fx.Interpreter):
             isinstance(shape, (list, tuple)) and len(shape) != 1) or self._ignored(_module_of(n))
         for p in params:
             self.uf.union_tensors(ch, _compact(p).reshape(-1))
+        raw = self._arg(n, 1, "normalized_shape") if dim == -1 else None
+        computed = isinstance(raw, fx.Node) or (isinstance(raw, (list, tuple)) and any(isinstance(v, fx.Node) for v in raw))
+        if not fixed and not params and dim == -1 and not computed:
+            # no weight to slice, and the shape is no size read from the input: a size attribute of
+            # the calling module (OLMo's LayerNorm) that must follow the pruned width, or a literal
+            owner = _module_of(n)
+            mod = self.g.model.get_submodule(owner) if owner else self.g.model
+            attr = getattr(mod, "normalized_shape", None)
+            if isinstance(attr, (tuple, list, torch.Size)) and list(attr) == list(shape or ()):
+                self._resize_attr(owner, "normalized_shape", ch, type(attr) if type(attr) is not torch.Size else tuple)
+            elif isinstance(attr, int) and [attr] == list(shape or ()):
+                self._resize_attr(owner, "normalized_shape", ch, int)
+            else:
+                fixed = True
         if fixed:
             self.uf.freeze(ch)
         return lab
+
+    def _resize_attr(self, owner: str, attr: str, ch: torch.Tensor, kind: type) -> None:
+        """After pruning, set module `owner`'s size attribute `attr` to the number of channels of
+        `ch` that stay (as an int, or a one-element tuple / list)."""
+        labels = ch.clone()
+
+        def fix(new: nn.Module, g: "ChannelGraph", removed: set[int]) -> None:
+            roots = g.uf.roots(labels)
+            kept = int((~g.removed_table(removed)[roots.clamp_min(0)] | (roots < 0)).sum())
+            setattr(new.get_submodule(owner), attr, kept if kind is int else kind([kept]))
+
+        self.g.fixers.append(fix)
 
     def _matmul(self, n: fx.Node, name: str, value: torch.Tensor) -> torch.Tensor:
         if name == "einsum":
@@ -469,7 +501,8 @@ class _LabelInterpreter(fx.Interpreter):
             s = contract([(q, b + "le"), (k, b + "se")], b + "ls", q.shape[:-1] + k.shape[-2:-1], self.uf)
             return contract([(s, b + "ls"), (v, b + "sv")], b + "lv", value.shape, self.uf)
         if name in ("addmm", "baddbmm"):
-            bias, a, b = (self._lab(x) for x in n.args[:3])
+            names = ("input", "batch1", "batch2") if name == "baddbmm" else ("input", "mat1", "mat2")
+            bias, a, b = (self._lab(self._arg(n, i, k)) for i, k in enumerate(names))
             la, lb, lo = matmul_letters(a.dim(), b.dim())
             out = contract([(a, la), (b, lb)], lo, value.shape, self.uf)
             return merge(out, bias.expand(value.shape), self.uf) if isinstance(bias, torch.Tensor) else out
@@ -546,6 +579,9 @@ class _LabelInterpreter(fx.Interpreter):
                 self.uf.freeze(src)  # picking channels by index: they stay
             return src.narrow(dim, 0, 1).expand(value.shape) if src.shape[dim] != value.shape[dim] or src.dim() != \
                 value.dim() else src.expand(value.shape) if src.dim() == value.dim() else frozen(value.shape)
+        elif name == "repeat_interleave" and (not isinstance(self._val(self._arg(n, 1, "repeats")), int)
+                                              or self._val(self._arg(n, 2, "dim")) is None):
+            return self._unknown(n, value)  # per-element repeats or a flattening repeat: not a channel move
         elif name in ("view_as", "reshape_as", "expand_as"):
             src, other = self._lab(n.args[0]), self._val(n.args[1])
             out = src.expand(other.shape) if name == "expand_as" else src.reshape(other.shape)
@@ -561,7 +597,9 @@ class _LabelInterpreter(fx.Interpreter):
             self._index_ties(src, args[1])
         if name in ("cat", "concat", "concatenate") and isinstance(args[0], (list, tuple)) and isinstance(value, torch.Tensor):
             dim = kwargs.get("dim", args[1] if len(args) > 1 else 0) % value.dim()
-            parts = list(args[0])
+            # torch.cat skips empty 1-d tensors whatever `dim` is (a key/value cache starts as one)
+            parts = [p for p in args[0] if not (isinstance(p, torch.Tensor) and p.dim() == 1 and p.numel() == 0)
+                     or value.dim() == 1]
             flat = tuple(slice(0, 1) if d != dim and all(p.stride(d) == 0 for p in parts) else slice(None)
                          for d in range(value.dim()))
             out = torch.cat([p[flat] for p in parts], dim)
@@ -727,6 +765,10 @@ class _LabelInterpreter(fx.Interpreter):
             has_params = any(p is not None for p in m._parameters.values()) or any(b is not None and b.dim() == 1 for b in m._buffers.values())
             if has_params:
                 self.add(name, "norm", ch)
+            elif one_d:  # nothing to slice, but the size it checks its input against must follow
+                self._resize_attr(name, "normalized_shape", ch, tuple)
+            elif gn1:
+                self._resize_attr(name, "num_channels", ch, int)
             return inp
         if isinstance(m, (nn.GroupNorm, nn.LayerNorm, nn.RMSNorm)) and isinstance(inp, torch.Tensor):
             self.uf.freeze(inp)  # groups must stay equal / multi-dim shapes are literal: its channels stay

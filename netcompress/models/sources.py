@@ -211,7 +211,7 @@ def build_hf(name: str, kwargs: dict[str, Any]) -> tuple[nn.Module, dict[str, An
     except OSError as e:
         raise NetcompressError(f"hf:{name}?pretrained=true: weights could not be loaded ({str(e).splitlines()[0]}); "
                                "offline, build from a config (pretrained=false) or load a saved model file") from None
-    except (ValueError, TypeError, KeyError) as e:
+    except (ValueError, TypeError, KeyError, AssertionError, IndexError) as e:  # config fields that do not fit together
         raise NetcompressError(f"hf:{name}: {HF_TASKS[task]} cannot build a {config.model_type!r} model: "
                                f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     spec_kw: dict[str, Any] = {"task": task, "config": _strip(config.to_diff_dict())}
