@@ -208,6 +208,9 @@ def test_forms_of_unseen_models_prune_and_run():
     assert small.fc2.out_features == 16 and small.norm2.normalized_shape == (16,)  # and a hand-written one
     # through cat, repeat_interleave (channel pairs share a frequency) and baddbmm's keywords
     assert small.q.out_features == small.k.out_features == 12 and small.freq.shape == (6,)
+    plain = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16, elementwise_affine=False), nn.Linear(16, 4))  # fx-traced
+    assert ChannelGraph.build(plain, x).tracer == "fx"
+    assert _prune_checks(plain, x, parity=False)[1].normalized_shape == (8,)
 
 
 def test_linear_subclass_is_a_linear_layer_only_when_it_computes_one():
