@@ -230,6 +230,32 @@ def test_transformer_recipes_run_end_to_end_on_a_tiny_budget(recipe, extra, tmp_
         assert by["early-exit"]["extra"]["avg_macs_fraction"] <= 0.65
 
 
+def test_kd_defaults_on_language_models_through_the_function_and_the_cli(text_small, one_thread, tmp_path, capsys):
+    """Not given, T is 1 and alpha 0.5 on language-modelling data (Hinton's T 4, alpha 0.9 spread
+    a per-token distribution over bytes the teacher rules out); given values stay."""
+    import json
+
+    from netcompress.cli import main
+    from netcompress.distill.protocols import DistillConfig, lm_defaults
+
+    torch.manual_seed(0)
+    teacher = nc.models.create_for("gpt-tiny", text_small)
+    half = lambda: nc.models.create_for("gpt-tiny-half", text_small)  # noqa: E731
+    r = nc.distill.distill("kd", teacher, half(), text_small, max_steps=1)
+    assert (r.extra["temperature"], r.extra["alpha"]) == (1.0, 0.5)
+    r = nc.distill.distill("kd", teacher, half(), text_small, max_steps=1, temperature=4.0, alpha=0.9)
+    assert (r.extra["temperature"], r.extra["alpha"]) == (4.0, 0.9)
+    assert nc.distill.distill("hidden", teacher, half(), text_small, max_steps=1).extra["temperature"] == 1.0
+    cfg = DistillConfig.from_dict({"method": "kd"})
+    assert lm_defaults(cfg, nc.data.load("digits")) is cfg and (cfg.temperature, cfg.alpha) == (4.0, None)
+    tfile = nc.models.save(teacher, tmp_path / "t.pt")
+    capsys.readouterr()
+    assert main(["distill", str(tfile), "--data", "pydoc-text-tiny", "--student", "gpt-tiny-half", "--max-steps", "1",
+                 "--out", str(tmp_path / "s.pt"), "--json"]) == 0
+    extra = json.loads(capsys.readouterr().out)["extra"]
+    assert (extra["temperature"], extra["alpha"]) == (1.0, 0.5)
+
+
 def test_student_from_teacher_is_the_half_model_cut_out_of_the_teacher(text_small, one_thread, tmp_path):
     """depth 0.5 + width 0.5 of gpt-tiny is gpt-tiny-half's architecture, with the teacher's weights
     of the kept blocks, heads and widths; the teacher is unchanged; the distill handler and the CLI

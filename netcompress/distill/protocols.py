@@ -25,7 +25,7 @@ from netcompress.train.loop import History, TrainConfig, evaluate, fit
 
 __all__ = ["ModelRef", "DistillConfig", "DistillResult", "DISTILLERS", "make_fit", "train_student",
            "fresh_copy", "build_student", "student_from_teacher", "assistant_for", "run_distill", "default_lr",
-           "default_epochs", "PATIENCE"]
+           "lm_defaults", "default_epochs", "PATIENCE", "LM_TEMPERATURE", "LM_ALPHA"]
 
 FitFn = Callable[..., History]
 """``fit_fn(model, methods=(), loss_fn=None, tag="train", **train_overrides) -> History``."""
@@ -53,7 +53,8 @@ class DistillConfig(Config):
         temperature, alpha: KD softening and KD weight (CE gets 1 - alpha). alpha defaults to 0.9
             for kd/fitnet/born-again/takd/at/rkd/sp (the feature methods' papers report them best
             added to KD; alpha 0 gives CE + feature term alone). dml has no teacher: its mutual KL
-            uses T 1 unless alpha is given, then `temperature`.
+            uses T 1 unless alpha is given, then `temperature`. On language-modelling data the
+            ones not given are T 1 and alpha 0.5 (`LM_TEMPERATURE`, `LM_ALPHA`).
         weights: per-term weights overriding the paper defaults: fitnet {hint}, at {at},
             rkd {distance, angle}, sp {sp}, dml {kl}. Without them, at / rkd / sp lower the paper's
             weights on the first step so the feature term starts no larger than the task loss,
@@ -77,9 +78,10 @@ class DistillConfig(Config):
     student: str | ModelRef | None = Field(None, description="zoo name, {name, kwargs}, a model file, or "
                                            "from-teacher ({name: from-teacher, kwargs: {depth, width}}: cut out "
                                            "of the teacher) (born-again: the teacher's architecture; dml: the input's)")
-    temperature: float = Field(4.0, gt=0, description="KD softening temperature T")
-    alpha: float | None = Field(None, ge=0, le=1, description="KD weight, CE gets 1 - alpha (default 0.9; "
-                                "0 for at, rkd, sp gives CE + their feature term alone)")
+    temperature: float = Field(4.0, gt=0, description="KD softening temperature T (not given: 4, or 1 on "
+                               "language-modelling data)")
+    alpha: float | None = Field(None, ge=0, le=1, description="KD weight, CE gets 1 - alpha (default 0.9, 0.5 "
+                                "on language-modelling data; 0 for at, rkd, sp gives CE + their feature term alone)")
     weights: dict[str, float] = Field(default_factory=dict, description="loss weights over the paper defaults: "
                                       "fitnet {hint}, at {at}, rkd {distance, angle}, sp {sp}, dml {kl} (without them at/rkd/sp "
                                       "lower the paper weights so the term starts <= the task loss)")
@@ -455,6 +457,29 @@ def default_lr(cfg: DistillConfig, train: TrainConfig) -> float:
     return train.lr / cfg.temperature if kd_term else train.lr
 
 
+LM_TEMPERATURE, LM_ALPHA = 1.0, 0.5
+"""KD's temperature and weight on language-modelling data (``data.task == "lm"``) when not given.
+Per token the teacher's distribution spans the whole vocabulary (256 bytes on pydoc-text) and puts
+almost no mass on most of it; softened at T 2 or 4 it spreads that mass back over bytes the teacher
+rules out. On gpt-tiny's half-size student cut from the teacher, T 1 beat T 2 on the validation
+topics on every seed and recovered 0.40 of the gap to the teacher against 0.33 (3/3 seeds better;
+labels alone 0.33, benchmarks/results/B12_student_init_gpt.md); alpha 0.5 keeps the labels' half
+of the loss, as every B12 KD run does."""
+
+
+def lm_defaults(cfg: DistillConfig, data: Any) -> DistillConfig:
+    """`cfg` with `LM_TEMPERATURE` / `LM_ALPHA` for the settings not given, on language-modelling data
+    (DML, which has no teacher, keeps its own)."""
+    if getattr(data, "task", None) != "lm" or cfg.method == "dml":
+        return cfg
+    upd: dict[str, Any] = {}
+    if "temperature" not in cfg.model_fields_set:
+        upd["temperature"] = LM_TEMPERATURE
+    if cfg.alpha is None:
+        upd["alpha"] = LM_ALPHA
+    return cfg.model_copy(update=upd) if upd else cfg
+
+
 PATIENCE = 2.0
 """Distillation phases train this many times the task's ``train.epochs`` unless `epochs` is given."""
 
@@ -482,6 +507,7 @@ def run_distill(cfg: DistillConfig, teacher: nn.Module | None, student: nn.Modul
             `fit_fn`'s own defaults apply.
     """
     cfg.validate_method()
+    cfg = lm_defaults(cfg, data)
     if teacher is None and cfg.method != "dml":
         raise NetcompressError(f"distill: method {cfg.method!r} needs a teacher")
     if student is None and cfg.method not in ("born-again",):
@@ -498,7 +524,8 @@ def run_distill(cfg: DistillConfig, teacher: nn.Module | None, student: nn.Modul
     # the teacher teaches in eval mode; the caller gets its own per-module flags back
     with eval_mode(teacher) if teacher is not None else contextlib.nullcontext():
         res = DISTILLERS.get(cfg.method)(teacher, student, data, cfg, fit_fn)
-        res.extra = {"method": cfg.method, "student_acc": res.accuracy, "lr": cfg.lr, "epochs": cfg.epochs, **res.extra}
+        res.extra = {"method": cfg.method, "student_acc": res.accuracy, "lr": cfg.lr, "epochs": cfg.epochs,
+                     "temperature": cfg.temperature, "alpha": _alpha(cfg, _KD_ALPHA[cfg.method]), **res.extra}
         if teacher is not None:
             res.extra["teacher_acc"] = _acc(teacher, data)
     if scratch is not None:
