@@ -483,6 +483,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds of the latency part")
     ap.add_argument("--only", nargs="*", help="run only these model names (timm:NAME / hf:ARCH); the table goes to "
                     "results/B11_any_model_only.md")
+    ap.add_argument("--result", help="name of the result file (default: B11_any_model, _only or _full)")
     ap.add_argument("--step-seconds", type=int, default=STEP_SECONDS, help="time limit of one step (prune, transform)")
     args = ap.parse_args()
     STEP_SECONDS = args.step_seconds
@@ -542,7 +543,7 @@ def main() -> None:
             "Representatives (family: model, parameters): "
             + "; ".join(f"{f}: {n} ({p / 1e6:.2f}M)" for f, (n, p) in chosen.items()) + "\n")
     body += f"\nTotal time {time.time() - t0:.0f} s.\n"
-    name = "B11_any_model_only" if args.only else "B11_any_model_full" if args.full else "B11_any_model"
+    name = args.result or ("B11_any_model_only" if args.only else "B11_any_model_full" if args.full else "B11_any_model")
     write_result(name, "B11: any-model coverage (netcompress vs Torch-Pruning 1.6)", body)
 
 

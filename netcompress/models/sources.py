@@ -66,6 +66,11 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
     "llama": dict(_DECODER, task="causal-lm"),
     "qwen2": dict(_DECODER, task="causal-lm"),
     "mistral": dict(_DECODER, task="causal-lm"),
+    # causal LMs whose forwards differ from LLaMA's (ALiBi, multi-query fused qkv, parameter-free or
+    # hand-written norms, q/k norms, partial rotary, parallel blocks)
+    **{arch: dict(_DECODER, task="causal-lm") for arch in ("bloom", "falcon", "olmo", "olmo2", "cohere", "phi",
+                                                           "gpt_neox", "gpt_bigcode")},
+    "opt": dict(_DECODER, task="causal-lm", ffn_dim=64, word_embed_proj_dim=32),
 }
 
 
