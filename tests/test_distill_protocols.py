@@ -121,6 +121,7 @@ def test_single_teacher_protocols_run(small, teacher, method):
 def test_dml_returns_n_peers_and_ensemble(small):
     r = distill("dml", None, student(), small, peers=3, **TINY)
     assert len(r.extra["peer_acc"]) == 3
+    assert (r.extra["temperature"], r.extra["alpha"]) == (1.0, None)  # what the mutual KL used, not T 4
     assert r.extra["ensemble_acc"] == pytest.approx(nc.train.evaluate(r.models["ensemble"], small), abs=1e-6)
     assert {"peer0", "peer1", "peer2", "ensemble"} <= set(r.models)
     logs = r.histories["dml"][-1]

@@ -524,8 +524,10 @@ def run_distill(cfg: DistillConfig, teacher: nn.Module | None, student: nn.Modul
     # the teacher teaches in eval mode; the caller gets its own per-module flags back
     with eval_mode(teacher) if teacher is not None else contextlib.nullcontext():
         res = DISTILLERS.get(cfg.method)(teacher, student, data, cfg, fit_fn)
+        dml_t1 = cfg.method == "dml" and cfg.alpha is None  # DML's mutual KL: T 1 unless alpha is given
         res.extra = {"method": cfg.method, "student_acc": res.accuracy, "lr": cfg.lr, "epochs": cfg.epochs,
-                     "temperature": cfg.temperature, "alpha": _alpha(cfg, _KD_ALPHA[cfg.method]), **res.extra}
+                     "temperature": 1.0 if dml_t1 else cfg.temperature,
+                     "alpha": None if dml_t1 else _alpha(cfg, _KD_ALPHA[cfg.method]), **res.extra}
         if teacher is not None:
             res.extra["teacher_acc"] = _acc(teacher, data)
     if scratch is not None:
