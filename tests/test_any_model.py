@@ -69,6 +69,9 @@ def test_unknown_timm_and_hf_names_are_one_clear_error():
     with pytest.raises(NetcompressError, match="cannot build a 'llama' model: Padding_idx"):
         nc.models.create("hf:llama?task=causal-lm&vocab_size=16&pad_token_id=32&hidden_size=16&num_attention_heads=2"
                          "&num_hidden_layers=1&intermediate_size=32")
+    # fields that contradict each other in a strict config class (GPT-Neo: 24 attention types, 2 layers)
+    with pytest.raises(NetcompressError, match=r"hf:gpt_neo: bad config fields .*num_layers"):
+        nc.models.create("hf:gpt_neo?task=causal-lm&num_layers=2&hidden_size=32&num_heads=4&vocab_size=64")
 
 
 def test_hf_hub_id_offline_is_a_clear_error(monkeypatch):

@@ -170,8 +170,20 @@ def _hf_config(name: str, fields: dict[str, Any], pretrained: bool) -> Any:
             f"hf:{name}: not a local config folder / .json file, not a model type known to transformers "
             f"(e.g. {', '.join(sorted(CONFIG_MAPPING)[:6])}, ...), and the Hugging Face hub could not give its "
             f"config ({first}); offline, build from a model type or a local config") from None
-    except (TypeError, ValueError, KeyError) as e:
-        raise NetcompressError(f"hf:{name}: bad config fields {sorted(fields)}: {e}") from None
+    except (TypeError, ValueError, KeyError, _strict_config_error()) as e:
+        first = str(e).strip().splitlines()
+        raise NetcompressError(f"hf:{name}: bad config fields {sorted(fields)}: "
+                               f"{' '.join(first[:2]) if first else type(e).__name__}") from None
+
+
+def _strict_config_error() -> type[Exception]:
+    """The error huggingface_hub's strict config dataclasses raise when fields contradict each other
+    (GPT-Neo's attention_types against num_layers); ValueError where that package has none."""
+    try:
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:
+        return ValueError
+    return StrictDataclassError
 
 
 def _strip(d: dict[str, Any]) -> dict[str, Any]:
