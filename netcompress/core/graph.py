@@ -338,7 +338,11 @@ class ChannelGraph:
     def keep_mask(self, member: Member, removed: torch.Tensor) -> torch.Tensor:
         """Which positions of `member`'s pruned dim stay when the classes marked in `removed` (the
         table from `removed_table`) go."""
-        roots = self.uf.roots(member.labels)
+        return self.kept(member.labels, removed)
+
+    def kept(self, labels: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
+        """Which of the channel `labels` stay when the classes marked in `removed` go."""
+        roots = self.uf.roots(labels)
         return ~removed[roots.clamp_min(0)] | (roots < 0)
 
     def removed_table(self, removed: Iterable[int]) -> torch.Tensor:

@@ -447,13 +447,13 @@ class _LabelInterpreter(fx.Interpreter):
         ch = _along(lab, dim, f"op {name!r} in {_module_of(n) or '<top>'!r}", uf=self.uf)
         params = [self._lab(a) for a in list(n.args[1:]) + list(n.kwargs.values()) if isinstance(a, fx.Node)]
         params = [p for p in params if isinstance(p, torch.Tensor) and p.dim() == 1]
-        shape = self._val(self._arg(n, 1, "normalized_shape")) if dim == -1 else None
+        raw = self._arg(n, 1, "normalized_shape") if dim == -1 else None
+        shape = self._val(raw)
         groups = self._val(self._arg(n, 1, "num_groups")) if name == "group_norm" else 1
         fixed = (name in ("layer_norm", "rms_norm", "group_norm") and not self.g.width) or groups != 1 or (
             isinstance(shape, (list, tuple)) and len(shape) != 1) or self._ignored(_module_of(n))
         for p in params:
             self.uf.union_tensors(ch, _compact(p).reshape(-1))
-        raw = self._arg(n, 1, "normalized_shape") if dim == -1 else None
         computed = isinstance(raw, fx.Node) or (isinstance(raw, (list, tuple)) and any(isinstance(v, fx.Node) for v in raw))
         if not fixed and not params and dim == -1 and not computed:
             # no weight to slice, and the shape is no size read from the input: a size attribute of
@@ -477,8 +477,7 @@ class _LabelInterpreter(fx.Interpreter):
         labels = ch.clone()
 
         def fix(new: nn.Module, g: "ChannelGraph", removed: set[int]) -> None:
-            roots = g.uf.roots(labels)
-            kept = int((~g.removed_table(removed)[roots.clamp_min(0)] | (roots < 0)).sum())
+            kept = int(g.kept(labels, g.removed_table(removed)).sum())
             setattr(new.get_submodule(owner), attr, kept if kind is int else kind([kept]))
 
         self.g.fixers.append(fix)
