@@ -188,6 +188,8 @@ class ChannelGraph:
         self.example: Any = None  # the traced first sample (set by `build`): pruned models are checked on it
         self._out_shape: tuple[int, ...] | None = None
         self.tracer = "fx"
+        self.not_leaves: set[int] = set()  # ids of modules whose leaf layout failed its probe: traced through
+        self.rejected: set[int] = set()  # such modules found in the current pass (see `run_labels`)
 
     @classmethod
     def build(cls, model: nn.Module, example_inputs: Any, ignore: Iterable[str] = (), *,

@@ -10,6 +10,7 @@ the kept counts; its softmax scale is left as it was.
 """
 from __future__ import annotations
 
+import copy
 import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
@@ -19,7 +20,7 @@ import torch.fx as fx
 from torch import nn
 
 from netcompress.core.errors import NetcompressError
-from netcompress.core.graph import FROZEN, is_conv1d_t
+from netcompress.core.graph import FROZEN, fix_attributes, is_conv1d_t, weight_dims
 from netcompress.core.graph_ops import frozen
 
 if TYPE_CHECKING:
@@ -231,6 +232,96 @@ class AttnSpec:
     gates: tuple[str, ...] = ()  # projections from the input to the q layout
 
 
+def _reject(it: "_LabelInterpreter", n: fx.Node, m: nn.Module, value: Any) -> Any:
+    """Mark attention leaf `m` as not fitting its layout (channels not along its input's last dim,
+    or the cut of `_cut_runs` fails on the real call): `run_labels` builds the graph again with it
+    traced through. Until then its inputs and outputs are frozen, so the pass goes on and finds
+    every such module at once."""
+    it.g.rejected.add(id(m))
+    for a in n.all_input_nodes:
+        if isinstance(it.labels.get(a), torch.Tensor):
+            it.uf.freeze(it.labels[a])
+    return it._frozen_like(value)
+
+
+def _index(mod: nn.Module, dim_of: Callable[[nn.Module], int], keep: torch.Tensor, names: tuple[str, ...]) -> None:
+    """Keep the `keep` positions of `mod`'s tensors `names` along the dim `dim_of(mod)` gives (bias
+    and norm statistics along 0), then reset the module's size attributes."""
+    idx = torch.nonzero(keep).flatten()
+    for i, pname in enumerate(names):
+        t = getattr(mod, pname, None)
+        if not isinstance(t, torch.Tensor):
+            continue
+        d = dim_of(mod) if i == 0 else 0
+        v = t.detach().index_select(d, idx.to(t.device)).clone()
+        setattr(mod, pname, nn.Parameter(v, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else v)
+    fix_attributes(mod)
+
+
+def _cut_runs(m: nn.Module, spec: "AttnSpec", mode: str, lays: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+              args: tuple, kwargs: dict, value: Any) -> bool:
+    """Whether a copy of attention module `m`, cut as pruning would cut it (its last key/value
+    group of heads, or the last dim of every head, out of q, k, v, gates, norms and the output
+    projection, then `spec.fix`), still runs on the real call's arguments and gives the output
+    shape pruning promises. A module whose forward does not follow the spec's attributes (a
+    reshape to its input width, a size kept in an attribute the spec does not know) fails here
+    and is traced through instead, where such sizes freeze what they fix."""
+    q_lay, kv_lay, per_dim = lays
+    last = int(per_dim[-1]) if mode == "head_dim" else int(kv_lay[-1])
+    if (spec.head_dim if mode == "head_dim" else spec.kv_heads) < 2:
+        return True  # nothing can be cut
+    keep_q, keep_kv = q_lay != last, kv_lay != last
+    keep_d = per_dim != last if mode == "head_dim" else torch.ones(len(per_dim), dtype=torch.bool)
+    new = copy.deepcopy(m)
+    rows: dict[str, torch.Tensor] = {}
+    for (path, off), keep in ((spec.q, keep_q), (spec.k, keep_kv), (spec.v, keep_kv)):
+        mod = new.get_submodule(path)
+        mask = rows.setdefault(path, torch.ones(mod.nf if is_conv1d_t(mod) else mod.out_features, dtype=torch.bool))
+        mask[off:off + len(keep)] &= keep
+    rows.update({path: keep_q for path in spec.gates})
+    for path, keep in rows.items():
+        _index(new.get_submodule(path), lambda mod: weight_dims(mod)[0], keep, ("weight", "bias"))
+    norms = [(path, keep_q) for path in spec.q_norms]
+    for path in spec.head_norms:
+        w = getattr(m.get_submodule(path), "weight", None)
+        whole = keep_kv if path.startswith("k") else keep_q
+        if isinstance(w, torch.Tensor):
+            norms.append((path, keep_d if w.shape[0] == len(keep_d) else whole))
+    for path, keep in norms:
+        _index(new.get_submodule(path), lambda mod: 0, keep, ("weight", "bias", "running_mean", "running_var"))
+    if spec.o is not None:
+        _index(new.get_submodule(spec.o), lambda mod: weight_dims(mod)[1], keep_q, ("weight",))
+    h, kv, hd = spec.heads, spec.kv_heads, spec.head_dim
+    spec.fix(new, *((h - h // kv, kv - 1, hd) if mode == "heads" else (h, kv, hd - 1)))
+    first = value[0] if isinstance(value, (tuple, list)) else value
+    want = list(first.shape) if spec.o is not None else list(first.shape[:-1]) + [int(keep_q.sum())]
+    args = tuple(a if _plain(a) else None for a in args)  # a cache the real call has already filled: left out
+    kwargs = {k: v for k, v in kwargs.items() if _plain(v)}
+    if _out_shape(m, args, kwargs) != list(first.shape):
+        return True  # the module does not run on these arguments alone: nothing to learn from the cut one
+    return _out_shape(new, args, kwargs) == want
+
+
+def _plain(v: Any) -> bool:
+    """Tensors, numbers, strings and None, or containers of them (not objects such as a cache)."""
+    if isinstance(v, (tuple, list)):
+        return all(_plain(x) for x in v)
+    if isinstance(v, dict):
+        return all(_plain(x) for x in v.values())
+    return v is None or isinstance(v, (torch.Tensor, int, float, str, bool, torch.dtype))
+
+
+def _out_shape(m: nn.Module, args: tuple, kwargs: dict) -> list[int] | None:
+    """The shape of `m`'s first output tensor on copies of `args` / `kwargs` (no grad), or None."""
+    try:
+        with torch.no_grad():
+            out = m(*copy.deepcopy(args), **copy.deepcopy(kwargs))
+    except Exception:
+        return None
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    return list(out.shape) if isinstance(out, torch.Tensor) else None
+
+
 def _setattrs(mod: nn.Module, **kw: int) -> None:
     for k, v in kw.items():
         if hasattr(mod, k):
@@ -305,8 +396,13 @@ def _attention_rule(it: "_LabelInterpreter", n: fx.Node, m: nn.Module, value: An
     spec = attention_spec(m)
     name = n.target
     main, lab = _first_tensor(it, n, spec.inputs)
+    if id(m) in it.g.rejected:
+        return _reject(it, n, m, value)
     _freeze_others(it, n, main)
-    x = _along(lab, -1, f"module {name!r}", uf=it.uf)
+    try:
+        x = _along(lab, -1, f"module {name!r}", uf=it.uf)
+    except NetcompressError:  # channels not along the input's last dim (channels first): not the spec's layout
+        return _reject(it, n, m, value)
     mode = "none" if it._ignored(name) else it.g.attention
     if mode == "head_dim" and spec.rotary:
         raise NetcompressError(f"module {name!r}: head_dim pruning of rotary attention is not supported "
@@ -322,6 +418,10 @@ def _attention_rule(it: "_LabelInterpreter", n: fx.Node, m: nn.Module, value: An
     else:
         q_lay, kv_lay = torch.zeros(h * hd, dtype=torch.long), torch.zeros(kv * hd, dtype=torch.long)
         per_dim = torch.zeros(hd, dtype=torch.long)
+    if mode != "none":
+        args, kwargs = it.fetch_args_kwargs_from_env(n)
+        if not _cut_runs(m, spec, mode, (q_lay, kv_lay, per_dim), args, kwargs, value):
+            return _reject(it, n, m, value)
     outs: dict[str, torch.Tensor] = {}
     for (path, off), lay in ((spec.q, q_lay), (spec.k, kv_lay), (spec.v, kv_lay)):
         mod = m.get_submodule(path)

@@ -274,13 +274,32 @@ class _LeafTracer(fx.Tracer):
 
 
 def run_labels(g: "ChannelGraph", x: Any, ignore: Sequence[str]) -> None:
-    """Fill `g` with members and unions: fx when it traces and runs, else the eager recorder."""
+    """Fill `g` with members and unions: fx when it traces and runs, else the eager recorder.
+    Attention leaves whose layout fails its check on the real call (`graph_layers._reject`) are
+    traced through on one more pass (an error met while some were pending is from that pass)."""
+    from netcompress.core.graph import _UnionFind
+
+    while True:
+        try:
+            _run_labels(g, x, ignore)
+        except NetcompressError:
+            if not g.rejected:
+                raise
+        else:
+            if not g.rejected:
+                return
+        g.not_leaves |= g.rejected  # each pass has fewer leaves, so this ends
+        g.rejected = set()
+        g.uf, g.members, g.fixers, g.tracer = _UnionFind(), [], [], "fx"
+
+
+def _run_labels(g: "ChannelGraph", x: Any, ignore: Sequence[str]) -> None:
     from netcompress.core.graph import _UnionFind
     from netcompress.core.graph_layers import leaf_rule
     from netcompress.core.graph_rules import _LabelInterpreter, _RecordedInterpreter
 
     model = g.model
-    leaves = {id(m): n for n, m in model.named_modules() if n and leaf_rule(m) is not None}
+    leaves = {id(m): n for n, m in model.named_modules() if n and id(m) not in g.not_leaves and leaf_rule(m) is not None}
     reason = ""
     if not isinstance(x, dict):
         try:
