@@ -261,6 +261,65 @@ def test_a_pruned_model_that_does_not_run_is_one_clear_error_and_the_model_is_un
 
 
 # -- token layouts: class tokens, positional embeddings, sizes computed from widths, token mixing --
+class _MatchedAttention(nn.Module):
+    """Tokens -> a timm attention module whose attributes match the timm layout (qkv, proj,
+    num_heads, head_dim) but whose forward does not follow them alone -> MLP -> logits."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind, self.inp = kind, nn.Linear(8, 32)
+        if kind == "gcvit":  # reshapes the heads' output to the input's width C
+            self.attn = timm.models.gcvit.WindowAttentionGlobal(32, num_heads=4, window_size=(2, 2), use_global=False)
+        elif kind == "mvitv2":  # reshapes to the attribute dim_out, which no head count sets
+            self.attn = timm.models.mvitv2.MultiScaleAttention(32, 32, (2, 2), num_heads=4, has_cls_token=False)
+        else:  # fastvit: channels-first input (B, C, H, W), flattened inside
+            self.attn = timm.models.fastvit.Attention(32, head_dim=8)
+        self.fc1, self.fc2, self.head = nn.Linear(32, 64), nn.Linear(64, 32), nn.Linear(32, 10)
+
+    def forward(self, x):
+        h = self.inp(x)
+        if self.kind == "fastvit":
+            a = self.attn(h.transpose(1, 2).reshape(h.shape[0], -1, 2, 2)).flatten(2).transpose(1, 2)
+        else:
+            a = self.attn(h) if self.kind == "gcvit" else self.attn(h, [2, 2])[0]
+        h = h + a
+        return self.head((h + self.fc2(F.gelu(self.fc1(h)))).mean(1))
+
+
+@pytest.mark.parametrize("kind", ["gcvit", "mvitv2", "fastvit"])
+def test_attention_that_does_not_follow_its_head_attributes_is_traced_through(kind):
+    """Before its head layout is trusted, each attention module is checked: channels along its
+    input's last dim, and a copy cut by one head runs on the real call. These three fail (channels
+    first; a width kept elsewhere), so they are traced through: their heads stay, the rest prunes,
+    and the pruned model runs (before: a crashed model, or one error)."""
+    torch.manual_seed(0)
+    m, x = _MatchedAttention(kind).eval(), torch.randn(2, 4, 8)
+    small = _prune_checks(m, x, atol=1e-5)
+    assert (small.attn.num_heads, small.attn.qkv.out_features, small.fc1.out_features) == (4, 96, 32)
+
+
+class _ChannelConv(nn.Module):
+    """ECA (Wang et al. 2020): a 1-d conv run along the channels of the pooled feature map."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 16, 3, padding=1)
+        self.eca, self.head = nn.Conv1d(1, 1, 3, padding=1, bias=False), nn.Linear(16, 10)
+
+    def forward(self, x):
+        h = self.b(self.a(x).relu())
+        g = self.eca(h.mean((2, 3)).view(h.shape[0], 1, -1)).sigmoid().view(h.shape[0], -1, 1, 1)
+        return self.head((h * g).mean((2, 3)))
+
+
+def test_a_layer_run_along_the_channels_keeps_them_and_the_rest_prunes():
+    """Removing a channel would change which neighbours ECA's conv mixes, so the channels it runs
+    along stay; the others prune, with parity (before: one error, 'channels are mixed')."""
+    torch.manual_seed(0)
+    small = _prune_checks(_ChannelConv().eval(), torch.randn(2, 3, 8, 8), atol=1e-5)
+    assert (small.a.out_channels, small.b.out_channels, small.eca.weight.shape) == (4, 16, (1, 1, 3))
+
+
 class _ClassTokenNoPos(nn.Module):
     """A class token concatenated before the patch tokens with no positional embedding after (BEiT)."""
 

@@ -92,14 +92,22 @@ def _size_args(n: fx.Node, name: str) -> list[Any]:
     return args + [v for k, v in n.kwargs.items() if k in ("size", "n", "m")]
 
 
-def _along(labels: torch.Tensor, dim: int, where: str, uf: Any = None) -> torch.Tensor:
-    """The labels along `dim`, checked constant (up to unions in `uf`) along every other dim."""
+def _along(labels: torch.Tensor, dim: int, where: str, uf: Any = None, freeze_mixed: bool = False) -> torch.Tensor:
+    """The labels along `dim`, checked constant (up to unions in `uf`) along every other dim.
+
+    Channels that vary along another dim are mixed there by the consumer. With `freeze_mixed` (a
+    conv or linear layer, whose weights do not depend on that dim's size: ECA's 1-d conv run along
+    the channels) every class in `labels` is frozen, since removing one would change which channels
+    the layer mixes, and the layer's own input channels are frozen; else it is an error."""
     dim = dim % labels.dim()
     labels = labels[tuple(slice(0, 1) if labels.stride(d) == 0 and d != dim else slice(None) for d in range(labels.dim()))]
     moved = labels.movedim(dim, -1).reshape(-1, labels.shape[dim])
     if not bool((moved == moved[:1]).all()):
         roots = uf.roots(moved) if uf is not None else moved
         if not bool((roots == roots[:1]).all()):
+            if freeze_mixed and uf is not None:
+                uf.freeze(labels)
+                return frozen([labels.shape[dim]]).clone()
             raise NetcompressError(f"{where}: channels are mixed with other dimensions; cannot prune its inputs")
         return roots[0].clone()
     return moved[0].clone()
@@ -215,7 +223,7 @@ class _LabelInterpreter(fx.Interpreter):
             from netcompress.core.graph_layers import leaf_rule
 
             m = self.g.model.get_submodule(n.target)
-            rule = leaf_rule(m)
+            rule = leaf_rule(m) if id(m) not in self.g.not_leaves else None
             if rule is not None:
                 return rule(self, n, m, value)
             return self._module_rule(n, m, value)
@@ -543,7 +551,7 @@ class _LabelInterpreter(fx.Interpreter):
         wv = self.env[w]
         groups = self._val(self._arg(n, 6, "groups", 1)) if name != "linear" else 1
         dim = -1 if name == "linear" else 1
-        in_lab = _along(x, dim, f"op {name!r} in {_module_of(n) or '<top>'!r}", uf=self.uf)
+        in_lab = _along(x, dim, f"op {name!r} in {_module_of(n) or '<top>'!r}", uf=self.uf, freeze_mixed=True)
         ignored = self._ignored(mod_name)
         if groups == 1:
             out_ids = self._out_ids(wname, wv.shape[0])
@@ -694,7 +702,7 @@ class _LabelInterpreter(fx.Interpreter):
         """Members of a conv / linear layer `m` called on labels `inp`."""
         ignored = self._ignored(name)
         if isinstance(m, _CONV):
-            in_lab = _along(inp, 1, f"module {name!r}", uf=self.uf)
+            in_lab = _along(inp, 1, f"module {name!r}", uf=self.uf, freeze_mixed=True)
             if ignored:
                 self.uf.freeze(in_lab)
             g = m.groups
@@ -725,7 +733,7 @@ class _LabelInterpreter(fx.Interpreter):
             self.add(name, "in", frozen([inp.shape[-1]]).clone(), 1)
             self.add(name, "out", out_ids)
             return rows.expand(value.shape)
-        in_lab = _along(inp, -1, f"module {name!r}", uf=self.uf)
+        in_lab = _along(inp, -1, f"module {name!r}", uf=self.uf, freeze_mixed=True)
         if ignored:
             self.uf.freeze(in_lab)
             self.uf.freeze(out_ids)
