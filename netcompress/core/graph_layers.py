@@ -579,7 +579,10 @@ def fix_hf_config(model: nn.Module) -> None:
         for up in ("up_proj", "intermediate.dense", "c_fc", "lin1", "fc1"):
             if name.endswith(up):
                 inter.add(m.nf if is_conv1d_t(m) else getattr(m, "out_features", None))
-    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    try:
+        emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    except NotImplementedError:  # a model without one input embedding (CANINE hashes characters)
+        emb = None
     one = lambda s: next(iter(s)) if len(s) == 1 else None  # noqa: E731
     updates = {"num_attention_heads": one(heads), "n_head": one(heads), "n_heads": one(heads),
                "num_key_value_heads": one(kvs), "head_dim": one(dims), "intermediate_size": one(inter),

@@ -42,7 +42,11 @@ lerp tanh_ exp_ gelu_ silu_ hardswish_ leaky_relu_ elu_ logsigmoid threshold nan
 requires_grad_ neg_ abs_ masked_fill_ mod floordiv fmod remainder sigmoid_ pow_ sqrt_ rsqrt_ copy_ cpu cuda
 softmin erfinv tan atan log2 exp2 expm1 sinh cosh asinh trunc frac signbit isnan isinf isfinite float_power
 hypot atan2 copysign xlogy normalize sub_ rsub mul_ true_divide heaviside relu6_ square_ mish_ celu_ selu_ identity
+multiply divide subtract negative absolute clip clip_ fmax fmin greater less greater_equal less_equal not_equal
+bitwise_and bitwise_or bitwise_xor bitwise_not logical_xor
 """.split())
+# ops whose tensor arguments after the first give only a dtype / device (x.type_as(y), x.to(y))
+DTYPE_OF = {"type_as", "to", "type"}
 MOVES = set("""view reshape flatten transpose swapaxes swapdims permute chunk split tensor_split unbind squeeze
 unsqueeze expand expand_as view_as reshape_as t repeat stack cat concat concatenate getitem movedim moveaxis
 narrow unflatten roll flip select tile broadcast_to split_with_sizes hstack vstack gather index_select
@@ -170,6 +174,8 @@ class _LabelInterpreter(fx.Interpreter):
         return out
 
     def _arg(self, n: fx.Node, i: int, name: str, default: Any = None) -> Any:
+        if name == "dim" and "axis" in n.kwargs:  # numpy's name, which torch accepts too
+            name = "axis"
         return n.kwargs[name] if name in n.kwargs else (n.args[i] if len(n.args) > i else default)
 
     def _param_name(self, a: Any) -> str | None:
@@ -345,6 +351,8 @@ class _LabelInterpreter(fx.Interpreter):
             return None
         if not value.is_floating_point():
             return frozen(value.shape)  # indices, ids, masks
+        if self._layer_weight(n):
+            return neutral(value.shape)  # `_linear` puts the members on the layer
         big = [d for d, s in enumerate(value.shape) if s > 1]
         if len(big) > 1 and value.dim() >= 2 and value.shape[0] == 1:
             return self._broadcast_param(n, value)
@@ -360,6 +368,20 @@ class _LabelInterpreter(fx.Interpreter):
             self.uf.freeze(ids)
         self.add(n.target, "param", ids, d)
         return lab
+
+    def _layer_weight(self, n: fx.Node) -> bool:
+        """Whether parameter `n` is the weight of a torch Embedding / Linear / Conv read only by the
+        functional form of that layer (recorded eagerly): its channels are the layer's members, so
+        a member of its own (an Embedding(1, D) has one dim > 1) would prune it a second way."""
+        owner, _, pname = n.target.rpartition(".")
+        try:
+            mod = self.g.model.get_submodule(owner) if owner and pname == "weight" else None
+        except AttributeError:
+            return False
+        plain = isinstance(mod, nn.Embedding) or (isinstance(mod, (nn.Linear, *_CONV)) and type(mod).forward in (
+            nn.Linear.forward, nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward))
+        return plain and bool(n.users) and all(
+            _op_name(u) in LINEAR and self._arg(u, 1, "weight") is n for u in n.users)
 
     def _broadcast_param(self, n: fx.Node, value: torch.Tensor) -> torch.Tensor:
         """A [1, ...] parameter with several sizes > 1, broadcast over the batch (a positional
@@ -414,6 +436,9 @@ class _LabelInterpreter(fx.Interpreter):
 
     def _elementwise(self, n: fx.Node, value: Any) -> Any:
         labs = self._tensor_labels(n)
+        if _op_name(n) in DTYPE_OF and n.args and isinstance(n.args[0], fx.Node):
+            first = self.labels.get(n.args[0])
+            labs = [first] if isinstance(first, torch.Tensor) else []
         if not isinstance(value, torch.Tensor):
             return self._unknown(n, value)
         if not labs:
@@ -431,6 +456,9 @@ class _LabelInterpreter(fx.Interpreter):
         if not isinstance(lab, torch.Tensor):
             return self._unknown(n, value)
         pos = REDUCE[name]
+        other = self._arg(n, pos, "other")
+        if name in ("min", "max") and isinstance(other, fx.Node) and isinstance(self.env.get(other), torch.Tensor):
+            return self._elementwise(n, value)  # torch.min(a, b): element-wise
         dims = self._arg(n, pos, "dim")
         keep = bool(self._arg(n, pos + 1, "keepdim", False))
         if isinstance(dims, fx.Node):
@@ -593,8 +621,11 @@ class _LabelInterpreter(fx.Interpreter):
             src, other = self._lab(n.args[0]), self._val(n.args[1])
             out = src.expand(other.shape) if name == "expand_as" else src.reshape(other.shape)
             return out
-        else:
-            args, kwargs = self._lab(n.args), {k: self._lab(v) for k, v in n.kwargs.items()}
+        else:  # a 0-d tensor after the source is a size or an index (narrow's length): its value counts
+            scalar = lambda a: self._val(a) if isinstance(a, fx.Node) and isinstance(self.env.get(a), torch.Tensor) \
+                and self.env[a].dim() == 0 else self._lab(a)  # noqa: E731
+            args = (self._lab(n.args[0]),) + tuple(scalar(a) for a in n.args[1:])
+            kwargs = {k: scalar(v) for k, v in n.kwargs.items()}
         src = args[0] if not isinstance(args[0], (list, tuple)) else None
         if name in ("view", "reshape"):
             self._reshape_ties(n, src, value)
@@ -603,7 +634,7 @@ class _LabelInterpreter(fx.Interpreter):
         elif name == "getitem" and isinstance(src, torch.Tensor):
             self._index_ties(src, args[1])
         if name in ("cat", "concat", "concatenate") and isinstance(args[0], (list, tuple)) and isinstance(value, torch.Tensor):
-            dim = kwargs.get("dim", args[1] if len(args) > 1 else 0) % value.dim()
+            dim = kwargs.get("dim", kwargs.get("axis", args[1] if len(args) > 1 else 0)) % value.dim()
             # torch.cat skips empty 1-d tensors whatever `dim` is (a key/value cache starts as one)
             parts = [p for p in args[0] if not (isinstance(p, torch.Tensor) and p.dim() == 1 and p.numel() == 0)
                      or value.dim() == 1]
