@@ -302,6 +302,16 @@ def _cut_runs(m: nn.Module, spec: "AttnSpec", mode: str, lays: tuple[torch.Tenso
     return _out_shape(new, args, kwargs) == want
 
 
+def _unspecified_parameters(m: nn.Module, spec: "AttnSpec") -> bool:
+    """Whether attention module `m` holds parameters in a submodule its spec does not name
+    (SegFormer's sequence-reduction conv and norm): pruning the
+    module as its spec says would leave them the wrong size."""
+    known = [k for k in (spec.q[0], spec.k[0], spec.v[0], spec.o, *spec.head_norms, *spec.q_norms, *spec.gates) if k]
+    return any(next(sub.parameters(recurse=False), None) is not None
+               and not any(name == k or name.startswith(k + ".") for k in known)
+               for name, sub in m.named_modules())
+
+
 def _plain(v: Any) -> bool:
     """Tensors, numbers, strings and None, or containers of them (not objects such as a cache)."""
     if isinstance(v, (tuple, list)):
@@ -396,7 +406,7 @@ def _attention_rule(it: "_LabelInterpreter", n: fx.Node, m: nn.Module, value: An
     spec = attention_spec(m)
     name = n.target
     main, lab = _first_tensor(it, n, spec.inputs)
-    if id(m) in it.g.rejected:
+    if id(m) in it.g.rejected or _unspecified_parameters(m, spec):
         return _reject(it, n, m, value)
     _freeze_others(it, n, main)
     try:

@@ -220,6 +220,9 @@ def build_hf(name: str, kwargs: dict[str, Any]) -> tuple[nn.Module, dict[str, An
         config.image_size = int(input_size)
     auto = getattr(transformers, HF_TASKS[task])
     extra = {"attn_implementation": attn} if attn else {}
+    if getattr(config, "architectures", ()) is None:
+        # transformers iterates it to choose among a task's classes (DeiT, LeViT: with a teacher or not)
+        config.architectures = []
     try:
         if pretrained:
             model = auto.from_pretrained(name, config=config, **extra)
