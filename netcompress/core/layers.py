@@ -53,7 +53,8 @@ def _forward_source(cls: type) -> str:
 
 def read_by_ancestor(model: nn.Module, name: str) -> str | None:
     """The module whose forward code reads an attribute of layer `name` (``self.proj.weight.dtype``,
-    ``self.embeddings.patch_embeddings.projection.weight``...), or None.
+    ``self.embeddings.patch_embeddings.projection.weight``...), or hands the layer itself to a
+    function (``apply_tf_padding(x, self.convolution)``, which reads its stride), or None.
 
     Such a layer cannot be swapped for an ``nn.Sequential`` of two layers: Hugging Face's ViT, for
     one, reads its patch projection's ``weight.dtype``. Classes without Python source count as not
@@ -66,6 +67,6 @@ def read_by_ancestor(model: nn.Module, name: str) -> str | None:
         anc_name = ".".join(parts[:i])
         anc = model.get_submodule(anc_name) if anc_name else model
         rel = re.escape(".".join(parts[i:]))
-        if re.search(rf"self\.{rel}\.{_METHODS}[A-Za-z_]\w*", _forward_source(type(anc))):
+        if re.search(rf"self\.{rel}(\.{_METHODS}[A-Za-z_]\w*|\s*[,)])", _forward_source(type(anc))):
             return anc_name or "(the model)"
     return None
