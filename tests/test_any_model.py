@@ -3,6 +3,7 @@
 archive, save / load, measure) on timm and Hugging Face models."""
 import copy
 import json
+import re
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from netcompress.design.separable import is_standard_conv
 from netcompress.models.io import FORMAT, VERSION, describe
 from netcompress.models.sources import TINY_CONFIGS, parse_ref
 
-TEXT_ARCHS = [k for k in TINY_CONFIGS if k != "vit"]
+TEXT_ARCHS = [k for k, v in TINY_CONFIGS.items() if v["task"] != "image-classification"]
 
 
 def hf(arch: str, **kw):
@@ -24,7 +25,7 @@ def hf(arch: str, **kw):
 
 def example(name: str):
     g = torch.Generator().manual_seed(0)
-    if name.startswith("timm:") or name == "hf:vit":
+    if name.startswith("timm:") or TINY_CONFIGS.get(name[3:], {}).get("task") == "image-classification":
         return torch.randn(2, 3, 32, 32, generator=g)
     ids = torch.randint(2, 128, (2, 12), generator=g)
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
@@ -214,11 +215,16 @@ def _transforms(name: str, tmp_path):
     x = example(name)
     ref = out(m, x)
     state = copy.deepcopy(m.state_dict())
-    thin = nc.design.lowrank(m, budget=0.6)
-    assert sum(p.numel() for p in thin.parameters()) < sum(p.numel() for p in m.parameters())
-    assert out(thin, x).shape == ref.shape
-    nc.models.save(thin, tmp_path / "thin.pt")
-    assert torch.equal(out(thin, x), out(nc.models.load(tmp_path / "thin.pt"), x))
+    try:
+        thin = nc.design.lowrank(m, budget=0.6)
+    except NetcompressError as e:  # most parameters in layers low-rank cannot factorise (embeddings; convs
+        # whose forward hands them to a function that reads their stride): one clear error
+        assert name in ("hf:convbert", "hf:canine", "hf:mobilenet_v2") and re.search(r"budget 0.6 of params .* is unreachable: the unfactorised part costs", str(e))
+    else:
+        assert sum(p.numel() for p in thin.parameters()) < sum(p.numel() for p in m.parameters())
+        assert out(thin, x).shape == ref.shape
+        nc.models.save(thin, tmp_path / "thin.pt")
+        assert torch.equal(out(thin, x), out(nc.models.load(tmp_path / "thin.pt"), x))
     if any(is_standard_conv(c) and read_by_ancestor(m, n) is None
            for n, c in m.named_modules()):  # depthwise-separable conversion applies (a k x k conv no forward reads)
         sep = nc.design.separable(m)

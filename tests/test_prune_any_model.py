@@ -568,72 +568,47 @@ def test_bert_at_half_has_half_the_macs_and_half_size_linears():
 
 SLOW_HF = ["roberta", "vit", "qwen2", "mistral"]
 # encoders nobody here wrote, from their config classes' defaults shrunk (see `_EncoderForms` for what they needed)
-# (parameters, MACs) kept at L1 50 %, as measured when this test was written, + 0.05: Longformer's
-# MACs are its 512-token attention windows; CANINE's parameters, its 16384-row position table
-ENCODERS = {"mpnet": (0.41, 0.44), "convbert": (0.45, 0.33), "longformer": (0.84, 0.96), "mra": (0.32, 0.25),
-            "canine": (0.98, 0.45)}
+# Hugging Face encoders and vision models nobody here wrote (configs in TINY_CONFIGS), with the
+# (parameters, MACs) they keep at L1 50 % as measured when this test was written (+ 0.05 allowed).
+# What they needed: element-wise torch.min (MPNet), torch.multiply (ConvBERT), a 0-d tensor length
+# (Longformer), a one-row embedding (MRA), a get_input_embeddings that raises (CANINE and every
+# CNN), a None config.architectures (DeiT, LeViT), an attention holding a conv its head layout does
+# not name (SegFormer), register tokens concatenated with the patches (DINOv2 with registers: each
+# register row holds the embedding channels). Longformer's MACs are its 512-token attention windows; CANINE's parameters,
+# its 16384-row position table.
+HF_MORE = {"mpnet": (0.41, 0.44), "convbert": (0.46, 0.33), "longformer": (0.85, 0.96), "mra": (0.32, 0.25),
+           "canine": (0.98, 0.45), "deit": (0.33, 0.33), "resnet": (0.36, 0.46), "regnet": (0.26, 0.28),
+           "convnext": (0.31, 0.32), "mobilenet_v2": (0.28, 0.31), "segformer": (0.68, 0.67),
+           "mobilevit": (0.25, 0.26), "pvt_v2": (0.75, 0.66), "levit": (0.36, 0.36), "textnet": (0.25, 0.25),
+           "dinov2_with_registers": (0.32, 0.31)}
+FAST_MORE = ["mpnet", "deit", "regnet", "segformer", "dinov2_with_registers"]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("arch", list(ENCODERS))
-def test_hugging_face_encoders(arch):
+def _hf_more(arch):
+    from netcompress.models.sources import TINY_CONFIGS
+
     torch.manual_seed(0)
-    m = nc.models.create(f"hf:{arch}", task="sequence-classification", num_classes=3, vocab_size=100,
-                         max_position_embeddings=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                         intermediate_size=64)
-    x = {"input_ids": torch.randint(3, 100, (2, 16))}
+    cfg = TINY_CONFIGS[arch]
+    m = nc.models.create(f"hf:{arch}", num_classes=3, **cfg)
+    x = {"pixel_values": torch.randn(2, 3, cfg["image_size"], cfg["image_size"])} \
+        if cfg["task"] == "image-classification" else {"input_ids": torch.randint(3, 100, (2, 16))}
     small = _prune_checks(m, x, parity=False)
-    params, macs = ENCODERS[arch]
+    if arch == "dinov2_with_registers":
+        assert small.dinov2_with_registers.embeddings.register_tokens.shape == (1, 4, 16)
+    params, macs = HF_MORE[arch]
     assert sum(p.numel() for p in small.parameters()) <= (params + 0.05) * sum(p.numel() for p in m.parameters())
     assert _macs(small, x) <= min(macs + 0.05, 0.99) * _macs(m, x)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("arch", SLOW_HF)
-def test_hugging_face_more(arch):
-    m, x = _hf(arch)
-    _prune_checks(m, x, atol=1e-4)
-
-
-_VIT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=32, patch_size=8)
-# Hugging Face vision models: (config, parameters kept, MACs kept at L1 50 % when this test was written).
-# Every CNN there raised NotImplementedError from get_input_embeddings; DeiT and LeViT did not build
-# (transformers iterates config.architectures, None); SegFormer's attention holds a sequence-reduction
-# conv its head layout does not name (traced through)
-HF_VISION = {
-    "regnet": (dict(hidden_sizes=[16, 32], depths=[1, 1], embedding_size=8, groups_width=8), 0.28, 0.30),
-    "deit": (_VIT, 0.33, 0.33),
-    "segformer": (dict(image_size=32), 0.68, 0.67),
-    "resnet": (dict(hidden_sizes=[16, 32], depths=[1, 1], embedding_size=8, image_size=32), 0.37, 0.46),
-    "mobilenet_v2": (dict(image_size=32, depth_multiplier=0.25), 0.29, 0.32),
-    "mobilevit": (dict(image_size=32), 0.25, 0.26),
-    "cvt": ({}, 0.65, 0.57),
-    "pvt_v2": (dict(image_size=32), 0.75, 0.66),
-    "levit": (dict(image_size=32), 0.36, 0.36),
-    "convnext": (dict(hidden_sizes=[16, 32], depths=[1, 1], num_stages=2, image_size=32), 0.31, 0.32),
-    "textnet": (dict(image_size=32), 0.25, 0.25),
-}
-
-
-def _hf_vision(arch):
-    torch.manual_seed(0)
-    kw, params, macs = HF_VISION[arch]
-    m = nc.models.create(f"hf:{arch}", task="image-classification", num_classes=10, **kw)
-    x = {"pixel_values": torch.randn(2, 3, 32, 32)}
-    small = _prune_checks(m, x, parity=False)
-    assert sum(p.numel() for p in small.parameters()) <= (params + 0.05) * sum(p.numel() for p in m.parameters())
-    assert _macs(small, x) <= (macs + 0.05) * _macs(m, x)
-
-
-@pytest.mark.parametrize("arch", ["regnet", "deit", "segformer"])
-def test_hugging_face_vision(arch):
-    _hf_vision(arch)
+@pytest.mark.parametrize("arch", FAST_MORE)
+def test_hugging_face_encoders_and_vision(arch):
+    _hf_more(arch)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", list(HF_VISION)[3:])
-def test_hugging_face_vision_slow(arch):
-    _hf_vision(arch)
+@pytest.mark.parametrize("arch", [a for a in HF_MORE if a not in FAST_MORE])
+def test_hugging_face_encoders_and_vision_slow(arch):
+    _hf_more(arch)
 
 
 # causal LMs whose forwards differ from LLaMA's: a key/value cache concatenated to an empty tensor

@@ -654,13 +654,23 @@ class _LabelInterpreter(fx.Interpreter):
     def _cat_ties(self, parts: Sequence[torch.Tensor], dim: int) -> bool:
         """Parts concatenated along `dim` share every other dim: channels laid along one (a class
         token put before patch tokens) are the same channels in every part, position by position.
-        Parts whose labels vary along `dim` itself are left to the ops that read them. Returns
+        A [1, ...] parameter whose dim is not yet known (register tokens) gets every slice along
+        `dim` tied to those channels; other parts whose labels vary along `dim` itself are left to
+        the ops that read them. Returns
         whether parts with different labels were united."""
-        flat = [sq for sq in (squash(p) for p in parts if isinstance(p, torch.Tensor)) if sq.shape[dim] == 1]
+        squashed = [squash(p) for p in parts if isinstance(p, torch.Tensor)]
+        flat = [sq for sq in squashed if sq.shape[dim] == 1]
         tied = False
         for sq in flat[1:]:
             if not (sq.shape == flat[0].shape and torch.equal(sq, flat[0])):
                 self.uf.union_tensors(flat[0], sq)
+                tied = True
+        pending = torch.cat([ids.reshape(-1) for ids in self.pending.values()]) if self.pending else None
+        for sq in squashed:  # register tokens ([1, R, D] parameter): each of its rows holds the same channels
+            if flat and pending is not None and sq.shape[dim] > 1 and bool(torch.isin(sq, pending).all()) \
+                    and sq.narrow(dim, 0, 1).shape == flat[0].shape:
+                for i in range(sq.shape[dim]):
+                    self.uf.union_tensors(flat[0], sq.narrow(dim, i, 1))
                 tied = True
         return tied
 

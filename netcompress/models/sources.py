@@ -71,6 +71,20 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
     **{arch: dict(_DECODER, task="causal-lm") for arch in ("bloom", "falcon", "olmo", "olmo2", "cohere", "phi",
                                                            "gpt_neox", "gpt_bigcode")},
     "opt": dict(_DECODER, task="causal-lm", ffn_dim=64, word_embed_proj_dim=32),
+    # encoders and vision models whose forwards differ from BERT's / ViT's (element-wise torch.min,
+    # torch.multiply, cat(axis=), 0-d tensor lengths, one-row embeddings, no get_input_embeddings,
+    # attention holding a sequence-reduction conv, a config choosing among several task classes,
+    # register tokens concatenated with the patches)
+    **{arch: dict(_TEXT, task="sequence-classification", hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                  intermediate_size=64) for arch in ("mpnet", "convbert", "longformer", "mra", "canine")},
+    **{arch: dict(task="image-classification", hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                  intermediate_size=64, image_size=32, patch_size=8) for arch in ("deit", "dinov2_with_registers")},
+    **{arch: dict(task="image-classification", hidden_sizes=[16, 32], depths=[1, 1], embedding_size=8, image_size=32)
+       for arch in ("resnet", "regnet")},
+    "convnext": dict(task="image-classification", hidden_sizes=[16, 32], depths=[1, 1], num_stages=2, image_size=32),
+    "mobilenet_v2": dict(task="image-classification", image_size=32, depth_multiplier=0.25),
+    **{arch: dict(task="image-classification", image_size=32) for arch in ("segformer", "mobilevit", "pvt_v2", "levit",
+                                                                          "textnet")},
 }
 
 
