@@ -275,6 +275,29 @@ def test_separable_and_lowrank_leave_out_layers_the_forward_reads():
         nc.design.separable(vit, filter_fn=lambda m, n: n.endswith("projection"))
 
 
+def _same_pad(x, conv):  # TensorFlow "same" padding, reading the conv's stride and kernel (HF MobileNet)
+    return torch.nn.functional.pad(x, [(conv.kernel_size[0] - 1) // 2] * 4) if conv.stride[0] == 1 else x
+
+
+class _HandsItsConvAway(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.head = torch.nn.Conv2d(3, 16, 3), torch.nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.head(self.conv(_same_pad(x, self.conv)).mean((2, 3)))
+
+
+def test_a_layer_handed_to_a_function_counts_as_read():
+    m, x = _HandsItsConvAway().eval(), torch.randn(2, 3, 8, 8)
+    assert read_by_ancestor(m, "conv") == "(the model)" and read_by_ancestor(m, "head") is None
+    with pytest.raises(NetcompressError, match="'conv' cannot be replaced: the forward code of '\\(the model\\)' reads"):
+        nc.design.lowrank(m, rank={"conv": 2}, allow_larger=True)
+    thin = nc.design.lowrank(m, rank={"head": 2}, allow_larger=True)
+    assert isinstance(thin.conv, torch.nn.Conv2d) and not isinstance(thin.head, torch.nn.Linear)
+    assert out(thin, x).shape == (2, 4)
+
+
 def test_netcompress_list_names_the_sources(capsys):
     from netcompress.cli import main
 
