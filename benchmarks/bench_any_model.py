@@ -113,6 +113,13 @@ def timm_families() -> dict[str, list[str]]:
     return fam
 
 
+def timm_module_of() -> dict[str, str]:
+    """timm model name -> the timm module (family) that defines it."""
+    from timm.models import _registry  # importing the package registers every model
+
+    return dict(_registry._model_to_module)
+
+
 def meta_params(name: str) -> int | None:
     import timm
 
@@ -153,8 +160,9 @@ def build(name: str, size: int) -> tuple[torch.nn.Module, Any]:
     if name.startswith("hf:"):
         arch = name[3:]
         m = nc.models.create(name, num_classes=10, **TINY_CONFIGS[arch]).eval()
-        if arch == "vit":
-            return m, torch.randn(1, 3, TINY_CONFIGS["vit"]["image_size"], TINY_CONFIGS["vit"]["image_size"])
+        if TINY_CONFIGS[arch]["task"] == "image-classification":
+            size = TINY_CONFIGS[arch]["image_size"]
+            return m, torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
         ids = torch.randint(2, 128, (1, 16), generator=torch.Generator().manual_seed(0))
         return m, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     import timm
@@ -494,13 +502,17 @@ def main() -> None:
         write_latency(args.threads, args.rounds)
     if args.latency_only:
         return
-    fams = sorted(timm_families()) if args.full else DEFAULT_FAMILIES
-    chosen = select_timm(fams, args.candidates)
-    names = [f"timm:{chosen[f][0]}" for f in fams if f in chosen] + [f"hf:{k}" for k in TINY_CONFIGS]
-    if args.only:
-        names = [n for n in names if n in args.only] or args.only
-    print(f"{len(chosen)} timm families ({len(fams)} asked), {len(TINY_CONFIGS)} HF architectures; "
-          f"selection took {time.time() - t0:.0f} s", flush=True)
+    if args.only:  # the named models, no family selection
+        fams, chosen, names = [], {}, list(args.only)
+        module_of = timm_module_of()
+        fam_of = {n: module_of.get(n.removeprefix("timm:"), "hf" if n.startswith("hf:") else "?") for n in names}
+    else:
+        fams = sorted(timm_families()) if args.full else DEFAULT_FAMILIES
+        chosen = select_timm(fams, args.candidates)
+        names = [f"timm:{chosen[f][0]}" for f in fams if f in chosen] + [f"hf:{k}" for k in TINY_CONFIGS]
+        fam_of = {f"timm:{v[0]}": f for f, v in chosen.items()}
+        print(f"{len(chosen)} timm families ({len(fams)} asked), {len(TINY_CONFIGS)} HF architectures; "
+              f"selection took {time.time() - t0:.0f} s", flush=True)
     rows = []
     for n in names:
         t = time.time()
@@ -510,7 +522,6 @@ def main() -> None:
         print(json.dumps(r), flush=True)
 
     keys = [f"{t}@{r}" for t in TOOLS for r in (0.3, 0.5)] + ["lowrank", "archive", "save_load"]
-    fam_of = {f"timm:{v[0]}": f for f, v in chosen.items()}
     table = []
     for r in rows:
         if "build" in r:
@@ -532,16 +543,18 @@ def main() -> None:
     nc_ok = {r["model"] for r in built if r.get("netcompress@0.5") == "ok"}
     head = ["model", "family", "params", "input", "ours 30 %", "ours 50 %", "TP 30 %", "TP 50 %", "low-rank",
             "prune+kmeans+archive", "save/load"]
-    body = (f"{len(chosen)} timm families (of {len(fams)} asked; {'all families' if args.full else 'the default spread, --full for all'}) "
-            f"+ {len(TINY_CONFIGS)} Hugging Face architectures; {len(built)} models built. Cells: `ok F` = pruned, "
+    what = (f"{len(names)} models named by --only" if args.only else
+            f"{len(chosen)} timm families (of {len(fams)} asked; {'all families' if args.full else 'the default spread, --full for all'}) "
+            f"+ {len(TINY_CONFIGS)} Hugging Face architectures")
+    body = (f"{what}; {len(built)} models built. Cells: `ok F` = pruned, "
             "runs, same output shape, finite, MACs reduced to the fraction F, original unchanged; otherwise the reason. "
             f"Channel ratio 30 % / 50 %, L1, timm inputs {args.size} px where the model allows it (else its default size).\n\n"
             + md_table(head, table)
             + "\n**Totals** (of the models built): " + ", ".join(f"{h} {t}" for h, t in zip(head[4:], totals))
             + f"\n\nTorch-Pruning prunes at 50 % {len(tp_ok)} models; netcompress {len(nc_ok)}; "
             f"pruned by Torch-Pruning but not by netcompress: {', '.join(sorted(tp_ok - nc_ok)) or 'none'}.\n\n"
-            "Representatives (family: model, parameters): "
-            + "; ".join(f"{f}: {n} ({p / 1e6:.2f}M)" for f, (n, p) in chosen.items()) + "\n")
+            + ("" if args.only else "Representatives (family: model, parameters): "
+               + "; ".join(f"{f}: {n} ({p / 1e6:.2f}M)" for f, (n, p) in chosen.items()) + "\n"))
     body += f"\nTotal time {time.time() - t0:.0f} s.\n"
     name = args.result or ("B11_any_model_only" if args.only else "B11_any_model_full" if args.full else "B11_any_model")
     write_result(name, "B11: any-model coverage (netcompress vs Torch-Pruning 1.6)", body)

@@ -621,11 +621,9 @@ class _LabelInterpreter(fx.Interpreter):
             src, other = self._lab(n.args[0]), self._val(n.args[1])
             out = src.expand(other.shape) if name == "expand_as" else src.reshape(other.shape)
             return out
-        else:  # a 0-d tensor after the source is a size or an index (narrow's length): its value counts
-            scalar = lambda a: self._val(a) if isinstance(a, fx.Node) and isinstance(self.env.get(a), torch.Tensor) \
-                and self.env[a].dim() == 0 else self._lab(a)  # noqa: E731
-            args = (self._lab(n.args[0]),) + tuple(scalar(a) for a in n.args[1:])
-            kwargs = {k: scalar(v) for k, v in n.kwargs.items()}
+        else:
+            args = (self._lab(n.args[0]),) + tuple(self._scalar_or_lab(a) for a in n.args[1:])
+            kwargs = {k: self._scalar_or_lab(v) for k, v in n.kwargs.items()}
         src = args[0] if not isinstance(args[0], (list, tuple)) else None
         if name in ("view", "reshape"):
             self._reshape_ties(n, src, value)
@@ -651,13 +649,19 @@ class _LabelInterpreter(fx.Interpreter):
             return operator.getitem(*args)
         return n.target(*args, **kwargs)
 
+    def _scalar_or_lab(self, a: Any) -> Any:
+        """An argument after a move's source: a 0-d tensor is a size or an index (narrow's length
+        held in a tensor), so its value counts; anything else, as `_lab` gives it."""
+        if isinstance(a, fx.Node) and isinstance(self.env.get(a), torch.Tensor) and self.env[a].dim() == 0:
+            return self.env[a]
+        return self._lab(a)
+
     def _cat_ties(self, parts: Sequence[torch.Tensor], dim: int) -> bool:
         """Parts concatenated along `dim` share every other dim: channels laid along one (a class
         token put before patch tokens) are the same channels in every part, position by position.
         A [1, ...] parameter whose dim is not yet known (register tokens) gets every slice along
         `dim` tied to those channels; other parts whose labels vary along `dim` itself are left to
-        the ops that read them. Returns
-        whether parts with different labels were united."""
+        the ops that read them. Returns whether parts with different labels were united."""
         squashed = [squash(p) for p in parts if isinstance(p, torch.Tensor)]
         flat = [sq for sq in squashed if sq.shape[dim] == 1]
         tied = False
