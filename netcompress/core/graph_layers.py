@@ -6,7 +6,9 @@ et al. 2019, "Are Sixteen Heads Really Better than One?"): the q, k, v output sl
 fused qkv projection included), the matching input slice of the output projection, and for
 grouped-query attention a key/value group together with the query heads that read it, form one
 channel class. After pruning, the module's size attributes (num_heads, head_dim, ...) are set from
-the kept counts; its softmax scale is left as it was.
+the kept counts; its softmax scale is left as it was. A module matched by its attributes is held to
+that layout only when it fits: no parameters outside the named projections and norms, channels along
+its input's last dim, and a copy cut by one head runs on the real call; otherwise it is traced through.
 """
 from __future__ import annotations
 
@@ -297,15 +299,15 @@ def _cut_runs(m: nn.Module, spec: "AttnSpec", mode: str, lays: tuple[torch.Tenso
     want = list(first.shape) if spec.o is not None else list(first.shape[:-1]) + [int(keep_q.sum())]
     args = tuple(a if _plain(a) else None for a in args)  # a cache the real call has already filled: left out
     kwargs = {k: v for k, v in kwargs.items() if _plain(v)}
-    if _out_shape(m, args, kwargs) != list(first.shape):
+    if _out_shape(copy.deepcopy(m), args, kwargs) != list(first.shape):  # the model itself is never called
         return True  # the module does not run on these arguments alone: nothing to learn from the cut one
     return _out_shape(new, args, kwargs) == want
 
 
 def _unspecified_parameters(m: nn.Module, spec: "AttnSpec") -> bool:
     """Whether attention module `m` holds parameters in a submodule its spec does not name
-    (SegFormer's sequence-reduction conv and norm): pruning the
-    module as its spec says would leave them the wrong size."""
+    (SegFormer's sequence-reduction conv and norm): pruning the module as its spec says would leave
+    them the wrong size."""
     known = [k for k in (spec.q[0], spec.k[0], spec.v[0], spec.o, *spec.head_norms, *spec.q_norms, *spec.gates) if k]
     return any(next(sub.parameters(recurse=False), None) is not None
                and not any(name == k or name.startswith(k + ".") for k in known)
