@@ -243,6 +243,45 @@ def test_encoder_forms_prune_with_parity():
     assert (small.fc1.out_features, small.emb.embedding_dim, small.types.embedding_dim) == (16, 8, 8)
 
 
+class _SameConv(nn.Conv2d):
+    """timm's Conv2dSame: its own forward pads, then F.conv2d with its groups attribute."""
+
+    def forward(self, x):
+        return F.conv2d(F.pad(x, (1, 1, 1, 1)), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+class _Blur(nn.Module):
+    """timm's BlurPool: a fixed filter buffer per channel, its group count an attribute."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.channels = channels
+        self.register_buffer("filt", torch.ones(channels, 1, 3, 3) / 9)
+
+    def forward(self, x):
+        return F.conv2d(F.pad(x, (1, 1, 1, 1)), self.filt, groups=self.channels)
+
+
+class _DepthwiseForms(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.dw = nn.Conv2d(3, 16, 1), _SameConv(16, 16, 3, groups=16)
+        self.b, self.blur, self.head = nn.Conv2d(16, 8, 1), _Blur(8), nn.Linear(8, 4)
+
+    def forward(self, x):
+        h = self.b(self.dw(self.a(x)).relu())
+        return self.head(self.blur(h).mean((2, 3)))
+
+
+def test_depthwise_conv_in_a_forward_of_its_own_follows_and_a_written_group_count_stays():
+    """A depthwise conv subclass with its own forward (nasnet, pnasnet) has its groups set after
+    pruning; a filter whose group count the forward writes down (tresnet's blur) keeps its channels."""
+    torch.manual_seed(0)
+    small = _prune_checks(_DepthwiseForms().eval(), torch.randn(2, 3, 8, 8), atol=1e-5)
+    assert (small.a.out_channels, small.dw.groups, small.dw.weight.shape[0]) == (8, 8, 8)
+    assert (small.b.out_channels, small.blur.filt.shape[0]) == (8, 8)
+
+
 def test_linear_subclass_is_a_linear_layer_only_when_it_computes_one():
     from netcompress.core.graph_layers import _is_linear_like
 

@@ -587,7 +587,12 @@ class _LabelInterpreter(fx.Interpreter):
             self.add(wname, "param_in", in_lab, 1)
         elif groups == wv.shape[0] == len(in_lab) * wv.shape[0] // max(len(in_lab), 1) and wv.shape[1] == 1:
             out_ids = in_lab.repeat_interleave(wv.shape[0] // len(in_lab))
-            self.add(wname, "param", out_ids, 0)
+            if isinstance(mod, _CONV):  # a conv subclass with its own forward (same padding): `prune` sets its groups
+                self.add(mod_name, "dw", out_ids)
+            else:
+                if not isinstance(self._arg(n, 6, "groups"), fx.Node):
+                    self.uf.freeze(in_lab)  # a group count written in the forward (a blur filter's) cannot follow
+                self.add(wname, "param", out_ids, 0)
         else:
             self.uf.freeze(in_lab)
             out_ids = self._out_ids(wname, wv.shape[0])
