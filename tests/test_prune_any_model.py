@@ -232,7 +232,7 @@ class _EncoderForms(nn.Module):
         g = g.narrow(1, 0, (ids > -1).sum(1).max())  # a length held in a 0-d tensor
         if ids.sum() > -1:  # data-dependent control flow: recorded eagerly
             h = h + self.fc2(g)
-        return self.head(h.mean(1))
+        return self.head(h.mean(axis=1))  # numpy's name for dim
 
 
 def test_encoder_forms_prune_with_parity():
