@@ -86,6 +86,18 @@ def test_structurally_pruned_layer_survives(tmp_path):
     assert back.fc1.out_features == 120 and same_outputs(m, back, torch.randn(2, 1, 28, 28))
 
 
+def test_a_buffer_the_forward_resized_survives(tmp_path):
+    """ConViT caches its relative indices in a non-persistent buffer that its forward resizes to the
+    input (1, 1, 1, 3) -> (1, N, N, 3): the archive takes the stored shape, as a model file does."""
+    m = nc.models.create("timm:convit_tiny", num_classes=10, input_size=32, depth=2, local_up_to_layer=1).eval()
+    x = torch.randn(2, 3, 32, 32)
+    m(x)
+    assert m.blocks[0].attn.rel_indices.shape == (1, 4, 4, 3)
+    pack(m, tmp_path / "c.ncz", coding="fixed")
+    back = unpack(tmp_path / "c.ncz")
+    assert back.blocks[0].attn.rel_indices.shape == (1, 4, 4, 3) and same_outputs(m, back, x)
+
+
 @pytest.mark.parametrize("coding", ["huffman", "fixed"])
 def test_sparse_filler_zeros_and_codings(coding):
     t = torch.zeros(5000)

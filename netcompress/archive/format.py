@@ -207,7 +207,7 @@ def unpack(path: str | os.PathLike, max_params: int | None = None) -> nn.Module:
     architecture is built on the meta device and checked against the declared tensors before any
     memory is allocated; at most `max_params` values are rebuilt (see module docstring).
     """
-    from netcompress.models.io import build, check_against, load_state_exact, materialize
+    from netcompress.models.io import build, check_against, load_state_exact, materialize, undeclared_shapes_from_file
 
     manifest, payload, _ = _read(path)
     where = str(path)
@@ -221,6 +221,10 @@ def unpack(path: str | os.PathLike, max_params: int | None = None) -> nn.Module:
         raise NetcompressError(f"{where}: architecture cannot be rebuilt ({type(e).__name__}: {e})") from None
     declared = {e["name"]: (tuple(e["shape"]), codec.DTYPES.get(e.get("dtype"))) for e in entries}
     tied = manifest["arch"].get("tied")
+    # tensors no table entry declares (a pruned class token, a cache buffer) take the archive's shape,
+    # as in a model file; meta tensors, so nothing is allocated before the check
+    undeclared_shapes_from_file(model, _full_arch(manifest["arch"], where),
+                                 {n: torch.empty(s, dtype=d, device="meta") for n, (s, d) in declared.items() if d})
     try:
         computed = check_against(model, declared, tied)
     except NetcompressError as e:

@@ -254,14 +254,14 @@ def build_checked(arch: dict[str, Any], state: dict[str, torch.Tensor], trust_py
         raise
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError, NotImplementedError) as e:
         raise NetcompressError(f"architecture cannot be rebuilt ({type(e).__name__}: {e})") from None
-    _undeclared_shapes_from_file(model, arch, state)
+    undeclared_shapes_from_file(model, arch, state)
     computed = check_against(model, {k: (tuple(v.shape), v.dtype) for k, v in state.items()}, tied)
     model = materialize(model, arch, computed, state, trust_python)
     load_state_exact(model, state, tied)
     return model
 
 
-def _undeclared_shapes_from_file(meta_model: nn.Module, arch: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
+def undeclared_shapes_from_file(meta_model: nn.Module, arch: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
     """Tensors whose size the architecture table does not declare take the file's shape.
 
     A registered module type (Linear, Conv2d, ...) declares its sizes in the table's ``args``, and
