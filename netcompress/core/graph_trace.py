@@ -294,6 +294,7 @@ def run_labels(g: "ChannelGraph", x: Any, ignore: Sequence[str]) -> None:
 
 
 def _run_labels(g: "ChannelGraph", x: Any, ignore: Sequence[str]) -> None:
+    """One pass of `run_labels`, with the leaves that are not in `g.not_leaves`."""
     from netcompress.core.graph import _UnionFind
     from netcompress.core.graph_layers import leaf_rule
     from netcompress.core.graph_rules import _LabelInterpreter, _RecordedInterpreter
