@@ -282,6 +282,29 @@ def test_depthwise_conv_in_a_forward_of_its_own_follows_and_a_written_group_coun
     assert (small.b.out_channels, small.blur.filt.shape[0]) == (8, 8)
 
 
+class _Patches(nn.Module):
+    """im2col and back (nn.Unfold / nn.Fold and F.unfold / F.fold: tnt, volo) and sliding windows
+    (Tensor.unfold: halonet)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 16, 1), nn.Linear(16, 4)
+        self.unf, self.fold = nn.Unfold(2, stride=2), nn.Fold((4, 4), 2, stride=2)
+        self.c = nn.Conv1d(32, 32, 1)  # mixes patch features; fold sums its outputs 4 by 4 into channels
+
+    def forward(self, x):
+        h = self.a(x).relu()
+        h = self.fold(self.c(self.unf(h))) + F.fold(F.unfold(h, 2, stride=2), (4, 4), 2, stride=2)
+        w = h.unfold(3, 2, 2).mean(-1)  # windows of 2 along the width
+        return self.head(self.b(w).mean((2, 3)))
+
+
+def test_patches_and_windows_keep_channels_with_parity():
+    torch.manual_seed(0)
+    small = _prune_checks(_Patches().eval(), torch.randn(2, 3, 4, 4), atol=1e-5)
+    assert (small.a.out_channels, small.c.out_channels, small.b.in_channels, small.b.out_channels) == (4, 16, 4, 8)
+
+
 def test_linear_subclass_is_a_linear_layer_only_when_it_computes_one():
     from netcompress.core.graph_layers import _is_linear_like
 

@@ -49,7 +49,7 @@ bitwise_and bitwise_or bitwise_xor bitwise_not logical_xor
 DTYPE_OF = {"type_as", "to", "type"}
 MOVES = set("""view reshape flatten transpose swapaxes swapdims permute chunk split tensor_split unbind squeeze
 unsqueeze expand expand_as view_as reshape_as t repeat stack cat concat concatenate getitem movedim moveaxis
-narrow unflatten roll flip select tile broadcast_to split_with_sizes hstack vstack gather index_select
+narrow unflatten roll flip select tile broadcast_to split_with_sizes hstack vstack gather index_select unfold
 take_along_dim repeat_interleave""".split())
 REDUCE = {"mean": 1, "sum": 1, "amax": 1, "amin": 1, "std": 1, "var": 1, "prod": 1, "logsumexp": 1, "max": 1,
           "min": 1, "argmax": 1, "argmin": 1, "norm": 2, "vector_norm": 2, "nansum": 1, "nanmean": 1, "all": 1,
@@ -240,6 +240,8 @@ class _LabelInterpreter(fx.Interpreter):
             return lab if isinstance(lab, torch.Tensor) else neutral(value.shape)
         if name in ELEMENTWISE:
             return self._elementwise(n, value)
+        if name in ("unfold", "fold") and n.op == "call_function":  # F.unfold / F.fold (Tensor.unfold is a move)
+            return self._patches(n, name, self._lab(n.args[0]), value)
         if name in MOVES:
             return self._move(n, value)
         if name in RESIZE:
@@ -654,6 +656,22 @@ class _LabelInterpreter(fx.Interpreter):
             return operator.getitem(*args)
         return n.target(*args, **kwargs)
 
+    def _patches(self, n: fx.Node, name: str, lab: Any, value: Any) -> Any:
+        """im2col and back. unfold: (B, C, H, W) -> (B, C * k, L), each channel's k kernel positions
+        laid one after another along dim 1; fold: the reverse, so the k positions of a channel are
+        one channel (united)."""
+        if not isinstance(lab, torch.Tensor) or not isinstance(value, torch.Tensor) or lab.dim() < 3 \
+                or value.dim() < 3:
+            return self._unknown(n, value)  # unbatched inputs
+        ch = _along(lab, 1, f"op {name!r} in {_module_of(n) or '<top>'!r}", uf=self.uf)
+        shape = [1] * value.dim()
+        shape[1] = -1
+        if name == "unfold":
+            return ch.repeat_interleave(value.shape[1] // len(ch)).view(shape).expand(value.shape)
+        blocks = ch.view(value.shape[1], -1)
+        self.uf.union_tensors(blocks[:, :1].expand(blocks.shape).reshape(-1), blocks.reshape(-1))
+        return blocks[:, 0].clone().view(shape).expand(value.shape)
+
     def _scalar_or_lab(self, a: Any) -> Any:
         """An argument after a move's source: a 0-d tensor is a size or an index (narrow's length
         held in a tensor), so its value counts; anything else, as `_lab` gives it."""
@@ -806,6 +824,8 @@ class _LabelInterpreter(fx.Interpreter):
         ignored = self._ignored(name)
         if isinstance(m, (*_CONV, nn.Linear)) and isinstance(inp, torch.Tensor):
             return self._layer(name, m, inp, value)
+        if isinstance(m, (nn.Unfold, nn.Fold)):
+            return self._patches(n, "unfold" if isinstance(m, nn.Unfold) else "fold", inp, value)
         if isinstance(m, nn.Embedding):
             ids = self._out_ids(name, m.embedding_dim)
             self.add(name, "emb", ids)
