@@ -191,6 +191,10 @@ class ChannelGraph:
         self.not_leaves: set[int] = set()  # ids of modules whose leaf layout failed its probe: traced through
         self.rejected: set[int] = set()  # such modules found in the current pass (see `run_labels`)
 
+    def reset_labels(self) -> None:
+        """Forget what a labelling pass found (members, unions, fixers), before another pass."""
+        self.uf, self.members, self.fixers = _UnionFind(), [], []
+
     @classmethod
     def build(cls, model: nn.Module, example_inputs: Any, ignore: Iterable[str] = (), *,
               attention: str = "heads", width: bool = True) -> "ChannelGraph":

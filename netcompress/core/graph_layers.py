@@ -22,7 +22,7 @@ import torch.fx as fx
 from torch import nn
 
 from netcompress.core.errors import NetcompressError
-from netcompress.core.graph import FROZEN, fix_attributes, is_conv1d_t, weight_dims
+from netcompress.core.graph import FROZEN, Member, fix_attributes, is_conv1d_t, member_slices
 from netcompress.core.graph_ops import frozen
 
 if TYPE_CHECKING:
@@ -240,24 +240,22 @@ def _reject(it: "_LabelInterpreter", n: fx.Node, m: nn.Module, value: Any) -> An
     traced through. Until then its inputs and outputs are frozen, so the pass goes on and finds
     every such module at once."""
     it.g.rejected.add(id(m))
-    for a in n.all_input_nodes:
-        if isinstance(it.labels.get(a), torch.Tensor):
-            it.uf.freeze(it.labels[a])
+    it._freeze_all(it._tensor_labels(n))
     return it._frozen_like(value)
 
 
-def _index(mod: nn.Module, dim_of: Callable[[nn.Module], int], keep: torch.Tensor, names: tuple[str, ...]) -> None:
-    """Keep the `keep` positions of `mod`'s tensors `names` along the dim `dim_of(mod)` gives (bias
-    and norm statistics along 0), then reset the module's size attributes."""
+def _cut(model: nn.Module, path: str, kind: str, keep: torch.Tensor) -> None:
+    """Keep the `keep` positions of the tensors a `kind` member of module `path` indexes (the
+    tensors `member_slices` names for `ChannelGraph.prune`), then reset the module's size attributes."""
     idx = torch.nonzero(keep).flatten()
-    for i, pname in enumerate(names):
+    for mod_name, pname, dim, _ in member_slices(model, Member(path, kind, keep.long())):
+        mod = model.get_submodule(mod_name)
         t = getattr(mod, pname, None)
-        if not isinstance(t, torch.Tensor):
+        if not isinstance(t, torch.Tensor) or t.dim() <= dim or t.shape[dim] != len(keep):
             continue
-        d = dim_of(mod) if i == 0 else 0
-        v = t.detach().index_select(d, idx.to(t.device)).clone()
+        v = t.detach().index_select(dim, idx.to(t.device)).clone()
         setattr(mod, pname, nn.Parameter(v, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else v)
-    fix_attributes(mod)
+    fix_attributes(model.get_submodule(path))
 
 
 def _cut_runs(m: nn.Module, spec: "AttnSpec", mode: str, lays: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
@@ -272,6 +270,11 @@ def _cut_runs(m: nn.Module, spec: "AttnSpec", mode: str, lays: tuple[torch.Tenso
     last = int(per_dim[-1]) if mode == "head_dim" else int(kv_lay[-1])
     if (spec.head_dim if mode == "head_dim" else spec.kv_heads) < 2:
         return True  # nothing can be cut
+    first = value[0] if isinstance(value, (tuple, list)) else value
+    args = tuple(a if _plain(a) else None for a in args)  # a cache the real call has already filled: left out
+    kwargs = {k: v for k, v in kwargs.items() if _plain(v)}
+    if _out_shape(copy.deepcopy(m), args, kwargs) != list(first.shape):  # the model itself is never called
+        return True  # the module does not run on these arguments alone: nothing to learn from the cut one
     keep_q, keep_kv = q_lay != last, kv_lay != last
     keep_d = per_dim != last if mode == "head_dim" else torch.ones(len(per_dim), dtype=torch.bool)
     new = copy.deepcopy(m)
@@ -282,7 +285,7 @@ def _cut_runs(m: nn.Module, spec: "AttnSpec", mode: str, lays: tuple[torch.Tenso
         mask[off:off + len(keep)] &= keep
     rows.update({path: keep_q for path in spec.gates})
     for path, keep in rows.items():
-        _index(new.get_submodule(path), lambda mod: weight_dims(mod)[0], keep, ("weight", "bias"))
+        _cut(new, path, "out", keep)
     norms = [(path, keep_q) for path in spec.q_norms]
     for path in spec.head_norms:
         w = getattr(m.get_submodule(path), "weight", None)
@@ -290,17 +293,12 @@ def _cut_runs(m: nn.Module, spec: "AttnSpec", mode: str, lays: tuple[torch.Tenso
         if isinstance(w, torch.Tensor):
             norms.append((path, keep_d if w.shape[0] == len(keep_d) else whole))
     for path, keep in norms:
-        _index(new.get_submodule(path), lambda mod: 0, keep, ("weight", "bias", "running_mean", "running_var"))
+        _cut(new, path, "norm", keep)
     if spec.o is not None:
-        _index(new.get_submodule(spec.o), lambda mod: weight_dims(mod)[1], keep_q, ("weight",))
+        _cut(new, spec.o, "in", keep_q)
     h, kv, hd = spec.heads, spec.kv_heads, spec.head_dim
     spec.fix(new, *((h - h // kv, kv - 1, hd) if mode == "heads" else (h, kv, hd - 1)))
-    first = value[0] if isinstance(value, (tuple, list)) else value
     want = list(first.shape) if spec.o is not None else list(first.shape[:-1]) + [int(keep_q.sum())]
-    args = tuple(a if _plain(a) else None for a in args)  # a cache the real call has already filled: left out
-    kwargs = {k: v for k, v in kwargs.items() if _plain(v)}
-    if _out_shape(copy.deepcopy(m), args, kwargs) != list(first.shape):  # the model itself is never called
-        return True  # the module does not run on these arguments alone: nothing to learn from the cut one
     return _out_shape(new, args, kwargs) == want
 
 

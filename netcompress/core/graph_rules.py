@@ -96,6 +96,12 @@ def _size_args(n: fx.Node, name: str) -> list[Any]:
     return args + [v for k, v in n.kwargs.items() if k in ("size", "n", "m")]
 
 
+def _torch_layer(mod: Any) -> bool:
+    """A torch Linear / Conv with torch's own forward (a subclass's forward may compute anything)."""
+    return isinstance(mod, (nn.Linear, *_CONV)) and type(mod).forward in (
+        nn.Linear.forward, nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward)
+
+
 def _along(labels: torch.Tensor, dim: int, where: str, uf: Any = None, freeze_mixed: bool = False) -> torch.Tensor:
     """The labels along `dim`, checked constant (up to unions in `uf`) along every other dim.
 
@@ -380,8 +386,7 @@ class _LabelInterpreter(fx.Interpreter):
             mod = self.g.model.get_submodule(owner) if owner and pname == "weight" else None
         except AttributeError:
             return False
-        plain = isinstance(mod, nn.Embedding) or (isinstance(mod, (nn.Linear, *_CONV)) and type(mod).forward in (
-            nn.Linear.forward, nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward))
+        plain = isinstance(mod, nn.Embedding) or _torch_layer(mod)
         return plain and bool(n.users) and all(
             _op_name(u) in LINEAR and self._arg(u, 1, "weight") is n for u in n.users)
 
@@ -572,8 +577,7 @@ class _LabelInterpreter(fx.Interpreter):
             self._freeze_all(self._lab(n.args[1:]))
             return frozen(value.shape)
         b = self._lab(self._arg(n, 2, "bias"))
-        if isinstance(mod, (nn.Linear, *_CONV)) and type(mod).forward in (nn.Linear.forward, nn.Conv1d.forward,
-                                                                           nn.Conv2d.forward, nn.Conv3d.forward):
+        if _torch_layer(mod):
             out = self._layer(mod_name, mod, x, value)
             if isinstance(b, torch.Tensor):
                 self.uf.union_tensors(_along(out, -1 if name == "linear" else 1, mod_name, uf=self.uf), _compact(b).reshape(-1))

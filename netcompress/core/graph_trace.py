@@ -277,8 +277,6 @@ def run_labels(g: "ChannelGraph", x: Any, ignore: Sequence[str]) -> None:
     """Fill `g` with members and unions: fx when it traces and runs, else the eager recorder.
     Attention leaves whose layout fails its check on the real call (`graph_layers._reject`) are
     traced through on one more pass (an error met while some were pending is from that pass)."""
-    from netcompress.core.graph import _UnionFind
-
     while True:
         try:
             _run_labels(g, x, ignore)
@@ -290,12 +288,12 @@ def run_labels(g: "ChannelGraph", x: Any, ignore: Sequence[str]) -> None:
                 return
         g.not_leaves |= g.rejected  # each pass has fewer leaves, so this ends
         g.rejected = set()
-        g.uf, g.members, g.fixers, g.tracer = _UnionFind(), [], [], "fx"
+        g.reset_labels()
+        g.tracer = "fx"
 
 
 def _run_labels(g: "ChannelGraph", x: Any, ignore: Sequence[str]) -> None:
     """One pass of `run_labels`, with the leaves that are not in `g.not_leaves`."""
-    from netcompress.core.graph import _UnionFind
     from netcompress.core.graph_layers import leaf_rule
     from netcompress.core.graph_rules import _LabelInterpreter, _RecordedInterpreter
 
@@ -317,7 +315,7 @@ def _run_labels(g: "ChannelGraph", x: Any, ignore: Sequence[str]) -> None:
                 raise
             except Exception as e:  # the traced graph does not run as traced (specialised control flow)
                 reason = f"{type(e).__name__}: {e}"
-                g.uf, g.members, g.fixers = _UnionFind(), [], []
+                g.reset_labels()
     try:
         graph, values = record(model, x, leaves)
     except NetcompressError:
