@@ -353,6 +353,18 @@ def test_a_pruned_model_that_does_not_run_is_one_clear_error_and_the_model_is_un
 
 
 # -- token layouts: class tokens, positional embeddings, sizes computed from widths, token mixing --
+class _InputWidthAttention(timm.layers.Attention):
+    """timm's Attention as older timm versions wrote it: the heads' output reshaped to the input's
+    width C. Nothing but that reshape differs, so only the one-head cut can tell."""
+
+    __module__ = "timm.layers.attention"  # what the timm layout matches (a class defined in timm)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, C))
+
+
 class _MatchedAttention(nn.Module):
     """Tokens -> a timm attention module whose attributes match the timm layout (qkv, proj,
     num_heads, head_dim) but whose forward does not follow them alone -> MLP -> logits."""
@@ -360,7 +372,9 @@ class _MatchedAttention(nn.Module):
     def __init__(self, kind):
         super().__init__()
         self.kind, self.inp = kind, nn.Linear(8, 32)
-        if kind == "gcvit":  # reshapes the heads' output to the input's width C
+        if kind == "input_width":
+            self.attn = _InputWidthAttention(32, num_heads=4)
+        elif kind == "gcvit":  # reshapes the heads' output to the input's width C
             self.attn = timm.models.gcvit.WindowAttentionGlobal(32, num_heads=4, window_size=(2, 2), use_global=False)
         elif kind == "mvitv2":  # reshapes to the attribute dim_out, which no head count sets
             self.attn = timm.models.mvitv2.MultiScaleAttention(32, 32, (2, 2), num_heads=4, has_cls_token=False)
@@ -373,12 +387,12 @@ class _MatchedAttention(nn.Module):
         if self.kind == "fastvit":
             a = self.attn(h.transpose(1, 2).reshape(h.shape[0], -1, 2, 2)).flatten(2).transpose(1, 2)
         else:
-            a = self.attn(h) if self.kind == "gcvit" else self.attn(h, [2, 2])[0]
+            a = self.attn(h, [2, 2])[0] if self.kind == "mvitv2" else self.attn(h)
         h = h + a
         return self.head((h + self.fc2(F.gelu(self.fc1(h)))).mean(1))
 
 
-@pytest.mark.parametrize("kind", ["gcvit", "mvitv2", "fastvit"])
+@pytest.mark.parametrize("kind", ["input_width", "gcvit", "mvitv2", "fastvit"])
 def test_attention_that_does_not_follow_its_head_attributes_is_traced_through(kind):
     """Before its head layout is trusted, each attention module is checked: channels along its
     input's last dim, and a copy cut by one head runs on the real call. These three fail (channels
