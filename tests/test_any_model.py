@@ -207,6 +207,61 @@ def test_hf_vit_trains_on_mnist_images(mnist_small, one_thread):
     assert nc.measure(vit, data, latency=False).accuracy > 0.2  # 10 classes
 
 
+# ------------------------------------------------------------------ hidden-state + attention KD
+
+
+def _hidden_case(name: str, mnist_small):
+    """(teacher, data, expected attention projections of the last block) on real data: Python-manual
+    bytes for text models, MNIST for image models."""
+    if name in ("hf:bert", "hf:distilbert"):
+        data = _pydoc_text(32, 16)
+        kw = dict(vocab_size=257, max_position_embeddings=64)
+        return nc.models.create(name, num_classes=2, **{**TINY_CONFIGS[name[3:]], **kw}), data
+    if name == "hf:gpt2":
+        text = nc.data.load("pydoc-text-tiny")
+        return nc.models.create_for(name, text, **{**TINY_CONFIGS["gpt2"], "vocab_size": text.num_classes}), text
+    data = mnist_small.subset(32, 16)
+    if name == "hf:vit":
+        return nc.models.create_for(name, data, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                    intermediate_size=64, patch_size=7), data
+    return nc.models.create_for(name, data, img_size=28, patch_size=7, in_chans=1), data
+
+
+@pytest.mark.parametrize("name,attention", [
+    ("hf:bert", r"bert\.encoder\.layer\.1\.attention\.self\.(query|key|value)"),
+    ("hf:distilbert", r"distilbert\.transformer\.layer\.1\.attention\.(q|k|v)_lin"),
+    ("hf:gpt2", r"transformer\.h\.1\.attn\.c_attn"),
+    ("hf:vit", r"vit\.layers\.1\.attention\.(q|k|v)_proj"),
+    ("timm:test_vit", r"blocks\.\d+\.attn\.qkv")])
+def test_hidden_and_attention_kd_on_foreign_transformers(name, attention, mnist_small, one_thread):
+    """TinyBERT / MiniLM distillation finds the block stack (a ModuleList or a timm Sequential) and the
+    q / k / v projections of Hugging Face and timm attention, and trains a student cut from the teacher
+    with both terms (it used to find neither and ask for attention_weight 0)."""
+    torch.manual_seed(0)
+    teacher, data = _hidden_case(name, mnist_small)
+    student = nc.distill.student_from_teacher(teacher, data, width=0.5)
+    before = copy.deepcopy(student.state_dict())
+    r = nc.distill.distill("hidden", teacher, student, data, train=nc.train.TrainConfig(epochs=1, max_steps=3, batch_size=8))
+    s_att, t_att = r.extra["attention_layers"]
+    assert s_att == t_att and all(re.fullmatch(attention, n) for n in s_att)
+    logs = r.histories["hidden"]
+    assert all(torch.isfinite(torch.tensor([e["hidden"], e["attention"]])).all() and e["hidden"] > 0 for e in logs)
+    assert any(not torch.equal(v, r.student.state_dict()[k]) for k, v in before.items())
+
+
+def test_hidden_kd_refuses_models_without_token_blocks(mnist_small):
+    data = mnist_small.subset(16, 8)
+    cnn = nc.models.create_for("timm:test_resnet", data)
+    with pytest.raises(NetcompressError, match="ResNet has no repeated transformer blocks .* use fitnet or at"):
+        nc.distill.distill("hidden", cnn, copy.deepcopy(cnn), data, max_steps=1)
+    mixer = torch.nn.Sequential(torch.nn.Flatten(2), torch.nn.Sequential(*[torch.nn.Sequential(
+        torch.nn.LayerNorm(28), torch.nn.Linear(28, 28)) for _ in range(2)]), torch.nn.Flatten(), torch.nn.Linear(28 * 28, 10))
+    with pytest.raises(NetcompressError, match=r"no attention projections found in '1\.1' / '1\.1'; set attention_weight 0"):
+        nc.distill.transformer.HiddenKD(mixer, copy.deepcopy(mixer), attention_weight=1.0)
+    m = nc.distill.transformer.HiddenKD(mixer, copy.deepcopy(mixer))  # by default: hidden states only
+    assert m.att is None and m.attention_weight == 0 and m.pairs == [("1.0", "1.0"), ("1.1", "1.1")]
+
+
 # ------------------------------------------------------------------ every transform
 
 

@@ -198,7 +198,7 @@ def _is_linear_like(m: nn.Module) -> bool:
     return isinstance(out, torch.Tensor) and out.shape == ref.shape and bool(torch.allclose(out, ref, rtol=1e-4, atol=1e-5))
 
 
-def _is_rmsnorm_like(m: nn.Module) -> bool:
+def is_rmsnorm_like(m: nn.Module) -> bool:
     w = getattr(m, "weight", None)
     return (type(m).__name__.endswith("RMSNorm") and not isinstance(m, nn.RMSNorm) and isinstance(w, torch.Tensor)
             and w.dim() == 1 and not list(m.children()))
@@ -567,7 +567,7 @@ def leaf_rule(m: nn.Module) -> Rule | None:
         return _mha_rule
     if is_conv1d_t(m) or _is_linear_like(m):
         return _conv1d_rule
-    if _is_rmsnorm_like(m):
+    if is_rmsnorm_like(m):
         return _norm_rule
     if attention_spec(m) is not None:
         return _attention_rule

@@ -15,6 +15,7 @@ The features are taken with `netcompress.core.Taps` by module name; nothing edit
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import Sequence
 
 import torch
@@ -22,7 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from netcompress.core.errors import NetcompressError
-from netcompress.core.layerwise import find_blocks
+from netcompress.core.graph import is_conv1d_t
+from netcompress.core.graph_layers import is_rmsnorm_like, attention_spec
 from netcompress.core.taps import Taps
 from netcompress.distill.methods import TappedMethod, _device_of
 
@@ -34,14 +36,51 @@ def uniform_layer_map(n_student: int, n_teacher: int) -> list[int]:
     return [(i + 1) * n_teacher // n_student - 1 for i in range(n_student)]
 
 
+def transformer_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The repeated blocks of a transformer: the `nn.ModuleList` or `nn.Sequential` with the most
+    children, all of one type, each holding a Linear layer (or Hugging Face's Conv1D): `blocks`,
+    `layers`, `h`, `encoder.layer`, timm's `blocks`. The model's own block stack, whatever its
+    attribute names; in a hierarchical model (Swin), the longest stage.
+
+    Example:
+        >>> import netcompress as nc
+        >>> vit = nc.models.create("vit-tiny", num_classes=10, in_channels=1, input_size=28)
+        >>> [n for n, _ in transformer_blocks(vit)]
+        ['blocks.0', 'blocks.1', 'blocks.2', 'blocks.3']
+    """
+    best: tuple[str, nn.Module] | None = None
+    for name, m in model.named_modules():
+        if not isinstance(m, (nn.ModuleList, nn.Sequential)) or len(m) < 2 or len(Counter(type(c) for c in m)) > 1:
+            continue
+        if all(any(isinstance(x, nn.Linear) or is_conv1d_t(x) for x in c.modules()) and not isinstance(c, nn.Linear)
+               for c in m) and (best is None or len(m) > len(best[1])):
+            best = (name, m)
+    if best is None:
+        raise NetcompressError(f"hidden: {type(model).__name__} has no repeated transformer blocks (a ModuleList or "
+                               "Sequential of blocks with Linear layers); for a CNN use fitnet or at")
+    return [(f"{best[0]}.{i}" if best[0] else str(i), b) for i, b in enumerate(best[1])]
+
+
 def _attention_projections(block: nn.Module, prefix: str) -> tuple[list[str], bool] | None:
-    """Names of (q, k, v) projections of a block, or of a fused qkv; and whether attention is causal."""
+    """Names of the (q, k, v) projections of a block, or of a fused qkv; and whether attention is
+    causal. netcompress's own blocks by name; timm and Hugging Face attention by the layout the
+    channel graph reads (`netcompress.core.graph_layers.attention_spec`)."""
     names = {n: m for n, m in block.named_modules()}
     for q, k, v in (("attn.q_proj", "attn.k_proj", "attn.v_proj"), ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")):
         if q in names and k in names and v in names:
             return [f"{prefix}.{q}", f"{prefix}.{k}", f"{prefix}.{v}"], True
     if "attn.qkv" in names:
         return [f"{prefix}.attn.qkv"], False
+    for sub, m in names.items():
+        spec = attention_spec(m)
+        if spec is None:
+            continue
+        base = ".".join(p for p in (prefix, sub) if p)
+        causal = bool(getattr(m, "is_causal", False))
+        q, k, v = spec.q[0], spec.k[0], spec.v[0]
+        if q == k == v:  # one fused projection: its output splits into three equal parts, unless grouped
+            return ([f"{base}.{q}"], causal) if spec.kv_heads == spec.heads else None
+        return [f"{base}.{q}", f"{base}.{k}", f"{base}.{v}"], causal
     return None
 
 
@@ -74,9 +113,10 @@ class HiddenKD(TappedMethod):
 
     Args:
         teacher: frozen teacher transformer.
-        student: the student (to map its blocks); both need a ModuleList of blocks.
+        student: the student (to map its blocks); both need a stack of blocks (`transformer_blocks`).
         hidden_weight: weight of the summed hidden-state MSE (0 disables it).
-        attention_weight: weight of the MiniLMv2 relation KL on the last block pair (0 disables it).
+        attention_weight: weight of the MiniLMv2 relation KL on the last block pair (0 disables it;
+            None: 1 where both blocks of that pair hold a recognised attention, else 0).
         relation_heads: R, the relation heads (must divide both models' projection widths).
         layers: explicit [student_block, teacher_block] name pairs instead of the uniform map.
         temperature, alpha: the logit KD term (alpha 0 disables it; CE gets 1 - alpha).
@@ -87,26 +127,30 @@ class HiddenKD(TappedMethod):
     name = "hidden"
 
     def __init__(self, teacher: nn.Module, student: nn.Module, hidden_weight: float = 1.0,
-                 attention_weight: float = 1.0, relation_heads: int = 2,
+                 attention_weight: float | None = None, relation_heads: int = 2,
                  layers: Sequence[Sequence[str]] | None = None, temperature: float = 2.0, alpha: float = 0.5,
                  balance: bool = True) -> None:
         super().__init__(teacher, temperature, alpha)
         self.balance = bool(balance)
-        sb, tb = find_blocks(student), find_blocks(teacher)
         if layers:
             self.pairs = [(str(s), str(t)) for s, t in layers]
         else:
+            sb, tb = transformer_blocks(student), transformer_blocks(teacher)
             self.pairs = [(sb[i][0], tb[j][0]) for i, j in enumerate(uniform_layer_map(len(sb), len(tb)))]
-        self.hidden_weight, self.attention_weight = float(hidden_weight), float(attention_weight)
-        self.relation_heads = int(relation_heads)
+        self.hidden_weight, self.relation_heads = float(hidden_weight), int(relation_heads)
         self.att: tuple[list[str], list[str], bool, bool] | None = None
-        if self.attention_weight > 0:
-            s_name, t_name = self.pairs[-1]
-            sm, tm = dict(student.named_modules()), dict(teacher.named_modules())
-            sa, ta = _attention_projections(sm[s_name], s_name), _attention_projections(tm[t_name], t_name)
-            if sa is None or ta is None:
-                raise NetcompressError(f"hidden: no attention projections found in {s_name!r} / {t_name!r}; "
-                                       "set attention_weight 0")
+        s_name, t_name = self.pairs[-1]
+        sm, tm = dict(student.named_modules()), dict(teacher.named_modules())
+        for n, mods in ((s_name, sm), (t_name, tm)):
+            if n not in mods:
+                raise NetcompressError(f"hidden: layers: no module {n!r} in the {'student' if mods is sm else 'teacher'}")
+        sa, ta = _attention_projections(sm[s_name], s_name), _attention_projections(tm[t_name], t_name)
+        found = sa is not None and ta is not None
+        if attention_weight is not None and attention_weight > 0 and not found:
+            raise NetcompressError(f"hidden: no attention projections found in {s_name!r} / {t_name!r}; "
+                                   "set attention_weight 0")
+        self.attention_weight = float(attention_weight if attention_weight is not None else found)
+        if self.attention_weight > 0 and sa is not None and ta is not None:
             self.att = (sa[0], ta[0], sa[1], len(sa[0]) == 1)
         self.adapters = nn.ModuleList()
         self._student = student
@@ -127,10 +171,19 @@ class HiddenKD(TappedMethod):
 
     @staticmethod
     def _width(model: nn.Module, block: str) -> int:
-        norms = [m for m in dict(model.named_modules())[block].modules() if isinstance(m, (nn.LayerNorm, nn.RMSNorm))]
-        if not norms:
-            raise NetcompressError(f"hidden: cannot tell the width of block {block!r} (no LayerNorm/RMSNorm inside)")
-        return int(norms[0].normalized_shape[0])
+        """The block's width: its first norm's size (LayerNorm, RMSNorm or a model's own RMSNorm),
+        else the input width of its first Linear (or Conv1D)."""
+        for m in dict(model.named_modules())[block].modules():
+            if isinstance(m, (nn.LayerNorm, nn.RMSNorm)):
+                return int(m.normalized_shape[0])
+            if is_rmsnorm_like(m):
+                return int(m.weight.shape[0])
+        for m in dict(model.named_modules())[block].modules():
+            if isinstance(m, nn.Linear):
+                return int(m.in_features)
+            if is_conv1d_t(m):
+                return int(m.weight.shape[0])
+        raise NetcompressError(f"hidden: cannot tell the width of block {block!r} (no norm or Linear inside)")
 
     def extra_parameters(self) -> list[nn.Parameter]:
         return list(self.adapters.parameters())
@@ -141,6 +194,11 @@ class HiddenKD(TappedMethod):
         terms = self.kd_terms(outputs, t_logits)
         feats: dict[str, torch.Tensor] = {}
         if self.hidden_weight > 0:
+            width = self.adapters[0].in_features
+            for s, _ in self.pairs:
+                if self._s_taps[s].shape[-1] != width:
+                    raise NetcompressError(f"hidden: block {s!r} returns {tuple(self._s_taps[s].shape)}, not tokens "
+                                           f"of its width {width} in the last dim; for a CNN use fitnet or at")
             mse = sum(F.mse_loss(a(self._s_taps[s]).float(), self._t_taps[t].detach().float())
                       for a, (s, t) in zip(self.adapters, self.pairs))
             feats["hidden"] = self.hidden_weight * mse
@@ -159,11 +217,11 @@ def _run_hidden(teacher, student, data, cfg, fit_fn):
     from netcompress.distill.protocols import _KD_ALPHA, DistillResult, _acc, _alpha, _budget, train_student
 
     # balanced on the first step unless weights are given, as for AT / RKD / SP
-    m = HiddenKD(teacher, student, cfg.weights.get("hidden", 1.0), cfg.weights.get("attention", 1.0),
+    m = HiddenKD(teacher, student, cfg.weights.get("hidden", 1.0), cfg.weights.get("attention"),
                  layers=cfg.layers, temperature=cfg.temperature, alpha=_alpha(cfg, _KD_ALPHA["hidden"]),
                  balance=not cfg.weights)
     h = train_student(student, m, fit_fn, "hidden", **_budget(cfg))
-    extra = {"layer_pairs": [list(p) for p in m.pairs]}
+    extra = {"layer_pairs": [list(p) for p in m.pairs], "attention_layers": [m.att[0], m.att[1]] if m.att else None}
     if m.balance:
         extra["weight_scale"] = m.scale
     return DistillResult(student, _acc(student, data), extra=extra, histories={"hidden": h.to_list()})
