@@ -258,6 +258,22 @@ def test_takd_builds_interpolated_assistant_and_reports_direct_kd(small, teacher
     assert r2.models["assistant"].netcompress_spec["name"] == "lenet5-half" and "direct_kd_acc" not in r2.extra
 
 
+def test_takd_assistant_for_a_teacher_outside_the_zoo_is_cut_from_it(small):
+    """A timm teacher has no width argument: the assistant is the teacher cut to the width whose
+    parameter count is about the geometric mean of teacher and student (it used to be an error)."""
+    torch.manual_seed(0)
+    t = nc.models.create_for("timm:test_resnet", small)
+    s = nc.distill.student_from_teacher(t, small, width=0.25)
+    before = copy.deepcopy(s.state_dict())
+    r = distill("takd", t, s, small, compare_direct=False, **TINY)
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert n(s) < r.extra["assistant_params"] < n(t)
+    assert abs(math.log(r.extra["assistant_params"] / math.sqrt(n(s) * n(t)))) < math.log(1.3)
+    assert any(not torch.equal(v, r.student.state_dict()[k]) for k, v in before.items())
+    with pytest.raises(NetcompressError, match=r"takd: the student \(.* parameters\) is not smaller than the teacher"):
+        distill("takd", t, copy.deepcopy(t), small, compare_direct=False, **TINY)
+
+
 def test_compare_scratch_and_config_errors(small, teacher):
     r = distill("kd", teacher, student(), small, compare_scratch=True, **TINY)
     e = r.extra

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Sequence
 
@@ -98,8 +99,8 @@ class DistillConfig(Config):
     rampup: float = Field(0.3, ge=0, le=1, description="DML: share of the steps over which the mutual term's "
                           "weight rises to its full value (exp(-5(1-t)^2)); 0 = constant from the start, as in the paper")
     generations: int = Field(2, ge=1, description="Born-Again: number of generations K")
-    assistant: str | ModelRef | None = Field(None, description="TAKD assistant (default: the teacher's architecture "
-                                             "at the geometric-mean size)")
+    assistant: str | ModelRef | None = Field(None, description="TAKD assistant (default: the teacher's zoo "
+                                             "architecture at the geometric-mean size, else the teacher cut to that size)")
     compare_scratch: bool = Field(False, description="also train the student alone (CE, same budget) and report it")
     compare_direct: bool = Field(True, description="TAKD: also distil the student directly from the teacher")
 
@@ -358,21 +359,26 @@ def _width_of(spec: dict[str, Any]) -> tuple[str, float]:
 
 
 def assistant_for(teacher: nn.Module, student: nn.Module, data) -> nn.Module:
-    """TAKD's teacher assistant by width interpolation: the teacher's zoo architecture at the width
-    whose parameter count is about the geometric mean of teacher and student (params ~ width^2,
-    so width_ta = width_t * (P_s / P_t) ** 0.25)."""
-    from netcompress.models import create_for
+    """TAKD's teacher assistant by width interpolation, at about the geometric mean of the teacher's
+    and the student's parameter counts (params ~ width^2, so width_ta = width_t * (P_s / P_t) ** 0.25):
+    the teacher's zoo architecture at that width when its builder takes a width, else a model cut
+    out of the teacher at that width (`student_from_teacher`: timm, Hugging Face, torchvision or
+    any other model the channel graph can prune)."""
+    from netcompress.models import MODELS, create_for
 
-    spec = getattr(teacher, "netcompress_spec", None)
-    if not spec or spec["name"].startswith(("python:", "torchvision:")):
-        raise NetcompressError("takd: cannot build an assistant for this teacher by width; give `assistant`")
-    base, w_t = _width_of(spec)
     p_t = sum(p.numel() for p in teacher.parameters())
     p_s = sum(p.numel() for p in student.parameters())
-    w = round(w_t * (p_s / p_t) ** 0.25, 4)
-    shape_keys = ("width", "num_classes", "in_channels", "input_size")  # the assistant is shaped for `data`
-    kw = {k: v for k, v in spec.get("kwargs", {}).items() if k not in shape_keys}
-    return create_for(base, data, width=w, **kw)
+    if p_s >= p_t:
+        raise NetcompressError(f"takd: the student ({p_s:,} parameters) is not smaller than the teacher ({p_t:,}); "
+                               "an assistant goes between them")
+    ratio = (p_s / p_t) ** 0.25
+    spec = getattr(teacher, "netcompress_spec", None) or {}
+    base, w_t = _width_of(spec) if spec else ("", 1.0)
+    if base in MODELS and "width" in inspect.signature(MODELS.get(base)).parameters:
+        shape_keys = ("width", "num_classes", "in_channels", "input_size")  # the assistant is shaped for `data`
+        kw = {k: v for k, v in spec.get("kwargs", {}).items() if k not in shape_keys}
+        return create_for(base, data, width=round(w_t * ratio, 4), **kw)
+    return student_from_teacher(teacher, data, width=round(ratio, 4))
 
 
 def _run_takd(teacher, student, data, cfg: DistillConfig, fit_fn: FitFn) -> DistillResult:
