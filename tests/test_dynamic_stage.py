@@ -5,7 +5,7 @@ import torch
 
 import netcompress as nc
 from netcompress.core.errors import NetcompressError
-from netcompress.dynamic import early_exit_predict
+from netcompress.dynamic import default_exits, early_exit_predict
 from netcompress.dynamic.msdnet import MSDNetSmall
 from netcompress.dynamic.policy import exit_macs, full_macs
 from netcompress.dynamic.stages import DynamicConfig, run_dynamic
@@ -75,10 +75,39 @@ def test_dynamic_stage_accuracy_drop_keeps_the_held_out_accuracy(mnist_small, tm
     assert 0 < cal["holdout_fraction"] <= 1.0 and "latency" not in ex
 
 
+def test_default_exits_sit_at_blocks_near_a_quarter_half_and_three_quarters_of_the_macs():
+    lenet = nc.models.create("lenet5")
+    assert default_exits(lenet, torch.zeros(1, 1, 28, 28)) == ["features.2"]  # conv2 ends at 82 %: too late
+    # conv1, its ReLU and its pooling end at the same MACs: one exit there, after the pooling
+    assert default_exits(lenet, torch.zeros(1, 1, 28, 28), fractions=(0.25, 0.3)) == ["features.2"]
+    x = torch.zeros(1, 3, 32, 32)
+    vit = nc.models.create("timm:test_vit", num_classes=10, img_size=32)
+    resnet = nc.models.create("resnet20", input_size=32)
+    tv = nc.models.create("torchvision:mobilenet_v2", input_size=32)
+    for model, want in ((resnet, ["layer1.1", "layer2.0", "layer3.0"]), (tv, ["features.3", "features.10", "features.14"])):
+        assert default_exits(model, x) == want  # blocks (children of a Sequential), never a layer inside one
+        mx = nc.dynamic.early_exit(model, want, example_inputs=x)
+        frac = [c / full_macs(mx, x) for c in exit_macs(mx, x)[:-1]]
+        assert all(abs(f - t) < 0.15 for f, t in zip(frac, (0.25, 0.5, 0.75))), frac
+    assert all(n.startswith("blocks.") and n.count(".") == 1 for n in default_exits(vit, x))
+
+
+def test_dynamic_stage_with_its_defaults_halves_the_macs(mnist_small, tmp_path):
+    """No exits named: the stage puts them by MACs, trains them and calibrates to half the MACs."""
+    torch.manual_seed(0)
+    model = nc.models.create("resnet8", in_channels=1, input_size=28)
+    nc.train.fit(model, mnist_small, max_steps=40, epochs=1, lr=0.05, progress=False, evaluate_each_epoch=False)
+    cfg = DynamicConfig.from_dict({"max_steps": 20, "holdout": 200, "latency": False})
+    ex = run_dynamic(_ctx(mnist_small, tmp_path), model, cfg).extra
+    assert ex["exit_modules"] == default_exits(model, mnist_small.example) and len(ex["exit_modules"]) >= 2
+    assert ex["calibration"]["holdout_fraction"] <= 0.5 and ex["avg_macs_fraction"] < 0.6
+    assert ex["real_exit_share"][-1] < 1  # samples leave early
+
+
 def test_dynamic_stage_errors(mnist_small, tmp_path):
     ctx = _ctx(mnist_small, tmp_path)
-    with pytest.raises(NetcompressError, match="exits"):
-        run_dynamic(ctx, nc.models.create("lenet5"), DynamicConfig())
+    with pytest.raises(NetcompressError, match="exits: none named, and LeNet300 has no module output before 80% of its MACs"):
+        run_dynamic(ctx, nc.models.create("lenet300"), DynamicConfig())  # its first Linear is 88 % of the MACs
     with pytest.raises(NetcompressError, match="no module named"):
         run_dynamic(ctx, nc.models.create("lenet5"), DynamicConfig(exits=["nope"]))
     with pytest.raises(NetcompressError, match="already has exits"):

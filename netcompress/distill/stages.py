@@ -69,7 +69,8 @@ def run_stage(ctx: StageContext, model: nn.Module, cfg: DistillConfig) -> StageR
     elif cfg.method == "born-again":
         student = None
     else:
-        raise NetcompressError(f"{where}: student: required for method {cfg.method!r} (e.g. student: lenet5-quarter)")
+        raise NetcompressError(f"{where}: student: required for method {cfg.method!r} (a model name, e.g. lenet5-quarter, or from-teacher: "
+                               "the teacher cut to half its width)")
 
     def fit_fn(m, methods=(), loss_fn=None, tag="train", **over):
         return ctx.fit(m, over, methods=methods, loss_fn=loss_fn, tag=tag)

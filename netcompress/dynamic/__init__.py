@@ -11,7 +11,8 @@ Example:
     mx.eval().set_policy_("max_softmax", t); mx(x)  # samples leave the batch
 """
 from netcompress.dynamic.base import MultiExitBase, confidence, early_exit_predict, early_exit_stream
-from netcompress.dynamic.early_exit import HeadConfig, MultiExitModel, early_exit, segment_mode, split_at_exits
+from netcompress.dynamic.early_exit import (HeadConfig, MultiExitModel, default_exits, early_exit, segment_mode,
+                                            split_at_exits)
 from netcompress.dynamic.lm_exit import EarlyExitLM, decode_latency, lm_early_exit, lm_exit_eval, token_costs
 from netcompress.dynamic.msdnet import MSDNetSmall
 from netcompress.dynamic.policy import (calibrate_accuracy, calibrate_budget, compare_latency, exit_macs, exit_outputs,
@@ -19,7 +20,7 @@ from netcompress.dynamic.policy import (calibrate_accuracy, calibrate_budget, co
 from netcompress.dynamic.training import ExitTraining, FrozenBackbone, exit_losses, sdn_weights
 
 __all__ = [
-    "MultiExitBase", "MultiExitModel", "MSDNetSmall", "HeadConfig", "early_exit", "early_exit_predict", "early_exit_stream", "confidence",
+    "MultiExitBase", "MultiExitModel", "MSDNetSmall", "HeadConfig", "default_exits", "early_exit", "early_exit_predict", "early_exit_stream", "confidence",
     "segment_mode", "split_at_exits", "calibrate_accuracy", "calibrate_budget", "compare_latency", "exit_macs",
     "exit_outputs", "full_macs", "policy_report", "simulate_exits", "tradeoff_curve", "ExitTraining", "FrozenBackbone",
     "exit_losses", "sdn_weights", "EarlyExitLM", "lm_early_exit", "lm_exit_eval", "token_costs",

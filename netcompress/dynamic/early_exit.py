@@ -28,11 +28,14 @@ import torch.fx as fx
 from pydantic import Field
 from torch import nn
 
+from netcompress.core.batch import call
+from netcompress.core.batch import head as batch_head
 from netcompress.core.config import Config
 from netcompress.core.errors import NetcompressError
 from netcompress.core.modes import eval_mode
 from netcompress.core.taps import Taps, resolve_module
 from netcompress.dynamic.base import MultiExitBase
+from netcompress.measure.metrics import FrozenParameters, MacCounter
 
 
 class HeadConfig(Config):
@@ -230,6 +233,70 @@ def _example(model: nn.Module, example_inputs: torch.Tensor | None) -> torch.Ten
     if isinstance(c, int) and isinstance(s, int):
         return torch.zeros(2, c, s, s)
     raise NetcompressError("early_exit: pass example_inputs (a batch of real inputs) to size the exit heads")
+
+
+DEFAULT_EXIT_FRACTIONS = (0.25, 0.5, 0.75)
+
+
+@torch.no_grad()
+def default_exits(model: nn.Module, example_inputs: Any, fractions: Sequence[float] = DEFAULT_EXIT_FRACTIONS,
+                  max_fraction: float = 0.8) -> list[str]:
+    """Where to put exits when none are named: for each of `fractions` of the model's MACs, a
+    module whose output comes near that share of the forward pass (Shallow-Deep Networks place
+    exits by compute in the same way). Candidates are the modules that run once and return a
+    tensor, one exit per point of the forward pass. The one chosen is the closest to the target,
+    where each ancestor with its own forward counts as 25 % of the MACs further away (a block or
+    a stage, where the data flows on, beats a layer inside a residual block or an attention); then
+    the outermost, then the one that ends last (after its activation and pooling). A target whose
+    best candidate is further than 30 % away gets no exit (unless no other target got one). Outputs after `max_fraction` of the MACs are left out: an exit there
+    saves too little.
+
+    Example:
+        >>> import netcompress as nc, torch
+        >>> default_exits(nc.models.create("lenet5"), torch.zeros(1, 1, 28, 28))
+        ['features.2']
+    """
+    x = batch_head(example_inputs, 1)
+    ends: list[tuple[str, int]] = []
+    calls: dict[str, int] = {}
+    counter = MacCounter()
+
+    def hook(name: str) -> Callable:
+        def end(mod: nn.Module, inp: Any, out: Any) -> None:
+            calls[name] = calls.get(name, 0) + 1
+            o = out[0] if isinstance(out, (tuple, list)) and out else out
+            if isinstance(o, torch.Tensor) and o.is_floating_point():
+                ends.append((name, counter.macs))
+        return end
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n]
+    try:
+        with eval_mode(model), FrozenParameters(model), counter:
+            call(model, x)
+    finally:
+        for h in handles:
+            h.remove()
+    full = counter.macs
+    cands = [(i, n, c) for i, (n, c) in enumerate(ends) if calls[n] == 1 and 0 < c <= max_fraction * full]
+    if not cands:
+        raise NetcompressError(f"dynamic: exits: none named, and {type(model).__name__} has no module output before "
+                               f"{max_fraction:.0%} of its MACs to put one after; name the modules in exits")
+    mods = dict(model.named_modules())
+
+    def inside(name: str) -> int:
+        """How many of the module's ancestors have their own forward: 0 for a block or a stage (where
+        the data flows on), more for a layer inside a residual block or a branch."""
+        parts = name.split(".")
+        return sum(not isinstance(mods[".".join(parts[:k])], (nn.Sequential, nn.ModuleList)) for k in range(1, len(parts)))
+
+    chosen: list[tuple[int, str, int]] = []
+    for f in fractions:
+        free = [t for t in cands if t[2] not in {c for _, _, c in chosen}]  # one exit per point of the forward pass
+        if free:  # a level of nesting costs as much as 25 % of the MACs away from the target
+            best = min(free, key=lambda t: (0.25 * inside(t[1]) + abs(t[2] - f * full) / full, t[1].count("."), -t[0]))
+            if 0.25 * inside(best[1]) + abs(best[2] - f * full) / full <= 0.3 or (f == fractions[-1] and not chosen):
+                chosen.append(best)
+    return [n for _, n, _ in sorted(chosen)]
 
 
 def early_exit(model: nn.Module, exits: Sequence[str], head: HeadConfig | dict | Callable | None = None,

@@ -4,6 +4,7 @@
 - dynamic: {exits: [features.2], epochs: 2, budget: 0.5}        # a trained lenet5
 - dynamic: {epochs: 5, train_backbone: true, budget: 0.4}        # msdnet-small: exits built in
 - dynamic: {exits: [features.1], head: {hidden: 0}, accuracy_drop: 0}   # no accuracy lost on held-out data
+- dynamic: {}                                                     # exits near 25, 50, 75 % of the MACs
 ```
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch import nn
 from netcompress.core.config import Config
 from netcompress.core.errors import NetcompressError
 from netcompress.dynamic.base import MultiExitBase, early_exit_predict
-from netcompress.dynamic.early_exit import HeadConfig, MultiExitModel, early_exit, segment_mode
+from netcompress.dynamic.early_exit import HeadConfig, MultiExitModel, default_exits, early_exit, segment_mode
 from netcompress.dynamic.lm_exit import (EarlyExitLM, decode_latency, is_decoder_lm, lm_early_exit, lm_exit_eval,
                                          token_costs)
 from netcompress.dynamic.policy import (calibrate_accuracy, calibrate_budget, compare_latency, exit_macs,
@@ -46,7 +47,8 @@ class DynamicConfig(Config):
     `latency_samples` tokens in requests of 64 (`latency_batch` prompts decoded together, 1 unless set).
     """
 
-    exits: list[str] = Field(default_factory=list, description="backbone module names; empty: the model has exits")
+    exits: list[str] = Field(default_factory=list, description="backbone module names; empty: the model's own exits, "
+                             "or up to three chosen near 25, 50 and 75 % of its MACs (default_exits)")
     head: HeadConfig = Field(HeadConfig(), description="exit head: {pool, hidden}")
     weights: Literal["auto", "sdn", "uniform"] | list[float] = Field(
         "auto", description="auto: sdn when the backbone trains, uniform (independent heads) when frozen")
@@ -141,9 +143,7 @@ def run_dynamic(ctx, model: nn.Module, cfg: DynamicConfig):
             raise NetcompressError("dynamic: the model already has exits; leave `exits` empty")
         mx = model
     else:
-        if not cfg.exits:
-            raise NetcompressError("dynamic: exits: name the modules to put exits after (e.g. [features.2])")
-        mx = early_exit(model, cfg.exits, cfg.head, example_inputs=example)
+        mx = early_exit(model, cfg.exits or default_exits(model, example), cfg.head, example_inputs=example)
     cum = exit_macs(mx, example)
     full = full_macs(mx, example)
     weights = _weights(cfg, [c / full for c in cum[:-1]], cfg.train_backbone)
@@ -179,6 +179,7 @@ def run_dynamic(ctx, model: nn.Module, cfg: DynamicConfig):
         "policy": cfg.policy, "thresholds": mx.thresholds, "calibration": calib,
         "accuracy": real_acc, "full_accuracy": full_acc, "avg_macs": rep["avg_macs"], "full_macs": full,
         "avg_macs_fraction": rep["avg_macs"] / full, "exits": rep["exits"], "curve": curve,
+        "exit_modules": list(mx.exit_names) if isinstance(mx, MultiExitModel) else None,
         "exit_weights": weights, "segment_mode": segment_mode(mx) if isinstance(mx, MultiExitModel) else "native",
         "real_exit_share": [float((exit_at == k).float().mean()) for k in range(mx.num_exits)],
     }

@@ -68,7 +68,7 @@ def count_params(model: nn.Module) -> tuple[int, int]:
     return total, nonzero
 
 
-class _Frozen:
+class FrozenParameters:
     """Parameters without requires_grad while counting: a view of a parameter made under no_grad
     (timm PiT's expanded class token, passed between stages) still requires grad but has no
     grad_fn, and torch's module tracker inside FlopCounterMode asserts on such a module input.
@@ -133,7 +133,7 @@ def count_macs(model: nn.Module, example_inputs: Batch) -> int:
     """Multiply-accumulates of one forward pass of one sample (batch 1); inputs as in `core.batch`."""
     x = head(example_inputs, 1)
     counter = MacCounter()
-    with eval_mode(model), _Frozen(model), counter:
+    with eval_mode(model), FrozenParameters(model), counter:
         call(model, x)
     return counter.macs
 
