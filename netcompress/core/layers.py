@@ -67,6 +67,8 @@ def read_by_ancestor(model: nn.Module, name: str) -> str | None:
         anc_name = ".".join(parts[:i])
         anc = model.get_submodule(anc_name) if anc_name else model
         rel = re.escape(".".join(parts[i:]))
-        if re.search(rf"self\.{rel}(\.{_METHODS}[A-Za-z_]\w*|\s*[,)])", _forward_source(type(anc))):
+        # a type check (``isinstance(self.classifier, nn.Identity)``, timm's HRNet) reads nothing
+        if re.search(rf"(?<!isinstance\()(?<!type\()self\.{rel}(\.{_METHODS}[A-Za-z_]\w*|\s*[,)])",
+                     _forward_source(type(anc))):
             return anc_name or "(the model)"
     return None
