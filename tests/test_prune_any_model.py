@@ -808,3 +808,16 @@ def test_gpt_tiny_loses_whole_heads():
     small = _prune_checks(m, data_like, width=False)
     a = small.blocks[0].attn
     assert (a.q_proj.out_features, a.k_proj.out_features, a.o_proj.in_features, a.head_dim) == (64, 64, 64, 32)
+
+
+def test_taylor_on_a_model_that_caches_graph_tensors_in_eval_mode(mnist):
+    """timm's LeViT caches its attention biases (made from a parameter, with their graph) in eval
+    mode; Taylor backpropagated through the first batch's cache on the second batch and failed.
+    Each gradient batch now starts from a fresh train -> eval switch, which clears such caches."""
+    x, y = next(iter(mnist.loader("train", batch_size=72, shuffle=False)))
+    x = F.interpolate(x, size=32).expand(-1, 3, -1, -1)
+    data = nc.data.DataBundle.from_tensors("mnist-rgb", (x, y), (x, y), 10)
+    model = nc.models.create("timm:levit_128s", num_classes=10, input_size=32)
+    small = channels(model, "taylor", 0.3, example_inputs=x[:1], data=data, calibration=72)  # batches of 64 and 8
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
+    assert _call(small.eval(), x[:8]).shape == (8, 10)

@@ -128,10 +128,14 @@ def _run(model: nn.Module, batches: Iterable[tuple[Batch, Any]],
     restoring its mode afterwards. Each batch's inputs (a tensor, a tuple of tensors or a dict of
     named tensors) go to the model's device and through `call`; `step(output, targets)` then sees
     the raw output (a tensor, a list of exits or a Hugging Face output object) with the targets on
-    the same device. Under no_grad unless `grad`."""
+    the same device. Under no_grad unless `grad`; with `grad`, the model is put in training mode
+    and back before each batch, which clears what an eval-mode forward caches for the next one
+    (timm LeViT's attention biases: cached with their graph, they would be backpropagated twice)."""
     dev = next(model.parameters()).device
     with eval_mode(model):
         for x, y in batches:
+            if grad:
+                model.train().eval()
             with torch.set_grad_enabled(grad):
                 out = call(model, to_device(x, dev))
                 if step is not None:
