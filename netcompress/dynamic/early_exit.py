@@ -248,8 +248,8 @@ def default_exits(model: nn.Module, example_inputs: Any, fractions: Sequence[flo
     where each ancestor with its own forward counts as 25 % of the MACs further away (a block or
     a stage, where the data flows on, beats a layer inside a residual block or an attention); then
     the outermost, then the one that ends last (after its activation and pooling). A target whose
-    best candidate is further than 30 % away gets no exit (unless no other target got one). Outputs after `max_fraction` of the MACs are left out: an exit there
-    saves too little.
+    best candidate is further than 30 % away gets no exit (unless no other target got one).
+    Outputs after `max_fraction` of the MACs are left out: an exit there saves too little.
 
     Example:
         >>> import netcompress as nc, torch
@@ -289,12 +289,15 @@ def default_exits(model: nn.Module, example_inputs: Any, fractions: Sequence[flo
         parts = name.split(".")
         return sum(not isinstance(mods[".".join(parts[:k])], (nn.Sequential, nn.ModuleList)) for k in range(1, len(parts)))
 
+    def score(t: tuple[int, str, int], f: float) -> float:  # a level of nesting costs 25 % of the MACs
+        return 0.25 * inside(t[1]) + abs(t[2] - f * full) / full
+
     chosen: list[tuple[int, str, int]] = []
     for f in fractions:
         free = [t for t in cands if t[2] not in {c for _, _, c in chosen}]  # one exit per point of the forward pass
-        if free:  # a level of nesting costs as much as 25 % of the MACs away from the target
-            best = min(free, key=lambda t: (0.25 * inside(t[1]) + abs(t[2] - f * full) / full, t[1].count("."), -t[0]))
-            if 0.25 * inside(best[1]) + abs(best[2] - f * full) / full <= 0.3 or (f == fractions[-1] and not chosen):
+        if free:
+            best = min(free, key=lambda t: (score(t, f), t[1].count("."), -t[0]))
+            if score(best, f) <= 0.3 or (f == fractions[-1] and not chosen):
                 chosen.append(best)
     return [n for _, n, _ in sorted(chosen)]
 
