@@ -148,3 +148,28 @@ def test_cost_report_counts_match_measure(digits):
     new, layers = transform(m, DesignConfig(op="separable"), digits)
     rep = cost_report(m, new, layers, digits.example, latency=False)
     assert rep["macs_before"] - rep["macs_after"] == rep["layer_macs_before"] - rep["layer_macs_after"]
+
+
+class _ReadsItsConv(nn.Module):
+    """A forward that reads one conv's weight (as XCiT's positional encoding reads its projection's)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2, self.conv3 = nn.Conv2d(1, 8, 3), nn.Conv2d(8, 8, 3), nn.Conv2d(8, 8, 3)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.conv2(self.conv1(x).relu().to(self.conv2.weight.dtype)).relu()
+        return self.fc(self.conv3(x).relu().mean((2, 3)))
+
+
+@pytest.mark.parametrize("op,kw", [("lowrank", {"budget": 0.6}), ("separable", {})])
+def test_stage_defaults_leave_out_a_layer_the_forward_reads_and_include_naming_it_is_an_error(op, kw, mnist, tmp_path):
+    data = mnist.subset(64, 32)
+    torch.manual_seed(0)
+    model = _ReadsItsConv()
+    res = nc.recipe.apply("design", model, data, op=op, epochs=0, out_dir=tmp_path, **kw)
+    assert isinstance(res.model.conv2, nn.Conv2d) and not isinstance(res.model.conv3, nn.Conv2d)
+    with pytest.raises(nc.NetcompressError, match=f"{op}: layer 'conv2' cannot be replaced: the forward code of "
+                       r"'\(the model\)' reads its attributes .* in a recipe, exclude"):
+        nc.recipe.apply("design", model, data, op=op, epochs=0, out_dir=tmp_path, include=["conv2", "conv3"], **kw)

@@ -80,6 +80,20 @@ def default_filter(module: nn.Module, name: str) -> bool:
     return _is_linear(module) or (isinstance(module, nn.Conv2d) and module.groups == 1)
 
 
+def default_layers(model: nn.Module) -> list[str]:
+    """The layers factorised when no filter_fn names them: those of `default_filter` (convs with
+    symmetric zero padding) that share no weight with another layer (tied embeddings) and whose
+    attributes no forward code reads (`read_by_ancestor`: XCiT's positional projection, Hugging
+    Face ViT's patch projection)."""
+    counts: dict[int, int] = {}
+    for _, prm in model.named_parameters(remove_duplicate=False):
+        counts[id(prm)] = counts.get(id(prm), 0) + 1
+    return [n for n, m in model.named_modules()
+            if n and default_filter(m, n) and counts.get(id(m.weight), 0) <= 1
+            and (not isinstance(m, nn.Conv2d) or (m.padding_mode == "zeros" and _conv_pad(m) is not None))
+            and read_by_ancestor(model, n) is None]
+
+
 def _matrix(module: nn.Module, conv: ConvMethod) -> tuple[str, torch.Tensor]:
     if _is_linear(module):
         return "linear", _linear_weight(module).detach().double()
@@ -120,15 +134,9 @@ def plan_lowrank(model: nn.Module, rank: int | Mapping[str, int] | None = None, 
         raise NetcompressError(f"lowrank: budget is the fraction of the model's {budget_metric} to keep, in (0, 1); got {budget}")
     if budget_metric not in ("params", "macs"):
         raise NetcompressError(f"lowrank: budget_metric must be 'params' or 'macs', not {budget_metric!r}")
-    select = filter_fn or default_filter
-    counts: dict[int, int] = {}
-    for _, prm in model.named_parameters(remove_duplicate=False):
-        counts[id(prm)] = counts.get(id(prm), 0) + 1
-    shared = {n for n, m in model.named_modules() if getattr(m, "weight", None) is not None
-              and counts.get(id(m.weight), 0) > 1}
+    auto = set(default_layers(model)) if filter_fn is None else set()
     named = [(n, m) for n, m in model.named_modules()
-             if n and (_is_linear(m) or isinstance(m, nn.Conv2d)) and select(m, n) and (filter_fn or n not in shared)
-             and (filter_fn or read_by_ancestor(model, n) is None)]
+             if n and (n in auto if filter_fn is None else (_is_linear(m) or isinstance(m, nn.Conv2d)) and filter_fn(m, n))]
     if isinstance(rank, Mapping):
         unknown = sorted(set(rank) - {n for n, _ in model.named_modules()})
         if unknown:
@@ -141,7 +149,7 @@ def plan_lowrank(model: nn.Module, rank: int | Mapping[str, int] | None = None, 
         reader = read_by_ancestor(model, n)
         if reader is not None:
             raise NetcompressError(f"lowrank: layer {n!r} cannot be replaced: the forward code of {reader!r} reads its "
-                                   "attributes (e.g. .weight); leave it out with filter_fn")
+                                   "attributes (e.g. .weight); leave it out (filter_fn; in a recipe, exclude)")
 
     shapes: dict[str, tuple[int, ...]] = {}
     if any(isinstance(m, nn.Conv2d) for _, m in named) and (budget is not None and budget_metric == "macs"):

@@ -70,18 +70,22 @@ def transform(model: nn.Module, cfg: DesignConfig, data: Any = None) -> tuple[nn
     Only eligible layers whose names pass include / exclude are transformed (Linear and ungrouped
     Conv2d for lowrank, standard k x k convs for separable).
     """
-    from netcompress.design.lowrank import apply_plan, default_filter, plan_lowrank
-    from netcompress.design.separable import is_standard_conv, separable
+    from netcompress.design.lowrank import apply_plan, default_filter, default_layers, plan_lowrank
+    from netcompress.design.separable import default_convs, is_standard_conv, separable
 
     example = getattr(data, "example", None)
     names_ok = name_filter(cfg.include, cfg.exclude)
+    # layers named by `include` are the user's choice (one that cannot be replaced is an error);
+    # without it, the transform's own default set (which leaves out what it cannot replace)
     if cfg.op == "lowrank":
-        plans = plan_lowrank(model, cfg.rank, cfg.energy, cfg.budget,
-                             None if isinstance(cfg.rank, dict) else (lambda m, n: default_filter(m, n) and names_ok(n)),
+        auto = set(default_layers(model)) if cfg.include is None else None
+        filt = lambda m, n: (n in auto if auto is not None else default_filter(m, n)) and names_ok(n)  # noqa: E731
+        plans = plan_lowrank(model, cfg.rank, cfg.energy, cfg.budget, None if isinstance(cfg.rank, dict) else filt,
                              conv=cfg.conv, budget_metric=cfg.budget_metric, example_inputs=example)
         new = apply_plan(model, plans, cfg.conv)
         return new, {p.name: (p.kind, p.rank) for p in plans if p.rank is not None}
-    filt = lambda m, n: is_standard_conv(m) and names_ok(n)  # noqa: E731
+    auto = set(default_convs(model)) if cfg.include is None else None
+    filt = lambda m, n: (n in auto if auto is not None else is_standard_conv(m)) and names_ok(n)  # noqa: E731
     calib = None
     if data is not None and cfg.calibration_samples > 0:
         calib = torch.cat([x for x, _ in data.calibration(cfg.calibration_samples)])

@@ -42,15 +42,18 @@ def is_standard_conv(module: nn.Module) -> bool:
             and max(module.kernel_size) > 1)
 
 
+def default_convs(model: nn.Module) -> list[str]:
+    """The convs converted when no filter_fn names them: standard k x k convs whose attributes no
+    forward code reads (`read_by_ancestor`)."""
+    return [n for n, m in model.named_modules() if n and is_standard_conv(m) and read_by_ancestor(model, n) is None]
+
+
 def _selected(model: nn.Module, filter_fn: FilterFn | None) -> list[str]:
+    if filter_fn is None:
+        return default_convs(model) or _none_selected()
     names = []
     for n, m in model.named_modules():
-        if not n or not isinstance(m, nn.Conv2d):
-            continue
-        if filter_fn is None:
-            if is_standard_conv(m) and read_by_ancestor(model, n) is None:
-                names.append(n)
-        elif filter_fn(m, n):
+        if n and isinstance(m, nn.Conv2d) and filter_fn(m, n):
             if not is_standard_conv(m):
                 raise NetcompressError(
                     f"separable: layer {n!r} (Conv2d {m.in_channels}->{m.out_channels}, kernel {tuple(m.kernel_size)}, "
@@ -58,11 +61,13 @@ def _selected(model: nn.Module, filter_fn: FilterFn | None) -> list[str]:
             reader = read_by_ancestor(model, n)
             if reader is not None:
                 raise NetcompressError(f"separable: layer {n!r} cannot be replaced: the forward code of {reader!r} "
-                                       "reads its attributes (e.g. .weight); leave it out with filter_fn")
+                                       "reads its attributes (e.g. .weight); leave it out (filter_fn; in a recipe, exclude)")
             names.append(n)
-    if not names:
-        raise NetcompressError("separable: no standard k x k Conv2d (groups=1, in_channels > 1) selected")
-    return names
+    return names or _none_selected()
+
+
+def _none_selected() -> list[str]:
+    raise NetcompressError("separable: no standard k x k Conv2d (groups=1, in_channels > 1) selected")
 
 
 @torch.no_grad()
