@@ -472,3 +472,29 @@ def test_default_budget_through_the_function_stage_and_cli(small, teacher, tmp_p
     assert rc == 0
     extra = json.loads(capsys.readouterr().out)["extra"]
     assert (extra["epochs"], extra["lr"]) == (r.extra["epochs"], r.extra["lr"])
+
+
+class _Windows(torch.nn.Module):
+    """A conv map that is also seen channels-last and cut into attention windows folded into the
+    batch dim (as in Swin and MaxViT): only the channel-first per-sample maps are AT layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.conv2 = torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.norm, self.win, self.fc = torch.nn.LayerNorm(8), torch.nn.Identity(), torch.nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = torch.nn.functional.adaptive_avg_pool2d(self.conv(x), 16)
+        n = x.shape[0]
+        y = self.norm(x.permute(0, 2, 3, 1))  # (N, 16, 16, 8)
+        w = self.win(y.reshape(n, 2, 8, 2, 8, 8).permute(0, 1, 3, 2, 4, 5).reshape(n * 4, 8, 8, 8))
+        return self.fc(self.conv2(x).mean((2, 3)) + w.mean((1, 2)).view(n, 4, 8).mean(1))
+
+
+def test_attention_transfer_layers_are_channel_first_per_sample_maps(small):
+    from netcompress.distill.features import spatial_layers
+
+    x = small.example
+    assert spatial_layers(_Windows(), x) == ["conv", "conv2"]  # not the channels-last norm, not the windows
+    r = distill("at", _Windows(), _Windows(), small, **TINY)  # it failed: windows have 4x the batch's rows
+    assert all(math.isfinite(h[-1]["at"]) for h in r.histories.values())

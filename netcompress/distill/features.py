@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from netcompress.core.batch import call, head, to_device
+from netcompress.core.batch import batch_len, call, head, to_device
 from netcompress.core.errors import NetcompressError
 from netcompress.core.modes import eval_mode
 
@@ -101,10 +101,17 @@ def embedding_layer(model: nn.Module, example_inputs: torch.Tensor) -> str:
 
 def spatial_layers(model: nn.Module, example_inputs: torch.Tensor) -> list[str]:
     """For each spatial resolution (larger than 1x1), the last leaf module producing a 4-D map of it,
-    in execution order: the natural 'end of a group' layers used by Attention Transfer."""
+    in execution order: the natural 'end of a group' layers used by Attention Transfer. A map
+    counts when it has one row per sample and, in dim 1, a channel count that a Conv2d or
+    BatchNorm2d of the same pass gives: channels-last maps and attention windows folded into the
+    batch dim (Swin, MaxViT) are not channel-first feature maps and are left out."""
+    order = probe(model, example_inputs)
+    mods = dict(model.named_modules())
+    batch = batch_len(example_inputs)
+    channels = {shape[1] for name, shape in order if isinstance(mods[name], (nn.Conv2d, nn.BatchNorm2d))}
     last: dict[tuple[int, int], tuple[int, str]] = {}
-    for i, (name, shape) in enumerate(probe(model, example_inputs)):
-        if len(shape) == 4 and shape[2] * shape[3] > 1:
+    for i, (name, shape) in enumerate(order):
+        if len(shape) == 4 and shape[0] == batch and shape[1] in channels and shape[2] * shape[3] > 1:
             last[(shape[2], shape[3])] = (i, name)
     return [n for _, n in sorted(last.values())]
 
