@@ -209,10 +209,19 @@ def onnx_program(model: nn.Module, example: Inputs, opset: int | None = None, al
     m = _Logits(copy.deepcopy(model).cpu().eval(), all_outputs=all_outputs)
     example = at_batch(example, 2)  # batch 2: a batch of 1 would be specialised as a constant
     ep = _export(m, example, "onnx")
-    try:
-        prog = torch.onnx.export(ep, (), kwargs=None, dynamo=True, verbose=False, external_data=False,
+
+    def translate(program: torch.export.ExportedProgram):
+        return torch.onnx.export(program, (), kwargs=None, dynamo=True, verbose=False, external_data=False,
                                  input_names=None, output_names=None if all_outputs else ["output"],
                                  opset_version=opset)
+    try:
+        try:
+            prog = translate(ep)
+        except Exception:
+            # torch.onnx decomposes attention with other output strides than the export recorded, so a
+            # reshape it lowered to a view fails (timm Swin, MaxViT, BEiT: "Cannot view a tensor");
+            # decomposed to core ATen first, the strides agree
+            prog = translate(ep.run_decompositions(torch.export.default_decompositions()))
     except Exception as e:
         op = _op_of(str(e)) or _op_of(str(e.__cause__ or ""))
         where = _module_of(ep, op) if op else None
