@@ -207,6 +207,35 @@ def test_hf_vit_trains_on_mnist_images(mnist_small, one_thread):
     assert nc.measure(vit, data, latency=False).accuracy > 0.2  # 10 classes
 
 
+def test_calibrated_stages_take_dict_batches_of_a_hugging_face_text_model(one_thread, tmp_path):
+    """Wanda, GPTQ and the export stage (its check inputs and int8 calibration) on input_ids /
+    attention_mask batches: they sliced the batch as a tensor ('unhashable type: slice') or refused it."""
+    data = _pydoc_text(64, 32)
+    torch.manual_seed(0)
+    bert = _text_bert()
+    lin = [n for n, m in bert.named_modules() if isinstance(m, torch.nn.Linear) and ".encoder." in n]
+    sparse = nc.recipe.apply("sparsify", bert, data, samples=16, out_dir=tmp_path / "s").model
+    w = dict(sparse.named_modules())
+    assert all(abs((w[n].weight == 0).float().mean().item() - 0.5) < 0.02 for n in lin)
+    quant = nc.recipe.apply("weight-only", bert, data, samples=16, group_size=32, out_dir=tmp_path / "q").model
+    q = dict(quant.named_modules())
+    assert all(q[n].weight.unique().numel() <= 16 * (q[n].weight.numel() // 32) for n in lin)  # 16 levels per group
+    for int8 in (False, True):
+        ex = nc.recipe.apply("export", bert, data, int8=int8, calibration_samples=16, check_samples=16, latency=False,
+                             int8_tolerance=1.0, out_dir=tmp_path / f"e{int8}").extra["export"]
+        assert ex["check"]["passed"] and ex["check"]["samples"] == 16
+
+
+def test_early_exits_on_models_they_do_not_take_are_one_clear_error():
+    text = _pydoc_text(32, 16)
+    with pytest.raises(NetcompressError, match="early_exit: BertForSequenceClassification takes dict inputs; .* not supported"):
+        nc.recipe.apply("dynamic", _text_bert(), text, max_steps=1, latency=False, holdout=8)
+    lm_data = nc.data.load("pydoc-text-tiny")
+    lm = nc.models.create_for("hf:gpt2", lm_data, **{**TINY_CONFIGS["gpt2"], "vocab_size": lm_data.num_classes})
+    with pytest.raises(NetcompressError, match=r"per-token logits \(2, 64, 256\): a language model"):
+        nc.recipe.apply("dynamic", lm, lm_data, max_steps=1, latency=False, holdout=8)
+
+
 # ------------------------------------------------------------------ hidden-state + attention KD
 
 

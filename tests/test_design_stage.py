@@ -173,3 +173,22 @@ def test_stage_defaults_leave_out_a_layer_the_forward_reads_and_include_naming_i
     with pytest.raises(nc.NetcompressError, match=f"{op}: layer 'conv2' cannot be replaced: the forward code of "
                        r"'\(the model\)' reads its attributes .* in a recipe, exclude"):
         nc.recipe.apply("design", model, data, op=op, epochs=0, out_dir=tmp_path, include=["conv2", "conv3"], **kw)
+
+
+class _DictConv(nn.Module):
+    """A conv model fed a dict of named tensors (as Hugging Face models are)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2, self.fc = nn.Conv2d(1, 8, 3), nn.Conv2d(8, 8, 3), nn.Linear(8, 10)
+
+    def forward(self, pixel_values, scale):
+        return self.fc(self.conv2(self.conv1(pixel_values * scale[:, None, None, None]).relu()).relu().mean((2, 3)))
+
+
+def test_separable_stage_calibrates_on_dict_batches(mnist):
+    (x, y), (tx, ty) = (next(iter(mnist.loader(s, batch_size=64, shuffle=False))) for s in ("train", "test"))
+    data = nc.data.DataBundle.from_tensors("mnist-dict", ({"pixel_values": x, "scale": torch.ones(64)}, y),
+                                           ({"pixel_values": tx, "scale": torch.ones(64)}, ty), 10)
+    res = nc.recipe.apply("design", _DictConv(), data, op="separable", epochs=0, calibration_samples=32)
+    assert not isinstance(res.model.conv2, nn.Conv2d)

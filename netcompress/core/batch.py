@@ -85,6 +85,21 @@ def head(x: Batch, n: int) -> Batch:
     return take(x, slice(0, n))
 
 
+def concat(batches: list[Batch]) -> Batch:
+    """One batch from several of the same layout (tensors, tuples or dicts of tensors), along dim 0.
+
+    Example:
+        >>> concat([{"ids": torch.zeros(2, 3)}, {"ids": torch.ones(1, 3)}])["ids"].shape
+        torch.Size([3, 3])
+    """
+    first = batches[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(batches)
+    if isinstance(first, Mapping):
+        return {k: torch.cat([b[k] for b in batches]) if isinstance(v, torch.Tensor) else v for k, v in first.items()}
+    return type(first)(torch.cat([b[i] for b in batches]) if isinstance(v, torch.Tensor) else v for i, v in enumerate(first))
+
+
 def calibration_batches(data: Any, n: int = 256) -> list[tuple[Batch, Any]] | None:
     """Turn `data` (a DataBundle, a loader / list of (x, y) batches, or None) into a list of batches."""
     if data is None:

@@ -25,22 +25,25 @@ visited weight is restored (the transform is atomic).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Callable, Iterable, Literal
 
 import torch
 from torch import nn
 
+from netcompress.core.batch import Batch, batch_len, call, check_batch, head, to_device
 from netcompress.core.errors import NetcompressError
 from netcompress.core.modes import eval_mode
 
 Kind = Literal["sqnorm", "hessian", "awq"]
 
 
-def calibration_inputs(calibration: Any, n: int = 64) -> list[torch.Tensor]:
-    """Up to `n` calibration samples as a list of input batches.
+def calibration_inputs(calibration: Any, n: int = 64) -> list[Batch]:
+    """Up to `n` calibration samples as a list of input batches (tensors, or the dicts of named
+    tensors a Hugging Face model takes).
 
     `calibration` is a DataBundle (its fixed first training samples), a tensor of inputs, or an
-    iterable of tensors or (inputs, targets) pairs.
+    iterable of input batches or (inputs, targets) pairs.
     """
     if hasattr(calibration, "calibration"):
         src: Iterable = calibration.calibration(n)
@@ -51,11 +54,12 @@ def calibration_inputs(calibration: Any, n: int = 64) -> list[torch.Tensor]:
     out, seen = [], 0
     for b in src:
         x = b[0] if isinstance(b, (tuple, list)) else b
-        if not isinstance(x, torch.Tensor):
+        if not isinstance(x, (torch.Tensor, Mapping)):
             raise NetcompressError(f"calibration: expected tensors or (inputs, targets) batches, got {type(x).__name__}")
-        x = x[: n - seen]
+        check_batch(x, "calibration")
+        x = head(x, n - seen)
         out.append(x)
-        seen += len(x)
+        seen += batch_len(x)
         if seen >= n:
             break
     if not out:
@@ -124,9 +128,9 @@ def _stop_after(module: nn.Module):
     return module.register_forward_hook(stop)
 
 
-def _run_until(model: nn.Module, x: torch.Tensor, dev: torch.device) -> None:
+def _run_until(model: nn.Module, x: Batch, dev: torch.device) -> None:
     try:
-        model(x.to(dev))
+        call(model, to_device(x, dev))
     except _Stop:
         pass
 
@@ -149,7 +153,7 @@ def _fresh(value: Any) -> Any:
     return value
 
 
-def capture_block_inputs(model: nn.Module, block: nn.Module, inputs: list[torch.Tensor]) -> list[tuple] | None:
+def capture_block_inputs(model: nn.Module, block: nn.Module, inputs: list[Batch]) -> list[tuple] | None:
     """The (args, kwargs) `block` is called with for each calibration input (one pass of the model
     up to the block), or None when one of them cannot be replayed (see `_replayable`)."""
     dev = next(model.parameters()).device
@@ -178,7 +182,7 @@ def _call_block(block: nn.Module, args: tuple, kwargs: dict) -> None:
 
 
 def input_groups(model: nn.Module, block: nn.Module, lin: dict[str, nn.Linear],
-                 x: torch.Tensor, replay: tuple | None = None) -> list[dict[str, nn.Linear]]:
+                 x: Batch, replay: tuple | None = None) -> list[dict[str, nn.Linear]]:
     """`lin` split into groups of layers that read the same input tensor, in the order the forward
     pass reaches them (one traced pass of `x` up to the end of `block`, or of `block` alone on a
     captured ``(args, kwargs)``)."""
@@ -217,7 +221,7 @@ def input_groups(model: nn.Module, block: nn.Module, lin: dict[str, nn.Linear],
 
 
 @torch.no_grad()
-def sequential_(model: nn.Module, inputs: list[torch.Tensor], kind: Kind,
+def sequential_(model: nn.Module, inputs: list[Batch], kind: Kind,
                 apply: Callable[[str, nn.Linear, Any], None], ignore: Iterable[str] = (),
                 sequential: bool | Literal["block", "layer"] = True) -> list[str]:
     """Calibrate and transform every block's Linear layers in order; returns the names visited.

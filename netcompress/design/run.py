@@ -11,6 +11,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
+from netcompress.core.batch import concat
 from netcompress.core.config import Config
 from netcompress.core.errors import NetcompressError
 from netcompress.core.method import Method
@@ -88,7 +89,7 @@ def transform(model: nn.Module, cfg: DesignConfig, data: Any = None) -> tuple[nn
     filt = lambda m, n: (n in auto if auto is not None else is_standard_conv(m)) and names_ok(n)  # noqa: E731
     calib = None
     if data is not None and cfg.calibration_samples > 0:
-        calib = torch.cat([x for x, _ in data.calibration(cfg.calibration_samples)])
+        calib = concat([x for x, _ in data.calibration(cfg.calibration_samples)])
     new = separable(model, filt, calibration=calib)
     names = [n for n, m in model.named_modules() if n and filt(m, n)]
     return new, {n: ("separable", None) for n in names}

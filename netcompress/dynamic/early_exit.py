@@ -212,6 +212,11 @@ def _probe(backbone: nn.Module, names: Sequence[str], x: torch.Tensor) -> tuple[
         if c != 1:
             raise NetcompressError(f"exit module {n!r} runs {c} times in one forward pass; an exit must run exactly once")
     logits = _logits_field(out)
+    seq = out if isinstance(out, torch.Tensor) else (out.get("logits") if isinstance(out, dict) else getattr(out, "logits", None))
+    if isinstance(seq, torch.Tensor) and seq.dim() == 3:
+        raise NetcompressError(f"the backbone returns per-token logits {tuple(seq.shape)}: a language model; early_exit's "
+                               "heads classify whole samples. Per-token exits (dynamic on a language model) take "
+                               "netcompress's gpt models, whose exits share the final norm and LM head")
     if logits is None:
         raise NetcompressError(f"the backbone returns {type(out).__name__}; early_exit needs a tensor of logits "
                                "(or an output object with a logits tensor)")
@@ -220,8 +225,7 @@ def _probe(backbone: nn.Module, names: Sequence[str], x: torch.Tensor) -> tuple[
 
 def _example(model: nn.Module, example_inputs: torch.Tensor | None) -> torch.Tensor:
     if example_inputs is not None:
-        return example_inputs[:2]
-    import inspect
+        return batch_head(example_inputs, 2)
 
     kw = dict(getattr(model, "netcompress_spec", {}).get("kwargs", {}))
     try:
@@ -325,6 +329,10 @@ def early_exit(model: nn.Module, exits: Sequence[str], head: HeadConfig | dict |
     if "" in exits:
         raise NetcompressError("early_exit: '' is the whole model; name an inner module")
     x = _example(model, example_inputs)
+    if not isinstance(x, torch.Tensor):
+        raise NetcompressError(f"early_exit: {type(model).__name__} takes {type(x).__name__} inputs; exits need a model "
+                               "called with one input tensor (images, token ids). A model fed a dict of named tensors "
+                               "(a Hugging Face text classifier's input_ids and attention_mask) is not supported")
     order, shapes, logits, wrapped = _probe(model, exits, x)  # validates before anything is built
     num_classes = int(logits.shape[1])
     if callable(head) and not isinstance(head, (dict, HeadConfig)):

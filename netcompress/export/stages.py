@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import Field
 from torch import nn
 
+from netcompress.core.batch import batch_len, head
 from netcompress.core.config import Config
 from netcompress.train.stage import StageKind, StageResult
 
@@ -41,8 +42,9 @@ def check_inputs(data, n: int) -> list:
     for x, _ in data.loader("test", batch_size=min(n, 64), shuffle=False):
         if seen >= n:
             break
-        out.append(x[: n - seen])
-        seen += len(x)
+        x = head(x, n - seen)
+        out.append(x)
+        seen += batch_len(x)
     return out
 
 
