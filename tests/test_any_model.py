@@ -278,6 +278,24 @@ def test_hidden_and_attention_kd_on_foreign_transformers(name, attention, mnist_
     assert any(not torch.equal(v, r.student.state_dict()[k]) for k, v in before.items())
 
 
+def test_a_linear_the_forward_reads_instead_of_calling_is_left_to_itself(mnist_small, one_thread):
+    """timm's BEiT computes q / k / v as F.linear(x, self.qkv.weight, bias): the layer is never called,
+    so its inputs cannot be observed. Wanda leaves it dense (it failed: 'was not called by the forward
+    pass') and HiddenKD keeps to the hidden states (it failed: 'produced no output yet')."""
+    (tx, ty), (vx, vy) = ((torch.nn.functional.interpolate(a, size=32).expand(-1, 3, -1, -1).contiguous(), b)
+                          for a, b in (next(iter(mnist_small.loader(s, batch_size=32, shuffle=False))) for s in ("train", "test")))
+    data = nc.data.DataBundle.from_tensors("mnist-rgb", (tx, ty), (vx, vy), 10, batch_size=16)
+    beit = nc.models.create("timm:beit_base_patch16_224", num_classes=10, embed_dim=32, depth=2, num_heads=2,
+                            img_size=32, patch_size=8, seed=0)
+    assert read_by_ancestor(beit, "blocks.0.attn.qkv") == "blocks.0.attn"
+    w = dict(nc.recipe.apply("sparsify", beit, data, samples=16).model.named_modules())
+    assert (w["blocks.0.attn.qkv"].weight == 0).float().mean() == 0
+    assert abs((w["blocks.0.attn.proj"].weight == 0).float().mean().item() - 0.5) < 0.02
+    r = nc.distill.distill("hidden", beit, nc.distill.student_from_teacher(beit, data, width=0.5), data,
+                           train=nc.train.TrainConfig(epochs=1, max_steps=2, batch_size=8))
+    assert r.extra["attention_layers"] is None and all(e["hidden"] > 0 for e in r.histories["hidden"])
+
+
 def test_hidden_kd_refuses_models_without_token_blocks(mnist_small):
     data = mnist_small.subset(16, 8)
     cnn = nc.models.create_for("timm:test_resnet", data)

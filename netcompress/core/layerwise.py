@@ -33,6 +33,7 @@ from torch import nn
 
 from netcompress.core.batch import Batch, batch_len, call, check_batch, head, to_device
 from netcompress.core.errors import NetcompressError
+from netcompress.core.layers import read_by_ancestor
 from netcompress.core.modes import eval_mode
 
 Kind = Literal["sqnorm", "hessian", "awq"]
@@ -80,14 +81,16 @@ def find_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def block_linears(model: nn.Module, ignore: Iterable[str] = ()) -> list[tuple[nn.Module, dict[str, nn.Linear]]]:
-    """[(block, {qualified name: Linear})] for every block, in order; `ignore` lists names left alone."""
+    """[(block, {qualified name: Linear})] for every block, in order; `ignore` lists names left alone,
+    and so is a Linear whose weight a forward reads instead of calling the layer (BEiT's
+    ``F.linear(x, self.qkv.weight, qkv_bias)``): its inputs cannot be observed."""
     ignore = set(ignore)
     out = []
     for bname, block in find_blocks(model):
         lin = {}
         for n, m in block.named_modules():
             q = ".".join(p for p in (bname, n) if p)
-            if isinstance(m, nn.Linear) and q not in ignore:
+            if isinstance(m, nn.Linear) and q not in ignore and read_by_ancestor(model, q) is None:
                 lin[q] = m
         if lin:
             out.append((block, lin))

@@ -24,7 +24,8 @@ from torch import nn
 
 from netcompress.core.errors import NetcompressError
 from netcompress.core.graph import is_conv1d_t
-from netcompress.core.graph_layers import is_rmsnorm_like, attention_spec
+from netcompress.core.graph_layers import attention_spec, is_rmsnorm_like
+from netcompress.core.layers import read_by_ancestor
 from netcompress.core.taps import Taps
 from netcompress.distill.methods import TappedMethod, _device_of
 
@@ -82,6 +83,15 @@ def _attention_projections(block: nn.Module, prefix: str) -> tuple[list[str], bo
             return ([f"{base}.{q}"], causal) if spec.kv_heads == spec.heads else None
         return [f"{base}.{q}", f"{base}.{k}", f"{base}.{v}"], causal
     return None
+
+
+def _tappable(block: nn.Module, found: tuple[list[str], bool] | None, prefix: str) -> tuple[list[str], bool] | None:
+    """`found`, unless the block's forward reads a projection's weight instead of calling it (BEiT's
+    ``F.linear(x, self.qkv.weight, ...)``): such a layer has no output to tap."""
+    if found is None:
+        return None
+    rel = [n[len(prefix) + 1:] if prefix else n for n in found[0]]
+    return None if any(read_by_ancestor(block, n) is not None for n in rel) else found
 
 
 def relation(a: torch.Tensor, heads: int, causal: bool) -> torch.Tensor:
@@ -144,7 +154,8 @@ class HiddenKD(TappedMethod):
         for n, mods in ((s_name, sm), (t_name, tm)):
             if n not in mods:
                 raise NetcompressError(f"hidden: layers: no module {n!r} in the {'student' if mods is sm else 'teacher'}")
-        sa, ta = _attention_projections(sm[s_name], s_name), _attention_projections(tm[t_name], t_name)
+        sa = _tappable(sm[s_name], _attention_projections(sm[s_name], s_name), s_name)
+        ta = _tappable(tm[t_name], _attention_projections(tm[t_name], t_name), t_name)
         found = sa is not None and ta is not None
         if attention_weight is not None and attention_weight > 0 and not found:
             raise NetcompressError(f"hidden: no attention projections found in {s_name!r} / {t_name!r}; "
