@@ -90,6 +90,7 @@ def test_default_exits_sit_at_blocks_near_a_quarter_half_and_three_quarters_of_t
         frac = [c / full_macs(mx, x) for c in exit_macs(mx, x)[:-1]]
         assert all(abs(f - t) < 0.15 for f, t in zip(frac, (0.25, 0.5, 0.75))), frac
     assert all(n.startswith("blocks.") and n.count(".") == 1 for n in default_exits(vit, x))
+    assert nc.dynamic.early_exit(resnet, example_inputs=x).exit_names == default_exits(resnet, x)  # exits=None
 
 
 def test_dynamic_stage_with_its_defaults_halves_the_macs(mnist_small, tmp_path):

@@ -306,9 +306,10 @@ def default_exits(model: nn.Module, example_inputs: Any, fractions: Sequence[flo
     return [n for _, n, _ in sorted(chosen)]
 
 
-def early_exit(model: nn.Module, exits: Sequence[str], head: HeadConfig | dict | Callable | None = None,
+def early_exit(model: nn.Module, exits: Sequence[str] | None = None, head: HeadConfig | dict | Callable | None = None,
                example_inputs: torch.Tensor | None = None) -> MultiExitModel:
-    """A multi-exit copy of `model` with exit heads after the modules named in `exits`.
+    """A multi-exit copy of `model` with exit heads after the modules named in `exits` (None: the
+    modules `default_exits` picks by MACs, as the `dynamic` stage does).
 
     The input model is not changed (it is deep-copied into the child ``backbone``). Heads are
     ``pool -> flatten -> [Linear -> ReLU] -> Linear`` (`HeadConfig`), or `head(feature_shape,
@@ -321,18 +322,18 @@ def early_exit(model: nn.Module, exits: Sequence[str], head: HeadConfig | dict |
     """
     if isinstance(model, MultiExitBase):
         raise NetcompressError("early_exit: the model already has exits; pass its backbone instead")
-    exits = list(exits)
-    if not exits:
-        raise NetcompressError("early_exit: name at least one module in exits (e.g. 'features.2')")
-    if len(set(exits)) != len(exits):
-        raise NetcompressError(f"early_exit: exits repeat a name: {exits}")
-    if "" in exits:
-        raise NetcompressError("early_exit: '' is the whole model; name an inner module")
     x = _example(model, example_inputs)
     if not isinstance(x, torch.Tensor):
         raise NetcompressError(f"early_exit: {type(model).__name__} takes {type(x).__name__} inputs; exits need a model "
                                "called with one input tensor (images, token ids). A model fed a dict of named tensors "
                                "(a Hugging Face text classifier's input_ids and attention_mask) is not supported")
+    exits = default_exits(model, x) if exits is None else list(exits)
+    if not exits:
+        raise NetcompressError("early_exit: name at least one module in exits (e.g. 'features.2'), or none for the default")
+    if len(set(exits)) != len(exits):
+        raise NetcompressError(f"early_exit: exits repeat a name: {exits}")
+    if "" in exits:
+        raise NetcompressError("early_exit: '' is the whole model; name an inner module")
     order, shapes, logits, wrapped = _probe(model, exits, x)  # validates before anything is built
     num_classes = int(logits.shape[1])
     if callable(head) and not isinstance(head, (dict, HeadConfig)):

@@ -21,7 +21,7 @@ from torch import nn
 from netcompress.core.config import Config
 from netcompress.core.errors import NetcompressError
 from netcompress.dynamic.base import MultiExitBase, early_exit_predict
-from netcompress.dynamic.early_exit import HeadConfig, MultiExitModel, default_exits, early_exit, segment_mode
+from netcompress.dynamic.early_exit import HeadConfig, MultiExitModel, early_exit, segment_mode
 from netcompress.dynamic.lm_exit import (EarlyExitLM, decode_latency, is_decoder_lm, lm_early_exit, lm_exit_eval,
                                          token_costs)
 from netcompress.dynamic.policy import (calibrate_accuracy, calibrate_budget, compare_latency, exit_macs,
@@ -143,7 +143,7 @@ def run_dynamic(ctx, model: nn.Module, cfg: DynamicConfig):
             raise NetcompressError("dynamic: the model already has exits; leave `exits` empty")
         mx = model
     else:
-        mx = early_exit(model, cfg.exits or default_exits(model, example), cfg.head, example_inputs=example)
+        mx = early_exit(model, cfg.exits or None, cfg.head, example_inputs=example)
     cum = exit_macs(mx, example)
     full = full_macs(mx, example)
     weights = _weights(cfg, [c / full for c in cum[:-1]], cfg.train_backbone)
