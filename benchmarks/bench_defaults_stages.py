@@ -5,7 +5,8 @@ trained model, data and seed.
 Models, trained per seed with `nc.train.fit` defaults (10 epochs, lr 0.05) on mnist-5k:
   - a plain user MLP 784-300-100-10 (`nn.Sequential`, no netcompress class), and
   - the zoo's lenet5, and
-  - the zoo's vit-tiny (4 blocks; block and channel pruning only).
+  - the zoo's vit-tiny (4 blocks; block and channel pruning and the all-defaults early exit only),
+  - the zoo's resnet8 (the all-defaults early exit only).
 Every row is one `nc.recipe.apply(KIND, model, data, seed=seed, **fields)` call, the same handler as
 the recipe stage and the CLI command. The control differs from the default call in one field (or is
 the trivial alternative the technique must beat):
@@ -21,9 +22,11 @@ the trivial alternative the technique must beat):
                                                                        shape trained from scratch (fit defaults)
   dynamic early exits  (budget 0.5 of MACs, heads trained 2 epochs) vs the best random routing over the same
                                                                        exits at the same average MACs
+  dynamic-auto         (the same with no exits named: placed by MACs) vs the same random routing; vs the full network
   sparse-vd            (30 epochs Adam, log alpha > 3)              vs l1 weight pruning at the sparsity it reached
 
     python benchmarks/bench_defaults_stages.py            # ~50 min on 1 CPU core
+    python benchmarks/bench_defaults_stages.py --rows dynamic-auto --result defaults_stages_exits
     python benchmarks/bench_defaults_stages.py --seeds 1 --rows prune-channel qat
 """
 from __future__ import annotations
@@ -58,11 +61,16 @@ def vit(data) -> nn.Module:
     return nc.models.create_for("vit-tiny", data)
 
 
+def resnet8(data) -> nn.Module:
+    return nc.models.create_for("resnet8", data)
+
+
 # exits: the backbone points the early-exit row attaches heads to (None: the row does not apply, said why);
 # rows: the rows run on that model (None: all)
 MODELS = {"mlp": ("MLP 784-300-100-10 (nn.Sequential)", mlp, None, None),
           "lenet5": ("lenet5 (zoo)", lenet5, ["features.2", "features.5"], None),
-          "vit-tiny": ("vit-tiny (zoo, 4 blocks)", vit, None, ["prune-depth", "prune-channel"])}
+          "vit-tiny": ("vit-tiny (zoo, 4 blocks)", vit, None, ["prune-depth", "prune-channel", "dynamic-auto"]),
+          "resnet8": ("resnet8 (zoo)", resnet8, None, ["dynamic-auto"])}
 
 
 def acc(model: nn.Module, data) -> float:
@@ -176,6 +184,19 @@ def dynamic(model, data, seed, exits):
         f"avg MACs {ex['avg_macs_fraction']:.2f} of full (full net {100 * ex['full_accuracy']:.2f} %)"
 
 
+def dynamic_auto(model, data, seed, exits):
+    """The dynamic stage with every default, exits included (placed by `default_exits`)."""
+    try:
+        d = apply("dynamic", model, data, seed, latency=False)
+    except nc.NetcompressError as e:  # a model with no output early enough to exit after: said, not run
+        NOT_APPLICABLE["dynamic-auto"] = str(e)
+        return None
+    ex = d.extra
+    ctrl = random_routing(ex["exits"], ex["avg_macs"])
+    return ex["accuracy"], {"random routing, same MACs": ctrl, "full network": ex["full_accuracy"]}, \
+        f"exits {', '.join(ex['exit_modules'])}; avg MACs {ex['avg_macs_fraction']:.2f} of full"
+
+
 def sparse_vd(model, data, seed, exits):
     d = apply("sparse-vd", model, data, seed)
     k, t = nonzero(d.model)
@@ -196,11 +217,12 @@ ROWS: dict[str, tuple[str, Row]] = {
     "binary": ("quantize binary (BinaryConnect)", binary),
     "lowrank": ("design lowrank, 0.1 of params", lowrank),
     "dynamic": ("dynamic early exits, budget 0.5", dynamic),
+    "dynamic-auto": ("dynamic, every default (exits placed by MACs)", dynamic_auto),
     "sparse-vd": ("sparse-vd", sparse_vd),
 }
 
 
-def run(seeds: int, rows: list[str], models: list[str]) -> None:
+def run(seeds: int, rows: list[str], models: list[str], result: str = "defaults_stages") -> None:
     torch.set_num_threads(1)
     data = nc.data.load("mnist-5k")
     table, notes = [], []
@@ -242,7 +264,7 @@ def run(seeds: int, rows: list[str], models: list[str]) -> None:
             + md_table(["model", "technique (defaults)", "test acc %", "control: test acc %",
                         "default - control (points)", "beats control (seeds)", "note"], table)
             + "\n" + "\n".join(f"- {n}" for n in notes) + "\n")
-    write_result("defaults_stages", "Every technique with its defaults vs its control (mnist-5k)", body)
+    write_result(result, "Every technique with its defaults vs its control (mnist-5k)", body)
 
 
 if __name__ == "__main__":
@@ -250,7 +272,8 @@ if __name__ == "__main__":
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--rows", nargs="*", default=list(ROWS), choices=list(ROWS))
     ap.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--result", default="defaults_stages", help="name of the result file")
     t0 = time.perf_counter()
     a = ap.parse_args()
-    run(a.seeds, a.rows, a.models)
+    run(a.seeds, a.rows, a.models, a.result)
     print(f"{time.perf_counter() - t0:.0f} s")
