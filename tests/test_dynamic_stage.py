@@ -105,6 +105,19 @@ def test_dynamic_stage_with_its_defaults_halves_the_macs(mnist_small, tmp_path):
     assert ex["real_exit_share"][-1] < 1  # samples leave early
 
 
+def test_default_budget_is_halfway_from_a_costly_first_exit(mnist_small, tmp_path):
+    """An exit after 82 % of lenet5's MACs (its conv2): the default budget 0.5 cannot be met, so the
+    default becomes halfway from that exit's cost to the full network; a budget given stays strict."""
+    torch.manual_seed(0)
+    model = nc.models.create("lenet5-half", in_channels=1, input_size=28)
+    cfg = {"exits": ["features.5"], "max_steps": 2, "holdout": 100, "latency": False}
+    ex = run_dynamic(_ctx(mnist_small, tmp_path), model, DynamicConfig.from_dict(cfg)).extra
+    first = ex["exits"][0]["macs"] / ex["full_macs"]
+    assert first > 0.5 and ex["calibration"]["budget"] == pytest.approx((first + 1) / 2)
+    with pytest.raises(NetcompressError, match="below the first exit's cost"):
+        run_dynamic(_ctx(mnist_small, tmp_path), model, DynamicConfig.from_dict({**cfg, "budget": 0.5}))
+
+
 def test_dynamic_stage_errors(mnist_small, tmp_path):
     ctx = _ctx(mnist_small, tmp_path)
     with pytest.raises(NetcompressError, match="exits: none named, and LeNet300 has no module output before 80% of its MACs"):

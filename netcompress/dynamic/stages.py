@@ -36,7 +36,8 @@ class DynamicConfig(Config):
 
     One of `threshold` (fixed), `budget` (average MACs as a fraction of the full network) or
     `accuracy_drop` (the cheapest threshold keeping the full network's accuracy), both calibrated on
-    `holdout` training samples that the exits do not train on; budget 0.5 by default.
+    `holdout` training samples that the exits do not train on; budget 0.5 by default (halfway
+    from the first exit to the full network when that exit costs more).
 
     A decoder language model (netcompress's GPT) gets per-token early-exit decoding instead
     (`netcompress.dynamic.lm_exit`): exits are blocks (default one halfway), they
@@ -62,7 +63,8 @@ class DynamicConfig(Config):
     policy: Literal["max_softmax", "entropy"] = Field("max_softmax", description="confidence measure of the exits")
     threshold: float | list[float] | None = Field(None, description="fixed exit threshold(s) instead of a budget")
     budget: float | None = Field(None, gt=0, description="average MACs as a fraction of the full network "
-                                 "(default 0.5 when no threshold and no accuracy_drop)")
+                                 "(default when no threshold and no accuracy_drop: 0.5, or halfway from the first "
+                                 "exit's cost to 1 when that exit costs more)")
     accuracy_drop: float | None = Field(None, ge=0, le=1, description="instead of a MACs budget: the cheapest "
                                         "threshold keeping the full network's held-out accuracy within this "
                                         "fraction (0: none lost)")
@@ -120,7 +122,9 @@ def _calibrate(cfg: DynamicConfig, held_out: list[torch.Tensor], held_y: torch.T
     if cfg.threshold is not None:
         return cfg.threshold, None
     if cfg.budget is not None or (cfg.accuracy_drop is None and default == "budget"):
-        budget = cfg.budget if cfg.budget is not None else 0.5
+        # the default: half the MACs, or halfway from the first exit to the full network when that
+        # exit (its head included) costs more (a small model whose stem is most of its MACs)
+        budget = cfg.budget if cfg.budget is not None else max(0.5, (cum[0] / full + 1) / 2)
         threshold, reached = calibrate_budget(held_out, cum, budget * full, cfg.policy)
         return threshold, {"budget": budget, "budget_macs": budget * full, "holdout_avg_macs": reached,
                            "holdout_fraction": reached / full}
