@@ -124,7 +124,8 @@ def _calibrate(cfg: DynamicConfig, held_out: list[torch.Tensor], held_y: torch.T
     if cfg.budget is not None or (cfg.accuracy_drop is None and default == "budget"):
         # the default: half the MACs, or halfway from the first exit to the full network when that
         # exit (its head included) costs more (a small model whose stem is most of its MACs)
-        budget = cfg.budget if cfg.budget is not None else max(0.5, (cum[0] / full + 1) / 2)
+        first = cum[0] / full
+        budget = cfg.budget if cfg.budget is not None else 0.5 if first < 0.5 else (first + 1) / 2
         threshold, reached = calibrate_budget(held_out, cum, budget * full, cfg.policy)
         return threshold, {"budget": budget, "budget_macs": budget * full, "holdout_avg_macs": reached,
                            "holdout_fraction": reached / full}
