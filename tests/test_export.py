@@ -439,3 +439,32 @@ def test_early_exit_onnx_stages_return_each_tensor_and_old_flat_files_still_run(
     (ln, en), (lo, eo) = early_exit_predict(new_rt, xs), early_exit_predict(old_rt, xs)
     assert torch.equal(en, eo) and torch.allclose(ln, lo, atol=1e-5)
     assert torch.equal(en, early_exit_predict(ee, xs)[1])
+
+
+class _Logits(nn.Module):
+    def __init__(self, out):
+        super().__init__()
+        self.out = out
+
+    def forward(self, x):
+        return self.out[: len(x)]
+
+
+def test_fp32_check_counts_a_near_tie_decided_by_rounding_as_agreeing_and_int8_does_not():
+    """Logits almost equal (an untrained model, HF MobileViT's ~1e-42): the runtime's rounding picks
+    another class on a tie far inside the tolerance. fp32 passes; int8, which must keep the choices, fails."""
+    from netcompress.export.api import check_export
+
+    ref = torch.tensor([[1e-8, 0.0, 0.0], [0.0, 2e-8, 0.0], [5.0, 1.0, 0.0], [0.0, 3.0, 0.0]])
+    run = ref.clone()
+    run[0, 1] = 2e-8  # a flip on a gap of 1e-8 the runtime's own difference covers
+    run[1, 2] = 3e-8
+    inputs = [torch.zeros(4, 1)]
+    c = check_export(_Logits(ref), _Logits(run), inputs, int8=False)
+    assert c["passed"] and c["top1_agreement"] == 0.5 and c["top1_within_diff"] == 1.0
+    with pytest.raises(nc.NetcompressError, match=r"int8\): .* top-1 agreement 50.0 %"):
+        check_export(_Logits(ref), _Logits(run), inputs, int8=True)
+    far = ref.clone()
+    far[2] = torch.tensor([1.0, 5.0, 0.0])  # a real flip: fp32 fails on the difference and the choice
+    with pytest.raises(nc.NetcompressError, match="fp32"):
+        check_export(_Logits(ref), _Logits(far), inputs, int8=False)
