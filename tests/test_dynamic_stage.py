@@ -169,3 +169,17 @@ def test_cli_dynamic(tmp_path, capsys):
     assert "features.2" in text and "average MACs" in text
     rc = main(["dynamic", "lenet5", "--data", "digits", "--exits", "bogus", "--out", str(tmp_path / "x.pt")])
     assert rc == 2 and "no module named 'bogus'" in capsys.readouterr().err
+
+
+def test_macs_of_exits_count_a_backbone_that_expands_a_parameter_under_no_grad():
+    """timm CaiT expands its class token (a parameter) inside the forward: under no_grad the view
+    still requires grad without a grad_fn, and torch's module tracker asserted while counting."""
+    from netcompress.measure import count_macs
+
+    cait = nc.models.create("timm:cait_xxs24_224", num_classes=10, img_size=32, patch_size=8, embed_dim=32, depth=3,
+                            num_heads=2, depth_token_only=1, seed=0)
+    x = torch.randn(2, 3, 32, 32)
+    mx = nc.dynamic.early_exit(cait, ["blocks.0", "blocks.1"], example_inputs=x)
+    assert full_macs(mx, x) == count_macs(cait, x)
+    cum = exit_macs(mx, x)
+    assert cum == sorted(cum) and len(cum) == 3

@@ -23,6 +23,7 @@ from netcompress.core.modes import eval_mode
 from netcompress.dynamic.base import (MultiExitBase, confidence, early_exit_predict, early_exit_stream,
                                       expand_thresholds, score_cut, user_threshold)
 from netcompress.measure import MacCounter
+from netcompress.measure.metrics import FrozenParameters
 
 
 @torch.no_grad()
@@ -56,7 +57,7 @@ def exit_macs(model: MultiExitBase, example: torch.Tensor) -> list[int]:
         state, total, out = model.start(example[:1]), 0, []
         for k in range(model.num_exits):
             counter = MacCounter()
-            with counter:
+            with FrozenParameters(model), counter:
                 state, _ = model.step(k, state)
             total += counter.macs
             out.append(total)
@@ -65,9 +66,10 @@ def exit_macs(model: MultiExitBase, example: torch.Tensor) -> list[int]:
 
 @torch.no_grad()
 def full_macs(model: MultiExitBase, example: torch.Tensor) -> int:
-    """MACs (batch 1) of the full network without early heads."""
+    """MACs (batch 1) of the full network without early heads. Parameters are frozen while counting,
+    as in `count_macs` (timm CaiT's class token, expanded under no_grad, tripped the module tracker)."""
     counter = MacCounter()
-    with eval_mode(model), counter:
+    with eval_mode(model), FrozenParameters(model), counter:
         model.full_forward(example[:1])
     return counter.macs
 
