@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 import netcompress as nc
 from netcompress.core.errors import NetcompressError
@@ -281,3 +282,48 @@ def test_student_from_teacher_is_the_half_model_cut_out_of_the_teacher(text_smal
         nc.distill.distill("kd", teacher, {"name": "from-teacher", "kwargs": {"heads": 2}}, text_small)
     with pytest.raises(NetcompressError, match="width must be in"):
         nc.distill.student_from_teacher(teacher, text_small, width=0)
+
+
+class _Block(nn.Module):
+    def __init__(self, w):
+        super().__init__()
+        self.norm, self.fc = nn.LayerNorm(w), nn.Linear(w, w)
+
+    def forward(self, x):
+        return ((x + self.fc(self.norm(x)), x.shape[1], x.shape[2]),)  # nested, as PVT v2's layers return
+
+
+class _Stage(nn.Module):
+    def __init__(self, w, w_out):
+        super().__init__()
+        self.blocks, self.down = nn.ModuleList([_Block(w), _Block(w)]), nn.Linear(w, w_out)
+
+    def forward(self, x):
+        for b in self.blocks:
+            x = b(x)[0][0]
+        return self.down(x)
+
+
+class _Pyramid(nn.Module):
+    """Stages of growing width, each a list of blocks (PVT, Swin)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stages = nn.ModuleList([_Stage(8, 16), _Stage(16, 32), _Stage(32, 32)])
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        for s in self.stages:
+            x = s(x)
+        return self.head(x.mean(1))
+
+
+def test_transformer_blocks_are_blocks_of_one_width_and_taps_reach_a_nested_tensor():
+    from netcompress.core.taps import Taps
+    from netcompress.distill.transformer import transformer_blocks
+
+    m = _Pyramid()
+    assert [n for n, _ in transformer_blocks(m)] == ["stages.0.blocks.0", "stages.0.blocks.1"]  # not the stage list
+    with Taps(m, ["stages.0.blocks.1"]) as taps:
+        m(torch.randn(2, 5, 8))
+        assert taps["stages.0.blocks.1"].shape == (2, 5, 8)

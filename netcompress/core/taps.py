@@ -43,7 +43,9 @@ class Taps:
 
     def _hook(self, name: str):
         def hook(module, inputs, output):
-            out = output[0] if isinstance(output, (tuple, list)) else output
+            out = output
+            while isinstance(out, (tuple, list)) and out:  # the first tensor, however deep (PVT v2's ((x, h, w),))
+                out = out[0]
             self.features[name] = out.detach() if self.detach else out
 
         return hook

@@ -41,7 +41,8 @@ def transformer_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The repeated blocks of a transformer: the `nn.ModuleList` or `nn.Sequential` with the most
     children, all of one type, each holding a Linear layer (or Hugging Face's Conv1D): `blocks`,
     `layers`, `h`, `encoder.layer`, timm's `blocks`. The model's own block stack, whatever its
-    attribute names; in a hierarchical model (Swin), the longest stage.
+    attribute names; blocks of one width (equal parameter shapes) come first, so in a hierarchical
+    model (Swin, PVT) it is the longest stage, not the list of stages.
 
     Example:
         >>> import netcompress as nc
@@ -49,13 +50,19 @@ def transformer_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
         >>> [n for n, _ in transformer_blocks(vit)]
         ['blocks.0', 'blocks.1', 'blocks.2', 'blocks.3']
     """
-    best: tuple[str, nn.Module] | None = None
+    def shapes(c: nn.Module) -> tuple:
+        return tuple(tuple(p.shape) for p in c.parameters())
+
+    best: tuple[str, nn.Module, tuple] | None = None
     for name, m in model.named_modules():
         if not isinstance(m, (nn.ModuleList, nn.Sequential)) or len(m) < 2 or len(Counter(type(c) for c in m)) > 1:
             continue
         if all(any(isinstance(x, nn.Linear) or is_conv1d_t(x) for x in c.modules()) and not isinstance(c, nn.Linear)
-               for c in m) and (best is None or len(m) > len(best[1])):
-            best = (name, m)
+               for c in m):
+            # blocks of one width first (not the stages of a pyramid, PVT / Swin), then the longest
+            key = (len({shapes(c) for c in m}) == 1, len(m))
+            if best is None or key > best[2]:
+                best = (name, m, key)
     if best is None:
         raise NetcompressError(f"hidden: {type(model).__name__} has no repeated transformer blocks (a ModuleList or "
                                "Sequential of blocks with Linear layers); for a CNN use fitnet or at")
