@@ -80,3 +80,21 @@ def test_fit_leaves_the_callers_global_rng_as_it_was(digits):
     assert torch.equal(torch.get_rng_state(), after_init)
     torch.manual_seed(123)
     assert torch.equal(torch.rand(4), expected)
+
+
+def test_apply_without_out_dir_leaves_no_checkpoints_behind(digits, tmp_path, monkeypatch):
+    """Each call without out_dir made a temporary folder that kept every training checkpoint (a
+    sweep of stages over 60 models filled 70 GB of /tmp). Now only a result file stays."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    data = digits.subset(128, 64)
+    model = nc.models.create_for("lenet300", data)
+    nc.recipe.apply("prune", model, data, ratio=0.5, max_steps=2)
+    nc.recipe.apply("distill", model, data, student="lenet300-half", max_steps=2)
+    assert not list(tmp_path.glob("netcompress-*"))
+    res = nc.recipe.apply("export", model, data, latency=False, check_samples=16)
+    assert res.file.is_file() and [p.name for p in tmp_path.glob("netcompress-*/*")] == ["model.onnx"]
+    kept = tmp_path / "kept"
+    nc.recipe.apply("prune", model, data, ratio=0.5, max_steps=2, out_dir=kept)  # a folder given: all of it stays
+    assert list(kept.rglob("*.ckpt"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,8 @@ def apply(kind: str, model: nn.Module, data: Any, *, seed: int = 0, train: Train
         data: a DataBundle.
         seed: the seed (a recipe's ``seed:``).
         train: training defaults (a recipe's ``train:``), a TrainConfig or a dict of its fields.
-        out_dir: folder for the stage's checkpoints and files (default: a new temporary folder).
+        out_dir: folder for the stage's checkpoints and files (default: a temporary folder, removed
+            after the call with its checkpoints; when the stage writes a file, the file stays).
         models: other models by name (e.g. a teacher); ``baseline`` defaults to `model`.
         config: the stage's config fields.
 
@@ -107,8 +109,23 @@ def apply(kind: str, model: nn.Module, data: Any, *, seed: int = 0, train: Train
     folder = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix=f"netcompress-{kind}-"))
     ctx = StageContext(data=data, train=tc, seed=seed, out_dir=folder, models={"baseline": model, **(models or {})},
                        resume=resume, progress=progress, name=kind)
-    res = sk.run(ctx, copy.deepcopy(model), cfg)
-    if not isinstance(res, StageResult):
-        raise TypeError(f"stage kind {kind!r} returned {type(res).__name__}, not StageResult")
-    res.figures = dict(ctx.figures)
-    return res
+    res = None
+    try:
+        res = sk.run(ctx, copy.deepcopy(model), cfg)
+        if not isinstance(res, StageResult):
+            raise TypeError(f"stage kind {kind!r} returned {type(res).__name__}, not StageResult")
+        res.figures = dict(ctx.figures)
+        return res
+    finally:
+        if out_dir is None:  # a folder of our own: no run can resume from it, so only the result's file stays
+            _tidy(folder, getattr(res, "file", None))
+
+
+def _tidy(folder: Path, keep: Path | None) -> None:
+    """Remove the training checkpoints of a temporary stage folder, and the folder itself unless it
+    holds the stage's result file (an exported program, an archive)."""
+    if keep is None or folder.resolve() not in Path(keep).resolve().parents:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    for p in folder.rglob("*.ckpt"):
+        p.unlink()
