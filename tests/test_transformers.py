@@ -327,3 +327,17 @@ def test_transformer_blocks_are_blocks_of_one_width_and_taps_reach_a_nested_tens
     with Taps(m, ["stages.0.blocks.1"]) as taps:
         m(torch.randn(2, 5, 8))
         assert taps["stages.0.blocks.1"].shape == (2, 5, 8)
+
+
+def test_relation_heads_fall_back_to_a_divisor_of_odd_projection_widths(text_small, one_thread):
+    """A student whose projections are 171 wide (cut from LeViT) cannot split into 2 relation heads:
+    the attention term uses the largest count that divides every width instead of failing (66 and 4: 2)."""
+    torch.manual_seed(0)
+    teacher = nc.models.create_for("gpt-tiny", text_small)
+    student = nc.models.create_for("gpt-tiny", text_small, dim=66, n_heads=3, n_kv_heads=3)  # projections 66 wide
+    m = HiddenKD(teacher, student, relation_heads=4)
+    logs = []
+    nc.train.fit(student, text_small, epochs=1, max_steps=1, lr=3e-3, optimizer="adamw", batch_size=8,
+                 methods=[m], loss_fn=m.task_loss, progress=False, callbacks=[logs.append])
+    m.finalize(student)
+    assert math.isfinite(logs[0]["attention"]) and logs[0]["attention"] > 0

@@ -134,7 +134,8 @@ class HiddenKD(TappedMethod):
         hidden_weight: weight of the summed hidden-state MSE (0 disables it).
         attention_weight: weight of the MiniLMv2 relation KL on the last block pair (0 disables it;
             None: 1 where both blocks of that pair hold a recognised attention, else 0).
-        relation_heads: R, the relation heads (must divide both models' projection widths).
+        relation_heads: R, the relation heads (fewer, the largest number dividing every projection
+            width, where R does not).
         layers: explicit [student_block, teacher_block] name pairs instead of the uniform map.
         temperature, alpha: the logit KD term (alpha 0 disables it; CE gets 1 - alpha).
         balance: scale the hidden + attention terms on the first step so that they start no larger
@@ -224,8 +225,11 @@ class HiddenKD(TappedMethod):
             s_names, t_names, causal, fused = self.att
             s_parts = [p for n in s_names for p in _split(self._s_taps[n], fused)]
             t_parts = [p for n in t_names for p in _split(self._t_taps[n], len(t_names) == 1)]
+            # R relation heads where every projection width allows it, else the largest R that divides them
+            # all (a student cut from LeViT has 171-wide projections)
+            r = math.gcd(self.relation_heads, *(int(p.shape[-1]) for p in s_parts + t_parts))
             feats["attention"] = self.attention_weight * sum(
-                relation_kl(a, b, self.relation_heads, causal) for a, b in zip(s_parts, t_parts)) / len(s_parts)
+                relation_kl(a, b, r, causal) for a, b in zip(s_parts, t_parts)) / len(s_parts)
         terms.update(self.balanced(feats, outputs, targets))
         return terms
 
