@@ -324,6 +324,8 @@ def test_transformer_blocks_are_blocks_of_one_width_and_taps_reach_a_nested_tens
 
     m = _Pyramid()
     assert [n for n, _ in transformer_blocks(m)] == ["stages.0.blocks.0", "stages.0.blocks.1"]  # not the stage list
+    one = nc.models.create("gpt-tiny", num_classes=256, depth=1)
+    assert [n for n, _ in transformer_blocks(one)] == ["blocks.0"]  # a one-block student has a stack too
     with Taps(m, ["stages.0.blocks.1"]) as taps:
         m(torch.randn(2, 5, 8))
         assert taps["stages.0.blocks.1"].shape == (2, 5, 8)

@@ -55,7 +55,7 @@ def transformer_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
     best: tuple[str, nn.Module, tuple] | None = None
     for name, m in model.named_modules():
-        if not isinstance(m, (nn.ModuleList, nn.Sequential)) or len(m) < 2 or len(Counter(type(c) for c in m)) > 1:
+        if not isinstance(m, (nn.ModuleList, nn.Sequential)) or not len(m) or len(Counter(type(c) for c in m)) > 1:
             continue
         if all(any(isinstance(x, nn.Linear) or is_conv1d_t(x) for x in c.modules()) and not isinstance(c, nn.Linear)
                for c in m):
