@@ -192,12 +192,13 @@ class HiddenKD(TappedMethod):
     def _width(model: nn.Module, block: str) -> int:
         """The block's width: its first norm's size (LayerNorm, RMSNorm or a model's own RMSNorm),
         else the input width of its first Linear (or Conv1D)."""
-        for m in dict(model.named_modules())[block].modules():
+        mods = list(model.get_submodule(block).modules())
+        for m in mods:
             if isinstance(m, (nn.LayerNorm, nn.RMSNorm)):
                 return int(m.normalized_shape[0])
             if is_rmsnorm_like(m):
                 return int(m.weight.shape[0])
-        for m in dict(model.named_modules())[block].modules():
+        for m in mods:
             if isinstance(m, nn.Linear):
                 return int(m.in_features)
             if is_conv1d_t(m):

@@ -168,13 +168,19 @@ class MultiExitModel(MultiExitBase):
 # ---------------------------------------------------------------- building
 
 
+def _raw_logits(out: Any) -> Any:
+    """The output itself when it is a tensor, else the ``logits`` field of an output object or
+    mapping (a Hugging Face ``ModelOutput``), whatever it holds."""
+    if isinstance(out, torch.Tensor):
+        return out
+    return out.get("logits") if isinstance(out, dict) else getattr(out, "logits", None)
+
+
 def _logits_field(out: Any) -> torch.Tensor | None:
     """The output itself when it is a tensor, else the ``logits`` tensor [batch, classes] of an
     output object or mapping (a Hugging Face ``ModelOutput``), else None."""
-    if isinstance(out, torch.Tensor):
-        return out
-    v = out.get("logits") if isinstance(out, dict) else getattr(out, "logits", None)
-    return v if isinstance(v, torch.Tensor) and v.dim() == 2 else None
+    v = _raw_logits(out)
+    return v if isinstance(out, torch.Tensor) or (isinstance(v, torch.Tensor) and v.dim() == 2) else None
 
 
 def _output_logits(module: nn.Module, args: Any, out: Any) -> torch.Tensor:
@@ -212,7 +218,7 @@ def _probe(backbone: nn.Module, names: Sequence[str], x: torch.Tensor) -> tuple[
         if c != 1:
             raise NetcompressError(f"exit module {n!r} runs {c} times in one forward pass; an exit must run exactly once")
     logits = _logits_field(out)
-    seq = out if isinstance(out, torch.Tensor) else (out.get("logits") if isinstance(out, dict) else getattr(out, "logits", None))
+    seq = _raw_logits(out)
     if isinstance(seq, torch.Tensor) and seq.dim() == 3:
         raise NetcompressError(f"the backbone returns per-token logits {tuple(seq.shape)}: a language model; early_exit's "
                                "heads classify whole samples. Per-token exits (dynamic on a language model) take "
